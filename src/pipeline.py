@@ -1,0 +1,99 @@
+"""Build data, model and trainer from a composed config; shared by ``train`` and ``evaluate``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from src.config import validate
+from src.data import InMemoryDataModule
+from src.module import LossDiagModule
+
+log = logging.getLogger(__name__)
+
+
+def prepare(cfg: DictConfig) -> None:
+    """Validate the config, seed everything, and set the thread count."""
+    validate(cfg)
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+
+def build_datamodule(cfg: DictConfig) -> InMemoryDataModule:
+    """Instantiate ``cfg.data`` and load it, so its shapes and class names are known."""
+    datamodule: InMemoryDataModule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    return datamodule
+
+
+def build_module(cfg: DictConfig, datamodule: InMemoryDataModule) -> LossDiagModule:
+    """ShallowNet sized by the data, wrapped with the configured loss and optimizer."""
+    net = instantiate(
+        cfg.model,
+        width=datamodule.width,
+        height=datamodule.height,
+        depth=datamodule.depth,
+        classes=datamodule.num_classes,
+    )
+    return LossDiagModule(
+        net=net,
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        class_names=datamodule.class_names,
+        loss=cfg.loss.name,
+        k=cfg.loss.k,
+        cap=cfg.loss.cap,
+    )
+
+
+def _instantiate_all(group: DictConfig | None) -> list[Any]:
+    if not group:
+        return []
+    return [instantiate(node) for node in group.values() if isinstance(node, DictConfig) and "_target_" in node]
+
+
+def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
+    callbacks = _instantiate_all(cfg.get("callbacks"))
+    loggers = _instantiate_all(cfg.get("logger"))
+    has_progress_bar = any(isinstance(c, L.pytorch.callbacks.ProgressBar) for c in callbacks)
+    kwargs: dict[str, Any] = {
+        "callbacks": callbacks,
+        "logger": loggers or False,
+        "enable_checkpointing": any(isinstance(c, L.pytorch.callbacks.ModelCheckpoint) for c in callbacks),
+        "enable_progress_bar": has_progress_bar,
+    }
+    kwargs.update(overrides)
+    return instantiate(cfg.trainer, **kwargs)
+
+
+def scalar_metrics(trainer: L.Trainer) -> dict[str, float]:
+    """The epoch-level metrics the trainer last saw, as plain floats."""
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit the model described by ``cfg``; return the final scalar metrics."""
+    prepare(cfg)
+    datamodule = build_datamodule(cfg)
+    model = build_module(cfg, datamodule)
+    trainer = build_trainer(cfg)
+    for logger in trainer.loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+    log.info(
+        "data: %d train / %d val samples, %d classes, %dx%dx%d; loss=%s",
+        len(datamodule.train),  # type: ignore[arg-type]
+        len(datamodule.val),  # type: ignore[arg-type]
+        datamodule.num_classes,
+        datamodule.depth,
+        datamodule.height,
+        datamodule.width,
+        cfg.loss.name,
+    )
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    return scalar_metrics(trainer)

@@ -1,0 +1,52 @@
+"""Shared fixtures: compose the real Hydra config in-process, with outputs under ``tmp_path``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = ROOT / "conf"
+
+torch.set_num_threads(1)  # tests are tiny; avoid oversubscribing the 2 CI cores
+
+
+@pytest.fixture
+def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
+    """``make_cfg("loss=bounded", ...)``: the composed train config, writing under ``tmp_path``.
+
+    Uses the ``debug=fast`` profile (tiny data, 2 epochs) unless a ``debug=`` override is given,
+    and turns off the progress bar.
+    """
+
+    def _make(*overrides: str, config_name: str = "train") -> DictConfig:
+        extra = [] if any(o.startswith("debug=") for o in overrides) else ["debug=fast"]
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name, overrides=[*extra, *overrides, f"paths.output_dir={tmp_path}"])
+        with open_dict(cfg):
+            if "progress_bar" in cfg.get("callbacks", {}):
+                del cfg.callbacks.progress_bar
+        return cfg
+
+    return _make
+
+
+def run_module(module: str, *args: str, cwd: Path = ROOT, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``python -m <module> <args>`` as the user would; returns the completed process."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
