@@ -1,0 +1,26 @@
+from pathlib import Path
+
+import pytest
+
+from src.fileio import atomic_write, atomic_write_text
+
+
+def test_atomic_write_replaces_and_leaves_no_temp(tmp_path: Path) -> None:
+    target = tmp_path / "sub" / "report.md"
+    atomic_write_text(target, "first")
+    atomic_write_text(target, "second")
+    assert target.read_text() == "second"
+    assert [p.name for p in target.parent.iterdir()] == ["report.md"]
+
+
+def test_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
+    target = atomic_write_text(tmp_path / "a.txt", "good")
+
+    def explode(handle) -> None:
+        handle.write(b"half")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, explode)
+    assert target.read_text() == "good"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
