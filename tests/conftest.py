@@ -23,12 +23,12 @@ torch.set_num_threads(1)  # tests are tiny; avoid oversubscribing the 2 CI cores
 def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
     """``make_cfg("loss=bounded", ...)``: the composed train config, writing under ``tmp_path``.
 
-    Uses the ``debug=fast`` profile (tiny data, 2 epochs) unless a ``debug=`` override is given,
+    Uses the ``debug=fast`` profile (tiny data, 2 epochs) unless ``fast=False`` or a ``debug=`` override is given,
     and turns off the progress bar.
     """
 
-    def _make(*overrides: str, config_name: str = "train") -> DictConfig:
-        extra = [] if any(o.startswith("debug=") for o in overrides) else ["debug=fast"]
+    def _make(*overrides: str, config_name: str = "train", fast: bool = True) -> DictConfig:
+        extra = ["debug=fast"] if fast and not any(o.startswith("debug=") for o in overrides) else []
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose(config_name, overrides=[*extra, *overrides, f"paths.output_dir={tmp_path}"])
         with open_dict(cfg):
