@@ -15,8 +15,10 @@ from src.cli import run_task
 def main(cfg: DictConfig) -> float | None:
     def task() -> float | None:
         from src.pipeline import train
+        from src.summary import recorded_run
 
-        metrics = train(cfg)
+        with recorded_run(cfg.paths.output_dir) as outcome:
+            outcome.metrics = metrics = train(cfg)
         metric = cfg.get("optimized_metric")
         return metrics.get(metric) if metric else None
 

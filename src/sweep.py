@@ -1,0 +1,46 @@
+"""Multirun helpers: safe per-job folder names and "are we one job of a sweep?".
+
+Importing this module registers the ``safe_dirname`` resolver used by ``hydra.sweep.subdir`` in
+``conf/train.yaml``. ``src.cli`` imports it, so every process that runs a job (the basic launcher's
+own process, joblib workers, submitit jobs) has it before Hydra names the job folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from omegaconf import OmegaConf
+
+# file systems allow at most 255 bytes per path component; leave room for Hydra's own suffixes
+MAX_DIRNAME_BYTES = 200
+_UNSAFE = re.compile(r"[/\\\x00-\x1f]")
+
+
+def safe_dirname(name: str) -> str:
+    """``name`` usable as ONE folder name: path separators and control characters become ``_``,
+    and a name longer than :data:`MAX_DIRNAME_BYTES` is cut and suffixed with a short hash of the
+    full name (so two long names never collide). An empty name (no overrides) becomes ``default``.
+    """
+    safe = _UNSAFE.sub("_", str(name)) or "default"
+    if safe in (".", ".."):
+        safe = safe.replace(".", "_")
+    if len(safe.encode("utf-8")) <= MAX_DIRNAME_BYTES:
+        return safe
+    digest = hashlib.sha1(safe.encode("utf-8")).hexdigest()[:10]
+    head = safe.encode("utf-8")[: MAX_DIRNAME_BYTES - len(digest) - 1].decode("utf-8", errors="ignore")
+    return f"{head}-{digest}"
+
+
+def in_multirun() -> bool:
+    """True inside a job launched by ``-m`` / ``hydra.mode=MULTIRUN`` (any launcher, any sweeper)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return False
+    return HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+if not OmegaConf.has_resolver("safe_dirname"):
+    OmegaConf.register_new_resolver("safe_dirname", safe_dirname)
