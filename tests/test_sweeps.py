@@ -13,7 +13,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from src.history import read_history
-from src.report import build_report, load_runs, main as report_main
+from src.report import build_report, load_runs
+from src.report import main as report_main
 from src.summary import read_summary
 from tests.conftest import CONF_DIR, run_module
 
