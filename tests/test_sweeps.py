@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -144,6 +145,25 @@ def test_submitit_local_launcher(tmp_path: Path) -> None:
     run = job_dir(sweep, loss="bounded")
     assert read_summary(run)["status"] == "complete"
     assert list((sweep / ".submitit").rglob("*_result.pkl"))  # went through submitit's job files
+
+
+def test_submitit_slurm_writes_the_sbatch_script(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No cluster here: stand-ins for ``srun``/``sbatch`` capture the job-array script submitit submits."""
+    bin_dir, script = tmp_path / "bin", tmp_path / "submitted.sh"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")
+    (bin_dir / "sbatch").write_text('#!/bin/sh\ncp "$1" "$SBATCH_CAPTURE"\necho "sbatch: test stand-in" >&2\nexit 1\n')
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("SBATCH_CAPTURE", str(script))
+    overrides = ["launcher=submitit_slurm", "hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=1"]
+    proc = multirun(tmp_path / "sweep", *overrides, "hydra.launcher.timeout_min=30", "loss=standard,bounded")
+    assert proc.returncode == 1 and "sbatch: test stand-in" in proc.stderr
+    lines = script.read_text().splitlines()
+    for option in ["--array=0-1%2", "--partition=gpu", "--gpus-per-node=1", "--cpus-per-task=4", "--time=30", "--mem=8GB"]:
+        assert f"#SBATCH {option}" in lines
+    assert any(line.startswith("srun ") and "-m submitit.core._submit" in line for line in lines)
 
 
 def _hydra_cfg(*overrides: str):
