@@ -325,7 +325,10 @@ def build_report(sweep_dir: str | Path) -> tuple[list[Group], list[Run], str]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m src.report", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m src.report",
+        description="Compare the runs of a sweep: writes report.md, report.csv and report.png into the sweep folder.",
+    )
     parser.add_argument("sweep_dir", help="a sweep folder, e.g. outputs/sweeps/2026-01-01/12-00-00")
     args = parser.parse_args(argv)
 

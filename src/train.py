@@ -14,10 +14,12 @@ from src.cli import run_task
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     def task() -> float | None:
-        from src.pipeline import train
         from src.summary import recorded_run
 
+        # everything the job does goes inside: <run>/metrics.json then says complete or failed (and why)
         with recorded_run(cfg.paths.output_dir) as outcome:
+            from src.pipeline import train
+
             outcome.metrics = metrics = train(cfg)
         metric = cfg.get("optimized_metric")
         return metrics.get(metric) if metric else None
