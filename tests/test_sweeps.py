@@ -188,18 +188,22 @@ def test_launcher_configs_compose() -> None:
 @pytest.mark.slow
 def test_optuna_search_three_trials(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    proc = run_module(
-        "src.train", "hparams_search=optuna", "hydra.sweeper.n_trials=3", *TINY, f"hydra.sweep.dir={sweep}"
-    )
+    # widen loss.k below 0 on the command line (it replaces the config's range) so some trials fail
+    search = ["hparams_search=optuna", "hydra.sweeper.n_trials=3", "loss.k=interval(-10.0, 3.0)"]
+    proc = run_module("src.train", *search, *TINY, f"hydra.sweep.dir={sweep}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     runs = load_runs(sweep)
-    assert len(runs) == 3 and all(r.status == "complete" for r in runs)
+    assert len(runs) == 3
     searched = {"optimizer.lr", "data.batch_size", "optimizer.weight_decay", "loss.k"}
     assert all(searched <= set(r.params) for r in runs)
     assert len({r.params["optimizer.lr"] for r in runs}) == 3
+    # a trial with k <= 0 fails validation; it is recorded and the search goes on to the next trial
+    statuses = [r.status for r in runs]
+    assert statuses == ["failed" if float(r.params["loss.k"]) <= 0 else "complete" for r in runs]
+    assert statuses[0] == "complete" and statuses[1] == "failed"
     # the sweeper maximised the metric each trial returned: val/acc_best from the run's own summary
     results = (sweep / "optimization_results.yaml").read_text()
-    best = max(read_summary(r.path)["metrics"]["val/acc_best"] for r in runs)
+    best = max(read_summary(r.path)["metrics"]["val/acc_best"] for r in runs if r.status == "complete")
     assert f"best_value: {best}" in results
     # seeded TPE: the first trial's parameters are the same every time
     first = json.dumps(runs[0].params, sort_keys=True)
