@@ -32,17 +32,21 @@ def build_datamodule(cfg: DictConfig) -> InMemoryDataModule:
     return datamodule
 
 
-def build_module(cfg: DictConfig, datamodule: InMemoryDataModule) -> LossDiagModule:
-    """ShallowNet sized by the data, wrapped with the configured loss and optimizer."""
-    net = instantiate(
+def build_net(cfg: DictConfig, datamodule: InMemoryDataModule) -> torch.nn.Module:
+    """``cfg.model`` (ShallowNet) sized by the data."""
+    return instantiate(
         cfg.model,
         width=datamodule.width,
         height=datamodule.height,
         depth=datamodule.depth,
         classes=datamodule.num_classes,
     )
+
+
+def build_module(cfg: DictConfig, datamodule: InMemoryDataModule) -> LossDiagModule:
+    """ShallowNet sized by the data, wrapped with the configured loss and optimizer."""
     return LossDiagModule(
-        net=net,
+        net=build_net(cfg, datamodule),
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         class_names=datamodule.class_names,

@@ -1,0 +1,95 @@
+"""Calibration of a classifier's probabilities: ECE, temperature scaling, reliability diagram.
+
+A temperature ``T`` divides the logits before the softmax; it changes confidences but never the
+predicted class (so accuracy is untouched). ``T > 1`` softens an over-confident model. If the
+temperature-scaled NLL stays flat while the raw NLL rises, the rise is over-confidence, not worse
+ranking of the classes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+from torchmetrics.classification import MulticlassCalibrationError
+
+N_BINS = 15
+
+
+def expected_calibration_error(probs: torch.Tensor, target: torch.Tensor, n_bins: int = N_BINS) -> float:
+    """ECE (L1, ``n_bins`` equal-width confidence bins) of class probabilities ``probs`` (N, C)."""
+    metric = MulticlassCalibrationError(num_classes=probs.shape[1], n_bins=n_bins, norm="l1", sync_on_compute=False)
+    return float(metric(probs.float().cpu(), target.cpu()))
+
+
+def fit_temperature(logits: torch.Tensor, target: torch.Tensor, max_iter: int = 100) -> float:
+    """The temperature minimising the NLL of ``softmax(logits / T)`` (LBFGS on ``log T``, float64)."""
+    z = logits.detach().double().cpu()
+    y = target.detach().cpu()
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(z / log_t.exp(), y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return float(log_t.detach().exp())
+
+
+def nll(logits: torch.Tensor, target: torch.Tensor, temperature: float = 1.0) -> float:
+    """Mean cross-entropy of ``softmax(logits / temperature)``, in float64."""
+    return float(F.cross_entropy(logits.double().cpu() / temperature, target.cpu()))
+
+
+def calibration_summary(logits: torch.Tensor, target: torch.Tensor, n_bins: int = N_BINS) -> dict[str, float]:
+    """``ece``, fitted ``temperature``, ``nll_temperature_scaled`` and ``ece_temperature_scaled``."""
+    t = fit_temperature(logits, target)
+    scaled = logits.double() / t
+    return {
+        "ece": expected_calibration_error(logits.double().softmax(1), target, n_bins),
+        "temperature": t,
+        "nll_temperature_scaled": nll(logits, target, t),
+        "ece_temperature_scaled": expected_calibration_error(scaled.softmax(1), target, n_bins),
+    }
+
+
+def reliability_bins(
+    conf: np.ndarray, correct: np.ndarray, n_bins: int = N_BINS
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per equal-width confidence bin: ``(mean confidence, accuracy, count)``; empty bins are nan/0.
+
+    Bin ``b`` holds confidences in ``[b/n, (b+1)/n)`` as in torchmetrics' ECE, except that a
+    confidence of exactly 1 goes into the last bin (torchmetrics gives it a bin of its own).
+    """
+    conf = np.asarray(conf, dtype=np.float64)
+    correct = np.asarray(correct, dtype=np.float64)
+    bins = np.clip(np.floor(conf * n_bins).astype(int), 0, n_bins - 1)
+    count = np.bincount(bins, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_conf = np.bincount(bins, weights=conf, minlength=n_bins) / count
+        acc = np.bincount(bins, weights=correct, minlength=n_bins) / count
+    return mean_conf, acc, count
+
+
+def reliability_figure(conf: np.ndarray, correct: np.ndarray, title: str = "", n_bins: int = N_BINS) -> Figure:
+    """Reliability diagram: accuracy per confidence bin against the diagonal, with bin counts."""
+    mean_conf, acc, count = reliability_bins(conf, correct, n_bins)
+    edges = np.linspace(0, 1, n_bins + 1)
+    fig = Figure(figsize=(4.5, 4.5))
+    ax = fig.add_subplot()
+    filled = count > 0
+    ax.bar(edges[:-1][filled], acc[filled], width=1 / n_bins, align="edge", edgecolor="black", label="accuracy")
+    gap = mean_conf[filled] - acc[filled]
+    ax.bar(edges[:-1][filled], gap, bottom=acc[filled], width=1 / n_bins, align="edge", color="red", alpha=0.3,
+           label="gap to confidence")
+    ax.plot([0, 1], [0, 1], "k--", linewidth=1)
+    for left, a, n in zip(edges[:-1][filled], acc[filled], count[filled], strict=True):
+        ax.text(left + 0.5 / n_bins, min(a, 0.93) + 0.02, str(int(n)), ha="center", fontsize=6)
+    ax.set(xlim=(0, 1), ylim=(0, 1.05), xlabel="confidence (max probability)", ylabel="accuracy", title=title)
+    ax.legend(loc="upper left", fontsize=7)
+    fig.tight_layout()
+    return fig
