@@ -18,6 +18,7 @@ from src.callbacks import tensorboard_writer
 from src.data import Split
 from src.decomposition import epoch_scalars, evaluate_logits
 from src.evaluation import evaluate_state, net_state, worst_figure, write_diagnosis
+from src.figures import log_figure
 from src.fileio import atomic_write
 from src.samples import SAMPLES_FILE, Samples, SplitInfo
 
@@ -164,10 +165,10 @@ class DiagnosisFigures(L.Callback):
         if self.reliability:
             correct = ev.correct(rec.target.cpu().numpy())
             fig = reliability_figure(ev.conf, correct, title=f"val, epoch {epoch}")
-            writer.add_figure("val/reliability", fig, global_step=trainer.global_step)
+            log_figure(writer, "val/reliability", fig, trainer.global_step)
         if self.worst_images and self.worst_k > 0:
             dm = _datamodule(trainer)
             info = SplitInfo.create(rec.index.cpu().numpy(), rec.target.cpu().numpy(), dm.val.paths)
             view = Samples(classes=list(pl_module.class_names), loss_cap=float(pl_module.loss_cap), val=info)
             fig = worst_figure(view, ev, dm.val.x.cpu(), self.worst_k)
-            writer.add_figure("val/worst_samples", fig, global_step=trainer.global_step)
+            log_figure(writer, "val/worst_samples", fig, trainer.global_step)

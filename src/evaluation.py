@@ -23,7 +23,14 @@ from src.calibration import reliability_figure
 from src.data import Split
 from src.decomposition import Evaluation, evaluate_logits
 from src.errors import UserError
-from src.figures import loss_distribution_figure, save_png, worst_caption, worst_samples_figure
+from src.figures import (
+    log_figure,
+    loss_distribution_figure,
+    render,
+    save_png,
+    worst_caption,
+    worst_samples_figure,
+)
 from src.fileio import atomic_write_text
 from src.reports import classification_report, report_csv, report_markdown
 from src.samples import SAMPLES_FILE, Samples, SplitInfo
@@ -175,9 +182,8 @@ def write_diagnosis(
             {name: s["val"].loss for name, s in samples.models.items() if "val" in s}
         )
     for name, fig in figures.items():
-        save_png(fig, out / "figures" / f"{name}.png")
-        if writer is not None:
-            writer.add_figure(f"diagnosis/{name}", fig, global_step=step)
+        image = log_figure(writer, f"diagnosis/{name}", fig, step) if writer is not None else render(fig)
+        save_png(image, out / "figures" / f"{name}.png")
     diagnosis = diagnose(samples, model=model)
     atomic_write_text(out / DIAGNOSIS_FILE, diagnosis.markdown)
     if writer is not None:

@@ -9,26 +9,35 @@ import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from PIL import Image
 
 from src.fileio import atomic_write
 
 
 def worst_samples_figure(images: torch.Tensor, captions: Sequence[str], columns: int = 4) -> Figure:
-    """A grid of images ``(k, C, H, W)`` in [0, 1], each titled with its caption."""
+    """A grid of images ``(k, C, H, W)`` in [0, 1], each captioned (one axes, so it renders fast)."""
     k = len(captions)
     cols = max(1, min(columns, k))
     rows = max(1, -(-k // cols))
-    fig = Figure(figsize=(2.2 * cols, 2.4 * rows))
+    imgs = images.detach().float().cpu().clamp(0, 1)
+    if imgs.shape[1] == 1:
+        imgs = imgs.expand(-1, 3, -1, -1)
+    h, w = imgs.shape[2], imgs.shape[3]
+    pad = max(1, h // 16)
+    grid = torch.ones(3, rows * (h + pad) + pad, cols * (w + pad) + pad)
     for i in range(k):
-        ax = fig.add_subplot(rows, cols, i + 1)
-        img = images[i].detach().float().cpu().clamp(0, 1)
-        if img.shape[0] == 1:
-            ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=1)
-        else:
-            ax.imshow(img.permute(1, 2, 0).numpy())
-        ax.set_title(captions[i], fontsize=7)
-        ax.axis("off")
-    fig.tight_layout()
+        r, c = divmod(i, cols)
+        top, left = pad + r * (h + pad), pad + c * (w + pad)
+        grid[:, top : top + h, left : left + w] = imgs[i]
+    fig = Figure(figsize=(2.2 * cols, 2.5 * rows))
+    ax = fig.add_axes((0, 0, 1, 1 - 0.35 / (2.5 * rows)))
+    ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest", aspect="auto")
+    for i, caption in enumerate(captions):
+        r, c = divmod(i, cols)
+        ax.text(pad + c * (w + pad) + w / 2, pad + r * (h + pad) + h - 0.5, caption, ha="center", va="top",
+                fontsize=7, color="white", bbox={"facecolor": "black", "alpha": 0.6, "pad": 1, "linewidth": 0})
+    ax.axis("off")
+    fig.suptitle("highest-loss val samples", fontsize=8)
     return fig
 
 
@@ -55,7 +64,20 @@ def loss_distribution_figure(losses: dict[str, np.ndarray], title: str = "val pe
     return fig
 
 
-def save_png(fig: Figure, path: str | Path) -> Path:
-    """Render ``fig`` with the Agg backend to ``path`` atomically (no display needed)."""
-    FigureCanvasAgg(fig)
-    return atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=100))
+def render(fig: Figure) -> np.ndarray:
+    """Draw ``fig`` with the Agg backend (no display needed) into an ``(H, W, 3)`` uint8 array."""
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def save_png(image: np.ndarray, path: str | Path) -> Path:
+    """Write a rendered figure as PNG, atomically."""
+    return atomic_write(path, lambda handle: Image.fromarray(image).save(handle, format="png"))
+
+
+def log_figure(writer, tag: str, fig: Figure, step: int) -> np.ndarray:
+    """Render ``fig`` once and add it to TensorBoard as an image; returns the pixels."""
+    image = render(fig)
+    writer.add_image(tag, image, global_step=step, dataformats="HWC")
+    return image

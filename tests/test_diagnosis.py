@@ -1,0 +1,190 @@
+"""Pure diagnosis functions, checked against hand computations and scikit-learn (no Lightning)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import classification_report as sk_report
+
+from src.calibration import (
+    calibration_summary,
+    expected_calibration_error,
+    fit_temperature,
+    nll,
+    reliability_bins,
+)
+from src.decomposition import epoch_scalars, evaluate_logits, loss_decomposition, recompute_mean_ce, worst_share
+from src.reports import classification_report, report_csv, report_markdown
+from src.samples import Samples, SplitInfo, load_samples
+from src.verdict import diagnose
+
+
+def test_loss_decomposition_by_hand() -> None:
+    loss = np.array([0.1, 0.2, 5.0, 0.3, 9.4])
+    correct = np.array([True, True, False, True, False])
+    parts = loss_decomposition(loss, correct)
+    assert parts["loss_from_correct"] == pytest.approx(0.6 / 5)
+    assert parts["loss_from_wrong"] == pytest.approx(14.4 / 5)
+    assert parts["loss_from_correct"] + parts["loss_from_wrong"] == pytest.approx(loss.mean())
+    assert parts["share_from_wrong"] == pytest.approx(14.4 / 15.0)
+    assert parts["n_wrong"] == 2
+
+
+def test_worst_share_one_and_five_percent() -> None:
+    loss = np.concatenate([np.full(190, 0.1), np.arange(1.0, 11.0)])  # 200 samples, 10 outliers 1..10
+    share1, n1 = worst_share(loss, 0.01)
+    share5, n5 = worst_share(loss, 0.05)
+    total = 19.0 + 55.0
+    assert (n1, n5) == (2, 10)
+    assert share1 == pytest.approx(19.0 / total)
+    assert share5 == pytest.approx(55.0 / total)
+
+
+def test_recompute_mean_ce_matches_torch_even_for_tiny_probabilities() -> None:
+    logits = torch.tensor([[40.0, 0.0, 9.0], [0.0, 2.0, 1.0], [1.0, 1.0, 1.0]], dtype=torch.float64)
+    target = torch.tensor([1, 1, 2])
+    probs = logits.softmax(1).numpy()
+    assert probs[0, 1] < 1e-17
+    assert recompute_mean_ce(probs, target.numpy()) == pytest.approx(F.cross_entropy(logits, target).item())
+
+
+def _overconfident(n: int = 3000, c: int = 5, t_true: float = 3.0, seed: int = 0):
+    """Labels drawn from softmax(z); the model reports z * t_true, so the best temperature is t_true."""
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, c, generator=gen, dtype=torch.float64) * 2
+    y = torch.multinomial(z.softmax(1), 1, generator=gen)[:, 0]
+    return z * t_true, y
+
+
+def test_fit_temperature_recovers_the_scale_and_minimises_nll() -> None:
+    logits, y = _overconfident()
+    t = fit_temperature(logits, y)
+    assert t == pytest.approx(3.0, rel=0.1)
+    best = nll(logits, y, t)
+    for other in (t * 0.9, t * 1.1, 1.0):
+        assert best <= nll(logits, y, other)
+    summary = calibration_summary(logits, y)
+    assert summary["temperature"] == pytest.approx(t)
+    assert summary["nll_temperature_scaled"] < nll(logits, y)
+    assert summary["ece_temperature_scaled"] < summary["ece"]
+
+
+def test_ece_matches_a_hand_binned_computation() -> None:
+    logits, y = _overconfident(n=500)
+    probs = (logits / 2).softmax(1).float()
+    conf, pred = probs.max(1)
+    assert (conf < 1).all()  # torchmetrics gives conf == 1 a bin of its own
+    mean_conf, acc, count = reliability_bins(conf.numpy(), (pred == y).numpy())
+    filled = count > 0
+    manual = np.sum(count[filled] / count.sum() * np.abs(acc[filled] - mean_conf[filled]))
+    assert expected_calibration_error(probs, y) == pytest.approx(manual, abs=1e-5)
+
+
+def test_classification_report_matches_sklearn() -> None:
+    rng = np.random.default_rng(0)
+    target = rng.integers(0, 4, 300)
+    pred = np.where((rng.random(300) < 0.6) & (target != 3), target, rng.integers(0, 3, 300))  # 3 never predicted
+    names = ["cat", "dog", "panda", "owl"]
+    ours = classification_report(pred, target, names)
+    ref = sk_report(target, pred, labels=[0, 1, 2, 3], target_names=names, output_dict=True, zero_division=0)
+    assert list(ours) == list(ref)
+    assert ours["accuracy"] == pytest.approx(ref["accuracy"])
+    for key in [*names, "macro avg", "weighted avg"]:
+        for col in ("precision", "recall", "f1-score", "support"):
+            assert ours[key][col] == pytest.approx(ref[key][col], abs=1e-6), (key, col)
+    assert ours["owl"]["precision"] == 0.0 and ours["owl"]["support"] > 0
+
+
+def test_report_layout_is_the_seeds_table() -> None:
+    report = classification_report(np.array([0, 1, 1, 0]), np.array([0, 1, 0, 0]), ["a", "b"])
+    md = report_markdown(report, "best model").splitlines()
+    assert md[2] == "| | precision | recall | f1-score | support |"
+    assert md[4] == "| a | 1.00 | 0.67 | 0.80 | 3 |"
+    assert md[6] == "| accuracy |  |  | 0.75 | 4 |"
+    assert md[7].startswith("| macro avg | 0.75 | 0.83 |") and md[8].startswith("| weighted avg |")
+    rows = report_csv(report).splitlines()
+    assert rows[0] == ",precision,recall,f1-score,support"
+    assert rows[3] == "accuracy,,,0.75,4"
+
+
+def _samples(losses_per_epoch: list[float], wrong_loss: float, seed: int = 0) -> Samples:
+    """A synthetic run over 200 val samples, 4 classes: 10 wrong samples whose loss follows ``losses_per_epoch``."""
+    rng = np.random.default_rng(seed)
+    n, c = 200, 4
+    target = rng.integers(0, c, n)
+    samples = Samples(classes=list("abcd"), loss_cap=2.5, val=SplitInfo.create(range(n), target))
+    for epoch, scale in enumerate(losses_per_epoch):
+        logits = torch.zeros(n, c, dtype=torch.float64)
+        logits[torch.arange(n), torch.as_tensor(target)] = 6.0
+        wrong = torch.arange(10)
+        other = (torch.as_tensor(target[:10]) + 1) % c
+        logits[wrong] = 0.0
+        logits[wrong, other] = wrong_loss * scale
+        samples.add_epoch(epoch, evaluate_logits(logits.float(), torch.as_tensor(target)))
+    return samples
+
+
+def test_verdict_when_val_loss_rises_with_flat_accuracy(tmp_path: Path) -> None:
+    samples = _samples([1.0, 0.5, 1.0, 2.0, 3.0], wrong_loss=4.0)
+    samples.save(tmp_path / "samples.npz")
+    diag = diagnose(load_samples(tmp_path))
+    n = diag.numbers
+    hist = samples.history
+    means = hist.loss.astype(np.float64).mean(1)
+    assert n["min_epoch"] == int(np.argmin(means)) == 1
+    assert n["last_loss"] == pytest.approx(means[-1])
+    assert n["phenomenon"] and n["rose"] and n["acc_held"]
+    assert diag.markdown.splitlines()[2].startswith("**Yes, the phenomenon happened.**")
+    assert n["final"]["wrong_share"] == pytest.approx(
+        hist.loss[-1][:10].astype(np.float64).sum() / hist.loss[-1].astype(np.float64).sum()
+    )
+    assert n["extreme"][0]["p_true"] == pytest.approx(float(hist.p_true[-1][: 10].min()))
+    assert f"{n['extreme'][0]['p_true']:.3g}" in diag.markdown
+    assert "over-confident" in diag.markdown
+
+
+def test_verdict_says_no_when_val_loss_does_not_rise() -> None:
+    diag = diagnose(_samples([3.0, 2.0, 1.0], wrong_loss=1.0))
+    assert not diag.numbers["rose"]
+    assert "**No, val loss did not rise**" in diag.markdown
+    assert "phenomenon happened" not in diag.markdown
+    assert "rise is mostly over-confidence" not in diag.markdown
+
+
+def test_verdict_says_accuracy_fell_when_it_did() -> None:
+    samples = _samples([1.0, 1.0], wrong_loss=2.0)
+    target = torch.as_tensor(samples.val.target)
+    logits = torch.zeros(200, 4)
+    logits[torch.arange(200), (target + 1) % 4] = 3.0  # everything wrong now
+    samples.add_epoch(2, evaluate_logits(logits, target))
+    diag = diagnose(samples)
+    assert diag.numbers["rose"] and not diag.numbers["acc_held"]
+    assert "accuracy fell" in diag.markdown
+
+
+def test_samples_roundtrip_and_epoch_scalars(tmp_path: Path) -> None:
+    logits, y = _overconfident(n=50, c=3)
+    ev = evaluate_logits(logits.float(), y)
+    samples = Samples(["x", "y", "z"], 1.5, SplitInfo.create(range(50), y.numpy(), [f"img{i}.png" for i in range(50)]))
+    samples.add_epoch(0, ev)
+    samples.add_epoch(1, ev)
+    samples.train = SplitInfo.create(range(50), y.numpy())
+    samples.models = {"initial": {"val": ev, "train": ev}, "last": {"val": ev, "train": ev}}
+    samples.model_epoch = {"initial": -1, "last": 1}
+    samples.save(tmp_path / "samples.npz")
+    back = load_samples(tmp_path)
+    assert back.epochs == [0, 1] and back.classes == ["x", "y", "z"] and back.loss_cap == 1.5
+    assert back.val.path[3] == "img3.png"
+    np.testing.assert_array_equal(back.history.loss[1], ev.loss)
+    np.testing.assert_array_equal(back.models["last"]["train"].pred, ev.pred)
+    assert back.model_epoch == {"initial": -1, "last": 1}
+    assert back.history.calibration["ece"][0] == pytest.approx(float(ev.calibration["ece"]))
+    scalars = epoch_scalars(logits, y, ev)
+    assert scalars["loss_from_correct"] + scalars["loss_from_wrong"] == pytest.approx(float(ev.loss.mean()), rel=1e-5)
+    assert scalars["loss_recompute_error"] < 1e-5
+    with pytest.raises(FileNotFoundError):
+        load_samples(tmp_path / "nope")
