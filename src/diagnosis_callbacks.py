@@ -150,7 +150,7 @@ class DiagnosisFigures(L.Callback):
 
     def _due(self, trainer: L.Trainer) -> bool:
         epoch = trainer.current_epoch + 1
-        last = trainer.max_epochs is not None and epoch >= trainer.max_epochs
+        last = trainer.max_epochs is not None and 0 < trainer.max_epochs <= epoch
         return bool(self.every_n_epochs) and (epoch % self.every_n_epochs == 0 or last)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -17,7 +17,13 @@ from src.calibration import (
     nll,
     reliability_bins,
 )
-from src.decomposition import epoch_scalars, evaluate_logits, loss_decomposition, recompute_mean_ce, worst_share
+from src.decomposition import (
+    epoch_scalars,
+    evaluate_logits,
+    loss_decomposition,
+    recompute_mean_ce,
+    worst_share,
+)
 from src.reports import classification_report, report_csv, report_markdown
 from src.samples import Samples, SplitInfo, load_samples
 from src.verdict import diagnose

@@ -1,0 +1,147 @@
+"""End to end: a training run writes every diagnosis file and TensorBoard tag, the verdict's numbers
+are those of the saved per-sample records, and ``src.evaluate`` reproduces the reports of a checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import open_dict
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from src.errors import UserError
+from src.evaluation import evaluate_checkpoint, load_weights
+from src.history import read_history
+from src.model import ShallowNet
+from src.pipeline import train
+from src.samples import load_samples
+from tests.conftest import run_module
+
+EPOCHS = 20  # enough for the default data to show the rise (min near epoch 7)
+PER_EPOCH = [
+    "loss_from_correct",
+    "loss_from_wrong",
+    "loss_share_wrong",
+    "n_wrong",
+    "loss_top5pct_share",
+    "conf_wrong_mean",
+    "p_true_correct_mean",
+    "loss_recomputed",
+    "loss_recompute_error",
+    "ece",
+    "temperature",
+    "nll_temperature_scaled",
+    "ece_temperature_scaled",
+]
+MODELS = ("initial", "best", "last")
+
+
+def _events(run_dir: Path) -> EventAccumulator:
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+    events.Reload()
+    return events
+
+
+def _check_verdict_matches_records(run_dir: Path) -> dict:
+    """Recompute the verdict's headline numbers from samples.npz with plain numpy; they must be in diagnosis.md."""
+    samples = load_samples(run_dir)
+    text = (run_dir / "diagnosis.md").read_text()
+    loss = samples.history.loss.astype(np.float64)  # (E, N)
+    means = loss.mean(1)
+    history = read_history(run_dir)
+    np.testing.assert_allclose(means, history["val/loss"], rtol=1e-5)
+    np.testing.assert_allclose(samples.history.calibration["ece"], history["val/ece"], rtol=1e-5)
+    final = np.sort(loss[-1])[::-1]
+    n1 = max(1, round(len(final) * 0.01))
+    top1 = final[:n1].sum() / final.sum()
+    wrong = samples.history.pred[-1] != samples.val.target
+    wrong_share = loss[-1][wrong].sum() / loss[-1].sum()
+    worst = int(np.argmax(loss[-1]))
+    lo = int(np.argmin(means))
+    assert f"worst 1% ({n1} samples) carry {100 * top1:.1f}%" in text
+    assert f"misclassified samples carry {100 * wrong_share:.1f}%" in text
+    assert f"| {samples.val.index[worst]} | - |" in text
+    assert f"{float(samples.history.p_true[-1][worst]):.3g}" in text
+    assert f"{means[-1]:.4f}" in text and f"{means[lo]:.4f}" in text
+    return {"means": means, "acc": (samples.history.pred == samples.val.target).mean(1), "text": text}
+
+
+@pytest.mark.slow
+def test_training_run_writes_every_diagnosis_output(make_cfg, tmp_path: Path) -> None:
+    cfg = make_cfg(
+        "data.train_size=150", f"trainer.max_epochs={EPOCHS}", "callbacks.diagnosis_figures.every_n_epochs=10"
+    )
+    train(cfg)
+    run = Path(cfg.paths.output_dir)
+    for name in MODELS:
+        assert (run / "checkpoints" / f"{name}.ckpt").is_file()
+        assert "| accuracy |" in (run / "reports" / f"{name}.md").read_text()
+        assert (run / "reports" / f"{name}.csv").read_text().startswith(",precision,recall,f1-score,support")
+    for name in ("reliability", "worst_samples", "loss_distribution"):
+        assert (run / "figures" / f"{name}.png").stat().st_size > 1000
+    worst = (run / "worst.csv").read_text().splitlines()
+    assert worst[0].startswith("rank,index,path,true,predicted,p_true,confidence,loss,loss_epoch_0,")
+    assert len(worst) == 1 + 16 and worst[0].endswith(f"loss_epoch_{EPOCHS - 1}")
+
+    events = _events(run)
+    tags = events.Tags()
+    for name in PER_EPOCH:
+        assert len(events.Scalars(f"val/{name}")) == EPOCHS, name
+    assert [e.step for e in events.Images("val/reliability")] == [e.step for e in events.Images("val/worst_samples")]
+    assert len(events.Images("val/reliability")) == 2  # epochs 9 and 19
+    for name in ("reliability", "worst_samples", "loss_distribution"):
+        assert f"diagnosis/{name}" in tags["images"]
+    for name in [*(f"reports/{m}" for m in MODELS), "diagnosis"]:
+        assert f"{name}/text_summary" in tags["tensors"], tags["tensors"]
+    recompute_error = [e.value for e in events.Scalars("val/loss_recompute_error")]
+    assert max(recompute_error) < 1e-4
+
+    # samples.npz: val per epoch, initial/best/last on val and train
+    samples = load_samples(run)
+    assert samples.epochs == list(range(EPOCHS))
+    assert list(samples.models) == list(MODELS)
+    best_epoch = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)["epoch"]
+    assert samples.model_epoch == {"initial": -1, "best": best_epoch, "last": EPOCHS - 1}
+    np.testing.assert_array_equal(samples.models["last"]["val"].pred, samples.history.pred[-1])
+    assert len(samples.models["initial"]["train"].loss) == len(samples.train.target) == 150
+    initial_acc = float((samples.models["initial"]["val"].pred == samples.val.target).mean())
+    assert f"| accuracy |  |  | {initial_acc:.2f} |" in (run / "reports" / "initial.md").read_text()
+
+    checked = _check_verdict_matches_records(run)
+    lo = int(np.argmin(checked["means"]))
+    assert checked["means"][-1] > 1.05 * checked["means"][lo] and checked["acc"][-1] >= checked["acc"][lo] - 0.02
+    assert "**Yes, the phenomenon happened.**" in checked["text"]
+
+    # the standalone evaluation of best.ckpt reproduces the run's report of the best model
+    ecfg = make_cfg(f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}", "data.train_size=150", config_name="evaluate")
+    with open_dict(ecfg):
+        ecfg.paths.output_dir = str(tmp_path / "eval")
+    evaluate_checkpoint(ecfg)
+    out = tmp_path / "eval"
+    assert (out / "reports" / "best.md").read_text() == (run / "reports" / "best.md").read_text()
+    assert "Single evaluation" in (out / "diagnosis.md").read_text()
+    assert (out / "worst.csv").is_file() and (out / "figures" / "reliability.png").is_file()
+    assert "diagnosis/text_summary" in _events(out).Tags()["tensors"]
+
+
+@pytest.mark.slow
+def test_short_run_verdict_says_there_is_no_rise(make_cfg) -> None:
+    cfg = make_cfg()  # debug=fast: 2 epochs, val loss still falling
+    train(cfg)
+    checked = _check_verdict_matches_records(Path(cfg.paths.output_dir))
+    assert checked["means"][-1] < checked["means"][0]
+    assert "**No, val loss did not rise**" in checked["text"]
+    assert "phenomenon happened" not in checked["text"]
+
+
+def test_checkpoint_that_does_not_fit_the_data_is_a_user_error(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="does not fit the configured data/model"):
+        load_weights(ShallowNet(8, 8, 1, 10), ShallowNet(8, 8, 1, 3).state_dict(), "ckpt_path=x.ckpt")
+
+
+def test_evaluate_cli_missing_checkpoint_is_one_line_error(tmp_path: Path) -> None:
+    proc = run_module("src.evaluate", f"ckpt_path={tmp_path}/nope.ckpt", f"hydra.run.dir={tmp_path}/eval")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: ckpt_path={tmp_path}/nope.ckpt does not exist")
