@@ -145,3 +145,23 @@ def test_evaluate_cli_missing_checkpoint_is_one_line_error(tmp_path: Path) -> No
     proc = run_module("src.evaluate", f"ckpt_path={tmp_path}/nope.ckpt", f"hydra.run.dir={tmp_path}/eval")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith(f"error: ckpt_path={tmp_path}/nope.ckpt does not exist")
+
+
+@pytest.mark.slow
+def test_folder_data_run_records_file_paths(make_cfg, tmp_path: Path) -> None:
+    from tests.test_data import _write_folder
+
+    root = tmp_path / "animals"
+    _write_folder(root, {"cats": 8, "dogs": 8, "pandas": 8})
+    cfg = make_cfg("data=folder", f"data.root={root}", "data.image_size=8", "data.train_size=null")
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "run")
+    train(cfg)
+    run = Path(cfg.paths.output_dir)
+    samples = load_samples(run)
+    assert samples.classes == ["cats", "dogs", "pandas"]
+    assert all(Path(p).is_file() and Path(p).parent.name == samples.classes[t]
+               for p, t in zip(samples.val.path, samples.val.target, strict=True))
+    worst = (run / "worst.csv").read_text().splitlines()[1].split(",")
+    assert Path(worst[2]).is_file() and worst[2] in samples.val.path
+    assert f"`{worst[2]}`" in (run / "diagnosis.md").read_text()  # "open the worst images"
