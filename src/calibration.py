@@ -84,7 +84,7 @@ def reliability_figure(conf: np.ndarray, correct: np.ndarray, title: str = "", n
     """Reliability diagram: accuracy per confidence bin against the diagonal, with bin counts."""
     mean_conf, acc, count = reliability_bins(conf, correct, n_bins)
     edges = np.linspace(0, 1, n_bins + 1)
-    fig = Figure(figsize=(4.5, 4.5))
+    fig = Figure(figsize=(4, 4), dpi=80)
     ax = fig.add_subplot()
     filled = count > 0
     ax.bar(edges[:-1][filled], acc[filled], width=1 / n_bins, align="edge", edgecolor="black", label="accuracy")
@@ -96,5 +96,5 @@ def reliability_figure(conf: np.ndarray, correct: np.ndarray, title: str = "", n
         ax.text(left + 0.5 / n_bins, min(a, 0.93) + 0.02, str(int(n)), ha="center", fontsize=6)
     ax.set(xlim=(0, 1), ylim=(0, 1.05), xlabel="confidence (max probability)", ylabel="accuracy", title=title)
     ax.legend(loc="upper left", fontsize=7)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.14, right=0.97, bottom=0.12, top=0.92)
     return fig

@@ -29,8 +29,8 @@ def worst_samples_figure(images: torch.Tensor, captions: Sequence[str], columns:
         r, c = divmod(i, cols)
         top, left = pad + r * (h + pad), pad + c * (w + pad)
         grid[:, top : top + h, left : left + w] = imgs[i]
-    fig = Figure(figsize=(2.2 * cols, 2.5 * rows))
-    ax = fig.add_axes((0, 0, 1, 1 - 0.35 / (2.5 * rows)))
+    fig = Figure(figsize=(2.0 * cols, 2.3 * rows), dpi=80)
+    ax = fig.add_axes((0, 0, 1, 1 - 0.35 / (2.3 * rows)))
     ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest", aspect="auto")
     for i, caption in enumerate(captions):
         r, c = divmod(i, cols)
@@ -47,7 +47,7 @@ def worst_caption(true: str, pred: str, p_true: float, loss: float) -> str:
 
 def loss_distribution_figure(losses: dict[str, np.ndarray], title: str = "val per-sample cross-entropy") -> Figure:
     """One histogram of per-sample losses per model (log-count axis), with each model's mean marked."""
-    fig = Figure(figsize=(4 * max(1, len(losses)), 3.2))
+    fig = Figure(figsize=(4 * max(1, len(losses)), 3.2), dpi=80)
     finite_max = max((float(np.nanmax(v[np.isfinite(v)])) for v in losses.values() if np.isfinite(v).any()), default=1.0)
     bins = np.linspace(0, max(finite_max, 1e-6), 40)
     for i, (name, values) in enumerate(losses.items()):
@@ -60,7 +60,7 @@ def loss_distribution_figure(losses: dict[str, np.ndarray], title: str = "val pe
         ax.set(title=f"{name}", xlabel="cross-entropy", ylabel="samples")
         ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.15, top=0.85, wspace=0.3)
     return fig
 
 

@@ -129,8 +129,9 @@ def diagnose(samples: Samples, n_extreme: int = 3, model: str | None = None) -> 
 def _headline(n: dict[str, Any]) -> str:
     f = n["final"]
     if not n["history"]:
+        weights = "untrained weights" if n["last_epoch"] < 0 else f"weights of epoch {n['last_epoch']}"
         return (
-            f"Single evaluation (weights of epoch {n['last_epoch']}): val loss {_loss(n['last_loss'])}, "
+            f"Single evaluation ({weights}): val loss {_loss(n['last_loss'])}, "
             f"accuracy {f['acc']:.3f}. With one point there is no rise to judge; the training run's "
             "diagnosis.md has the history."
         )
@@ -199,7 +200,8 @@ def _write(n: dict[str, Any]) -> tuple[str, str]:
     lines += ["", "## Calibration", ""]
     cols = ["", "val loss (NLL)", "ECE (15 bins)", "temperature", "NLL after scaling", "ECE after scaling"]
     lines += ["| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
-    rows = [("at min val loss, epoch " + str(n["min_epoch"]), m), ("final, epoch " + str(n["last_epoch"]), f)]
+    final_label = "final, epoch " + str(n["last_epoch"]) if n["history"] else "this model"
+    rows = [("at min val loss, epoch " + str(n["min_epoch"]), m), (final_label, f)]
     for label, v in rows if n["history"] and n["min_epoch"] != n["last_epoch"] else rows[1:]:
         lines.append(
             f"| {label} | {_loss(v['loss'])} | {v['ece']:.4f} | {v['temperature']:.3f} | "
