@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from src.calibration import reliability_figure
+from src.class_report import classification_report, report_csv, report_markdown
 from src.data import Split
 from src.decomposition import Evaluation, evaluate_logits
 from src.errors import UserError
@@ -32,7 +33,6 @@ from src.figures import (
     worst_samples_figure,
 )
 from src.fileio import atomic_write_text
-from src.reports import classification_report, report_csv, report_markdown
 from src.samples import SAMPLES_FILE, Samples, SplitInfo
 from src.verdict import Diagnosis, diagnose
 

@@ -17,6 +17,7 @@ from src.calibration import (
     nll,
     reliability_bins,
 )
+from src.class_report import classification_report, report_csv, report_markdown
 from src.decomposition import (
     epoch_scalars,
     evaluate_logits,
@@ -24,7 +25,6 @@ from src.decomposition import (
     recompute_mean_ce,
     worst_share,
 )
-from src.reports import classification_report, report_csv, report_markdown
 from src.samples import Samples, SplitInfo, load_samples
 from src.verdict import diagnose
 
