@@ -8,6 +8,8 @@ ranking of the classes.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -15,6 +17,8 @@ from matplotlib.figure import Figure
 from torchmetrics.functional.classification import multiclass_calibration_error
 
 N_BINS = 15
+# the fitted temperature is clipped to this range: a model no better than uniform guessing drives T to infinity
+T_MIN, T_MAX = 0.01, 100.0
 
 
 def expected_calibration_error(probs: torch.Tensor, target: torch.Tensor, n_bins: int = N_BINS) -> float:
@@ -29,7 +33,10 @@ def expected_calibration_error(probs: torch.Tensor, target: torch.Tensor, n_bins
 
 
 def fit_temperature(logits: torch.Tensor, target: torch.Tensor, max_iter: int = 100) -> float:
-    """The temperature minimising the NLL of ``softmax(logits / T)`` (LBFGS on ``log T``, float64)."""
+    """The temperature minimising the NLL of ``softmax(logits / T)`` (LBFGS on ``log T``, float64).
+
+    Clipped to ``[T_MIN, T_MAX]``; ``T_MAX`` means the probabilities are no better than uniform.
+    """
     z = logits.detach().double().cpu()
     y = target.detach().cpu()
     log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
@@ -42,7 +49,8 @@ def fit_temperature(logits: torch.Tensor, target: torch.Tensor, max_iter: int = 
         return loss
 
     opt.step(closure)
-    return float(log_t.detach().exp())
+    t = float(log_t.detach().exp())
+    return min(max(t, T_MIN), T_MAX) if math.isfinite(t) else T_MAX
 
 
 def nll(logits: torch.Tensor, target: torch.Tensor, temperature: float = 1.0) -> float:

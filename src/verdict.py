@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from src.calibration import T_MAX
 from src.decomposition import Evaluation, loss_decomposition, mean_where, worst_share
 from src.samples import Samples
 
@@ -175,12 +176,15 @@ def _write(n: dict[str, Any]) -> tuple[str, str]:
             f"{_loss(n['rise_from_worst5'])} and the other samples for {_loss(n['rise_from_rest'])}; "
             f"the final misclassified samples for {_loss(n['rise_from_wrong'])}."
         )
-    lines += ["", "Most extreme samples (highest final loss):", ""]
-    lines += ["| index | file | true | predicted | p(true) | confidence | loss | loss at min epoch |", "|---" * 8 + "|"]
+    at_min_col = n["history"] and n["min_epoch"] != n["last_epoch"]
+    cols = ["index", "file", "true", "predicted", "p(true)", "confidence", "loss"]
+    cols += [f"loss at epoch {n['min_epoch']}"] if at_min_col else []
+    lines += ["", "Most extreme samples (highest loss):", ""]
+    lines += ["| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
     for e in n["extreme"]:
         lines.append(
             f"| {e['index']} | {e['path'] or '-'} | {e['true']} | {e['pred']} | {_p(e['p_true'])} | {e['conf']:.4f} "
-            f"| {e['loss']:.2f} | {e['loss_at_min']:.2f} |"
+            f"| {e['loss']:.2f} |" + (f" {e['loss_at_min']:.2f} |" if at_min_col else "")
         )
     if n["extreme"]:
         e = n["extreme"][0]
@@ -248,7 +252,12 @@ def _write(n: dict[str, Any]) -> tuple[str, str]:
 def _calibration_words(n: dict[str, Any]) -> str:
     f, m = n["final"], n["at_min"]
     t = f["temperature"]
-    if t > 1.05:
+    if t >= T_MAX:
+        text = (
+            f"The fitted temperature hits its upper limit ({T_MAX:.0f}): the model's probabilities are no better "
+            "than uniform guessing, so calibration says nothing useful here."
+        )
+    elif t > 1.05:
         text = f"A fitted temperature of {t:.3f} (> 1) means the final model is over-confident: its probabilities are too extreme."
     elif t < 0.95:
         text = f"A fitted temperature of {t:.3f} (< 1) means the final model is under-confident: its probabilities are too flat."

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from sklearn.metrics import classification_report as sk_report
 
 from src.calibration import (
+    T_MAX,
     calibration_summary,
     expected_calibration_error,
     fit_temperature,
@@ -77,6 +78,12 @@ def test_fit_temperature_recovers_the_scale_and_minimises_nll() -> None:
     assert summary["temperature"] == pytest.approx(t)
     assert summary["nll_temperature_scaled"] < nll(logits, y)
     assert summary["ece_temperature_scaled"] < summary["ece"]
+
+
+def test_fit_temperature_is_clipped_for_a_model_worse_than_uniform() -> None:
+    logits = torch.tensor([[5.0, 0.0], [0.0, 5.0]] * 10)
+    target = torch.tensor([1, 0] * 10)  # always confidently wrong: uniform (T -> inf) is best
+    assert fit_temperature(logits, target) == T_MAX
 
 
 def test_ece_matches_a_hand_binned_computation() -> None:
