@@ -106,6 +106,10 @@ def test_training_run_writes_every_diagnosis_output(make_cfg, tmp_path: Path) ->
     assert samples.model_epoch == {"initial": -1, "best": best_epoch, "last": EPOCHS - 1}
     np.testing.assert_array_equal(samples.models["last"]["val"].pred, samples.history.pred[-1])
     assert len(samples.models["initial"]["train"].loss) == len(samples.train.target) == 150
+    first = worst[1].split(",")
+    i = int(np.flatnonzero(samples.val.index == int(first[1]))[0])
+    assert i == int(np.argmax(samples.history.loss[-1]))
+    np.testing.assert_allclose([float(v) for v in first[8:]], samples.history.loss[:, i], rtol=1e-5)
     initial_acc = float((samples.models["initial"]["val"].pred == samples.val.target).mean())
     assert f"| accuracy |  |  | {initial_acc:.2f} |" in (run / "reports" / "initial.md").read_text()
 
