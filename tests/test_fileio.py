@@ -24,3 +24,14 @@ def test_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
         atomic_write(target, explode)
     assert target.read_text() == "good"
     assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+def test_atomic_write_uses_normal_permissions(tmp_path: Path) -> None:
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        target = atomic_write_text(tmp_path / "r.md", "x")
+    finally:
+        os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o644
