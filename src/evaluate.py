@@ -1,8 +1,9 @@
 """``python -m src.evaluate ckpt_path=<run>/checkpoints/best.ckpt [overrides]``.
 
 Runs the end-of-training reports and diagnosis (classification report, worst samples, calibration,
-``diagnosis.md``) for one saved checkpoint on the configured data; the config groups are the
-training ones, so pass the same ``data=``/``model=`` overrides as the training run.
+``diagnosis.md``) for one saved checkpoint on the data the checkpoint's run was trained on
+(read from ``<run>/.hydra/config.yaml``); ``data=``/``model=``/``loss=``/``seed=`` overrides on the
+command line replace the run's values, e.g. to evaluate on another image folder.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from src.cli import run_task
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     def task() -> None:
+        from hydra.core.hydra_config import HydraConfig
+
         from src.evaluation import evaluate_checkpoint
 
-        evaluate_checkpoint(cfg)
+        evaluate_checkpoint(cfg, overrides=HydraConfig.get().overrides.task)
 
     run_task(task)
 

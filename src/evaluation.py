@@ -12,6 +12,7 @@ import copy
 import csv
 import io
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -192,8 +193,33 @@ def write_diagnosis(
     return diagnosis
 
 
-def evaluate_checkpoint(cfg: Any) -> Diagnosis:
-    """``src.evaluate``: the reports and diagnosis of ``cfg.ckpt_path`` on the configured data.
+RUN_KEYS = ("data", "model", "loss", "seed")
+
+
+def with_run_config(cfg: Any, ckpt: Path, overrides: Sequence[str] = ()) -> Any:
+    """Take ``data``, ``model``, ``loss`` and ``seed`` from the training run the checkpoint belongs to.
+
+    A checkpoint at ``<run>/checkpoints/x.ckpt`` has its config at ``<run>/.hydra/config.yaml``;
+    using it means ``src.evaluate`` sees the data the model was trained on without repeating the
+    run's overrides. Keys the user overrode on the command line (``overrides``) win.
+    """
+    from omegaconf import OmegaConf, open_dict
+
+    run_config = ckpt.parent.parent / ".hydra" / "config.yaml"
+    if not run_config.is_file():
+        return cfg
+    run_cfg = OmegaConf.load(run_config)
+    overridden = {o.lstrip("+~").split("=", 1)[0].split(".", 1)[0] for o in overrides}
+    cfg = copy.deepcopy(cfg)
+    with open_dict(cfg):
+        for key in RUN_KEYS:
+            if key in run_cfg and key not in overridden:
+                cfg[key] = run_cfg[key]
+    return cfg
+
+
+def evaluate_checkpoint(cfg: Any, overrides: Sequence[str] = ()) -> Diagnosis:
+    """``src.evaluate``: the reports and diagnosis of ``cfg.ckpt_path`` on the run's (or the configured) data.
 
     Writes into ``cfg.paths.output_dir`` the same files a training run writes at its end, for one
     model named after the checkpoint file (``best``, ``last``, ``initial``, ...).
@@ -206,6 +232,7 @@ def evaluate_checkpoint(cfg: Any) -> Diagnosis:
         raise UserError("ckpt_path is not set: python -m src.evaluate ckpt_path=<run>/checkpoints/best.ckpt")
     path = Path(str(cfg.ckpt_path)).expanduser()
     weights, cap, epoch = read_checkpoint(path)
+    cfg = with_run_config(cfg, path, overrides)
     prepare(cfg)
     dm = build_datamodule(cfg)
     net = build_net(cfg, dm)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from src.errors import UserError
@@ -118,13 +118,17 @@ def test_training_run_writes_every_diagnosis_output(make_cfg, tmp_path: Path) ->
     assert checked["means"][-1] > 1.05 * checked["means"][lo] and checked["acc"][-1] >= checked["acc"][lo] - 0.02
     assert "**Yes, the phenomenon happened.**" in checked["text"]
 
-    # the standalone evaluation of best.ckpt reproduces the run's report of the best model
-    ecfg = make_cfg(f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}", "data.train_size=150", config_name="evaluate")
+    # the standalone evaluation of best.ckpt reproduces the run's report of the best model; the
+    # run's data config (data.train_size=150, not debug=fast's 60) is read from <run>/.hydra
+    (run / ".hydra").mkdir(exist_ok=True)
+    (run / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    ecfg = make_cfg(f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}", config_name="evaluate")
     with open_dict(ecfg):
         ecfg.paths.output_dir = str(tmp_path / "eval")
     evaluate_checkpoint(ecfg)
     out = tmp_path / "eval"
     assert (out / "reports" / "best.md").read_text() == (run / "reports" / "best.md").read_text()
+    assert len(load_samples(out).train.target) == 150
     assert "Single evaluation" in (out / "diagnosis.md").read_text()
     assert (out / "worst.csv").is_file() and (out / "figures" / "reliability.png").is_file()
     assert "diagnosis/text_summary" in _events(out).Tags()["tensors"]
