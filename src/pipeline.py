@@ -12,7 +12,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.config import validate
 from src.data import InMemoryDataModule
+from src.guards import NonFiniteLossGuard
 from src.module import LossDiagModule
+from src.resume import check_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +61,7 @@ def _instantiate_all(group: DictConfig | None) -> list[Any]:
 
 
 def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
-    callbacks = _instantiate_all(cfg.get("callbacks"))
+    callbacks = [*_instantiate_all(cfg.get("callbacks")), NonFiniteLossGuard()]
     loggers = _instantiate_all(cfg.get("logger"))
     has_progress_bar = any(isinstance(c, L.pytorch.callbacks.ProgressBar) for c in callbacks)
     kwargs: dict[str, Any] = {
@@ -95,5 +97,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         datamodule.width,
         cfg.loss.name,
     )
+    if cfg.get("ckpt_path"):
+        check_checkpoint(cfg.ckpt_path, model)
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     return scalar_metrics(trainer)
