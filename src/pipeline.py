@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import logging
+import signal
+import sys
 from typing import Any
 
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from src.config import validate
 from src.data import InMemoryDataModule
 from src.guards import NonFiniteLossGuard
 from src.module import LossDiagModule
-from src.resume import check_checkpoint
+from src.resume import check_checkpoint, resume_command
 
 log = logging.getLogger(__name__)
 
@@ -99,5 +102,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     )
     if cfg.get("ckpt_path"):
         check_checkpoint(cfg.ckpt_path, model)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    except SIGTERMException:
+        # Lightning stops cleanly on SIGTERM (pre-emption) and would exit 0 as if the run had finished
+        message = f"stopped by SIGTERM in epoch {trainer.current_epoch}: continue it with `{resume_command(cfg)}`"
+        log.warning(message)
+        print(message, file=sys.stderr)
+        raise SystemExit(128 + signal.SIGTERM) from None
     return scalar_metrics(trainer)

@@ -68,6 +68,11 @@ def expand_resume(argv: list[str]) -> list[str]:
     return [*kept, *extra, f"hydra.run.dir={_quote(str(run_dir))}", f"ckpt_path={_quote(str(ckpt))}"]
 
 
+def resume_command(cfg: Any) -> str:
+    """The command that continues the run ``cfg`` describes."""
+    return f"python -m src.train {RESUME_KEY}={cfg.paths.output_dir}"
+
+
 def existing_checkpoint(path: str | Path) -> Path:
     """``path`` as a ``Path``, or :class:`UserError` if there is no such file."""
     path = Path(path).expanduser()

@@ -48,3 +48,16 @@ class DistributedProbe(L.Callback):
                 "seen_per_rank": seen_per_rank.tolist(),
             }
             Path(self.path).write_text(json.dumps(result))
+
+
+class PoisonWeights(L.Callback):
+    """Fill the model's weights with NaN at the start of ``epoch``: a diverged run, on cue."""
+
+    def __init__(self, epoch: int = 1) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch == self.epoch:
+            with torch.no_grad():
+                for p in pl_module.parameters():
+                    p.fill_(float("nan"))
