@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from src.checkpoint_io import AtomicCheckpointIO
 from src.config import validate
 from src.data import InMemoryDataModule
 from src.guards import NonFiniteLossGuard
@@ -72,6 +73,7 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
         "logger": loggers or False,
         "enable_checkpointing": any(isinstance(c, L.pytorch.callbacks.ModelCheckpoint) for c in callbacks),
         "enable_progress_bar": has_progress_bar,
+        "plugins": [AtomicCheckpointIO()],
     }
     kwargs.update(overrides)
     return instantiate(cfg.trainer, **kwargs)

@@ -141,3 +141,21 @@ def test_two_runs_started_together_get_two_folders(tmp_path: Path) -> None:
     assert len(runs) == 2 and all((r / ".hydra" / "config.yaml").is_file() for r in runs)
     if runs[0].name[:8] == runs[1].name[:8]:  # same second
         assert runs[1].name == runs[0].name + "-1"
+
+
+def test_checkpoints_are_replaced_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from src.checkpoint_io import AtomicCheckpointIO
+
+    io = AtomicCheckpointIO()
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"epoch": 1, "w": torch.ones(3)}, path)
+
+    def killed_midway(obj, handle) -> None:
+        handle.write(b"PK\x03\x04 half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"epoch": 2, "w": torch.zeros(3)}, path)
+    assert io.load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
