@@ -35,6 +35,7 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(make_cfg, tmp_path
     assert list(tmp_path.glob("events.out.tfevents.*"))
 
 
+@pytest.mark.slow
 def test_huge_learning_rate_from_the_command_line(tmp_path: Path) -> None:
     # SGD with lr=1e6 stays finite on this model (losses ~1e6); 1e20 overflows in the first steps
     proc = run_module("src.train", "debug=fast", "optimizer.lr=1e20", "~callbacks.progress_bar", f"hydra.run.dir={tmp_path}")

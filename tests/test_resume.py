@@ -121,6 +121,7 @@ def test_run_folders_claimed_in_the_same_second_differ(tmp_path: Path) -> None:
     assert Path(first).is_dir() and Path(second).is_dir()
 
 
+@pytest.mark.slow
 def test_two_runs_started_together_get_two_folders(tmp_path: Path) -> None:
     # both stop at validation (max_epochs=0), after Hydra has made and written their run folders
     procs = [
