@@ -1,9 +1,10 @@
-"""Hydra's own errors (unknown group option, unknown key, unparsable override, a config node that
-cannot be instantiated) as one line.
+"""Hydra's own errors (unknown group option, unknown key, unparsable override) as one line.
 
 Hydra prints these as several lines (search path, hint to set ``HYDRA_FULL_ERROR``) and exits 1.
 :func:`one_line_hydra_errors` makes them ``error: <what is wrong>: <how to fix it>`` on stderr
-and exit code 2, like :class:`src.errors.UserError`. Anything else keeps Hydra's own report.
+and exit code 2, like :class:`src.errors.UserError`. Anything else keeps Hydra's own report (e.g.
+an added key a class does not take, ``+trainer.foo=1``, fails inside the job: in a sweep that must
+stay a failed job, see :mod:`src.sweep`).
 ``HYDRA_FULL_ERROR=1`` still re-raises with the full traceback.
 """
 
@@ -17,12 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from hydra.errors import (
-    ConfigCompositionException,
-    InstantiationException,
-    MissingConfigException,
-    OverrideParseException,
-)
+from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 
 
 def describe(err: Exception, entry: str = "src.train") -> str:
@@ -42,12 +38,10 @@ def describe(err: Exception, entry: str = "src.train") -> str:
             f"or add a new key with +{key}=..."
         )
     lines = [line.strip().rstrip(":") for line in text.splitlines() if line.strip()]
-    if err.__cause__ is not None and not isinstance(err, InstantiationException):
+    if err.__cause__ is not None:
         lines.append(str(err.__cause__).splitlines()[0])
     if isinstance(err, OverrideParseException):
         return "cannot parse the command-line override: " + "; ".join(lines)
-    if isinstance(err, InstantiationException):
-        return "; ".join(lines) + ": check the keys you added or changed under that config node (--cfg job shows it)"
     return "; ".join(lines)
 
 
@@ -56,7 +50,7 @@ def _report_in_one_line(original: Callable[[Callable[[], Any]], Any], entry: str
         def guarded() -> Any:
             try:
                 return func()
-            except (ConfigCompositionException, OverrideParseException, InstantiationException) as err:
+            except (ConfigCompositionException, OverrideParseException) as err:
                 if os.environ.get("HYDRA_FULL_ERROR") == "1":
                     raise
                 print(f"error: {describe(err, entry)}", file=sys.stderr)

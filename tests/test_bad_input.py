@@ -179,15 +179,3 @@ def test_checkpoint_of_another_model_shape(make_cfg, tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"cannot be read as a checkpoint"):
         train(make_cfg(f"ckpt_path={not_a_ckpt}"))
 
-
-def test_instantiation_errors_are_described_in_one_line() -> None:
-    from hydra.errors import InstantiationException
-
-    from src.hydra_errors import describe
-
-    err = InstantiationException(
-        "Error in call to target 'lightning.pytorch.trainer.trainer.Trainer':\n"
-        "TypeError(\"Trainer.__init__() got an unexpected keyword argument 'foo'\")\nfull_key: trainer"
-    )
-    line = describe(err)
-    assert "\n" not in line and "unexpected keyword argument 'foo'" in line and "full_key: trainer" in line
