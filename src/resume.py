@@ -60,6 +60,7 @@ def expand_resume(argv: list[str]) -> list[str]:
 
     recorded = [str(o) for o in OmegaConf.load(overrides_file)]
     extra = [arg for arg in argv if arg not in given]
+    _refuse_finished(run_dir, extra)
     replaced = {override_key(o) for o in extra if "=" in o and not o.startswith("-")} | {
         "hydra.run.dir",
         "ckpt_path",
@@ -82,6 +83,32 @@ def existing_checkpoint(path: str | Path) -> Path:
             "(<run>/checkpoints/last.ckpt), or resume=<run dir>"
         )
     return path
+
+
+def _refuse_finished(run_dir: Path, extra: list[str]) -> None:
+    """A complete run resumed with the same ``trainer.max_epochs`` would only rewrite its summary."""
+    from omegaconf import OmegaConf
+
+    from src.history import read_history
+    from src.summary import COMPLETE, read_summary
+
+    summary = read_summary(run_dir)
+    config = run_dir / ".hydra" / "config.yaml"
+    if not summary or summary.get("status") != COMPLETE or not config.is_file():
+        return
+    epochs = OmegaConf.select(OmegaConf.load(config), "trainer.max_epochs")
+    for arg in extra:
+        if override_key(arg) == "trainer.max_epochs":
+            epochs = OmegaConf.from_dotlist([arg.lstrip("+")]).trainer.max_epochs
+    try:
+        done = len(read_history(run_dir)["epoch"])
+    except (OSError, ValueError):
+        return
+    if isinstance(epochs, int) and done >= epochs:
+        raise UserError(
+            f"resume={run_dir} already finished its {done} epochs: add trainer.max_epochs=<more than {done}> "
+            "to train it longer"
+        )
 
 
 def check_checkpoint(path: str | Path, model: Any) -> None:

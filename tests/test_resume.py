@@ -160,3 +160,40 @@ def test_checkpoints_are_replaced_atomically(tmp_path: Path, monkeypatch: pytest
         io.save_checkpoint({"epoch": 2, "w": torch.zeros(3)}, path)
     assert io.load_checkpoint(path)["epoch"] == 1
     assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
+
+
+def _fake_run(run: Path, status: str = "running") -> Path:
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text("- debug=fast\n- loss=bounded\n- trainer.max_epochs=2\n")
+    (run / ".hydra" / "config.yaml").write_text("trainer:\n  max_epochs: 2\n")
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"")
+    (run / "csv").mkdir()
+    (run / "csv" / "metrics.csv").write_text("epoch,step,val/loss\n0,1,0.5\n1,3,0.4\n")
+    (run / "metrics.json").write_text(f'{{"status": "{status}"}}')
+    return run
+
+
+def test_resume_expands_to_the_recorded_command_in_the_same_folder(tmp_path: Path) -> None:
+    from src.resume import expand_resume
+
+    run = _fake_run(tmp_path / "run")
+    argv = expand_resume([f"resume={run}", "loss=standard"])
+    assert argv == [
+        "debug=fast",
+        "trainer.max_epochs=2",
+        "loss=standard",  # given next to resume= wins over the recorded loss=bounded
+        f"hydra.run.dir='{run}'",
+        f"ckpt_path='{run / 'checkpoints' / 'last.ckpt'}'",
+    ]
+    assert expand_resume(["loss=standard"]) == ["loss=standard"]
+
+
+def test_resume_refuses_a_finished_run_unless_it_trains_longer(tmp_path: Path) -> None:
+    from src.errors import UserError
+    from src.resume import expand_resume
+
+    run = _fake_run(tmp_path / "run", status="complete")
+    with pytest.raises(UserError, match=r"already finished its 2 epochs: add trainer.max_epochs=<more than 2>"):
+        expand_resume([f"resume={run}"])
+    assert expand_resume([f"resume={run}", "trainer.max_epochs=4"])[-3] == "trainer.max_epochs=4"
