@@ -6,6 +6,7 @@ from omegaconf import DictConfig
 
 from src.errors import UserError
 from src.losses import LOSS_NAMES
+from src.resume import existing_checkpoint
 
 
 def _number(cfg: DictConfig, key: str) -> float | None:
@@ -19,6 +20,12 @@ def _number(cfg: DictConfig, key: str) -> float | None:
 
 def validate(cfg: DictConfig) -> None:
     """Raise :class:`UserError` naming the first bad value and what it should be."""
+    from omegaconf import OmegaConf
+
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        example = "data.root=/path/to/images" if "data.root" in missing else f"{missing[0]}=..."
+        raise UserError(f"{', '.join(missing)} must be given: add it to the command line, e.g. {example}")
     loss = cfg.loss.name
     if loss not in LOSS_NAMES:
         raise UserError(f"loss.name={loss!r} is unknown: use loss=standard or loss=bounded")
@@ -52,6 +59,8 @@ def validate(cfg: DictConfig) -> None:
     lr = _number(cfg, "optimizer.lr")
     if lr is not None and lr <= 0:
         raise UserError(f"optimizer.lr={lr} must be > 0")
+    if cfg.get("ckpt_path"):
+        existing_checkpoint(cfg.ckpt_path)
     threads = _number(cfg, "threads")
     if threads is not None and threads < 1:
         raise UserError(f"threads={threads} must be >= 1, or null for torch's default")

@@ -98,15 +98,18 @@ class Split:
         return len(self.y)
 
 
-def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded, stratified ``(train_indices, val_indices)``."""
+def stratified_split(
+    labels: np.ndarray, val_fraction: float, seed: int, class_names: Sequence[str] = ()
+) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded, stratified ``(train_indices, val_indices)``; ``class_names`` only name classes in errors."""
     idx = np.arange(len(labels))
     counts = np.bincount(labels)
     present = counts[counts > 0]
     if present.min() < 2:
         small = [int(c) for c in np.flatnonzero((counts > 0) & (counts < 2))]
+        named = [class_names[c] for c in small] if len(class_names) > max(small) else small
         raise UserError(
-            f"class index {small} has fewer than 2 images, so it cannot appear in both train and val: "
+            f"class {', '.join(map(str, named))} has fewer than 2 images, so it cannot appear in both train and val: "
             "add images to it or remove the class folder"
         )
     n_val = max(round(len(labels) * val_fraction), len(present))
@@ -172,7 +175,7 @@ class InMemoryDataModule(L.LightningDataModule):
             return
         data, val, self.class_names = self.load()
         if val is None:
-            train_idx, val_idx = stratified_split(data.y.numpy(), self.val_fraction, self.seed)
+            train_idx, val_idx = stratified_split(data.y.numpy(), self.val_fraction, self.seed, self.class_names)
             data, val = _take(data, train_idx), _take(data, val_idx)
         self.train = _take(data, subsample(data.y.numpy(), self.train_size, self.seed))
         self.val = val

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import warnings
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +10,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from src.errors import UserError
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -25,10 +27,15 @@ def find_classes(root: Path) -> list[str]:
     return classes
 
 
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(
-        p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-    )
+def _files(folder: Path) -> tuple[list[Path], list[Path]]:
+    """``(image files, other files)`` under ``folder`` by suffix; hidden files (``.DS_Store``) are ignored."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    return images, [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
+
+
+def _shown(paths: list[str]) -> str:
+    return ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
 
 
 def load_image(path: Path, image_size: int, channels: int) -> np.ndarray:
@@ -51,15 +58,23 @@ def decode_folder(
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Decode every image under ``root/<class>/`` into ``(x in [0, 1], labels, paths)``.
 
-    Unreadable images are skipped with one warning naming them (``on_bad_image="skip"``) or
-    raise a :class:`UserError` (``"fail"``).
+    Unreadable (corrupt, truncated) images and files that are not images (by suffix) are skipped
+    with one warning naming them and how many (``on_bad_image="skip"``), or raise a
+    :class:`UserError` (``"fail"``). Any size and PIL mode is accepted (see :func:`load_image`).
     """
     images: list[np.ndarray] = []
     labels: list[int] = []
     paths: list[str] = []
     bad: list[str] = []
+    ignored: list[str] = []
     for label, name in enumerate(class_names):
-        files = _image_files(root / name)
+        files, others = _files(root / name)
+        if others and on_bad_image == "fail":
+            raise UserError(
+                f"{others[0]} is not an image (suffix not one of {', '.join(sorted(IMAGE_SUFFIXES))}): "
+                "move it out of the class folder, or set data.on_bad_image=skip to ignore such files"
+            )
+        ignored += [str(p) for p in others]
         n_before = len(images)
         for path in files:
             try:
@@ -77,8 +92,14 @@ def decode_folder(
             raise UserError(
                 f"class folder {root / name} has no readable images: add images or remove the folder"
             )
+    if ignored:
+        log.warning("ignored %d non-image file(s) under %s: %s", len(ignored), root, _shown(ignored))
     if bad:
-        shown = ", ".join(bad[:5]) + (" ..." if len(bad) > 5 else "")
-        warnings.warn(f"skipped {len(bad)} unreadable image(s) under {root}: {shown}", stacklevel=2)
+        log.warning(
+            "skipped %d unreadable image(s) under %s (set data.on_bad_image=fail to stop instead): %s",
+            len(bad),
+            root,
+            _shown(bad),
+        )
     x = torch.from_numpy(np.stack(images)).float().div_(255.0)
     return x, torch.tensor(labels, dtype=torch.long), paths

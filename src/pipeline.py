@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import logging
+import signal
+import sys
 from typing import Any
 
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from src.checkpoint_io import AtomicCheckpointIO
 from src.config import validate
 from src.data import InMemoryDataModule
+from src.guards import NonFiniteLossGuard
 from src.module import LossDiagModule
+from src.resume import check_checkpoint, resume_command
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +69,7 @@ def _instantiate_all(group: DictConfig | None) -> list[Any]:
 
 
 def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
-    callbacks = _instantiate_all(cfg.get("callbacks"))
+    callbacks = [*_instantiate_all(cfg.get("callbacks")), NonFiniteLossGuard()]
     loggers = _instantiate_all(cfg.get("logger"))
     has_progress_bar = any(isinstance(c, L.pytorch.callbacks.ProgressBar) for c in callbacks)
     kwargs: dict[str, Any] = {
@@ -71,6 +77,7 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
         "logger": loggers or False,
         "enable_checkpointing": any(isinstance(c, L.pytorch.callbacks.ModelCheckpoint) for c in callbacks),
         "enable_progress_bar": has_progress_bar,
+        "plugins": [AtomicCheckpointIO()],
     }
     kwargs.update(overrides)
     return instantiate(cfg.trainer, **kwargs)
@@ -99,5 +106,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
         datamodule.width,
         cfg.loss.name,
     )
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    if cfg.get("ckpt_path"):
+        check_checkpoint(cfg.ckpt_path, model)
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    except SIGTERMException:
+        # Lightning stops cleanly on SIGTERM (pre-emption) and would exit 0 as if the run had finished
+        message = f"stopped by SIGTERM in epoch {trainer.current_epoch}: continue it with `{resume_command(cfg)}`"
+        log.warning(message)
+        print(message, file=sys.stderr)
+        raise SystemExit(128 + signal.SIGTERM) from None
     return scalar_metrics(trainer)

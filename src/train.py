@@ -1,14 +1,20 @@
 """``python -m src.train [overrides]``: train ShallowNet and log everything to the run folder.
 
 Heavy imports (torch, Lightning) happen inside the task, so ``--help`` and ``--cfg job`` are instant.
+``python -m src.train resume=<run dir>`` continues an interrupted run (see :mod:`src.resume`).
 """
 
 from __future__ import annotations
+
+import sys
 
 import hydra
 from omegaconf import DictConfig
 
 from src.cli import run_task
+from src.rundir import register_resolvers
+
+register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
@@ -18,6 +24,9 @@ def main(cfg: DictConfig) -> float | None:
 
         # everything the job does goes inside: <run>/metrics.json then says complete or failed (and why)
         with recorded_run(cfg.paths.output_dir) as outcome:
+            from src.config import validate
+
+            validate(cfg)  # bad values fail before Lightning is imported
             from src.pipeline import train
 
             outcome.metrics = metrics = train(cfg)
@@ -27,5 +36,15 @@ def main(cfg: DictConfig) -> float | None:
     return run_task(task)
 
 
+def cli() -> None:
+    """The command line: ``resume=`` expanded, Hydra's config errors as one line (exit code 2)."""
+    from src.hydra_errors import one_line_hydra_errors
+    from src.resume import expand_resume
+
+    sys.argv[1:] = run_task(lambda: expand_resume(sys.argv[1:]))
+    with one_line_hydra_errors("src.train"):
+        main()
+
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -1,0 +1,181 @@
+"""Bad input: one line naming the problem and the fix, exit code 2, no traceback."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from src.errors import UserError
+from tests.conftest import run_module
+
+RNG = np.random.default_rng(0)
+
+
+def write_image(path: Path, mode: str = "RGB", size: tuple[int, int] = (16, 16)) -> Path:
+    """A random image of ``mode``, including 16-bit (``I;16``) and palette (``P``) ones."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    w, h = size
+    if mode == "I;16":
+        img = Image.fromarray(RNG.integers(0, 65535, (h, w)).astype(np.uint16))
+    elif mode == "L":
+        img = Image.fromarray(RNG.integers(0, 255, (h, w), dtype=np.uint8))
+    elif mode == "RGBA":
+        img = Image.fromarray(RNG.integers(0, 255, (h, w, 4), dtype=np.uint8), "RGBA")
+    else:
+        img = Image.fromarray(RNG.integers(0, 255, (h, w, 3), dtype=np.uint8))
+        img = img.convert("P") if mode == "P" else img
+    img.save(path)
+    return path
+
+
+def image_folder(root: Path, counts: dict[str, int]) -> Path:
+    for name, n in counts.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            write_image(root / name / f"{i}.png")
+    return root
+
+
+def assert_one_line_error(proc, *needles: str) -> str:
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, proc.stderr[-2000:]
+    for needle in needles:
+        assert needle in errors[0]
+    return errors[0]
+
+
+# -- through the command line ---------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("override", "needles"),
+    [
+        ("loss=bouned", ["loss=bouned is not an option", "bounded, standard", "did you mean loss=bounded"]),
+        ("loss.kk=1", ["unknown config key 'loss.kk'", "+loss.kk="]),
+        ("seed=[", ["cannot parse the command-line override"]),
+    ],
+)
+def test_hydra_config_errors_are_one_line(override: str, needles: list[str], tmp_path: Path) -> None:
+    proc = run_module("src.train", override, f"hydra.run.dir={tmp_path}")
+    assert_one_line_error(proc, *needles)
+
+
+def test_user_errors_from_the_command_line_are_one_line(tmp_path: Path) -> None:
+    proc = run_module("src.train", "data=folder", f"hydra.run.dir={tmp_path / 'run'}")
+    assert_one_line_error(proc, "data.root must be given", "data.root=/path/to/images")
+    proc = run_module("src.train", f"resume={tmp_path}")
+    assert_one_line_error(proc, "has no .hydra/overrides.yaml")
+
+
+def test_full_error_env_gives_the_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    proc = run_module("src.train", "loss=bouned", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode != 0 and "Traceback" in proc.stderr and "MissingConfigException" in proc.stderr
+
+
+# -- in-process -----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("ckpt_path=/no/such/last.ckpt", r"ckpt_path=/no/such/last.ckpt does not exist: give a checkpoint"),
+        ("loss.k=-1", r"loss.k=-1 must be > 0"),
+        ("data.val_fraction=1.5", r"data.val_fraction=1.5 must be between 0 and 1"),
+        ("trainer.max_epochs=0", r"trainer.max_epochs=0 must be >= 1"),
+    ],
+)
+def test_bad_values(make_cfg, override: str, match: str) -> None:
+    from src.pipeline import train
+
+    with pytest.raises(UserError, match=match):
+        train(make_cfg(override))
+
+
+def folder_cfg(make_cfg, root: Path, *overrides: str):
+    return make_cfg("data=folder", f"data.root={root}", "data.train_size=null", "data.image_size=8", *overrides)
+
+
+@pytest.mark.parametrize(
+    ("layout", "match"),
+    [
+        ("empty", r"has 0 class folder\(s\) \[\]: put each class's images in its own subfolder"),
+        ("missing", r"is not a folder: point data.root at a folder of class subfolders"),
+        ("one_class", r"has 1 class folder\(s\) \['a'\].*at least 2 classes"),
+        ("empty_class", r"class folder .*/b has no readable images: add images or remove the folder"),
+        ("tiny_class", r"class b has fewer than 2 images, so it cannot appear in both train and val"),
+    ],
+)
+def test_bad_folders(make_cfg, tmp_path: Path, layout: str, match: str) -> None:
+    from src.pipeline import build_datamodule
+
+    root = tmp_path / "data"
+    if layout == "empty":
+        root.mkdir()
+    elif layout == "one_class":
+        image_folder(root, {"a": 4})
+    elif layout == "empty_class":
+        image_folder(root, {"a": 4, "b": 0})
+    elif layout == "tiny_class":
+        image_folder(root, {"a": 6, "b": 1})
+    with pytest.raises(UserError, match=match):
+        build_datamodule(folder_cfg(make_cfg, root))
+
+
+def test_corrupt_truncated_and_non_image_files_are_skipped_and_counted(
+    make_cfg, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from src.pipeline import build_datamodule
+
+    root = image_folder(tmp_path / "data", {"a": 4, "b": 4})
+    (root / "a" / "corrupt.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    good = (root / "b" / "0.png").read_bytes()
+    (root / "b" / "truncated.png").write_bytes(good[: len(good) // 2])
+    (root / "b" / "notes.txt").write_text("not an image")
+    (root / "b" / ".DS_Store").write_bytes(b"\0")
+    with caplog.at_level(logging.WARNING, logger="src.images"):
+        dm = build_datamodule(folder_cfg(make_cfg, root))
+    assert len(dm.train) + len(dm.val) == 8
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("skipped 2 unreadable image(s)" in m and "corrupt.jpg" in m and "truncated.png" in m for m in messages)
+    assert any("ignored 1 non-image file(s)" in m and "notes.txt" in m for m in messages)
+
+    with pytest.raises(UserError, match=r"cannot read image .*corrupt.jpg.*set data.on_bad_image=skip"):
+        build_datamodule(folder_cfg(make_cfg, root, "data.on_bad_image=fail"))
+    (root / "a" / "corrupt.jpg").unlink()
+    (root / "b" / "truncated.png").unlink()
+    with pytest.raises(UserError, match=r"notes.txt is not an image.*data.on_bad_image=skip"):
+        build_datamodule(folder_cfg(make_cfg, root, "data.on_bad_image=fail"))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_mixed_sizes_and_modes_load(make_cfg, tmp_path: Path, channels: int) -> None:
+    from src.pipeline import build_datamodule
+
+    root = tmp_path / "data"
+    modes = ["RGB", "RGBA", "P", "I;16", "L"]
+    for cls in ("a", "b"):
+        for i, mode in enumerate(modes * 2):
+            write_image(root / cls / f"{i}.png", mode, size=(7 + 3 * i, 9 + i))
+    dm = build_datamodule(folder_cfg(make_cfg, root, f"data.channels={channels}"))
+    x = torch.cat([dm.train.x, dm.val.x])
+    assert x.shape == (20, channels, 8, 8)
+    assert torch.isfinite(x).all() and x.min() >= 0 and x.max() <= 1 and x.std() > 0
+
+
+def test_checkpoint_of_another_model_shape(make_cfg, tmp_path: Path) -> None:
+    from src.pipeline import build_datamodule, build_module, train
+
+    cfg = make_cfg("model.filters=4")
+    model = build_module(cfg, build_datamodule(cfg))
+    ckpt = tmp_path / "other.ckpt"
+    torch.save({"state_dict": model.state_dict()}, ckpt)
+    with pytest.raises(UserError, match=r"belongs to another model shape \(net.conv1.weight is \(4, 1, 3, 3\) there"):
+        train(make_cfg(f"ckpt_path={ckpt}"))
+    not_a_ckpt = write_image(tmp_path / "img.png")
+    with pytest.raises(UserError, match=r"cannot be read as a checkpoint"):
+        train(make_cfg(f"ckpt_path={not_a_ckpt}"))
+

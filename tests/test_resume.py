@@ -1,0 +1,199 @@
+"""Interrupted runs: kill, resume in the same folder, same numbers as a clean run; unique run folders."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from src.csvlog import ResumableCSVLogger
+from src.history import read_history
+from src.rundir import _claimed, claim_unique_dir
+from tests.conftest import ROOT, run_module
+
+EPOCHS = 6
+OVERRIDES = ["debug=fast", f"trainer.max_epochs={EPOCHS}", "~callbacks.progress_bar"]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+
+def _epochs_logged(run: Path) -> int:
+    try:
+        return len(read_history(run)["epoch"])
+    except (FileNotFoundError, ValueError, KeyError):
+        return 0
+
+
+def _start_and_kill(run: Path, sig: signal.Signals) -> subprocess.Popen:
+    """Start a slowed-down run and send ``sig`` in the middle of an epoch after the second."""
+    args = [*OVERRIDES, "+callbacks.sleep._target_=tests.probes.SleepPerStep", "+callbacks.sleep.seconds=0.1"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "src.train", *args, f"hydra.run.dir={run}"],
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while _epochs_logged(run) < 2 or not (run / "checkpoints" / "last.ckpt").is_file():
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        assert time.monotonic() < deadline, "the run did not get going"
+        time.sleep(0.02)
+    time.sleep(0.1)  # one training step into the next epoch
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+    return proc
+
+
+def _state(run: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_in_its_folder_with_the_clean_run_numbers(make_cfg, tmp_path: Path) -> None:
+    from src.pipeline import train
+
+    run = tmp_path / "killed"
+    proc = _start_and_kill(run, signal.SIGKILL)
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["epoch"]
+    assert 1 <= killed_at < EPOCHS - 1, "the kill came too late to test a resume"
+
+    resumed = run_module("src.train", f"resume={run}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert len(list(run.glob("events.out.tfevents.*"))) == 2  # same TensorBoard folder, one file per attempt
+    assert not list(tmp_path.glob("outputs"))  # nothing written anywhere else
+
+    clean = train(make_cfg(*OVERRIDES[1:]))  # the same run, uninterrupted, in tmp_path
+    got, want = read_history(run), read_history(tmp_path)
+    assert got["epoch"] == [float(e) for e in range(EPOCHS)]
+    assert got.keys() == want.keys()
+    for key in want:
+        assert got[key] == pytest.approx(want[key], rel=1e-6, abs=1e-7, nan_ok=True), key
+    assert clean["val/loss"] == pytest.approx(got["val/loss"][-1], rel=1e-6)
+    resumed_state, clean_state = _state(run), _state(tmp_path)
+    assert resumed_state["loss_cap"] == clean_state["loss_cap"]  # the cap came from the checkpoint
+    for key, value in clean_state.items():
+        torch.testing.assert_close(resumed_state[key], value, rtol=1e-6, atol=1e-7, msg=key)
+
+
+@pytest.mark.slow
+def test_sigterm_stops_with_a_resume_hint(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    proc = _start_and_kill(run, signal.SIGTERM)
+    stderr = proc.stderr.read()
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    assert f"continue it with `python -m src.train resume={run}`" in stderr
+    assert "Traceback" not in stderr
+
+
+def test_csv_logger_continues_and_drops_stale_and_torn_rows(tmp_path: Path) -> None:
+    csv = tmp_path / "csv" / "metrics.csv"
+    csv.parent.mkdir()
+    rows = "".join(f"{e},{e * 2 + 1},0.{e}\n" for e in range(4))
+    csv.write_text("epoch,step,val/loss\n" + rows + "4,9,0.")  # epochs 0-3 and a torn row
+    logger = ResumableCSVLogger(tmp_path, name="csv", version="")
+    logger.log_metrics({"epoch": 2, "val/loss": 0.25}, step=5)
+    logger.save()
+    history = read_history(tmp_path)
+    assert history["epoch"] == [0.0, 1.0, 2.0]
+    assert history["val/loss"] == [0.0, 0.1, 0.25]
+
+
+def test_run_folders_claimed_in_the_same_second_differ(tmp_path: Path) -> None:
+    base = str(tmp_path / "runs" / "2026-01-01" / "10-00-00")
+    _claimed.clear()
+    first = claim_unique_dir(base)
+    assert claim_unique_dir(base) == first  # one process asks again: same folder
+    _claimed.clear()  # a second process
+    second = claim_unique_dir(base)
+    _claimed.clear()
+    assert (first, second) == (base, f"{base}-1")
+    assert Path(first).is_dir() and Path(second).is_dir()
+
+
+@pytest.mark.slow
+def test_two_runs_started_together_get_two_folders(tmp_path: Path) -> None:
+    # both stop at validation (max_epochs=0), after Hydra has made and written their run folders
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "src.train", "trainer.max_epochs=0"],
+            cwd=tmp_path,
+            env=_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    for proc in procs:
+        proc.wait(timeout=120)
+        assert proc.returncode == 2 and "trainer.max_epochs=0 must be >= 1" in proc.stderr.read()
+    runs = sorted((tmp_path / "outputs" / "runs").glob("*/*"))
+    assert len(runs) == 2 and all((r / ".hydra" / "config.yaml").is_file() for r in runs)
+    if runs[0].name[:8] == runs[1].name[:8]:  # same second
+        assert runs[1].name == runs[0].name + "-1"
+
+
+def test_checkpoints_are_replaced_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from src.checkpoint_io import AtomicCheckpointIO
+
+    io = AtomicCheckpointIO()
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"epoch": 1, "w": torch.ones(3)}, path)
+
+    def killed_midway(obj, handle) -> None:
+        handle.write(b"PK\x03\x04 half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"epoch": 2, "w": torch.zeros(3)}, path)
+    assert io.load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
+
+
+def _fake_run(run: Path, status: str = "running") -> Path:
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text("- debug=fast\n- loss=bounded\n- trainer.max_epochs=2\n")
+    (run / ".hydra" / "config.yaml").write_text("trainer:\n  max_epochs: 2\n")
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"")
+    (run / "csv").mkdir()
+    (run / "csv" / "metrics.csv").write_text("epoch,step,val/loss\n0,1,0.5\n1,3,0.4\n")
+    (run / "metrics.json").write_text(f'{{"status": "{status}"}}')
+    return run
+
+
+def test_resume_expands_to_the_recorded_command_in_the_same_folder(tmp_path: Path) -> None:
+    from src.resume import expand_resume
+
+    run = _fake_run(tmp_path / "run")
+    argv = expand_resume([f"resume={run}", "loss=standard"])
+    assert argv == [
+        "debug=fast",
+        "trainer.max_epochs=2",
+        "loss=standard",  # given next to resume= wins over the recorded loss=bounded
+        f"hydra.run.dir='{run}'",
+        f"ckpt_path='{run / 'checkpoints' / 'last.ckpt'}'",
+    ]
+    assert expand_resume(["loss=standard"]) == ["loss=standard"]
+
+
+def test_resume_refuses_a_finished_run_unless_it_trains_longer(tmp_path: Path) -> None:
+    from src.errors import UserError
+    from src.resume import expand_resume
+
+    run = _fake_run(tmp_path / "run", status="complete")
+    with pytest.raises(UserError, match=r"already finished its 2 epochs: add trainer.max_epochs=<more than 2>"):
+        expand_resume([f"resume={run}"])
+    assert expand_resume([f"resume={run}", "trainer.max_epochs=4"])[-3] == "trainer.max_epochs=4"
