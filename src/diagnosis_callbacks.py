@@ -11,16 +11,17 @@ import logging
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 
 from src.calibration import reliability_figure
 from src.callbacks import tensorboard_writer
 from src.data import Split
-from src.decomposition import epoch_scalars, evaluate_logits
+from src.decomposition import Evaluation, epoch_scalars, evaluate_logits
 from src.evaluation import evaluate_state, net_state, worst_figure, write_diagnosis
 from src.figures import log_figure
 from src.fileio import atomic_write
-from src.samples import SAMPLES_FILE, Samples, SplitInfo
+from src.samples import FIELDS, SAMPLES_FILE, Samples, SplitInfo
 
 log = logging.getLogger(__name__)
 INITIAL_CKPT = "initial.ckpt"
@@ -57,8 +58,40 @@ class RunDiagnosis(L.Callback):
         self.reports = reports
         self.save_initial_checkpoint = save_initial_checkpoint
         self.samples: Samples | None = None
+        self._restored: dict[str, torch.Tensor] = {}
         self.initial: dict[str, torch.Tensor] | None = None
         self.diagnosis = None
+
+    # -- resume: the history and the initial weights come back with the run ----------------------
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The per-epoch val history, saved in every checkpoint so a resumed run keeps it exactly."""
+        if self.samples is None or not self.samples.val_epochs:
+            return {}
+        history = self.samples.history
+        state = {"epochs": torch.tensor(self.samples.epochs, dtype=torch.long)}
+        state.update({f: torch.from_numpy(np.ascontiguousarray(getattr(history, f))) for f in FIELDS})
+        state.update({f"calibration/{k}": torch.from_numpy(v) for k, v in history.calibration.items()})
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        self._restored = dict(state_dict)
+
+    def _restore_history(self) -> None:
+        state, self._restored = self._restored, {}
+        if not state or self.samples is None:
+            return
+        history = Evaluation(
+            *(state[f].numpy() for f in FIELDS),
+            calibration={k.split("/", 1)[1]: v.numpy() for k, v in state.items() if k.startswith("calibration/")},
+        )
+        for i, epoch in enumerate(state["epochs"].tolist()):
+            self.samples.add_epoch(epoch, history[i])
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        initial = self.output_dir / "checkpoints" / INITIAL_CKPT
+        if trainer.ckpt_path and self.initial is None and initial.is_file():
+            # resumed: the untrained weights were saved by the first attempt
+            self.initial = net_state(torch.load(initial, map_location="cpu", weights_only=False)["state_dict"])
 
     # -- initial weights ----------------------------------------------------------------------
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
@@ -89,6 +122,7 @@ class RunDiagnosis(L.Callback):
                 loss_cap=float(pl_module.loss_cap),
                 val=SplitInfo.create(rec.index.cpu().numpy(), rec.target.cpu().numpy(), dm.val.paths),
             )
+            self._restore_history()
         self.samples.loss_cap = float(pl_module.loss_cap)
         self.samples.add_epoch(trainer.current_epoch, ev)
         if self.write_every_n_epochs and len(self.samples.epochs) % self.write_every_n_epochs == 0:

@@ -9,12 +9,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from src.csvlog import ResumableCSVLogger
 from src.history import read_history
 from src.rundir import _claimed, claim_unique_dir
+from src.samples import load_samples
 from tests.conftest import ROOT, run_module
 
 EPOCHS = 6
@@ -84,6 +86,12 @@ def test_killed_run_resumes_in_its_folder_with_the_clean_run_numbers(make_cfg, t
     assert resumed_state["loss_cap"] == clean_state["loss_cap"]  # the cap came from the checkpoint
     for key, value in clean_state.items():
         torch.testing.assert_close(resumed_state[key], value, rtol=1e-6, atol=1e-7, msg=key)
+    # the diagnosis kept the first attempt's initial weights and every epoch's per-sample history
+    assert (run / "reports" / "initial.md").read_text() == (tmp_path / "reports" / "initial.md").read_text()
+    assert (run / "reports" / "last.md").read_text() == (tmp_path / "reports" / "last.md").read_text()
+    got_samples, want_samples = load_samples(run), load_samples(tmp_path)
+    assert got_samples.epochs == want_samples.epochs == list(range(EPOCHS))
+    np.testing.assert_allclose(got_samples.history.loss, want_samples.history.loss, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.slow
