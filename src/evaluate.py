@@ -27,4 +27,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from src.hydra_errors import one_line_hydra_errors
+
+    with one_line_hydra_errors("src.evaluate"):
+        main()

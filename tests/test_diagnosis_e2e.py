@@ -173,3 +173,12 @@ def test_folder_data_run_records_file_paths(make_cfg, tmp_path: Path) -> None:
     worst = (run / "worst.csv").read_text().splitlines()[1].split(",")
     assert Path(worst[2]).is_file() and worst[2] in samples.val.path
     assert f"`{worst[2]}`" in (run / "diagnosis.md").read_text()  # "open the worst images"
+
+
+def test_evaluate_cli_config_mistake_is_one_line_error(tmp_path: Path) -> None:
+    proc = run_module("src.evaluate", "loss=bouned", f"hydra.run.dir={tmp_path}/eval")
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: loss=bouned is not an option of 'loss': choose one of bounded, standard (did you mean loss=bounded?)"
+    )
