@@ -25,6 +25,7 @@ from src.errors import UserError
 from src.fileio import atomic_write_bytes, atomic_write_text
 from src.history import METRICS_CSV, read_history
 from src.summary import COMPLETE, FAILED, read_summary
+from src.tables import markdown_table
 
 SEED_KEYS = frozenset({"seed"})
 # override keys that say where or how a run happened, not what was trained
@@ -175,15 +176,13 @@ def _cell(mean: float, std: float, metric: str) -> str:
     return _fmt(mean, digits) if not math.isfinite(std) else f"{_fmt(mean, digits)} ± {_fmt(std, digits)}"
 
 
-def markdown_table(groups: Sequence[Group]) -> str:
+def groups_table(groups: Sequence[Group]) -> str:
     """Groups as a markdown table: the swept parameters, ``n`` (seeds), then mean ± std per metric."""
     keys = list(groups[0].params) if groups else []
-    header = [*keys, "n", *METRICS]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for g in groups:
-        cells = [*g.params.values(), str(len(g.runs)), *(_cell(g.mean[m], g.std[m], m) for m in METRICS)]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    rows = [
+        [*g.params.values(), str(len(g.runs)), *(_cell(g.mean[m], g.std[m], m) for m in METRICS)] for g in groups
+    ]
+    return markdown_table([*keys, "n", *METRICS], rows).rstrip("\n")
 
 
 def problem_lines(runs: Sequence[Run], sweep_dir: Path) -> list[str]:
@@ -204,7 +203,7 @@ def markdown_report(groups: Sequence[Group], runs: Sequence[Run], sweep_dir: Pat
         "Complete runs are grouped by the swept parameters other than the seed; "
         "cells are mean ± std (ddof=1) over the group's `n` seeds.",
         "",
-        markdown_table(groups) if groups else "No complete runs.",
+        groups_table(groups) if groups else "No complete runs.",
         "",
         *(f"- `{name}`: {meaning}" for name, meaning in METRICS.items()),
     ]
