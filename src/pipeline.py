@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from src import speedups
 from src.checkpoint_io import AtomicCheckpointIO
 from src.config import validate
 from src.data import InMemoryDataModule
@@ -24,8 +25,9 @@ log = logging.getLogger(__name__)
 
 
 def prepare(cfg: DictConfig) -> None:
-    """Validate the config, seed everything, and set the thread count."""
+    """Validate the config, seed everything, set the thread count, and speed up Lightning's logging."""
     validate(cfg)
+    speedups.install()
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     L.seed_everything(cfg.seed, workers=True, verbose=False)

@@ -1,0 +1,422 @@
+"""How fast is lossdiag's training compared with the plain PyTorch loop it replaces?
+
+``python -m benchmarks.train_speed [--epochs 20 --repeats 2 --threads 1 --out benchmarks/results]``
+
+In one process and one run, for every dataset (the default run's 150 digits, all digits, and a
+generated folder of 32x32 RGB PNGs in 3 classes) it times, with the same ShallowNet, optimizer
+(the config's SGD), batch size, epochs, thread count and determinism flag:
+
+- ``a_dataloader``: a hand-written loop over ``DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True)``
+  (what the forum poster wrote), ``.item()`` per step for the running loss/accuracy;
+- ``b_slicing``: the same loop batching by index slicing of in-memory tensors (the practical floor);
+- ``c_project``: ``src.pipeline.train`` with the default config: every metric, logger, checkpoint,
+  diagnosis callback and the progress bar;
+- ``d_no_diagnostics``: the same with ``callbacks=plain`` (checkpoints and progress bar, no diagnosis callbacks);
+- ``naive_imagefolder`` (folder only): ``torchvision.datasets.ImageFolder`` + ``DataLoader``, decoding
+  every image every epoch.
+
+Every epoch is a training pass plus a validation pass (loss and accuracy). The per-epoch time is the
+median over all epochs after ``--warmup`` of all ``--repeats`` (cases are interleaved, so background
+load hits them alike); the whole-run time (data loading included, imports excluded) is the median over
+repeats. Results go to ``<out>/train_speed.json`` and ``<out>/train_speed.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = ROOT / "conf"
+DEFAULT_OUT = ROOT / "benchmarks" / "results"
+DEFAULT_CACHE = Path(tempfile.gettempdir()) / "lossdiag-bench"
+DATASETS = ("digits", "digits-full", "folder")
+CASES = ("a_dataloader", "b_slicing", "c_project", "d_no_diagnostics", "naive_imagefolder")
+FOLDER_ONLY = ("naive_imagefolder",)
+
+
+@dataclass
+class Run:
+    """One timed run of one case."""
+
+    dataset: str
+    case: str
+    threads: int
+    repeat: int
+    epoch_s: list[float]
+    whole_s: float
+
+
+@dataclass
+class Row:
+    """Summary of one case on one dataset and thread count."""
+
+    dataset: str
+    case: str
+    threads: int
+    epoch_ms: float  # median per-epoch wall time after warm-up, all repeats pooled
+    epoch_ms_p25: float
+    epoch_ms_p75: float
+    whole_s: float  # median whole-run time over repeats
+    n_epochs: int = field(default=0)
+
+
+# -- data -------------------------------------------------------------------------------------
+def make_image_folder(root: Path, n_images: int, size: int = 32, seed: int = 0) -> Path:
+    """``root/<class>/<i>.png``: ``n_images`` RGB PNGs in 3 classes, made once (a ``.complete`` marker).
+
+    Each class has its own mean colour and stripe direction plus heavy noise, so a ShallowNet
+    learns it but not perfectly.
+    """
+    import numpy as np
+    from PIL import Image
+
+    marker = root / ".complete"
+    if marker.is_file() and marker.read_text() == f"{n_images} {size} {seed}":
+        return root
+    rng = np.random.default_rng(seed)
+    classes = ("cats", "dogs", "pandas")
+    grid = np.arange(size, dtype=np.float32)
+    stripes = [
+        np.sin(grid[None, :] / 2.0).repeat(size, 0),
+        np.sin(grid[:, None] / 2.0).repeat(size, 1),
+        np.sin((grid[None, :] + grid[:, None]) / 3.0),
+    ]
+    colours = np.array([[0.6, 0.4, 0.3], [0.4, 0.5, 0.4], [0.45, 0.45, 0.55]], dtype=np.float32)
+    for label, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(label, n_images, len(classes)):
+            base = colours[label][None, None, :] + 0.15 * stripes[label][:, :, None]
+            img = base + rng.normal(0.0, 0.25, size=(size, size, 3)).astype(np.float32)
+            pixels = (np.clip(img, 0.0, 1.0) * 255).astype(np.uint8)
+            Image.fromarray(pixels, "RGB").save(root / name / f"{i:05d}.png")
+    marker.write_text(f"{n_images} {size} {seed}")
+    return root
+
+
+def dataset_overrides(dataset: str, folder: Path | None) -> list[str]:
+    if dataset == "digits":
+        return []  # the default run: 150 training digits
+    if dataset == "digits-full":
+        return ["data.train_size=null"]
+    if dataset == "folder":
+        assert folder is not None
+        return ["data=folder", f"data.root={folder}"]
+    raise ValueError(f"unknown dataset {dataset!r}: choose from {', '.join(DATASETS)}")
+
+
+def compose(overrides: Sequence[str]) -> Any:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose("train", overrides=list(overrides))
+
+
+# -- the plain loops --------------------------------------------------------------------------
+def _setup_plain(cfg: Any, threads: int) -> tuple[Any, Any, Any]:
+    """Same seed, threads, determinism, data split, ShallowNet and optimizer as the project's run."""
+    import torch
+    from hydra.utils import instantiate
+
+    from src.model import ShallowNet
+
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(bool(cfg.trainer.deterministic))
+    torch.manual_seed(cfg.seed)
+    dm = instantiate(cfg.data)
+    dm.setup("fit")
+    model = ShallowNet(dm.width, dm.height, dm.depth, dm.num_classes, filters=cfg.model.filters)
+    optimizer = instantiate(cfg.optimizer)(model.parameters())
+    return dm, model, optimizer
+
+
+def _epoch_over_loaders(model: Any, optimizer: Any, train: Iterable, val: Iterable) -> tuple[float, float]:
+    """The forum poster's epoch: train with running loss/accuracy via ``.item()``, then validate."""
+    import torch
+    import torch.nn.functional as F
+
+    model.train()
+    running, correct, seen = 0.0, 0, 0
+    for x, y in train:
+        optimizer.zero_grad()
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        loss.backward()
+        optimizer.step()
+        running += loss.item() * len(y)
+        correct += (logits.argmax(1) == y).sum().item()
+        seen += len(y)
+    model.eval()
+    val_loss, val_correct, val_seen = 0.0, 0, 0
+    with torch.no_grad():
+        for x, y in val:
+            logits = model(x)
+            val_loss += F.cross_entropy(logits, y, reduction="sum").item()
+            val_correct += (logits.argmax(1) == y).sum().item()
+            val_seen += len(y)
+    return val_loss / val_seen, val_correct / val_seen
+
+
+def _epoch_by_slicing(model: Any, optimizer: Any, dm: Any, epoch: int) -> tuple[float, float]:
+    """The floor: shuffle once per epoch, slice batches, accumulate on tensors, one ``.item()`` per epoch."""
+    import torch
+    import torch.nn.functional as F
+
+    x, y = dm.train.x, dm.train.y
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(epoch))
+    x, y = x[order], y[order]
+    model.train()
+    total = torch.zeros(())
+    for start in range(0, len(y), dm.batch_size):
+        xb, yb = x[start : start + dm.batch_size], y[start : start + dm.batch_size]
+        optimizer.zero_grad()
+        loss = F.cross_entropy(model(xb), yb)
+        loss.backward()
+        optimizer.step()
+        total += loss.detach() * len(yb)
+    model.eval()
+    vx, vy = dm.val.x, dm.val.y
+    val_loss, val_correct = torch.zeros(()), torch.zeros((), dtype=torch.long)
+    with torch.inference_mode():
+        for start in range(0, len(vy), dm.val_batch_size):
+            logits = model(vx[start : start + dm.val_batch_size])
+            yb = vy[start : start + dm.val_batch_size]
+            val_loss += F.cross_entropy(logits, yb, reduction="sum")
+            val_correct += (logits.argmax(1) == yb).sum()
+    return float(val_loss) / len(vy), float(val_correct) / len(vy)
+
+
+def run_plain(cfg: Any, threads: int, case: str) -> tuple[list[float], float]:
+    """``(per-epoch seconds, whole-run seconds)`` of one plain loop (``a_dataloader``, ``b_slicing`` or naive)."""
+    from torch.utils.data import DataLoader, Subset, TensorDataset
+
+    start = time.perf_counter()
+    dm, model, optimizer = _setup_plain(cfg, threads)
+    if case == "a_dataloader":
+        train = DataLoader(TensorDataset(dm.train.x, dm.train.y), batch_size=dm.batch_size, shuffle=True)
+        val = DataLoader(TensorDataset(dm.val.x, dm.val.y), batch_size=dm.val_batch_size)
+        epoch_fn: Callable[[int], object] = lambda _: _epoch_over_loaders(model, optimizer, train, val)  # noqa: E731
+    elif case == "b_slicing":
+        epoch_fn = lambda epoch: _epoch_by_slicing(model, optimizer, dm, epoch)  # noqa: E731
+    elif case == "naive_imagefolder":
+        import numpy as np
+        from torchvision import datasets, transforms
+
+        from src.data import stratified_split
+
+        images = datasets.ImageFolder(str(cfg.data.root), transform=transforms.ToTensor())
+        train_idx, val_idx = stratified_split(np.array(images.targets), cfg.data.val_fraction, cfg.seed)
+        train = DataLoader(Subset(images, train_idx.tolist()), batch_size=dm.batch_size, shuffle=True)
+        val = DataLoader(Subset(images, val_idx.tolist()), batch_size=dm.val_batch_size)
+        epoch_fn = lambda _: _epoch_over_loaders(model, optimizer, train, val)  # noqa: E731
+    else:
+        raise ValueError(case)
+    epochs: list[float] = []
+    for epoch in range(int(cfg.trainer.max_epochs)):
+        t0 = time.perf_counter()
+        epoch_fn(epoch)
+        epochs.append(time.perf_counter() - t0)
+    return epochs, time.perf_counter() - start
+
+
+# -- the project ------------------------------------------------------------------------------
+def run_project(overrides: Sequence[str], work: Path, log: Path) -> tuple[list[float], float]:
+    """Train through ``src.pipeline.train`` exactly as ``python -m src.train`` does, plus an :class:`EpochTimer`."""
+    from src.pipeline import train
+
+    record = work / "epochs.json"
+    cfg = compose(
+        [
+            *overrides,
+            f"paths.output_dir={work}",
+            "+callbacks.epoch_timer._target_=benchmarks.timing.EpochTimer",
+            f"+callbacks.epoch_timer.record={record}",
+        ]
+    )
+    with log.open("a") as sink, contextlib.redirect_stderr(sink), contextlib.redirect_stdout(sink):
+        start = time.perf_counter()
+        train(cfg)
+        whole = time.perf_counter() - start
+    return json.loads(record.read_text())["epoch_s"], whole
+
+
+# -- summary ----------------------------------------------------------------------------------
+def _quantile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    pos = q * (len(ordered) - 1)
+    lo, hi = int(pos), min(int(pos) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def summarise(runs: Sequence[Run], warmup: int) -> list[Row]:
+    rows = []
+    keys = sorted({(r.dataset, r.threads, r.case) for r in runs}, key=lambda k: (DATASETS.index(k[0]), k[1], k[2]))
+    for dataset, threads, case in keys:
+        mine = [r for r in runs if (r.dataset, r.threads, r.case) == (dataset, threads, case)]
+        epochs = [s for r in mine for s in r.epoch_s[warmup:]] or [s for r in mine for s in r.epoch_s]
+        rows.append(
+            Row(
+                dataset=dataset,
+                case=case,
+                threads=threads,
+                epoch_ms=1000 * statistics.median(epochs),
+                epoch_ms_p25=1000 * _quantile(epochs, 0.25),
+                epoch_ms_p75=1000 * _quantile(epochs, 0.75),
+                whole_s=statistics.median(r.whole_s for r in mine),
+                n_epochs=len(epochs),
+            )
+        )
+    return rows
+
+
+def ratios(rows: Sequence[Row]) -> dict[str, dict[str, float]]:
+    """Per ``dataset/threads``: c/a, c/b, c/d, and naive/c (how many times faster than decoding every epoch)."""
+    out: dict[str, dict[str, float]] = {}
+    for dataset, threads in sorted({(r.dataset, r.threads) for r in rows}, key=lambda k: (DATASETS.index(k[0]), k[1])):
+        ms = {r.case: r.epoch_ms for r in rows if (r.dataset, r.threads) == (dataset, threads)}
+        got: dict[str, float] = {}
+        if "c_project" in ms:
+            for name, case in (("c/a", "a_dataloader"), ("c/b", "b_slicing"), ("c/d", "d_no_diagnostics")):
+                if case in ms:
+                    got[name] = ms["c_project"] / ms[case]
+            if "naive_imagefolder" in ms:
+                got["naive/c"] = ms["naive_imagefolder"] / ms["c_project"]
+        out[f"{dataset} threads={threads}"] = got
+    return out
+
+
+def markdown(rows: Sequence[Row], ratio: dict[str, dict[str, float]], meta: dict[str, Any]) -> str:
+    lines = [
+        "# lossdiag training speed",
+        "",
+        f"{meta['machine']}; torch {meta['torch']}, lightning {meta['lightning']}; "
+        f"{meta['epochs']} epochs, median after {meta['warmup']} warm-up epochs, {meta['repeats']} interleaved "
+        f"repeat(s); load average {meta['load_before']} before, {meta['load_after']} after.",
+        "",
+        "| dataset | threads | case | per epoch (ms, median) | p25-p75 (ms) | whole run (s) |",
+        "| --- | --- | --- | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.dataset} | {r.threads} | {r.case} | {r.epoch_ms:.1f} | {r.epoch_ms_p25:.1f}-{r.epoch_ms_p75:.1f} "
+            f"| {r.whole_s:.2f} |"
+        )
+    lines += ["", "| dataset | c/a | c/b | c/d | naive/c (folder speed-up) |", "| --- | ---: | ---: | ---: | ---: |"]
+    for key, got in ratio.items():
+        cells = [f"{got[k]:.2f}" if k in got else "-" for k in ("c/a", "c/b", "c/d", "naive/c")]
+        lines.append(f"| {key} | {' | '.join(cells)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _load() -> str:
+    try:
+        return " ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+# -- main -------------------------------------------------------------------------------------
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.train_speed", description=__doc__.split("\n\n")[0])
+    p.add_argument("--datasets", default=",".join(DATASETS), help=f"comma list from {', '.join(DATASETS)}")
+    p.add_argument("--cases", default=",".join(CASES), help=f"comma list from {', '.join(CASES)}")
+    p.add_argument("--epochs", type=int, default=20, help="epochs per run (all cases)")
+    p.add_argument("--warmup", type=int, default=3, help="epochs left out of the per-epoch median")
+    p.add_argument("--repeats", type=int, default=2, help="interleaved repeats of every case")
+    p.add_argument("--threads", default=None, help="comma list of torch thread counts (default: the config's)")
+    p.add_argument("--folder-images", type=int, default=3000, help="images in the generated folder")
+    p.add_argument("--digits-train-size", type=int, default=None, help="override the digits training subset (150)")
+    p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where the generated image folder is kept")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for train_speed.{json,md}")
+    p.add_argument("overrides", nargs="*", help="extra Hydra overrides for every case (e.g. trainer.deterministic=false)")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> list[Row]:
+    args = parse_args(argv)
+    datasets = [d for d in args.datasets.split(",") if d]
+    cases = [c for c in args.cases.split(",") if c]
+    for name, allowed in (("dataset", DATASETS), ("case", CASES)):
+        bad = [x for x in (datasets if name == "dataset" else cases) if x not in allowed]
+        if bad:
+            raise SystemExit(f"error: unknown {name} {bad}: choose from {', '.join(allowed)}")
+    sys.path.insert(0, str(ROOT))
+    import lightning
+    import torch
+
+    base = [*args.overrides, f"trainer.max_epochs={args.epochs}"]
+    default_threads = compose(base).get("threads")
+    threads_list = [int(t) for t in args.threads.split(",")] if args.threads else [default_threads or torch.get_num_threads()]
+    folder = None
+    if "folder" in datasets:
+        folder = make_image_folder(args.cache / f"folder-{args.folder_images}", args.folder_images)
+    meta = {
+        "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} logical cores, {platform.system()}",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "lightning": lightning.__version__,
+        "epochs": args.epochs,
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+        "load_before": _load(),
+        "overrides": list(args.overrides),
+    }
+    runs: list[Run] = []
+    with tempfile.TemporaryDirectory(prefix="lossdiag-bench-") as tmp:
+        log = Path(tmp) / "project.log"
+        for repeat in range(args.repeats):
+            for dataset in datasets:
+                data = dataset_overrides(dataset, folder)
+                if dataset.startswith("digits") and args.digits_train_size is not None:
+                    data = [*data, f"data.train_size={args.digits_train_size}"]
+                for threads in threads_list:
+                    todo = [c for c in cases if dataset == "folder" or c not in FOLDER_ONLY]
+                    todo = todo[repeat % len(todo) :] + todo[: repeat % len(todo)]  # rotate the order per repeat
+                    for case in todo:
+                        overrides = [*base, *data, f"threads={threads}"]
+                        if case in ("c_project", "d_no_diagnostics"):
+                            if case == "d_no_diagnostics":
+                                overrides.append("callbacks=plain")
+                            work = Path(tmp) / f"{dataset}-{threads}-{case}-{repeat}"
+                            epoch_s, whole = run_project(overrides, work, log)
+                        else:
+                            epoch_s, whole = run_plain(compose(overrides), threads, case)
+                        runs.append(Run(dataset, case, threads, repeat, epoch_s, whole))
+                        print(
+                            f"[{repeat + 1}/{args.repeats}] {dataset:11s} threads={threads} {case:18s} "
+                            f"{1000 * statistics.median(epoch_s):8.1f} ms/epoch  {whole:6.2f} s",
+                            flush=True,
+                        )
+    meta["load_after"] = _load()
+    rows = summarise(runs, args.warmup)
+    ratio = ratios(rows)
+    text = markdown(rows, ratio, meta)
+    from src.fileio import atomic_write_text
+
+    atomic_write_text(
+        args.out / "train_speed.json",
+        json.dumps(
+            {"meta": meta, "rows": [asdict(r) for r in rows], "ratios": ratio, "runs": [asdict(r) for r in runs]},
+            indent=1,
+        ),
+    )
+    atomic_write_text(args.out / "train_speed.md", text)
+    print("\n" + text)
+    print(f"wrote {args.out / 'train_speed.json'} and {args.out / 'train_speed.md'}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
