@@ -13,7 +13,9 @@ generated folder of 32x32 RGB PNGs in 3 classes) it times, with the same Shallow
   diagnosis callback and the progress bar;
 - ``d_no_diagnostics``: the same with ``callbacks=plain`` (checkpoints and progress bar, no diagnosis callbacks);
 - ``naive_imagefolder`` (folder only): ``torchvision.datasets.ImageFolder`` + ``DataLoader``, decoding
-  every image every epoch.
+  every image every epoch;
+- on request (``--cases``), ``v_*``: the project's run with one part switched off (TensorBoard, CSV,
+  checkpoints, progress bar, determinism, or everything: ``v_bare``), to see what each part costs.
 
 Every epoch is a training pass plus a validation pass (loss and accuracy). The per-epoch time is the
 median over all epochs after ``--warmup`` of all ``--repeats`` (cases are interleaved, so background
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import platform
 import statistics
@@ -44,6 +47,18 @@ DEFAULT_CACHE = Path(tempfile.gettempdir()) / "lossdiag-bench"
 DATASETS = ("digits", "digits-full", "folder")
 CASES = ("a_dataloader", "b_slicing", "c_project", "d_no_diagnostics", "naive_imagefolder")
 FOLDER_ONLY = ("naive_imagefolder",)
+# the project's run with one part switched off (``--cases``), to measure what each part costs
+PROJECT_VARIANTS: dict[str, list[str]] = {
+    "c_project": [],
+    "d_no_diagnostics": ["callbacks=plain"],
+    "v_no_tensorboard": ["~logger.tensorboard"],
+    "v_no_csv": ["~logger.csv"],
+    "v_no_checkpoint": ["~callbacks.checkpoint"],
+    "v_no_progress_bar": ["~callbacks.progress_bar"],
+    "v_not_deterministic": ["trainer.deterministic=false"],
+    "v_bare": ["callbacks=none", "~logger"],
+}
+ALL_CASES = (*CASES, *[v for v in PROJECT_VARIANTS if v not in CASES])
 
 
 @dataclass
@@ -245,10 +260,16 @@ def run_project(overrides: Sequence[str], work: Path, log: Path) -> tuple[list[f
             f"+callbacks.epoch_timer.record={record}",
         ]
     )
-    with log.open("a") as sink, contextlib.redirect_stderr(sink), contextlib.redirect_stdout(sink):
-        start = time.perf_counter()
-        train(cfg)
-        whole = time.perf_counter() - start
+    lightning_log = logging.getLogger("lightning")
+    level = lightning_log.level
+    lightning_log.setLevel(logging.WARNING)  # "GPU available: ..." on every run
+    try:
+        with log.open("a") as sink, contextlib.redirect_stderr(sink), contextlib.redirect_stdout(sink):
+            start = time.perf_counter()
+            train(cfg)
+            whole = time.perf_counter() - start
+    finally:
+        lightning_log.setLevel(level)
     return json.loads(record.read_text())["epoch_s"], whole
 
 
@@ -262,7 +283,10 @@ def _quantile(values: Sequence[float], q: float) -> float:
 
 def summarise(runs: Sequence[Run], warmup: int) -> list[Row]:
     rows = []
-    keys = sorted({(r.dataset, r.threads, r.case) for r in runs}, key=lambda k: (DATASETS.index(k[0]), k[1], k[2]))
+    keys = sorted(
+        {(r.dataset, r.threads, r.case) for r in runs},
+        key=lambda k: (DATASETS.index(k[0]), k[1], ALL_CASES.index(k[2])),
+    )
     for dataset, threads, case in keys:
         mine = [r for r in runs if (r.dataset, r.threads, r.case) == (dataset, threads, case)]
         epochs = [s for r in mine for s in r.epoch_s[warmup:]] or [s for r in mine for s in r.epoch_s]
@@ -305,13 +329,15 @@ def markdown(rows: Sequence[Row], ratio: dict[str, dict[str, float]], meta: dict
         f"{meta['epochs']} epochs, median after {meta['warmup']} warm-up epochs, {meta['repeats']} interleaved "
         f"repeat(s); load average {meta['load_before']} before, {meta['load_after']} after.",
         "",
-        "| dataset | threads | case | per epoch (ms, median) | p25-p75 (ms) | whole run (s) |",
-        "| --- | --- | --- | ---: | ---: | ---: |",
+        "| dataset | threads | case | per epoch (ms, median) | p25-p75 (ms) | / b_slicing | whole run (s) |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: |",
     ]
+    floor = {(r.dataset, r.threads): r.epoch_ms for r in rows if r.case == "b_slicing"}
     for r in rows:
+        rel = f"{r.epoch_ms / floor[(r.dataset, r.threads)]:.2f}" if (r.dataset, r.threads) in floor else "-"
         lines.append(
             f"| {r.dataset} | {r.threads} | {r.case} | {r.epoch_ms:.1f} | {r.epoch_ms_p25:.1f}-{r.epoch_ms_p75:.1f} "
-            f"| {r.whole_s:.2f} |"
+            f"| {rel} | {r.whole_s:.2f} |"
         )
     lines += ["", "| dataset | c/a | c/b | c/d | naive/c (folder speed-up) |", "| --- | ---: | ---: | ---: | ---: |"]
     for key, got in ratio.items():
@@ -331,7 +357,7 @@ def _load() -> str:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.train_speed", description=__doc__.split("\n\n")[0])
     p.add_argument("--datasets", default=",".join(DATASETS), help=f"comma list from {', '.join(DATASETS)}")
-    p.add_argument("--cases", default=",".join(CASES), help=f"comma list from {', '.join(CASES)}")
+    p.add_argument("--cases", default=",".join(CASES), help=f"comma list from {', '.join(ALL_CASES)}")
     p.add_argument("--epochs", type=int, default=20, help="epochs per run (all cases)")
     p.add_argument("--warmup", type=int, default=3, help="epochs left out of the per-epoch median")
     p.add_argument("--repeats", type=int, default=2, help="interleaved repeats of every case")
@@ -348,7 +374,7 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     args = parse_args(argv)
     datasets = [d for d in args.datasets.split(",") if d]
     cases = [c for c in args.cases.split(",") if c]
-    for name, allowed in (("dataset", DATASETS), ("case", CASES)):
+    for name, allowed in (("dataset", DATASETS), ("case", ALL_CASES)):
         bad = [x for x in (datasets if name == "dataset" else cases) if x not in allowed]
         if bad:
             raise SystemExit(f"error: unknown {name} {bad}: choose from {', '.join(allowed)}")
@@ -386,9 +412,8 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
                     todo = todo[repeat % len(todo) :] + todo[: repeat % len(todo)]  # rotate the order per repeat
                     for case in todo:
                         overrides = [*base, *data, f"threads={threads}"]
-                        if case in ("c_project", "d_no_diagnostics"):
-                            if case == "d_no_diagnostics":
-                                overrides.append("callbacks=plain")
+                        if case in PROJECT_VARIANTS:
+                            overrides += PROJECT_VARIANTS[case]
                             work = Path(tmp) / f"{dataset}-{threads}-{case}-{repeat}"
                             epoch_s, whole = run_project(overrides, work, log)
                         else:
