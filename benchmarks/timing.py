@@ -1,4 +1,4 @@
-"""A callback that records the wall time of every epoch of a Lightning run (train + val + epoch-end work)."""
+"""Timing helpers: wall and CPU time per epoch, for plain loops and for Lightning runs (a callback)."""
 
 from __future__ import annotations
 
@@ -10,28 +10,37 @@ from pathlib import Path
 import lightning as L
 
 
+def now() -> tuple[float, float]:
+    """``(wall, cpu)`` seconds. CPU time is this process's, all threads (e.g. TensorBoard's writer) included:
+    unlike wall time it does not grow when other processes take the cores, so it compares runs fairly on a
+    busy machine."""
+    return time.perf_counter(), time.process_time()
+
+
+def spans(marks: list[tuple[float, float]]) -> tuple[list[float], list[float]]:
+    """Wall and CPU seconds between consecutive ``now()`` marks."""
+    pairs = list(itertools.pairwise(marks))
+    return [b[0] - a[0] for a, b in pairs], [b[1] - a[1] for a, b in pairs]
+
+
 class EpochTimer(L.Callback):
-    """Wall time from one ``on_train_epoch_start`` to the next (the last one ends at ``on_train_end``).
+    """Time from one ``on_train_epoch_start`` to the next (the last one ends at ``on_train_end``).
 
     That span holds everything the user pays for an epoch: the training steps, validation, every
     epoch-end hook (metrics, loggers, checkpoints, diagnostics). The times are written as JSON
-    ``{"epoch_s": [...]}`` to ``record`` at the end of training, so a run started from a config
-    (``+callbacks.timer._target_=benchmarks.timing.EpochTimer``) can be read back.
+    ``{"epoch_s": [...], "epoch_cpu_s": [...]}`` to ``record`` at the end of training, so a run started
+    from a config (``+callbacks.timer._target_=benchmarks.timing.EpochTimer``) can be read back.
     """
 
     def __init__(self, record: str) -> None:
         self.record = Path(record)
-        self.starts: list[float] = []
-        self.end: float | None = None
+        self.marks: list[tuple[float, float]] = []
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.starts.append(time.perf_counter())
+        self.marks.append(now())
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.end = time.perf_counter()
+        self.marks.append(now())
+        wall, cpu = spans(self.marks)
         self.record.parent.mkdir(parents=True, exist_ok=True)
-        self.record.write_text(json.dumps({"epoch_s": self.epoch_seconds()}))
-
-    def epoch_seconds(self) -> list[float]:
-        marks = [*self.starts, self.end] if self.end is not None else self.starts
-        return [b - a for a, b in itertools.pairwise(marks)]
+        self.record.write_text(json.dumps({"epoch_s": wall, "epoch_cpu_s": cpu}))

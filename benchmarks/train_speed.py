@@ -40,6 +40,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks.timing import now, spans
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
 DEFAULT_OUT = ROOT / "benchmarks" / "results"
@@ -69,7 +71,8 @@ class Run:
     case: str
     threads: int
     repeat: int
-    epoch_s: list[float]
+    epoch_s: list[float]  # wall
+    epoch_cpu_s: list[float]  # process CPU time
     whole_s: float
 
 
@@ -83,6 +86,7 @@ class Row:
     epoch_ms: float  # median per-epoch wall time after warm-up, all repeats pooled
     epoch_ms_p25: float
     epoch_ms_p75: float
+    cpu_ms: float  # median per-epoch CPU time after warm-up
     whole_s: float  # median whole-run time over repeats
     n_epochs: int = field(default=0)
 
@@ -213,8 +217,8 @@ def _epoch_by_slicing(model: Any, optimizer: Any, dm: Any, epoch: int) -> tuple[
     return float(val_loss) / len(vy), float(val_correct) / len(vy)
 
 
-def run_plain(cfg: Any, threads: int, case: str) -> tuple[list[float], float]:
-    """``(per-epoch seconds, whole-run seconds)`` of one plain loop (``a_dataloader``, ``b_slicing`` or naive)."""
+def run_plain(cfg: Any, threads: int, case: str) -> tuple[list[float], list[float], float]:
+    """``(per-epoch wall s, per-epoch CPU s, whole-run s)`` of one plain loop (``a_dataloader``, ``b_slicing``, naive)."""
     from torch.utils.data import DataLoader, Subset, TensorDataset
 
     start = time.perf_counter()
@@ -238,16 +242,15 @@ def run_plain(cfg: Any, threads: int, case: str) -> tuple[list[float], float]:
         epoch_fn = lambda _: _epoch_over_loaders(model, optimizer, train, val)  # noqa: E731
     else:
         raise ValueError(case)
-    epochs: list[float] = []
+    marks = [now()]
     for epoch in range(int(cfg.trainer.max_epochs)):
-        t0 = time.perf_counter()
         epoch_fn(epoch)
-        epochs.append(time.perf_counter() - t0)
-    return epochs, time.perf_counter() - start
+        marks.append(now())
+    return *spans(marks), time.perf_counter() - start
 
 
 # -- the project ------------------------------------------------------------------------------
-def run_project(overrides: Sequence[str], work: Path, log: Path) -> tuple[list[float], float]:
+def run_project(overrides: Sequence[str], work: Path, log: Path) -> tuple[list[float], list[float], float]:
     """Train through ``src.pipeline.train`` exactly as ``python -m src.train`` does, plus an :class:`EpochTimer`."""
     from src.pipeline import train
 
@@ -270,7 +273,8 @@ def run_project(overrides: Sequence[str], work: Path, log: Path) -> tuple[list[f
             whole = time.perf_counter() - start
     finally:
         lightning_log.setLevel(level)
-    return json.loads(record.read_text())["epoch_s"], whole
+    times = json.loads(record.read_text())
+    return times["epoch_s"], times["epoch_cpu_s"], whole
 
 
 # -- summary ----------------------------------------------------------------------------------
@@ -290,6 +294,7 @@ def summarise(runs: Sequence[Run], warmup: int) -> list[Row]:
     for dataset, threads, case in keys:
         mine = [r for r in runs if (r.dataset, r.threads, r.case) == (dataset, threads, case)]
         epochs = [s for r in mine for s in r.epoch_s[warmup:]] or [s for r in mine for s in r.epoch_s]
+        cpu = [s for r in mine for s in r.epoch_cpu_s[warmup:]] or [s for r in mine for s in r.epoch_cpu_s]
         rows.append(
             Row(
                 dataset=dataset,
@@ -298,6 +303,7 @@ def summarise(runs: Sequence[Run], warmup: int) -> list[Row]:
                 epoch_ms=1000 * statistics.median(epochs),
                 epoch_ms_p25=1000 * _quantile(epochs, 0.25),
                 epoch_ms_p75=1000 * _quantile(epochs, 0.75),
+                cpu_ms=1000 * statistics.median(cpu),
                 whole_s=statistics.median(r.whole_s for r in mine),
                 n_epochs=len(epochs),
             )
@@ -305,18 +311,21 @@ def summarise(runs: Sequence[Run], warmup: int) -> list[Row]:
     return rows
 
 
+RATIOS = (("c/a", "c_project", "a_dataloader"), ("c/b", "c_project", "b_slicing"),
+          ("c/d", "c_project", "d_no_diagnostics"), ("naive/c", "naive_imagefolder", "c_project"))
+
+
 def ratios(rows: Sequence[Row]) -> dict[str, dict[str, float]]:
-    """Per ``dataset/threads``: c/a, c/b, c/d, and naive/c (how many times faster than decoding every epoch)."""
+    """Per ``dataset threads=N``: c/a, c/b, c/d and naive/c (the folder speed-up), of wall time and
+    (``... cpu``) of CPU time."""
     out: dict[str, dict[str, float]] = {}
     for dataset, threads in sorted({(r.dataset, r.threads) for r in rows}, key=lambda k: (DATASETS.index(k[0]), k[1])):
-        ms = {r.case: r.epoch_ms for r in rows if (r.dataset, r.threads) == (dataset, threads)}
+        mine = {r.case: r for r in rows if (r.dataset, r.threads) == (dataset, threads)}
         got: dict[str, float] = {}
-        if "c_project" in ms:
-            for name, case in (("c/a", "a_dataloader"), ("c/b", "b_slicing"), ("c/d", "d_no_diagnostics")):
-                if case in ms:
-                    got[name] = ms["c_project"] / ms[case]
-            if "naive_imagefolder" in ms:
-                got["naive/c"] = ms["naive_imagefolder"] / ms["c_project"]
+        for name, top, bottom in RATIOS:
+            if top in mine and bottom in mine:
+                got[name] = mine[top].epoch_ms / mine[bottom].epoch_ms
+                got[f"{name} cpu"] = mine[top].cpu_ms / mine[bottom].cpu_ms
         out[f"{dataset} threads={threads}"] = got
     return out
 
@@ -329,19 +338,26 @@ def markdown(rows: Sequence[Row], ratio: dict[str, dict[str, float]], meta: dict
         f"{meta['epochs']} epochs, median after {meta['warmup']} warm-up epochs, {meta['repeats']} interleaved "
         f"repeat(s); load average {meta['load_before']} before, {meta['load_after']} after.",
         "",
-        "| dataset | threads | case | per epoch (ms, median) | p25-p75 (ms) | / b_slicing | whole run (s) |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: |",
+        "| dataset | threads | case | wall ms/epoch (median) | wall p25-p75 | CPU ms/epoch | wall / b | CPU / b "
+        "| whole run (s) |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    floor = {(r.dataset, r.threads): r.epoch_ms for r in rows if r.case == "b_slicing"}
+    floor = {(r.dataset, r.threads): r for r in rows if r.case == "b_slicing"}
     for r in rows:
-        rel = f"{r.epoch_ms / floor[(r.dataset, r.threads)]:.2f}" if (r.dataset, r.threads) in floor else "-"
+        b = floor.get((r.dataset, r.threads))
+        rel = f"{r.epoch_ms / b.epoch_ms:.2f} | {r.cpu_ms / b.cpu_ms:.2f}" if b else "- | -"
         lines.append(
             f"| {r.dataset} | {r.threads} | {r.case} | {r.epoch_ms:.1f} | {r.epoch_ms_p25:.1f}-{r.epoch_ms_p75:.1f} "
-            f"| {rel} | {r.whole_s:.2f} |"
+            f"| {r.cpu_ms:.1f} | {rel} | {r.whole_s:.2f} |"
         )
-    lines += ["", "| dataset | c/a | c/b | c/d | naive/c (folder speed-up) |", "| --- | ---: | ---: | ---: | ---: |"]
+    names = [name for name, _, _ in RATIOS]
+    lines += [
+        "",
+        "| dataset | " + " | ".join(f"{n} (wall) | {n} (CPU)" for n in names) + " |",
+        "| --- |" + " ---: |" * (2 * len(names)),
+    ]
     for key, got in ratio.items():
-        cells = [f"{got[k]:.2f}" if k in got else "-" for k in ("c/a", "c/b", "c/d", "naive/c")]
+        cells = [f"{got[k]:.2f}" if k in got else "-" for n in names for k in (n, f"{n} cpu")]
         lines.append(f"| {key} | {' | '.join(cells)} |")
     return "\n".join(lines) + "\n"
 
@@ -415,13 +431,14 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
                         if case in PROJECT_VARIANTS:
                             overrides += PROJECT_VARIANTS[case]
                             work = Path(tmp) / f"{dataset}-{threads}-{case}-{repeat}"
-                            epoch_s, whole = run_project(overrides, work, log)
+                            epoch_s, cpu_s, whole = run_project(overrides, work, log)
                         else:
-                            epoch_s, whole = run_plain(compose(overrides), threads, case)
-                        runs.append(Run(dataset, case, threads, repeat, epoch_s, whole))
+                            epoch_s, cpu_s, whole = run_plain(compose(overrides), threads, case)
+                        runs.append(Run(dataset, case, threads, repeat, epoch_s, cpu_s, whole))
                         print(
                             f"[{repeat + 1}/{args.repeats}] {dataset:11s} threads={threads} {case:18s} "
-                            f"{1000 * statistics.median(epoch_s):8.1f} ms/epoch  {whole:6.2f} s",
+                            f"{1000 * statistics.median(epoch_s):8.1f} ms/epoch ({1000 * statistics.median(cpu_s):6.1f} "
+                            f"CPU)  {whole:6.2f} s",
                             flush=True,
                         )
     meta["load_after"] = _load()
