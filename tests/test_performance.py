@@ -81,3 +81,11 @@ def test_cli_start_up_imports_no_torch_or_lightning(flag: str) -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "HEAVY []" in out.stdout, out.stdout[-2000:]
+
+
+def test_plain_callbacks_are_the_defaults_without_the_diagnosis_ones(make_cfg) -> None:
+    default, plain = make_cfg("callbacks=default").callbacks, make_cfg("callbacks=plain").callbacks
+    kept = {k: v for k, v in plain.items() if v is not None}
+    assert kept and all(default[k] == v for k, v in kept.items())  # same checkpoint/progress settings
+    dropped = {default[k]._target_ for k in default if k not in kept}
+    assert dropped and all(t.startswith(("src.callbacks.", "src.diagnosis_callbacks.")) for t in dropped)
