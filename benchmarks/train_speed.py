@@ -55,7 +55,7 @@ PROJECT_VARIANTS: dict[str, list[str]] = {
     "d_no_diagnostics": ["callbacks=plain"],
     "v_no_tensorboard": ["~logger.tensorboard"],
     "v_no_csv": ["~logger.csv"],
-    "v_no_checkpoint": ["~callbacks.checkpoint"],
+    "v_no_checkpoint": ["~callbacks.checkpoint", "~callbacks.last_checkpoint"],
     "v_no_progress_bar": ["~callbacks.progress_bar"],
     "v_not_deterministic": ["trainer.deterministic=false"],
     "v_bare": ["callbacks=none", "~logger"],
