@@ -1,0 +1,49 @@
+"""The ``experiment`` presets run for real."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+
+from src.history import read_history
+from src.pipeline import train
+from tests.conftest import run_module
+from tests.test_data import _write_folder
+
+
+def test_forum_experiment_trains_shallownet_on_an_rgb_image_folder(make_cfg, tmp_path: Path) -> None:
+    root = tmp_path / "animals"
+    _write_folder(root, {"cats": 8, "dogs": 8, "pandas": 8})
+    cfg = make_cfg("experiment=forum", f"data.root={root}", "data.train_size=null", "callbacks=none")
+    assert (cfg.data.image_size, cfg.data.channels, cfg.optimizer.lr) == (32, 3, 0.01)
+    metrics = train(cfg)
+    assert 0 <= metrics["val/acc"] <= 1 and math.isfinite(metrics["val/loss"])
+    assert read_history(tmp_path)["epoch"] == [0.0, 1.0]
+
+
+@pytest.mark.slow
+def test_compare_losses_sweep_and_its_report(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    proc = run_module(
+        "src.train",
+        "-m",
+        "experiment=compare_losses",
+        "hydra.sweeper.params.seed=0",  # one seed instead of three: 2 jobs
+        "debug=fast",
+        "threads=1",
+        "~callbacks.progress_bar",
+        "~callbacks.diagnosis_figures",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = run_module("src.report", str(sweep))
+    assert report.returncode == 0, report.stderr[-3000:]
+    with (sweep / "report.csv").open(newline="") as handle:
+        rows = {r["loss"]: r for r in csv.DictReader(handle)}
+    assert set(rows) == {"standard", "bounded"}
+    for row in rows.values():
+        assert row["n"] == "1"
+        assert 0 < float(row["last_val_ece_mean"]) < 1  # the diagnosis callback's val/ece, aggregated
