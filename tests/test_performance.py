@@ -89,3 +89,23 @@ def test_plain_callbacks_are_the_defaults_without_the_diagnosis_ones(make_cfg) -
     assert kept and all(default[k] == v for k, v in kept.items())  # same checkpoint/progress settings
     dropped = {default[k]._target_ for k in default if k not in kept}
     assert dropped and all(t.startswith(("src.callbacks.", "src.diagnosis_callbacks.")) for t in dropped)
+
+
+def test_checkpoint_monitor_candidates_equal_lightnings_copies() -> None:
+    from types import SimpleNamespace
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    speedups.install()
+    fast = ModelCheckpoint._monitor_candidates
+    assert fast.__wrapped__ is not fast
+    metrics = {"val/acc": torch.tensor(0.9), "train/loss": torch.tensor(0.25), "epoch": torch.tensor(3.0)}
+    trainer = SimpleNamespace(callback_metrics=metrics, current_epoch=3, global_step=40)
+    cb = ModelCheckpoint(monitor="val/acc")
+    got, want = fast(cb, trainer), fast.__wrapped__(cb, trainer)
+    assert got.keys() == want.keys() == {"val/acc", "train/loss", "epoch", "step"}
+    for key in want:
+        assert torch.equal(got[key], want[key]) and got[key].dtype == want[key].dtype, key
+    assert got["val/acc"] is not metrics["val/acc"]  # a copy, as deepcopy makes
+    metrics["grad"] = torch.ones(1, requires_grad=True)  # needs autograd: Lightning's own code path
+    assert fast(cb, trainer)["grad"].requires_grad
