@@ -47,3 +47,22 @@ def test_compare_losses_sweep_and_its_report(tmp_path: Path) -> None:
     for row in rows.values():
         assert row["n"] == "1"
         assert 0 < float(row["last_val_ece_mean"]) < 1  # the diagnosis callback's val/ece, aggregated
+
+
+@pytest.mark.parametrize(
+    ("override", "factor"),
+    [
+        ("scheduler.T_max=2", 0.5),  # one epoch into a 2-epoch cosine: lr * (1 + cos(pi / 2)) / 2
+        ("scheduler.step_size=1", 0.1),  # StepLR: lr * gamma after one epoch
+    ],
+)
+def test_scheduler_changes_the_learning_rate_each_epoch(make_cfg, override: str, factor: float) -> None:
+    from src import pipeline
+
+    scheduler = "cosine" if "T_max" in override else "step"
+    cfg = make_cfg(f"scheduler={scheduler}", override, "trainer.max_epochs=1", "callbacks=none", "~logger")
+    pipeline.prepare(cfg)
+    dm = pipeline.build_datamodule(cfg)
+    trainer = pipeline.build_trainer(cfg)
+    trainer.fit(pipeline.build_module(cfg, dm), datamodule=dm)
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(cfg.optimizer.lr * factor)
