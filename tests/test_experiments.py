@@ -66,3 +66,15 @@ def test_scheduler_changes_the_learning_rate_each_epoch(make_cfg, override: str,
     trainer = pipeline.build_trainer(cfg)
     trainer.fit(pipeline.build_module(cfg, dm), datamodule=dm)
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(cfg.optimizer.lr * factor)
+
+
+def test_debug_profile_writes_a_profiler_report(make_cfg, tmp_path: Path) -> None:
+    cfg = make_cfg("debug=profile", "trainer.max_epochs=1", "callbacks=none")
+    train(cfg)
+    report = (tmp_path / "fit-profile.txt").read_text()
+    assert "run_training_epoch" in report and "Total" in report
+
+
+def test_debug_overfit_fits_its_tiny_training_set(make_cfg) -> None:
+    metrics = train(make_cfg("debug=overfit", "callbacks=none", "~logger"))
+    assert metrics["train/acc"] == 1.0 and metrics["train/loss"] < 0.05
