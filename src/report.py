@@ -24,12 +24,15 @@ import numpy as np
 from src.errors import UserError
 from src.fileio import atomic_write_bytes, atomic_write_text
 from src.history import METRICS_CSV, read_history
+from src.resume import override_key
 from src.summary import COMPLETE, FAILED, read_summary
+from src.sweep import LAUNCH_KEYS
 from src.tables import markdown_table
 
 SEED_KEYS = frozenset({"seed"})
 # override keys that say where or how a run happened, not what was trained
-IGNORED_KEYS = frozenset({"launcher", "hparams_search", "paths.output_dir"})
+# not parameters of what a job computes: how it was launched, where it wrote, what it resumed from
+IGNORED_KEYS = LAUNCH_KEYS | {"paths.output_dir", "ckpt_path"}
 REPORT_FILES = ("report.md", "report.csv", "report.png")
 
 # column name -> what it measures (also the markdown legend)
@@ -81,8 +84,7 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, str]:
     """``["loss=bounded", "+tag=x", "~callbacks.progress_bar"]`` -> ``{"loss": "bounded", ...}``."""
     parsed: dict[str, str] = {}
     for item in overrides:
-        key, _, value = str(item).partition("=")
-        key = key.lstrip("+~")
+        key, value = override_key(str(item)), str(item).partition("=")[2]
         if key.startswith("hydra.") or key in IGNORED_KEYS:
             continue
         parsed[key] = value

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from src.errors import UserError
+from src.sweep import LAUNCH_KEYS
 
 RESUME_KEY = "resume"
 LAST_CKPT = Path("checkpoints") / "last.ckpt"
@@ -65,7 +66,8 @@ def expand_resume(argv: list[str]) -> list[str]:
         "hydra.run.dir",
         "ckpt_path",
     }
-    kept = [o for o in recorded if override_key(o) not in replaced]
+    # a resumed job is one single run, even when it was a job of a sweep or search
+    kept = [o for o in recorded if override_key(o) not in replaced | LAUNCH_KEYS]
     return [*kept, *extra, f"hydra.run.dir={_quote(str(run_dir))}", f"ckpt_path={_quote(str(ckpt))}"]
 
 
@@ -139,4 +141,9 @@ def check_checkpoint(path: str | Path, model: Any) -> None:
         raise UserError(
             f"ckpt_path={path} belongs to another model shape ({'; '.join(problems[:3])}): resume with the data and "
             f"model settings it was trained with (see its run folder's .hydra/config.yaml)"
+        )
+    if "optimizer_states" not in ckpt:  # e.g. checkpoints/initial.ckpt: weights only
+        raise UserError(
+            f"ckpt_path={path} holds weights only, no training state to continue from: "
+            f"evaluate it with python -m src.evaluate ckpt_path={path}, or resume from checkpoints/last.ckpt"
         )

@@ -14,6 +14,9 @@ from omegaconf import OmegaConf
 
 # file systems allow at most 255 bytes per path component; leave room for Hydra's own suffixes
 MAX_DIRNAME_BYTES = 200
+# overrides that say how jobs are launched or searched, not what one job computes: a job's folder
+# name, a sweep report's grouping and a resumed single run all leave them out
+LAUNCH_KEYS = frozenset({"launcher", "hparams_search"})
 _UNSAFE = re.compile(r"[/\\\x00-\x1f]")
 
 

@@ -179,3 +179,14 @@ def test_checkpoint_of_another_model_shape(make_cfg, tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"cannot be read as a checkpoint"):
         train(make_cfg(f"ckpt_path={not_a_ckpt}"))
 
+
+
+def test_weights_only_checkpoint_cannot_be_resumed(make_cfg, tmp_path: Path) -> None:
+    from src.pipeline import build_datamodule, build_module, train
+
+    cfg = make_cfg()
+    model = build_module(cfg, build_datamodule(cfg))
+    initial = tmp_path / "initial.ckpt"  # what the diagnosis saves before training: weights, no optimizer
+    torch.save({"state_dict": model.state_dict(), "epoch": -1, "global_step": 0}, initial)
+    with pytest.raises(UserError, match=r"holds weights only.*python -m src.evaluate ckpt_path="):
+        train(make_cfg(f"ckpt_path={initial}"))

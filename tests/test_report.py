@@ -63,7 +63,10 @@ def test_recorded_run_writes_complete_or_failed(tmp_path: Path) -> None:
 
 
 def test_parse_overrides_and_swept_keys() -> None:
-    params = parse_overrides(["loss=bounded", "+tag=a=b", "~callbacks.progress_bar", "launcher=joblib", "hydra.x=1"])
+    params = parse_overrides(
+        ["loss=bounded", "+tag=a=b", "~callbacks.progress_bar", "launcher=joblib", "hydra.x=1",
+         "hparams_search=optuna", "ckpt_path='/run/checkpoints/last.ckpt'"]  # a resumed job stays in its group
+    )
     assert params == {"loss": "bounded", "tag": "a=b", "callbacks.progress_bar": ""}
     sets = [{"loss": "a", "seed": "0", "debug": "fast"}, {"loss": "b", "seed": "1", "debug": "fast"}, {"loss": "a", "debug": "fast"}]
     assert swept_keys(sets) == ["loss", "seed"]

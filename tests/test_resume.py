@@ -205,3 +205,15 @@ def test_resume_refuses_a_finished_run_unless_it_trains_longer(tmp_path: Path) -
     with pytest.raises(UserError, match=r"already finished its 2 epochs: add trainer.max_epochs=<more than 2>"):
         expand_resume([f"resume={run}"])
     assert expand_resume([f"resume={run}", "trainer.max_epochs=4"])[-3] == "trainer.max_epochs=4"
+
+
+def test_resuming_a_job_of_a_search_is_a_single_run(tmp_path: Path) -> None:
+    from src.resume import expand_resume
+
+    run = _fake_run(tmp_path / "trial")
+    (run / ".hydra" / "overrides.yaml").write_text(
+        "- hparams_search=optuna\n- launcher=joblib\n- optimizer.lr=0.0123\n- debug=fast\n"
+    )
+    argv = expand_resume([f"resume={run}"])
+    assert argv[:2] == ["optimizer.lr=0.0123", "debug=fast"]  # the trial's parameters, not the search
+    assert not any(a.startswith(("hparams_search=", "launcher=")) for a in argv)
