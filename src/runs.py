@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from src.data import InMemoryDataModule
 from src.decomposition import recompute_mean_ce
 from src.errors import UserError
-from src.evaluation import load_weights, predict_logits, read_checkpoint
+from src.evaluation import DIAGNOSIS_FILE, load_weights, predict_logits, read_checkpoint
 from src.history import METRICS_CSV
 from src.samples import SAMPLES_FILE, Samples
 
@@ -28,9 +28,12 @@ CONFIG_FILE = Path(".hydra") / "config.yaml"
 
 
 def is_run(path: str | Path) -> bool:
-    """A finished-or-running training run: it has ``samples.npz`` and ``csv/metrics.csv``."""
+    """A finished training run: ``samples.npz``, ``csv/metrics.csv`` and ``diagnosis.md``.
+
+    A run still training (or killed) has no ``diagnosis.md`` yet; a ``src.evaluate`` folder has no CSV.
+    """
     path = Path(path)
-    return (path / SAMPLES_FILE).is_file() and (path / METRICS_CSV).is_file()
+    return all((path / name).is_file() for name in (SAMPLES_FILE, METRICS_CSV, DIAGNOSIS_FILE))
 
 
 def latest_run(root: str | Path = "outputs") -> Path:
@@ -39,7 +42,8 @@ def latest_run(root: str | Path = "outputs") -> Path:
     runs = [p.parent for p in root.rglob(SAMPLES_FILE) if is_run(p.parent)] if root.is_dir() else []
     if not runs:
         raise UserError(
-            f"no training run under {root}/ (a folder with {SAMPLES_FILE} and {METRICS_CSV}): "
+            f"no finished training run under {root}/ (a folder with {SAMPLES_FILE}, {METRICS_CSV} and "
+            f"{DIAGNOSIS_FILE}): "
             f"train one with `python -m src.train`, or set RUN_DIR (or ${RUN_DIR_ENV}) to a run folder"
         )
     return max(runs, key=lambda p: ((p / SAMPLES_FILE).stat().st_mtime, str(p)))

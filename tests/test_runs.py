@@ -17,8 +17,10 @@ from src.samples import SAMPLES_FILE
 from src.tables import markdown_table
 
 
-def _fake_run(path: Path, mtime: float, samples: bool = True, metrics: bool = True) -> Path:
+def _fake_run(path: Path, mtime: float, samples: bool = True, metrics: bool = True, finished: bool = True) -> Path:
     path.mkdir(parents=True)
+    if finished:
+        (path / "diagnosis.md").write_text("# Diagnosis")
     if metrics:
         (path / METRICS_CSV).parent.mkdir()
         (path / METRICS_CSV).write_text("epoch,step,val/loss\n0,1,0.5\n")
@@ -34,6 +36,7 @@ def test_latest_run_is_the_one_written_last_across_runs_and_sweeps(tmp_path: Pat
     newest = _fake_run(root / "sweeps" / "2026-01-01" / "09-00-00" / "loss=bounded", mtime=5000)
     _fake_run(root / "runs" / "2026-01-03" / "00-00-00", mtime=9000, metrics=False)  # src.evaluate folder
     (root / "runs" / "2026-01-04").mkdir()  # a crashed run: nothing written
+    _fake_run(root / "runs" / "2026-01-05" / "00-00-00", mtime=9500, finished=False)  # still training
     assert latest_run(root) == newest
     assert is_run(newest) and not is_run(root / "runs" / "2026-01-03" / "00-00-00")
 
