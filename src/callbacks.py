@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -17,6 +19,38 @@ def tensorboard_writer(trainer: L.Trainer):
         if isinstance(logger, TensorBoardLogger):
             return logger.experiment
     return None
+
+
+# metrics the TensorBoard HParams tab shows next to each run's config (values come from the scalars)
+HPARAM_METRICS = ("val/acc_best", "val/acc", "val/loss", "val/loss_bounded", "val/ece")
+
+
+def flatten_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"optimizer": {"lr": 0.1}}`` -> ``{"optimizer/lr": 0.1}``; lists and ``None`` become strings."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_config(value, f"{name}/"))
+        else:
+            flat[name] = value if isinstance(value, bool | int | float | str) else str(value)
+    return flat
+
+
+def log_hparams(trainer: L.Trainer, config: dict[str, Any]) -> None:
+    """Write the run's config to TensorBoard's HParams tab (rank 0), declaring :data:`HPARAM_METRICS`.
+
+    Lightning's ``log_hyperparams`` only writes the HParams summary together with metric values,
+    which would add a fake step-0 point to those curves; the summary alone is enough for TensorBoard.
+    """
+    writer = tensorboard_writer(trainer)
+    if writer is None:
+        return
+    from torch.utils.tensorboard.summary import hparams
+
+    for summary in hparams(flatten_config(config), dict.fromkeys(HPARAM_METRICS, 0.0)):
+        writer.file_writer.add_summary(summary)
+    writer.flush()
 
 
 class LossDistributionLogger(L.Callback):

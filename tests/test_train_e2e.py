@@ -77,6 +77,11 @@ def test_cli_run_tensorboard_has_every_tag_every_epoch(cli_run: tuple[str, Path]
         for cls in range(10):
             assert f"{stage}/recall/{cls}" in tags["scalars"]
     assert len(events.Scalars("loss/cap")) == EPOCHS
+    # the HParams tab: the run's config, with the metrics to compare runs by
+    hparams = events.PluginTagToContent("hparams")
+    assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(hparams)
+    assert b"optimizer/lr" in hparams["_hparams_/session_start_info"]
+    assert b"val/acc_best" in hparams["_hparams_/experiment"]
     assert len(events.Scalars("val/acc_best")) == EPOCHS
 
 
