@@ -25,7 +25,7 @@ def per_sample_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torc
 
 
 def bound_losses(per_sample: torch.Tensor, cap: torch.Tensor | float) -> torch.Tensor:
-    """Cap per-sample losses at ``cap``; the gradient of a capped sample is zero (``clamp`` is flat there)."""
+    """Cap per-sample losses at ``cap``; the gradient of a capped sample is zero (``minimum`` is flat there)."""
     cap_t = torch.as_tensor(cap, dtype=per_sample.dtype, device=per_sample.device)
     return torch.minimum(per_sample, cap_t)
 

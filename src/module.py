@@ -52,7 +52,7 @@ def classification_metrics(num_classes: int) -> MetricCollection:
 class LossDiagModule(L.LightningModule):
     """Wraps a classifier ``net``; ``loss`` picks the objective (``standard`` or ``bounded``).
 
-    The bounded-loss cap is ``loss_cap`` when given, else ``mean + k * std`` of the untrained
+    The bounded-loss cap is ``cap`` when given, else ``mean + k * std`` of the untrained
     model's per-sample cross-entropy on the training set, computed at ``on_train_start`` (before the
     first optimizer step). It is a buffer, so checkpoints carry it and evaluation/resume reuse it.
     """

@@ -1,7 +1,7 @@
 """The per-sample records file of a run, ``<run>/samples.npz``, and its loader :func:`load_samples`.
 
-One uncompressed ``numpy.savez`` archive, rewritten atomically after every validation epoch and once
-more at the end of training (with the initial/best/last models). ``N`` = val samples, ``Nt`` = train
+One uncompressed ``numpy.savez`` archive, rewritten atomically every ``write_every_n_epochs``
+validation epochs (callback config, default 5) and once more at the end of training (with the initial/best/last models). ``N`` = val samples, ``Nt`` = train
 samples, ``E`` = validation epochs recorded, ``M`` = evaluated models, ``C`` = classes.
 
 =========================== ========== ================================================================

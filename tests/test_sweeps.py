@@ -201,6 +201,8 @@ def test_optuna_search_three_trials(tmp_path: Path) -> None:
     statuses = [r.status for r in runs]
     assert statuses == ["failed" if float(r.params["loss.k"]) <= 0 else "complete" for r in runs]
     assert statuses[0] == "complete" and statuses[1] == "failed"
+    # loss.k is searched where it shapes training: the trials use the bounded loss
+    assert all("name: bounded" in (r.path / ".hydra" / "config.yaml").read_text() for r in runs)
     # the sweeper maximised the metric each trial returned: val/acc_best from the run's own summary
     results = (sweep / "optimization_results.yaml").read_text()
     best = max(read_summary(r.path)["metrics"]["val/acc_best"] for r in runs if r.status == "complete")
