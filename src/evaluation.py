@@ -201,20 +201,28 @@ def with_run_config(cfg: Any, ckpt: Path, overrides: Sequence[str] = ()) -> Any:
 
     A checkpoint at ``<run>/checkpoints/x.ckpt`` has its config at ``<run>/.hydra/config.yaml``;
     using it means ``src.evaluate`` sees the data the model was trained on without repeating the
-    run's overrides. Keys the user overrode on the command line (``overrides``) win.
+    run's overrides. What the user gives on the command line (``overrides``) wins: a whole group
+    (``data=folder``, ``seed=3``) replaces the run's, a single key (``data.val_fraction=0.3``) is
+    changed on top of the run's group.
     """
     from omegaconf import OmegaConf, open_dict
+
+    from src.resume import override_key
 
     run_config = ckpt.parent.parent / ".hydra" / "config.yaml"
     if not run_config.is_file():
         return cfg
     run_cfg = OmegaConf.load(run_config)
-    overridden = {o.lstrip("+~").split("=", 1)[0].split(".", 1)[0] for o in overrides}
+    keys = [override_key(str(o)) for o in overrides]
     cfg = copy.deepcopy(cfg)
     with open_dict(cfg):
         for key in RUN_KEYS:
-            if key in run_cfg and key not in overridden:
-                cfg[key] = run_cfg[key]
+            if key not in run_cfg or key in keys:
+                continue
+            node = copy.deepcopy(run_cfg[key])
+            for dotted in (k for k in keys if k.startswith(f"{key}.")):
+                OmegaConf.update(node, dotted[len(key) + 1 :], OmegaConf.select(cfg, dotted), force_add=True)
+            cfg[key] = node
     return cfg
 
 

@@ -201,3 +201,28 @@ def test_samples_roundtrip_and_epoch_scalars(tmp_path: Path) -> None:
     assert scalars["loss_recompute_error"] < 1e-5
     with pytest.raises(FileNotFoundError):
         load_samples(tmp_path / "nope")
+
+
+def test_evaluate_uses_the_run_config_with_command_line_changes(tmp_path) -> None:
+    from omegaconf import OmegaConf
+
+    from src.evaluation import with_run_config
+
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    OmegaConf.save(
+        OmegaConf.create({"data": {"root": "/animals", "image_size": 16, "val_fraction": 0.25}, "seed": 4}),
+        run / ".hydra" / "config.yaml",
+    )
+    ckpt = run / "checkpoints" / "best.ckpt"
+    here = OmegaConf.create({"data": {"root": "/other", "image_size": 32, "val_fraction": 0.3}, "seed": 0})
+    assert OmegaConf.to_container(with_run_config(here, ckpt, [])) == {
+        "data": {"root": "/animals", "image_size": 16, "val_fraction": 0.25},
+        "seed": 4,
+    }
+    # one key changed on top of the run's data; a whole group or value given replaces the run's
+    tweaked = with_run_config(here, ckpt, ["data.val_fraction=0.3"])
+    assert OmegaConf.to_container(tweaked.data) == {"root": "/animals", "image_size": 16, "val_fraction": 0.3}
+    replaced = with_run_config(here, ckpt, ["data=folder", "seed=0"])
+    assert OmegaConf.to_container(replaced) == OmegaConf.to_container(here)
+    assert with_run_config(here, tmp_path / "elsewhere" / "x.ckpt", []) is here  # no run config: as configured
