@@ -62,6 +62,7 @@ def expand_resume(argv: list[str]) -> list[str]:
     recorded = [str(o) for o in OmegaConf.load(overrides_file)]
     extra = [arg for arg in argv if arg not in given]
     _refuse_finished(run_dir, extra)
+    _refuse_rescheduling(run_dir, extra)
     replaced = {override_key(o) for o in extra if "=" in o and not o.startswith("-")} | {
         "hydra.run.dir",
         "ckpt_path",
@@ -85,6 +86,21 @@ def existing_checkpoint(path: str | Path) -> Path:
             "(<run>/checkpoints/last.ckpt), or resume=<run dir>"
         )
     return path
+
+
+def _refuse_rescheduling(run_dir: Path, extra: list[str]) -> None:
+    """A learning-rate schedule comes back from the checkpoint as planned for the first length
+    (e.g. cosine's ``T_max``), so a resume that changes ``trainer.max_epochs`` would not follow it."""
+    from omegaconf import OmegaConf
+
+    config = run_dir / ".hydra" / "config.yaml"
+    if not config.is_file() or OmegaConf.select(OmegaConf.load(config), "scheduler") is None:
+        return
+    if any(override_key(arg) == "trainer.max_epochs" for arg in extra):
+        raise UserError(
+            f"resume={run_dir} uses a learning-rate schedule planned for its own trainer.max_epochs, which a "
+            "resume cannot change: resume without trainer.max_epochs, or start a new, longer run"
+        )
 
 
 def _refuse_finished(run_dir: Path, extra: list[str]) -> None:

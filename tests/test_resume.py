@@ -217,3 +217,14 @@ def test_resuming_a_job_of_a_search_is_a_single_run(tmp_path: Path) -> None:
     argv = expand_resume([f"resume={run}"])
     assert argv[:2] == ["optimizer.lr=0.0123", "debug=fast"]  # the trial's parameters, not the search
     assert not any(a.startswith(("hparams_search=", "launcher=")) for a in argv)
+
+
+def test_resume_refuses_to_stretch_a_learning_rate_schedule(tmp_path: Path) -> None:
+    from src.errors import UserError
+    from src.resume import expand_resume
+
+    run = _fake_run(tmp_path / "run")
+    (run / ".hydra" / "config.yaml").write_text("trainer:\n  max_epochs: 2\nscheduler:\n  T_max: 2\n")
+    with pytest.raises(UserError, match=r"learning-rate schedule planned for its own trainer\.max_epochs"):
+        expand_resume([f"resume={run}", "trainer.max_epochs=4"])
+    assert expand_resume([f"resume={run}"])[-1].startswith("ckpt_path=")  # plain resume still works
