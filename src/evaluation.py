@@ -66,17 +66,10 @@ def net_state(module_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], float, int]:
     """``(network weights, loss cap, epoch)`` from a checkpoint written by training; bad files -> UserError."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(
-            f"ckpt_path={path} does not exist: give a checkpoint of a run, "
-            "e.g. ckpt_path=outputs/runs/<date>/<time>/checkpoints/best.ckpt"
-        )
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        state = ckpt["state_dict"]
-    except Exception as err:
-        raise UserError(f"ckpt_path={path} is not a checkpoint written by src.train ({err}): pick a .ckpt file") from None
+    from src.resume import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    state = ckpt["state_dict"]
     weights = net_state(state)
     if not weights:
         raise UserError(f"ckpt_path={path} holds no ShallowNet weights (no 'net.*' keys): pick a src.train checkpoint")
@@ -92,7 +85,7 @@ def load_weights(net: nn.Module, weights: dict[str, torch.Tensor], source: str) 
         first = str(err).strip().splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
         raise UserError(
             f"{source} does not fit the configured data/model ({first}): "
-            "pass the same data=/model= overrides as the training run"
+            "evaluate it with the data and model settings it was trained with (its run's .hydra/config.yaml)"
         ) from None
 
 

@@ -83,9 +83,27 @@ def existing_checkpoint(path: str | Path) -> Path:
     if not path.is_file():
         raise UserError(
             f"ckpt_path={path} does not exist: give a checkpoint written by src.train "
-            "(<run>/checkpoints/last.ckpt), or resume=<run dir>"
+            "(<run>/checkpoints/last.ckpt or best.ckpt; to continue a run: resume=<run dir>)"
         )
     return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint at ``path`` (on the CPU); a missing, unreadable or non-Lightning file -> UserError."""
+    import torch
+
+    path = existing_checkpoint(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise UserError(
+            f"ckpt_path={path} cannot be read as a checkpoint ({type(err).__name__}): give a .ckpt file written by src.train"
+        ) from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise UserError(
+            f"ckpt_path={path} is not a Lightning checkpoint (no state_dict): give one written by src.train"
+        )
+    return ckpt
 
 
 def _refuse_rescheduling(run_dir: Path, extra: list[str]) -> None:
@@ -131,20 +149,8 @@ def _refuse_finished(run_dir: Path, extra: list[str]) -> None:
 
 def check_checkpoint(path: str | Path, model: Any) -> None:
     """Raise :class:`UserError` unless ``path`` is a checkpoint whose weights fit ``model``."""
-    import torch
-
-    path = existing_checkpoint(path)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise UserError(
-            f"ckpt_path={path} cannot be read as a checkpoint ({type(err).__name__}): give a .ckpt file written by src.train"
-        ) from None
-    state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict):
-        raise UserError(
-            f"ckpt_path={path} is not a Lightning checkpoint (no state_dict): give one written by src.train"
-        )
+    ckpt = load_checkpoint(path)
+    state = ckpt["state_dict"]
     expected = model.state_dict()
     problems = [
         f"{key} is {tuple(state[key].shape)} there but {tuple(value.shape)} here"
