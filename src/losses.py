@@ -10,12 +10,9 @@ weights (and stops dominating the reported mean).
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 
-LossName = Literal["standard", "bounded"]
 LOSS_NAMES: tuple[str, ...] = ("standard", "bounded")
 
 
