@@ -53,6 +53,17 @@ def log_hparams(trainer: L.Trainer, config: dict[str, Any]) -> None:
     writer.flush()
 
 
+class HParamsLogger(L.Callback):
+    """Calls :func:`log_hparams` at the start of fit, inside the training process(es), so spawned
+    multi-process runs write it into rank 0's event file rather than opening one in the launcher."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        log_hparams(trainer, self.config)
+
+
 class LossDistributionLogger(L.Callback):
     """Every epoch, for train and val: a histogram of per-sample cross-entropy, and scalars
     ``<stage>/loss_median``, ``loss_p90``, ``loss_p99``, ``loss_max``, ``loss_top1pct_share``

@@ -14,7 +14,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from src import speedups
-from src.callbacks import log_hparams
+from src.callbacks import HParamsLogger
 from src.checkpoint_io import AtomicCheckpointIO
 from src.config import validate
 from src.data import InMemoryDataModule
@@ -100,7 +100,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     config = OmegaConf.to_container(cfg, resolve=True)
     for logger in trainer.loggers:
         logger.log_hyperparams(config)  # type: ignore[arg-type]  # hparams.yaml
-    log_hparams(trainer, config)  # type: ignore[arg-type]  # TensorBoard's HParams tab
+    trainer.callbacks.append(HParamsLogger(config))  # type: ignore[arg-type]  # TensorBoard's HParams tab
     log.info(
         "data: %d train / %d val samples, %d classes, %dx%dx%d; loss=%s",
         len(datamodule.train),  # type: ignore[arg-type]
