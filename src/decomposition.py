@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from src.calibration import calibration_summary
-from src.diagnostics import top_share
+from src.diagnostics import top_count, top_share
 from src.losses import per_sample_cross_entropy
 
 CALIBRATION_KEYS = ("ece", "temperature", "nll_temperature_scaled", "ece_temperature_scaled")
@@ -96,8 +96,7 @@ def loss_decomposition(loss: np.ndarray, correct: np.ndarray) -> dict[str, float
 def worst_share(loss: np.ndarray, fraction: float) -> tuple[float, int]:
     """``(share of the total loss, number of samples)`` for the worst ``fraction`` of samples (>= 1 sample)."""
     values = torch.as_tensor(np.asarray(loss, dtype=np.float64))
-    k = max(1, round(values.numel() * fraction))
-    return float(top_share(values, fraction)), k
+    return float(top_share(values, fraction)), top_count(values.numel(), fraction)
 
 
 def recompute_mean_ce(probs: np.ndarray, target: np.ndarray) -> float:

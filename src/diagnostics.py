@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+
+
+def top_count(n: int, fraction: float) -> int:
+    """How many samples "the worst ``fraction``" of ``n`` is: rounded, at least one."""
+    return max(1, round(n * fraction))
+
+
+def worst_indices(per_sample: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the ``k`` highest losses, highest first (ties keep sample order)."""
+    return np.argsort(-np.asarray(per_sample), kind="stable")[:k]
 
 
 def top_share(per_sample: torch.Tensor, fraction: float) -> torch.Tensor:
     """Share of the total loss carried by the worst ``fraction`` of samples (at least one sample)."""
-    n = per_sample.numel()
-    k = max(1, round(n * fraction))
+    k = top_count(per_sample.numel(), fraction)
     total = per_sample.sum()
     worst = torch.topk(per_sample, k).values.sum()
     return worst / total if total > 0 else torch.zeros((), dtype=per_sample.dtype, device=per_sample.device)
+
+
+def count_above_cap(per_sample: torch.Tensor, cap: float | torch.Tensor) -> torch.Tensor:
+    """How many samples the bounded loss caps (non-finite losses count as above the cap)."""
+    return (~(per_sample.double() <= torch.as_tensor(cap, dtype=torch.float64))).sum()
 
 
 def loss_distribution(per_sample: torch.Tensor, cap: float | torch.Tensor) -> dict[str, torch.Tensor]:
@@ -29,7 +44,7 @@ def loss_distribution(per_sample: torch.Tensor, cap: float | torch.Tensor) -> di
         quantiles = list(torch.quantile(finite, torch.tensor([0.5, 0.9, 0.99], dtype=torch.float64)).unbind())
         maximum = finite.max()
         share = top_share(finite, 0.01)
-    above = (~(values <= torch.as_tensor(cap, dtype=torch.float64))).sum()
+    above = count_above_cap(values, cap)
     return {
         "loss_median": quantiles[0],
         "loss_p90": quantiles[1],

@@ -24,6 +24,7 @@ from src.calibration import reliability_figure
 from src.class_report import classification_report, report_csv, report_markdown
 from src.data import Split
 from src.decomposition import Evaluation, evaluate_logits
+from src.diagnostics import worst_indices
 from src.errors import UserError
 from src.figures import (
     log_figure,
@@ -92,7 +93,7 @@ def load_weights(net: nn.Module, weights: dict[str, torch.Tensor], source: str) 
 def worst_rows(samples: Samples, ev: Evaluation, k: int) -> tuple[list[str], list[list[Any]]]:
     """Header and rows of ``worst.csv``: the ``k`` highest-loss val samples of ``ev``, with loss history."""
     target = samples.val.target
-    order = np.argsort(-ev.loss, kind="stable")[:k]
+    order = worst_indices(ev.loss, k)
     history = samples.history.loss if samples.val_epochs else np.empty((0, len(target)))
     header = ["rank", "index", "path", "true", "predicted", "p_true", "confidence", "loss"]
     header += [f"loss_epoch_{e}" for e in samples.epochs]
@@ -124,7 +125,7 @@ def _csv(header: list[str], rows: list[list[Any]]) -> str:
 
 def worst_figure(samples: Samples, ev: Evaluation, images: torch.Tensor, k: int):
     """Image grid of the ``k`` highest-loss val samples of ``ev``; ``images`` is the val split's ``x``."""
-    order = np.argsort(-ev.loss, kind="stable")[:k]
+    order = worst_indices(ev.loss, k)
     captions = [
         worst_caption(
             samples.classes[int(samples.val.target[i])],

@@ -14,9 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 from src.calibration import T_MAX
 from src.decomposition import Evaluation, loss_decomposition, mean_where, worst_share
+from src.diagnostics import count_above_cap, worst_indices
+from src.losses import bound_losses
 from src.samples import Samples
 
 RISE_TOLERANCE = 0.05  # relative rise of val loss above its minimum that counts as "rose"
@@ -64,8 +67,8 @@ def final_numbers(ev: Evaluation, target: np.ndarray, cap: float) -> dict[str, A
         "loss_from_correct": parts["loss_from_correct"],
         "conf_wrong_mean": mean_where(ev.conf, ~correct),
         "p_true_correct_mean": mean_where(ev.p_true, correct),
-        "bounded": float(np.minimum(loss, cap).mean()),
-        "n_above_cap": int((loss > cap).sum()),
+        "bounded": float(bound_losses(torch.from_numpy(loss), cap).mean()),
+        "n_above_cap": int(count_above_cap(torch.from_numpy(loss), cap)),
         **{k: float(v) for k, v in ev.calibration.items()},
     }
 
@@ -105,7 +108,7 @@ def diagnose(samples: Samples, n_extreme: int = 3, model: str | None = None) -> 
     n["at_min"] = final_numbers(at_min, target, samples.loss_cap)
     # which samples the rise comes from: per-sample change between the min-loss epoch and the end
     delta = (last.loss.astype(np.float64) - at_min.loss.astype(np.float64)) / len(target)
-    worst5 = np.argsort(-last.loss, kind="stable")[: n["final"]["top5_n"]]
+    worst5 = worst_indices(last.loss, n["final"]["top5_n"])
     wrong = ~last.correct(target)
     n["rise_from_worst5"] = float(delta[worst5].sum())
     n["rise_from_wrong"] = float(delta[wrong].sum())
@@ -121,7 +124,7 @@ def diagnose(samples: Samples, n_extreme: int = 3, model: str | None = None) -> 
             "loss": float(last.loss[i]),
             "loss_at_min": float(at_min.loss[i]),
         }
-        for i in np.argsort(-last.loss, kind="stable")[:n_extreme]
+        for i in worst_indices(last.loss, n_extreme)
     ]
     markdown, summary = _write(n)
     return Diagnosis(n, markdown, summary)
