@@ -35,6 +35,7 @@ from src.figures import (
     worst_samples_figure,
 )
 from src.fileio import atomic_write_text
+from src.model import predict_logits
 from src.samples import SAMPLES_FILE, Samples, SplitInfo
 from src.verdict import Diagnosis, diagnose
 
@@ -42,22 +43,15 @@ DIAGNOSIS_FILE = "diagnosis.md"
 WORST_FILE = "worst.csv"
 
 
-@torch.no_grad()
-def predict_logits(net: nn.Module, x: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
-    """Logits of ``net`` (in eval mode, on its own device) for all of ``x``, returned on the CPU."""
-    was_training = net.training
-    net.eval()
-    device = next(net.parameters()).device
-    out = [net(x[i : i + chunk].to(device)).float().cpu() for i in range(0, len(x), chunk)]
-    net.train(was_training)
-    return torch.cat(out) if out else torch.empty(0)
+def evaluate_net(net: nn.Module, splits: dict[str, Split]) -> dict[str, Evaluation]:
+    """``net``'s per-sample outputs on each split."""
+    return {name: evaluate_logits(predict_logits(net, split.x), split.y) for name, split in splits.items()}
 
 
 def evaluate_state(net: nn.Module, state: dict[str, torch.Tensor], splits: dict[str, Split]) -> dict[str, Evaluation]:
-    """Load ``state`` into a copy of ``net`` and evaluate it on each split."""
-    model = copy.deepcopy(net)
-    model.load_state_dict(state)
-    return {name: evaluate_logits(predict_logits(model, split.x), split.y) for name, split in splits.items()}
+    """Load ``state`` into ``net`` (a scratch copy: its weights are replaced) and evaluate it on each split."""
+    net.load_state_dict(state)
+    return evaluate_net(net, splits)
 
 
 def net_state(module_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -243,7 +237,7 @@ def evaluate_checkpoint(cfg: Any, overrides: Sequence[str] = ()) -> Diagnosis:
         cap = float(cfg.loss.cap)
     name = path.stem
     assert dm.val is not None and dm.train is not None
-    evaluations = evaluate_state(net, net.state_dict(), {"val": dm.val, "train": dm.train})
+    evaluations = evaluate_net(net, {"val": dm.val, "train": dm.train})
     samples = Samples(
         classes=list(dm.class_names),
         loss_cap=cap,

@@ -22,3 +22,14 @@ class ShallowNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.activation(self.conv1(x))
         return self.fc1(x.flatten(1))
+
+
+@torch.no_grad()
+def predict_logits(net: nn.Module, x: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
+    """Logits of ``net`` (in eval mode, on its own device) for all of ``x``, returned on the CPU."""
+    was_training = net.training
+    net.eval()
+    device = next(net.parameters()).device
+    out = [net(x[i : i + chunk].to(device)).float().cpu() for i in range(0, len(x), chunk)]
+    net.train(was_training)
+    return torch.cat(out) if out else torch.empty(0)

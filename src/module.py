@@ -24,6 +24,7 @@ from torchmetrics.classification import (
 )
 
 from src.losses import LOSS_NAMES, bound_losses, loss_cap_from_initial, objective, per_sample_cross_entropy
+from src.model import predict_logits
 from src.records import SampleRecorder, SampleRecords
 
 STAGES = ("train", "val")
@@ -89,17 +90,9 @@ class LossDiagModule(L.LightningModule):
         return self.net(x)
 
     # -- bounded-loss cap ---------------------------------------------------------------------
-    @torch.no_grad()
-    def initial_cap(self, x: torch.Tensor, y: torch.Tensor, chunk: int = 4096) -> float:
+    def initial_cap(self, x: torch.Tensor, y: torch.Tensor) -> float:
         """``mean + k * std`` of this (untrained) model's per-sample cross-entropy on ``(x, y)``."""
-        was_training = self.training
-        self.eval()
-        losses = [
-            per_sample_cross_entropy(self(x[i : i + chunk].to(self.device)), y[i : i + chunk].to(self.device))
-            for i in range(0, len(y), chunk)
-        ]
-        self.train(was_training)
-        return loss_cap_from_initial(torch.cat(losses), self.k)
+        return loss_cap_from_initial(per_sample_cross_entropy(predict_logits(self.net, x), y.cpu()), self.k)
 
     def on_train_start(self) -> None:
         if torch.isnan(self.loss_cap):

@@ -19,8 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 from src.data import InMemoryDataModule
 from src.decomposition import recompute_mean_ce
 from src.errors import UserError
-from src.evaluation import DIAGNOSIS_FILE, load_weights, predict_logits, read_checkpoint
+from src.evaluation import DIAGNOSIS_FILE, load_weights, read_checkpoint
 from src.history import METRICS_CSV
+from src.model import predict_logits
 from src.samples import SAMPLES_FILE, Samples
 
 RUN_DIR_ENV = "LOSSDIAG_RUN_DIR"
