@@ -114,11 +114,20 @@ def mean_where(values: np.ndarray, mask: np.ndarray) -> float:
     return float(picked.mean()) if picked.size else float("nan")
 
 
+def correct_wrong_breakdown(ev: Evaluation, target: np.ndarray) -> dict[str, float]:
+    """:func:`loss_decomposition` plus mean confidence on wrong and mean p(true) on correct predictions."""
+    correct = ev.correct(target)
+    return {
+        **loss_decomposition(ev.loss, correct),
+        "conf_wrong_mean": mean_where(ev.conf, ~correct),
+        "p_true_correct_mean": mean_where(ev.p_true, correct),
+    }
+
+
 def epoch_scalars(logits: torch.Tensor, target: torch.Tensor, ev: Evaluation) -> dict[str, float]:
     """The per-epoch scalars logged under ``val/``: decomposition, confidence, recompute check, calibration."""
     y = target.detach().cpu().numpy()
-    correct = ev.correct(y)
-    parts = loss_decomposition(ev.loss, correct)
+    parts = correct_wrong_breakdown(ev, y)
     recomputed = recompute_mean_ce(logits.detach().double().cpu().softmax(1).numpy(), y)
     mean_loss = float(np.mean(ev.loss, dtype=np.float64))
     return {
@@ -127,8 +136,8 @@ def epoch_scalars(logits: torch.Tensor, target: torch.Tensor, ev: Evaluation) ->
         "loss_share_wrong": parts["share_from_wrong"],
         "n_wrong": parts["n_wrong"],
         "loss_top5pct_share": worst_share(ev.loss, 0.05)[0],
-        "conf_wrong_mean": mean_where(ev.conf, ~correct),
-        "p_true_correct_mean": mean_where(ev.p_true, correct),
+        "conf_wrong_mean": parts["conf_wrong_mean"],
+        "p_true_correct_mean": parts["p_true_correct_mean"],
         "loss_recomputed": recomputed,
         "loss_recompute_error": abs(recomputed - mean_loss),
         **{k: float(v) for k, v in ev.calibration.items()},

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from src.calibration import T_MAX
-from src.decomposition import Evaluation, loss_decomposition, mean_where, worst_share
+from src.decomposition import Evaluation, correct_wrong_breakdown, worst_share
 from src.diagnostics import count_above_cap, worst_indices
 from src.losses import bound_losses
 from src.samples import Samples
@@ -49,7 +49,7 @@ def _loss(x: float) -> str:
 def final_numbers(ev: Evaluation, target: np.ndarray, cap: float) -> dict[str, Any]:
     """Where one evaluation's mean loss comes from (shares of the worst samples, wrong samples)."""
     correct = ev.correct(target)
-    parts = loss_decomposition(ev.loss, correct)
+    parts = correct_wrong_breakdown(ev, target)
     top1, n1 = worst_share(ev.loss, 0.01)
     top5, n5 = worst_share(ev.loss, 0.05)
     loss = ev.loss.astype(np.float64)
@@ -65,8 +65,8 @@ def final_numbers(ev: Evaluation, target: np.ndarray, cap: float) -> dict[str, A
         "n_wrong": int(parts["n_wrong"]),
         "loss_from_wrong": parts["loss_from_wrong"],
         "loss_from_correct": parts["loss_from_correct"],
-        "conf_wrong_mean": mean_where(ev.conf, ~correct),
-        "p_true_correct_mean": mean_where(ev.p_true, correct),
+        "conf_wrong_mean": parts["conf_wrong_mean"],
+        "p_true_correct_mean": parts["p_true_correct_mean"],
         "bounded": float(bound_losses(torch.from_numpy(loss), cap).mean()),
         "n_above_cap": int(count_above_cap(torch.from_numpy(loss), cap)),
         **{k: float(v) for k, v in ev.calibration.items()},
