@@ -195,9 +195,9 @@ def with_run_config(cfg: Any, ckpt: Path, overrides: Sequence[str] = ()) -> Any:
     """
     from omegaconf import OmegaConf, open_dict
 
-    from src.resume import override_key
+    from src.resume import CONFIG_FILE, override_key
 
-    run_config = ckpt.parent.parent / ".hydra" / "config.yaml"
+    run_config = ckpt.parent.parent / CONFIG_FILE
     if not run_config.is_file():
         return cfg
     run_cfg = OmegaConf.load(run_config)

@@ -24,7 +24,7 @@ import numpy as np
 from src.errors import UserError
 from src.fileio import atomic_write_bytes, atomic_write_text
 from src.history import METRICS_CSV, read_history
-from src.resume import override_key
+from src.resume import CONFIG_FILE, OVERRIDES_FILE, override_key
 from src.summary import COMPLETE, FAILED, read_summary
 from src.sweep import LAUNCH_KEYS
 from src.tables import markdown_table
@@ -279,8 +279,8 @@ def load_run(run_dir: Path) -> Run:
     still ``running``, no metrics CSV, or fewer epochs than ``trainer.max_epochs``) or ``complete``."""
     from omegaconf import OmegaConf
 
-    config = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
-    overrides_file = run_dir / ".hydra" / "overrides.yaml"
+    config = OmegaConf.load(run_dir / CONFIG_FILE)
+    overrides_file = run_dir / OVERRIDES_FILE
     overrides = OmegaConf.to_container(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
     params = parse_overrides(overrides)  # type: ignore[arg-type]
     seed = str(OmegaConf.select(config, "seed", default=None))

@@ -19,6 +19,7 @@ from src.sweep import LAUNCH_KEYS
 RESUME_KEY = "resume"
 LAST_CKPT = Path("checkpoints") / "last.ckpt"
 OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
+CONFIG_FILE = Path(".hydra") / "config.yaml"  # the resolved config Hydra saved for the run
 
 
 def override_key(override: str) -> str:
@@ -111,7 +112,7 @@ def _refuse_rescheduling(run_dir: Path, extra: list[str]) -> None:
     (e.g. cosine's ``T_max``), so a resume that changes ``trainer.max_epochs`` would not follow it."""
     from omegaconf import OmegaConf
 
-    config = run_dir / ".hydra" / "config.yaml"
+    config = run_dir / CONFIG_FILE
     if not config.is_file() or OmegaConf.select(OmegaConf.load(config), "scheduler") is None:
         return
     if any(override_key(arg) == "trainer.max_epochs" for arg in extra):
@@ -129,7 +130,7 @@ def _refuse_finished(run_dir: Path, extra: list[str]) -> None:
     from src.summary import COMPLETE, read_summary
 
     summary = read_summary(run_dir)
-    config = run_dir / ".hydra" / "config.yaml"
+    config = run_dir / CONFIG_FILE
     if not summary or summary.get("status") != COMPLETE or not config.is_file():
         return
     epochs = OmegaConf.select(OmegaConf.load(config), "trainer.max_epochs")

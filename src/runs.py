@@ -22,10 +22,10 @@ from src.errors import UserError
 from src.evaluation import DIAGNOSIS_FILE, load_weights, read_checkpoint
 from src.history import METRICS_CSV
 from src.model import predict_logits
+from src.resume import CONFIG_FILE
 from src.samples import SAMPLES_FILE, Samples
 
 RUN_DIR_ENV = "LOSSDIAG_RUN_DIR"
-CONFIG_FILE = Path(".hydra") / "config.yaml"
 
 
 def is_run(path: str | Path) -> bool:
