@@ -11,7 +11,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from src.cli import run_task
+from src.app.cli import one_line_hydra_errors, run_task
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
@@ -19,7 +19,7 @@ def main(cfg: DictConfig) -> None:
     def task() -> None:
         from hydra.core.hydra_config import HydraConfig
 
-        from src.evaluation import evaluate_checkpoint
+        from src.app.evaluate import evaluate_checkpoint
 
         evaluate_checkpoint(cfg, overrides=HydraConfig.get().overrides.task)
 
@@ -27,7 +27,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    from src.hydra_errors import one_line_hydra_errors
-
     with one_line_hydra_errors("src.evaluate"):
         main()

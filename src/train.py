@@ -1,7 +1,7 @@
 """``python -m src.train [overrides]``: train ShallowNet and log everything to the run folder.
 
 Heavy imports (torch, Lightning) happen inside the task, so ``--help`` and ``--cfg job`` are instant.
-``python -m src.train resume=<run dir>`` continues an interrupted run (see :mod:`src.resume`).
+``python -m src.train resume=<run dir>`` continues an interrupted run (see :mod:`src.app.resume`).
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from src.cli import run_task
-from src.rundir import register_resolvers
+from src.app.cli import one_line_hydra_errors, run_task
+from src.app.resolvers import register_resolvers
+from src.app.resume import expand_resume
 
 register_resolvers()
 
@@ -20,14 +21,14 @@ register_resolvers()
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     def task() -> float | None:
-        from src.summary import recorded_run
+        from src.rundir.status import recorded_run
 
         # everything the job does goes inside: <run>/metrics.json then says complete or failed (and why)
         with recorded_run(cfg.paths.output_dir) as outcome:
-            from src.config import validate
+            from src.app.validate import validate
 
             validate(cfg)  # bad values fail before Lightning is imported
-            from src.pipeline import train
+            from src.app.pipeline import train
 
             outcome.metrics = metrics = train(cfg)
         metric = cfg.get("optimized_metric")
@@ -38,9 +39,6 @@ def main(cfg: DictConfig) -> float | None:
 
 def cli() -> None:
     """The command line: ``resume=`` expanded, Hydra's config errors as one line (exit code 2)."""
-    from src.hydra_errors import one_line_hydra_errors
-    from src.resume import expand_resume
-
     sys.argv[1:] = run_task(lambda: expand_resume(sys.argv[1:]))
     with one_line_hydra_errors("src.train"):
         main()

@@ -89,7 +89,7 @@ def test_full_error_env_gives_the_traceback(tmp_path: Path, monkeypatch: pytest.
     ],
 )
 def test_bad_values(make_cfg, override: str, match: str) -> None:
-    from src.pipeline import train
+    from src.app.pipeline import train
 
     with pytest.raises(UserError, match=match):
         train(make_cfg(override))
@@ -110,7 +110,7 @@ def folder_cfg(make_cfg, root: Path, *overrides: str):
     ],
 )
 def test_bad_folders(make_cfg, tmp_path: Path, layout: str, match: str) -> None:
-    from src.pipeline import build_datamodule
+    from src.app.pipeline import build_datamodule
 
     root = tmp_path / "data"
     if layout == "empty":
@@ -128,7 +128,7 @@ def test_bad_folders(make_cfg, tmp_path: Path, layout: str, match: str) -> None:
 def test_corrupt_truncated_and_non_image_files_are_skipped_and_counted(
     make_cfg, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from src.pipeline import build_datamodule
+    from src.app.pipeline import build_datamodule
 
     root = image_folder(tmp_path / "data", {"a": 4, "b": 4})
     (root / "a" / "corrupt.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
@@ -136,7 +136,7 @@ def test_corrupt_truncated_and_non_image_files_are_skipped_and_counted(
     (root / "b" / "truncated.png").write_bytes(good[: len(good) // 2])
     (root / "b" / "notes.txt").write_text("not an image")
     (root / "b" / ".DS_Store").write_bytes(b"\0")
-    with caplog.at_level(logging.WARNING, logger="src.images"):
+    with caplog.at_level(logging.WARNING, logger="src.data.images"):
         dm = build_datamodule(folder_cfg(make_cfg, root))
     assert len(dm.train) + len(dm.val) == 8
     messages = [r.getMessage() for r in caplog.records]
@@ -153,7 +153,7 @@ def test_corrupt_truncated_and_non_image_files_are_skipped_and_counted(
 
 @pytest.mark.parametrize("channels", [1, 3])
 def test_mixed_sizes_and_modes_load(make_cfg, tmp_path: Path, channels: int) -> None:
-    from src.pipeline import build_datamodule
+    from src.app.pipeline import build_datamodule
 
     root = tmp_path / "data"
     modes = ["RGB", "RGBA", "P", "I;16", "L"]
@@ -161,13 +161,13 @@ def test_mixed_sizes_and_modes_load(make_cfg, tmp_path: Path, channels: int) -> 
         for i, mode in enumerate(modes * 2):
             write_image(root / cls / f"{i}.png", mode, size=(7 + 3 * i, 9 + i))
     dm = build_datamodule(folder_cfg(make_cfg, root, f"data.channels={channels}"))
-    x = torch.cat([dm.train.x, dm.val.x])
+    x = torch.cat([dm.train.inputs(), dm.val.inputs()])
     assert x.shape == (20, channels, 8, 8)
     assert torch.isfinite(x).all() and x.min() >= 0 and x.max() <= 1 and x.std() > 0
 
 
 def test_checkpoint_of_another_model_shape(make_cfg, tmp_path: Path) -> None:
-    from src.pipeline import build_datamodule, build_module, train
+    from src.app.pipeline import build_datamodule, build_module, train
 
     cfg = make_cfg("model.filters=4")
     model = build_module(cfg, build_datamodule(cfg))
@@ -182,7 +182,7 @@ def test_checkpoint_of_another_model_shape(make_cfg, tmp_path: Path) -> None:
 
 
 def test_weights_only_checkpoint_cannot_be_resumed(make_cfg, tmp_path: Path) -> None:
-    from src.pipeline import build_datamodule, build_module, train
+    from src.app.pipeline import build_datamodule, build_module, train
 
     cfg = make_cfg()
     model = build_module(cfg, build_datamodule(cfg))

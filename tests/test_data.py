@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from src.data import DigitsDataModule, ImageFolderDataModule, TensorBatches
+from src.data.datamodules import DigitsDataModule, ImageFolderDataModule, TensorBatches
 from src.errors import UserError
 
 
@@ -15,7 +15,9 @@ def test_digits_shapes_split_and_subset() -> None:
     assert (dm.depth, dm.height, dm.width, dm.num_classes) == (1, 8, 8, 10)
     assert dm.class_names == [str(i) for i in range(10)]
     assert len(dm.val) == 449 and len(dm.train) == 150
-    assert dm.train.x.dtype == torch.float32 and dm.train.x.min() >= 0 and dm.train.x.max() <= 1
+    assert dm.train.x.dtype == torch.uint8 and int(dm.train.x.max()) == 16  # stored as decoded
+    x = dm.train.inputs()
+    assert x.dtype == torch.float32 and x.min() >= 0 and x.max() == 1
     # stratified: every class in both splits, in proportion
     assert torch.bincount(dm.train.y).min() >= 13
     assert torch.bincount(dm.val.y).min() >= 40

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from src.history import read_history
+from src.rundir.metrics_csv import read_history
 from tests.conftest import run_module
 
 # 60 training samples: batches of 15 on each of 2 ranks see the same samples per step as batches of 30
@@ -17,7 +17,7 @@ COMMON = ["debug=fast", "~callbacks.progress_bar"]
 
 @pytest.mark.slow
 def test_ddp_sim_matches_single_process(make_cfg, tmp_path: Path) -> None:
-    from src.pipeline import train
+    from src.app.pipeline import train
 
     run = tmp_path / "ddp"
     probe = tmp_path / "probe.json"

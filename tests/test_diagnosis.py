@@ -10,7 +10,14 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import classification_report as sk_report
 
-from src.calibration import (
+from src.functional.breakdown import (
+    epoch_scalars,
+    loss_decomposition,
+    recompute_mean_ce,
+    top_count,
+    top_share,
+)
+from src.functional.calibration import (
     T_MAX,
     calibration_summary,
     expected_calibration_error,
@@ -18,16 +25,11 @@ from src.calibration import (
     nll,
     reliability_bins,
 )
-from src.class_report import classification_report, report_csv, report_markdown
-from src.decomposition import (
-    epoch_scalars,
-    evaluate_logits,
-    loss_decomposition,
-    recompute_mean_ce,
-    worst_share,
-)
-from src.samples import Samples, SplitInfo, load_samples
-from src.verdict import diagnose
+from src.functional.class_report import classification_report
+from src.functional.outputs import evaluate_logits
+from src.render.tables import report_csv, report_markdown
+from src.rundir.artifacts import diagnose
+from src.rundir.samples import Samples, SplitInfo, load_samples
 
 
 def test_loss_decomposition_by_hand() -> None:
@@ -43,8 +45,9 @@ def test_loss_decomposition_by_hand() -> None:
 
 def test_worst_share_one_and_five_percent() -> None:
     loss = np.concatenate([np.full(190, 0.1), np.arange(1.0, 11.0)])  # 200 samples, 10 outliers 1..10
-    share1, n1 = worst_share(loss, 0.01)
-    share5, n5 = worst_share(loss, 0.05)
+    values = torch.as_tensor(loss)
+    share1, n1 = float(top_share(values, 0.01)), top_count(len(loss), 0.01)
+    share5, n5 = float(top_share(values, 0.05)), top_count(len(loss), 0.05)
     total = 19.0 + 55.0
     assert (n1, n5) == (2, 10)
     assert share1 == pytest.approx(19.0 / total)
@@ -148,21 +151,21 @@ def test_verdict_when_val_loss_rises_with_flat_accuracy(tmp_path: Path) -> None:
     n = diag.numbers
     hist = samples.history
     means = hist.loss.astype(np.float64).mean(1)
-    assert n["min_epoch"] == int(np.argmin(means)) == 1
-    assert n["last_loss"] == pytest.approx(means[-1])
-    assert n["phenomenon"] and n["rose"] and n["acc_held"]
+    assert n.min_epoch == int(np.argmin(means)) == 1
+    assert n.last_loss == pytest.approx(means[-1])
+    assert n.verdict == "phenomenon" and n.rose and n.acc_held
     assert diag.markdown.splitlines()[2].startswith("**Yes, the phenomenon happened.**")
-    assert n["final"]["wrong_share"] == pytest.approx(
+    assert n.final.wrong_share == pytest.approx(
         hist.loss[-1][:10].astype(np.float64).sum() / hist.loss[-1].astype(np.float64).sum()
     )
-    assert n["extreme"][0]["p_true"] == pytest.approx(float(hist.p_true[-1][: 10].min()))
-    assert f"{n['extreme'][0]['p_true']:.3g}" in diag.markdown
+    assert n.extreme[0].p_true == pytest.approx(float(hist.p_true[-1][: 10].min()))
+    assert f"{n.extreme[0].p_true:.3g}" in diag.markdown
     assert "over-confident" in diag.markdown
 
 
 def test_verdict_says_no_when_val_loss_does_not_rise() -> None:
     diag = diagnose(_samples([3.0, 2.0, 1.0], wrong_loss=1.0))
-    assert not diag.numbers["rose"]
+    assert not diag.numbers.rose
     assert "**No, val loss did not rise**" in diag.markdown
     assert "phenomenon happened" not in diag.markdown
     assert "rise is mostly over-confidence" not in diag.markdown
@@ -175,7 +178,7 @@ def test_verdict_says_accuracy_fell_when_it_did() -> None:
     logits[torch.arange(200), (target + 1) % 4] = 3.0  # everything wrong now
     samples.add_epoch(2, evaluate_logits(logits, target))
     diag = diagnose(samples)
-    assert diag.numbers["rose"] and not diag.numbers["acc_held"]
+    assert diag.numbers.rose and not diag.numbers.acc_held
     assert "accuracy fell" in diag.markdown
 
 
@@ -206,7 +209,7 @@ def test_samples_roundtrip_and_epoch_scalars(tmp_path: Path) -> None:
 def test_evaluate_uses_the_run_config_with_command_line_changes(tmp_path) -> None:
     from omegaconf import OmegaConf
 
-    from src.evaluation import with_run_config
+    from src.app.evaluate import with_run_config
 
     run = tmp_path / "run"
     (run / ".hydra").mkdir(parents=True)

@@ -11,12 +11,13 @@ import torch
 from omegaconf import OmegaConf, open_dict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from src.app.evaluate import evaluate_checkpoint
+from src.app.pipeline import train
 from src.errors import UserError
-from src.evaluation import evaluate_checkpoint, load_weights
-from src.history import read_history
-from src.model import ShallowNet
-from src.pipeline import train
-from src.samples import load_samples
+from src.models.shallownet import ShallowNet
+from src.rundir.checkpoints import load_weights
+from src.rundir.metrics_csv import read_history
+from src.rundir.samples import load_samples
 from tests.conftest import run_module
 
 EPOCHS = 20  # enough for the default data to show the rise (min near epoch 7)
@@ -71,7 +72,7 @@ def _check_verdict_matches_records(run_dir: Path) -> dict:
 @pytest.mark.slow
 def test_training_run_writes_every_diagnosis_output(make_cfg, tmp_path: Path) -> None:
     cfg = make_cfg(
-        "data.train_size=150", f"trainer.max_epochs={EPOCHS}", "callbacks.diagnosis_figures.every_n_epochs=10"
+        "data.train_size=150", f"trainer.max_epochs={EPOCHS}", "callbacks.diagnosis.figures_every_n_epochs=10"
     )
     train(cfg)
     run = Path(cfg.paths.output_dir)

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from src.diagnostics import loss_distribution, top_share
-from src.records import SampleRecorder, deduplicate
+from src.functional.breakdown import loss_distribution, top_share
+from src.models.recorder import SampleRecorder, deduplicate
 
 
 def test_top_share_counts_the_worst_one_percent() -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from src.history import read_history
-from src.pipeline import train
+from src.app.pipeline import train
+from src.rundir.metrics_csv import read_history
 from tests.conftest import run_module
 from tests.test_data import _write_folder
 
@@ -35,7 +35,7 @@ def test_compare_losses_sweep_and_its_report(tmp_path: Path) -> None:
         "debug=fast",
         "threads=1",
         "~callbacks.progress_bar",
-        "~callbacks.diagnosis_figures",
+        "callbacks.diagnosis.figures_every_n_epochs=0",
         f"hydra.sweep.dir={sweep}",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -57,7 +57,7 @@ def test_compare_losses_sweep_and_its_report(tmp_path: Path) -> None:
     ],
 )
 def test_scheduler_changes_the_learning_rate_each_epoch(make_cfg, override: str, factor: float) -> None:
-    from src import pipeline
+    from src.app import pipeline
 
     scheduler = "cosine" if "T_max" in override else "step"
     cfg = make_cfg(f"scheduler={scheduler}", override, "trainer.max_epochs=1", "callbacks=none", "~logger")

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from src.model import ShallowNet
+from src.models.shallownet import ShallowNet
 
 
 @pytest.mark.parametrize(("width", "height", "depth", "classes"), [(8, 8, 1, 10), (32, 32, 3, 3), (20, 12, 3, 5)])

@@ -9,15 +9,14 @@ import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from src.callbacks import LossDistributionLogger
+from src.callbacks import LossDiagnosis
 from src.errors import UserError
-from src.history import read_history
-from src.records import SampleRecords
+from src.rundir.metrics_csv import read_history
 from tests.conftest import run_module
 
 
 def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(make_cfg, tmp_path: Path) -> None:
-    from src.pipeline import train
+    from src.app.pipeline import train
 
     cfg = make_cfg(
         "trainer.max_epochs=3",
@@ -47,14 +46,10 @@ def test_huge_learning_rate_from_the_command_line(tmp_path: Path) -> None:
 
 def test_loss_histograms_skip_non_finite_values(tmp_path: Path) -> None:
     logits = torch.tensor([[2.0, 0.0], [float("nan"), 0.0], [float("inf"), 0.0], [0.0, 3.0], [1.0, 1.0]])
-    records = SampleRecords(torch.arange(5), torch.tensor([0, 0, 1, 1, 0]), logits)
-    logged: dict[str, torch.Tensor] = {}
+    ce = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 0, 1, 1, 0]), reduction="none")
     tb = TensorBoardLogger(tmp_path, name="", version="")
-    trainer = SimpleNamespace(global_rank=0, loggers=[tb], global_step=3, sanity_checking=False)
-    module = SimpleNamespace(
-        epoch_records=lambda stage: records, loss_cap=torch.tensor(1.0), log_dict=lambda d, **kw: logged.update(d)
-    )
-    LossDistributionLogger(stages=("val",)).on_validation_epoch_end(trainer, module)
+    trainer = SimpleNamespace(global_rank=0, loggers=[tb], current_epoch=3, sanity_checking=False)
+    logged = LossDiagnosis(tmp_path)._log_distribution(trainer, "val", ce, 1.0)
     tb.experiment.flush()
     assert logged["val/n_above_cap"] == 2  # the NaN and the inf loss
     assert torch.isfinite(logged["val/loss_max"])

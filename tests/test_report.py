@@ -1,4 +1,4 @@
-"""``src.report`` / ``src.summary`` / ``src.sweep`` on hand-made run folders (no training)."""
+"""``src.report`` / ``src.rundir.status`` / ``src.app.resolvers`` on hand-made run folders (no training)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from src.report import build_report, group_runs, load_runs, mean_std, parse_overrides, run_metrics, swept_keys
-from src.summary import read_summary, recorded_run, write_summary
-from src.sweep import MAX_DIRNAME_BYTES, safe_dirname
+from src.app.resolvers import MAX_DIRNAME_BYTES, safe_dirname
+from src.app.sweep_report import (
+    build_report,
+    group_runs,
+    load_runs,
+    mean_std,
+    parse_overrides,
+    run_metrics,
+    swept_keys,
+)
+from src.rundir.status import read_summary, recorded_run, write_summary
 
 
 def make_run(

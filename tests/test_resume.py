@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from src.csvlog import ResumableCSVLogger
-from src.history import read_history
-from src.rundir import _claimed, claim_unique_dir
-from src.samples import load_samples
+from src.app.resolvers import _claimed, claim_unique_dir
+from src.callbacks.csv_logger import ResumableCSVLogger
+from src.rundir.metrics_csv import read_history
+from src.rundir.samples import load_samples
 from tests.conftest import ROOT, run_module
 
 EPOCHS = 6
@@ -62,7 +62,7 @@ def _state(run: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow
 def test_killed_run_resumes_in_its_folder_with_the_clean_run_numbers(make_cfg, tmp_path: Path) -> None:
-    from src.pipeline import train
+    from src.app.pipeline import train
 
     run = tmp_path / "killed"
     proc = _start_and_kill(run, signal.SIGKILL)
@@ -153,7 +153,7 @@ def test_two_runs_started_together_get_two_folders(tmp_path: Path) -> None:
 
 
 def test_checkpoints_are_replaced_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from src.checkpoint_io import AtomicCheckpointIO
+    from src.callbacks.checkpoint_io import AtomicCheckpointIO
 
     io = AtomicCheckpointIO()
     path = tmp_path / "checkpoints" / "last.ckpt"
@@ -183,7 +183,7 @@ def _fake_run(run: Path, status: str = "running") -> Path:
 
 
 def test_resume_expands_to_the_recorded_command_in_the_same_folder(tmp_path: Path) -> None:
-    from src.resume import expand_resume
+    from src.app.resume import expand_resume
 
     run = _fake_run(tmp_path / "run")
     argv = expand_resume([f"resume={run}", "loss=standard"])
@@ -198,8 +198,8 @@ def test_resume_expands_to_the_recorded_command_in_the_same_folder(tmp_path: Pat
 
 
 def test_resume_refuses_a_finished_run_unless_it_trains_longer(tmp_path: Path) -> None:
+    from src.app.resume import expand_resume
     from src.errors import UserError
-    from src.resume import expand_resume
 
     run = _fake_run(tmp_path / "run", status="complete")
     with pytest.raises(UserError, match=r"already finished its 2 epochs: add trainer.max_epochs=<more than 2>"):
@@ -208,7 +208,7 @@ def test_resume_refuses_a_finished_run_unless_it_trains_longer(tmp_path: Path) -
 
 
 def test_resuming_a_job_of_a_search_is_a_single_run(tmp_path: Path) -> None:
-    from src.resume import expand_resume
+    from src.app.resume import expand_resume
 
     run = _fake_run(tmp_path / "trial")
     (run / ".hydra" / "overrides.yaml").write_text(
@@ -220,8 +220,8 @@ def test_resuming_a_job_of_a_search_is_a_single_run(tmp_path: Path) -> None:
 
 
 def test_resume_refuses_to_stretch_a_learning_rate_schedule(tmp_path: Path) -> None:
+    from src.app.resume import expand_resume
     from src.errors import UserError
-    from src.resume import expand_resume
 
     run = _fake_run(tmp_path / "run")
     (run / ".hydra" / "config.yaml").write_text("trainer:\n  max_epochs: 2\nscheduler:\n  T_max: 2\n")

@@ -1,4 +1,4 @@
-"""Finding and reading run folders (src.runs), markdown tables, curve figures: no training needed."""
+"""Finding and reading run folders (src.app.notebook), markdown tables, curve figures: no training needed."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from src.curves import curves_figure
+from src.app.notebook import RUN_DIR_ENV, is_run, latest_run, resolve_run_dir, run_config, value_at_epoch
 from src.errors import UserError
-from src.history import METRICS_CSV
-from src.runs import RUN_DIR_ENV, is_run, latest_run, resolve_run_dir, run_config, value_at_epoch
-from src.samples import SAMPLES_FILE
-from src.tables import markdown_table
+from src.render.figures import curves_figure
+from src.render.tables import markdown_table
+from src.rundir.metrics_csv import METRICS_CSV
+from src.rundir.samples import SAMPLES_FILE
 
 
 def _fake_run(path: Path, mtime: float, samples: bool = True, metrics: bool = True, finished: bool = True) -> Path:

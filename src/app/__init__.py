@@ -1,0 +1,1 @@
+"""The application layer: the only package that reads the Hydra config or argv."""

@@ -1,0 +1,418 @@
+"""``LossDiagnosis``: the whole diagnosis as one drop-in Lightning callback.
+
+Add ``LossDiagnosis(output_dir=...)`` to any ``Trainer`` and get, per validation epoch, the per-sample
+loss histograms and scalars in your TensorBoard logger, and at the end of ``fit`` ``diagnosis.md``,
+``diagnosis.json``, ``samples.npz``, ``worst.csv``, ``reports/`` and ``figures/`` in ``output_dir``.
+``python -m src.train`` uses this same callback.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.utilities import move_data_to_device
+
+from src.callbacks.tensorboard import tensorboard_writer
+from src.errors import UserError
+from src.functional.breakdown import epoch_scalars, loss_distribution, worst_indices
+from src.functional.losses import loss_cap_from_initial
+from src.functional.outputs import Evaluation, evaluate_logits
+from src.models.epoch_log import log_epoch_metrics
+from src.models.recorder import SampleRecorder, SampleRecords
+from src.render.figures import log_figure, reliability_figure
+from src.rundir.artifacts import Diagnosis, worst_figure, write_diagnosis
+from src.rundir.atomic import atomic_write
+from src.rundir.checkpoints import load_checkpoint
+from src.rundir.paths import DIAGNOSIS_FILE, INITIAL_CKPT, SAMPLES_FILE
+from src.rundir.samples import FIELDS, Samples, SplitInfo
+
+log = logging.getLogger(__name__)
+STAGES = ("train", "val")
+
+
+class LossDiagnosis(L.Callback):
+    """Why does val loss rise while accuracy holds? Records per-sample outputs and writes the diagnosis.
+
+    **What your project must provide** (checked with a one-line error at the first batch):
+
+    - the LightningModule's ``forward(x)`` returns logits ``(N, C)``;
+    - the val loader yields ``(x, y)`` or ``(x, y, index)`` batches, in the same order every epoch
+      (no shuffling); under DDP it must yield ``index`` (the sample's position in the val set), so
+      the samples ``DistributedSampler`` repeats to pad the last batch are counted once.
+
+    **What it uses when present** (all optional):
+
+    - ``outputs["logits"]`` returned by ``validation_step`` / ``training_step`` (else val logits come from
+      re-running ``forward`` on the batch; train records need them, and an ``index`` in the train batch);
+    - a ``loss_cap`` tensor on the module (the bounded loss's cap); otherwise the cap is ``mean + k * std``
+      of the untrained model's per-sample val losses, measured before the first optimizer step;
+    - ``class_names``, ``val_paths`` and ``train_paths`` on the datamodule (lists by sample index);
+    - a TensorBoard logger for histograms and figures, any Lightning logger for the scalars;
+    - the trainer's ``checkpoint_callback`` for the best model.
+
+    Per validation epoch it logs ``val/`` scalars (loss tail, correct/wrong breakdown, calibration) and
+    ``val/loss_per_sample`` histograms (``train/`` too when the training step returns logits), one logger
+    write per epoch at ``step=epoch``. Every ``figures_every_n_epochs`` epochs (and the last) it draws a
+    reliability diagram and the worst val images. At the end of fit it evaluates the initial, best and
+    last weights on the val (and, with indexed batches, train) loader and writes the run's files.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | Path,
+        worst_k: int = 16,
+        write_every_n_epochs: int = 5,
+        figures_every_n_epochs: int = 25,
+        reports: bool = True,
+        save_initial_checkpoint: bool = True,
+        histograms: bool = True,
+        k: float = 3.0,
+    ) -> None:
+        if not str(output_dir):
+            raise UserError("LossDiagnosis needs output_dir: the folder its files go to")
+        self.output_dir = Path(output_dir)
+        self.worst_k = int(worst_k)
+        self.write_every_n_epochs = int(write_every_n_epochs)
+        self.figures_every_n_epochs = int(figures_every_n_epochs)
+        self.reports = reports
+        self.save_initial_checkpoint = save_initial_checkpoint
+        self.histograms = histograms
+        self.k = float(k)
+        self.recorders = {stage: SampleRecorder() for stage in STAGES}
+        self._seen = dict.fromkeys(STAGES, False)
+        self._offset = dict.fromkeys(STAGES, 0)
+        self._train_indexed = True
+        self._figure_images: dict[int, torch.Tensor] = {}
+        self._cap: float | None = None
+        self._restored: dict[str, torch.Tensor] = {}
+        self.samples: Samples | None = None
+        self.initial: dict[str, torch.Tensor] | None = None
+        self.diagnosis: Diagnosis | None = None
+        self._final_images: dict[int, torch.Tensor] = {}
+        self.epoch_values: dict[str, float] = {}  # the last value of everything sent to the loggers
+
+    # -- preconditions --------------------------------------------------------------------------
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        if trainer.limit_val_batches == 0:
+            raise UserError("LossDiagnosis needs validation: remove limit_val_batches=0 from the Trainer")
+        if not callable(getattr(pl_module, "forward", None)):
+            raise UserError(f"LossDiagnosis needs {type(pl_module).__name__}.forward(x) returning logits")
+        for recorder in self.recorders.values():
+            recorder.to(pl_module.device)
+
+    def _unpack(self, batch: Any, stage: str, world_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        if not isinstance(batch, list | tuple) or len(batch) not in (2, 3) or not all(map(torch.is_tensor, batch)):
+            raise UserError(
+                f"LossDiagnosis needs {stage} batches (x, y) or (x, y, index) of tensors, got {type(batch).__name__}"
+                + (f" of {len(batch)}" if isinstance(batch, list | tuple) else "")
+                + ": make the dataset return (input, label) pairs"
+            )
+        x, y = batch[0], batch[1]
+        index = batch[2] if len(batch) == 3 else None
+        if index is None and world_size > 1 and stage == "val":
+            raise UserError(
+                "LossDiagnosis under DDP needs val batches (x, y, index): padded repeats can only be dropped by index"
+            )
+        return x, y, index
+
+    def _logits(self, pl_module: L.LightningModule, outputs: Any, x: torch.Tensor, n: int) -> torch.Tensor:
+        logits = outputs.get("logits") if isinstance(outputs, Mapping) else None
+        if logits is None:
+            with torch.no_grad():
+                logits = pl_module(x)
+        if not torch.is_tensor(logits) or logits.ndim != 2 or len(logits) != n:
+            raise UserError(
+                f"LossDiagnosis needs {type(pl_module).__name__}.forward(x) to return logits of shape (batch, classes), "
+                f"got {tuple(logits.shape) if torch.is_tensor(logits) else type(logits).__name__}"
+            )
+        return logits.detach()
+
+    # -- recording ------------------------------------------------------------------------------
+    def _record(self, stage: str, index: torch.Tensor | None, y: torch.Tensor, logits: torch.Tensor) -> None:
+        if index is None:
+            start = self._offset[stage]
+            index = torch.arange(start, start + len(y), device=y.device)
+            self._offset[stage] = start + len(y)
+        self.recorders[stage].update(index, y, logits)
+        self._seen[stage] = True
+
+    def _start_epoch(self, stage: str) -> None:
+        self.recorders[stage].reset()
+        self._seen[stage] = False
+        self._offset[stage] = 0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start_epoch("train")
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start_epoch("val")
+        self._figure_images = {}
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if not self._train_indexed:
+            return
+        x, y, index = self._unpack(batch, "train", trainer.world_size)
+        logits = outputs.get("logits") if isinstance(outputs, Mapping) else None
+        if index is None or logits is None:  # shuffled without index, or no logits: no train records
+            self._train_indexed = False
+            log.info("LossDiagnosis: training batches carry no index or no logits; train/ records are off")
+            return
+        self._record("train", index, y, self._logits(pl_module, outputs, x, len(y)))
+
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if trainer.sanity_checking or dataloader_idx != 0:
+            return
+        x, y, index = self._unpack(batch, "val", trainer.world_size)
+        self._record("val", index, y, self._logits(pl_module, outputs, x, len(y)))
+        if self._figures_due(trainer) and x.ndim == 4 and trainer.global_rank == 0:
+            idx = index if index is not None else torch.arange(self._offset["val"] - len(y), self._offset["val"])
+            self._figure_images.update(zip(idx.tolist(), x.detach().float().cpu(), strict=True))
+
+    # -- the bounded loss's cap and the initial weights -----------------------------------------
+    def loss_cap(self, pl_module: L.LightningModule) -> float:
+        cap = getattr(pl_module, "loss_cap", None)
+        if torch.is_tensor(cap) and cap.numel() == 1 and torch.isfinite(cap):
+            return float(cap)
+        return self._cap if self._cap is not None else float("nan")
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        # here (not on_train_start) the module's own on_train_start has already run (e.g. computed its cap)
+        if self.initial is not None or trainer.global_step != 0:
+            return
+        self.initial = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
+        cap = getattr(pl_module, "loss_cap", None)
+        if not (torch.is_tensor(cap) and torch.isfinite(cap).all()):
+            rec = self._evaluate_loader(trainer, pl_module, trainer.val_dataloaders, "val")
+            if rec is not None:
+                self._cap = loss_cap_from_initial(rec.cross_entropy, self.k)
+        if self.save_initial_checkpoint and trainer.global_rank == 0:
+            ckpt = {"state_dict": self.initial, "epoch": -1, "global_step": 0, "loss_cap": self._cap}
+            atomic_write(self.output_dir / INITIAL_CKPT, lambda handle: torch.save(ckpt, handle))
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        initial = self.output_dir / INITIAL_CKPT
+        if trainer.ckpt_path and self.initial is None and initial.is_file():
+            # resumed: the untrained weights were saved by the first attempt
+            ckpt = load_checkpoint(initial)
+            self.initial, self._cap = ckpt["state_dict"], ckpt.get("loss_cap")
+
+    # -- resume: the history comes back with the run ---------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The per-epoch val history, saved in every checkpoint so a resumed run keeps it exactly."""
+        if self.samples is None or not self.samples.val_epochs:
+            return {}
+        history = self.samples.history
+        state: dict[str, Any] = {"epochs": torch.tensor(self.samples.epochs, dtype=torch.long)}
+        state.update({f: torch.from_numpy(np.ascontiguousarray(getattr(history, f))) for f in FIELDS})
+        state.update({f"calibration/{k}": torch.from_numpy(v) for k, v in history.calibration.items()})
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._restored = dict(state_dict)
+
+    def _restore_history(self) -> None:
+        state, self._restored = self._restored, {}
+        if not state or self.samples is None:
+            return
+        history = Evaluation(
+            *(state[f].numpy() for f in FIELDS),
+            calibration={k.split("/", 1)[1]: v.numpy() for k, v in state.items() if k.startswith("calibration/")},
+        )
+        for i, epoch in enumerate(state["epochs"].tolist()):
+            self.samples.add_epoch(epoch, history[i])
+
+    # -- every epoch ----------------------------------------------------------------------------
+    def _figures_due(self, trainer: L.Trainer) -> bool:
+        epoch = trainer.current_epoch + 1
+        last = trainer.max_epochs is not None and 0 < trainer.max_epochs <= epoch
+        return self.figures_every_n_epochs > 0 and (epoch % self.figures_every_n_epochs == 0 or last)
+
+    def _log_distribution(self, trainer: L.Trainer, stage: str, ce: torch.Tensor, cap: float) -> dict[str, Any]:
+        writer = tensorboard_writer(trainer) if self.histograms else None
+        finite = ce[torch.isfinite(ce)]
+        if writer is not None and finite.numel():
+            writer.add_histogram(f"{stage}/loss_per_sample", finite.cpu(), global_step=trainer.current_epoch)
+        return {f"{stage}/{k}": v for k, v in loss_distribution(ce, cap).items()}
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not (self._train_indexed and self._seen["train"]):
+            return
+        rec = self.recorders["train"].compute()  # every rank: it syncs
+        values = self._log_distribution(trainer, "train", rec.cross_entropy, self.loss_cap(pl_module))
+        self.epoch_values.update(log_epoch_metrics(trainer, values, trainer.current_epoch))
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not self._seen["val"]:
+            return
+        rec = self.recorders["val"].compute()  # every rank: it syncs
+        cap = self.loss_cap(pl_module)
+        ev = evaluate_logits(rec.logits, rec.target)
+        values: dict[str, Any] = {f"val/{k}": v for k, v in epoch_scalars(rec.logits, rec.target, ev).items()}
+        values.update(self._log_distribution(trainer, "val", rec.cross_entropy, cap))
+        self.epoch_values.update(log_epoch_metrics(trainer, values, trainer.current_epoch))
+        if trainer.global_rank != 0:
+            return
+        if self.samples is None:
+            self.samples = Samples(classes=self._class_names(trainer, rec), loss_cap=cap, val=self._split_info(trainer, rec, "val"))
+            self._restore_history()
+        self.samples.loss_cap = cap
+        self.samples.add_epoch(trainer.current_epoch, ev)
+        if self.write_every_n_epochs and len(self.samples.epochs) % self.write_every_n_epochs == 0:
+            self.samples.save(self.output_dir / SAMPLES_FILE)
+        if self._figures_due(trainer):
+            self._log_figures(trainer, ev)
+
+    def _log_figures(self, trainer: L.Trainer, ev: Evaluation) -> None:
+        writer = tensorboard_writer(trainer)
+        if writer is None or self.samples is None:
+            return
+        epoch = trainer.current_epoch
+        fig = reliability_figure(ev.conf, ev.correct(self.samples.val.target), title=f"val, epoch {epoch}")
+        log_figure(writer, "val/reliability", fig, epoch)
+        if self._figure_images and self.worst_k > 0:
+            fig = worst_figure(self.samples, ev, self._figure_images, self.worst_k)
+            log_figure(writer, "val/worst_samples", fig, epoch)
+        self._figure_images = {}
+
+    # -- what the data can tell ------------------------------------------------------------------
+    @staticmethod
+    def _class_names(trainer: L.Trainer, rec: SampleRecords) -> list[str]:
+        names = getattr(getattr(trainer, "datamodule", None), "class_names", None)
+        n_classes = rec.logits.shape[1]
+        if names is not None and len(names) == n_classes:
+            return [str(n) for n in names]
+        return [str(c) for c in range(n_classes)]
+
+    @staticmethod
+    def _split_info(trainer: L.Trainer, rec: SampleRecords, stage: str) -> SplitInfo:
+        paths = getattr(getattr(trainer, "datamodule", None), f"{stage}_paths", None)
+        index = rec.index.cpu().numpy()
+        if paths is not None and len(paths) <= int(index.max(initial=-1)):
+            paths = None  # paths that do not cover every index name nothing
+        return SplitInfo.create(index, rec.target.cpu().numpy(), list(paths) if paths else None)
+
+    # -- end of fit -----------------------------------------------------------------------------
+    def _evaluate_loader(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        loader: Any,
+        stage: str,
+        keep: Iterable[int] = (),
+        images: dict[int, torch.Tensor] | None = None,
+    ) -> SampleRecords | None:
+        """``pl_module``'s outputs on every batch of ``loader`` (gathered over ranks).
+
+        The inputs of the sample indices in ``keep`` are put into ``images`` (on the CPU).
+        """
+        if isinstance(loader, list | tuple):
+            loader = loader[0] if loader else None
+        if loader is None:
+            return None
+        recorder, offset, wanted = SampleRecorder().to(pl_module.device), 0, set(keep)
+        was_training = pl_module.training
+        pl_module.eval()
+        with torch.no_grad():
+            for batch in loader:
+                x, y, index = self._unpack(move_data_to_device(batch, pl_module.device), stage, trainer.world_size)
+                if index is None:
+                    if stage == "train":
+                        return None  # a shuffled train order cannot be told apart without an index
+                    index = torch.arange(offset, offset + len(y), device=y.device)
+                    offset += len(y)
+                recorder.update(index, y, pl_module(x))
+                if wanted and images is not None and x.ndim == 4:
+                    for pos in (i for i, v in enumerate(index.tolist()) if v in wanted):
+                        images[int(index[pos])] = x[pos].float().cpu()
+        pl_module.train(was_training)
+        return recorder.compute()
+
+    def _evaluate_models(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, tuple[dict, int]]:
+        """Evaluate initial, best (with ``reports``) and last weights by loading each into ``pl_module``.
+
+        The last weights are loaded back at the end, whatever happens.
+        """
+        models: dict[str, dict[str, torch.Tensor]] = {}
+        epochs: dict[str, int] = {}
+        if self.initial is not None and self.reports:
+            models["initial"], epochs["initial"] = self.initial, -1
+        ckpt_cb = trainer.checkpoint_callback
+        best = getattr(ckpt_cb, "best_model_path", "") if ckpt_cb is not None and self.reports else ""
+        if best and Path(best).is_file():
+            ckpt = load_checkpoint(best)
+            models["best"], epochs["best"] = ckpt["state_dict"], int(ckpt.get("epoch", -1))
+        last = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+        recorded = self.samples is not None and bool(self.samples.val_epochs)  # rank 0 only
+        models["last"], epochs["last"] = last, self.samples.epochs[-1] if recorded else trainer.current_epoch
+        worst = (
+            self.samples.val.index[worst_indices(self.samples.val_epochs[-1].loss, self.worst_k)]
+            if recorded
+            else np.empty(0, dtype=np.int64)
+        )
+        outputs: dict[str, dict[str, SampleRecords | None]] = {}
+        try:
+            for name, state in models.items():
+                pl_module.load_state_dict(state)
+                keep = worst.tolist() if name == "last" else ()
+                outputs[name] = {
+                    "val": self._evaluate_loader(
+                        trainer, pl_module, trainer.val_dataloaders, "val", keep, self._final_images
+                    ),
+                    "train": self._evaluate_loader(trainer, pl_module, trainer.train_dataloader, "train"),
+                }
+        finally:
+            pl_module.load_state_dict(last)
+        return {name: (outs, epochs[name]) for name, outs in outputs.items()}
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.world_size > 1:
+            # every rank must take part in the evaluations (they gather); rank 0 has the samples
+            flag = pl_module.all_gather(torch.tensor(self.samples is not None, device=pl_module.device))
+            if not bool(flag.flatten()[0]):
+                return
+        elif self.samples is None or not self.samples.epochs:
+            return
+        self._final_images = {}
+        evaluated = self._evaluate_models(trainer, pl_module)
+        if trainer.global_rank != 0 or self.samples is None:
+            return
+        self.samples.models, self.samples.model_epoch = {}, {}
+        for name, (outs, epoch) in evaluated.items():
+            val, train = outs["val"], outs["train"]
+            if val is None:
+                continue
+            self.samples.models[name] = {"val": evaluate_logits(val.logits, val.target)}
+            if train is not None:
+                self.samples.models[name]["train"] = evaluate_logits(train.logits, train.target)
+                if self.samples.train is None:
+                    self.samples.train = self._split_info(trainer, train, "train")
+            self.samples.model_epoch[name] = epoch
+        if not self.reports:
+            self.samples.models, self.samples.model_epoch = {}, {}
+        self.diagnosis = write_diagnosis(
+            self.output_dir,
+            self.samples,
+            self._final_images or None,
+            self.worst_k,
+            tensorboard_writer(trainer),
+            trainer.current_epoch,
+        )
+        print(f"\n{self.diagnosis.summary}\nFull diagnosis: {self.output_dir / DIAGNOSIS_FILE}")

@@ -1,0 +1,1 @@
+"""Data: in-memory splits, batching, image-folder decoding, augmentation, generated folders."""

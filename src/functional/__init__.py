@@ -1,0 +1,1 @@
+"""Pure torch/numpy functions: no Lightning, no files, no matplotlib."""

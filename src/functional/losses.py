@@ -1,0 +1,44 @@
+"""Standard and bounded cross-entropy.
+
+Bounded cross-entropy caps every per-sample cross-entropy at ``cap``; the cap is
+``mean + k * std`` of the *untrained* model's per-sample losses on the training set
+(the fix proposed for the forum problem). A capped sample's loss is the
+constant ``cap``, so its gradient is exactly zero: once the model is more wrong on a
+sample than an untrained model would plausibly be, that sample stops pulling on the
+weights (and stops dominating the reported mean).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+LOSS_NAMES: tuple[str, ...] = ("standard", "bounded")
+
+
+def per_sample_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of every sample (no reduction), computed in float32 at least."""
+    return F.cross_entropy(logits.float(), target, reduction="none")
+
+
+def bound_losses(per_sample: torch.Tensor, cap: torch.Tensor | float) -> torch.Tensor:
+    """Cap per-sample losses at ``cap``; the gradient of a capped sample is zero (``minimum`` is flat there)."""
+    cap_t = torch.as_tensor(cap, dtype=per_sample.dtype, device=per_sample.device)
+    return torch.minimum(per_sample, cap_t)
+
+
+def loss_cap_from_initial(per_sample: torch.Tensor, k: float) -> float:
+    """``mean + k * std`` (population std, as numpy computes it) of the untrained model's per-sample losses."""
+    if per_sample.numel() == 0:
+        raise ValueError("cannot compute the bounded-loss cap from an empty training set")
+    values = per_sample.detach().double()
+    return float(values.mean() + k * values.std(correction=0))
+
+
+def objective(per_sample: torch.Tensor, name: str, cap: torch.Tensor | float) -> torch.Tensor:
+    """The mean loss that is optimised: plain cross-entropy (``standard``) or capped (``bounded``)."""
+    if name == "standard":
+        return per_sample.mean()
+    if name == "bounded":
+        return bound_losses(per_sample, cap).mean()
+    raise ValueError(f"unknown loss {name!r}: choose one of {', '.join(LOSS_NAMES)}")

@@ -1,0 +1,69 @@
+"""Per-sample outputs of one model on one split (loss, p(true), prediction, confidence, calibration)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from src.functional.calibration import calibration_summary
+from src.functional.losses import per_sample_cross_entropy
+
+CALIBRATION_KEYS = ("ece", "temperature", "nll_temperature_scaled", "ece_temperature_scaled")
+
+
+@dataclass
+class Evaluation:
+    """Per-sample outputs of one model on one split, in the split's sample order.
+
+    ``loss`` is the cross-entropy computed from the logits (log-softmax, so it stays finite where
+    ``p_true`` underflows), ``p_true`` the probability of the true class, ``pred`` the predicted
+    class, ``conf`` the probability of the predicted class. ``calibration`` holds the
+    :data:`CALIBRATION_KEYS`. Fields may carry a leading epoch/model axis (see :func:`stack`).
+    """
+
+    loss: np.ndarray
+    p_true: np.ndarray
+    pred: np.ndarray
+    conf: np.ndarray
+    calibration: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def correct(self, target: np.ndarray) -> np.ndarray:
+        return self.pred == target
+
+    def __getitem__(self, i: int) -> Evaluation:
+        """The ``i``-th entry along the leading (epoch/model) axis."""
+        return Evaluation(
+            self.loss[i], self.p_true[i], self.pred[i], self.conf[i], {k: v[i] for k, v in self.calibration.items()}
+        )
+
+
+def evaluate_logits(logits: torch.Tensor, target: torch.Tensor, calibrate: bool = True) -> Evaluation:
+    """Per-sample loss, p(true), prediction and confidence from ``logits`` (N, C); calibration if asked."""
+    logits = logits.detach().float().cpu()
+    target = target.detach().cpu()
+    probs = logits.double().softmax(1)
+    conf, pred = probs.max(1)
+    p_true = probs.gather(1, target[:, None])[:, 0]
+    calibration = (
+        {k: np.asarray(v, dtype=np.float64) for k, v in calibration_summary(logits, target).items()}
+        if calibrate
+        else {}
+    )
+    return Evaluation(
+        loss=per_sample_cross_entropy(logits, target).numpy().astype(np.float32),
+        p_true=p_true.numpy().astype(np.float32),
+        pred=pred.numpy().astype(np.int16),
+        conf=conf.numpy().astype(np.float32),
+        calibration=calibration,
+    )
+
+
+def stack(evaluations: list[Evaluation]) -> Evaluation:
+    """Stack evaluations of the same split along a new leading axis."""
+    keys = evaluations[0].calibration.keys() if evaluations else ()
+    return Evaluation(
+        *(np.stack([getattr(e, name) for e in evaluations]) for name in ("loss", "p_true", "pred", "conf")),
+        calibration={k: np.asarray([e.calibration[k] for e in evaluations], dtype=np.float64) for k in keys},
+    )

@@ -1,0 +1,472 @@
+"""What kind of run do the per-sample validation records show? One rule-based answer, with error bars.
+
+Input: the per-sample val cross-entropy ``loss`` (E, N) and predicted class ``pred`` (E, N) at each of
+the E recorded epochs, the ``target`` (N,), and optionally the untrained model's mean val loss.
+"min epoch" is the epoch of lowest mean val loss (first one on ties), "last epoch" the last recorded one.
+
+The rules, checked in this order (the first that fires decides, see ``KIND_ORDER``):
+
+1. ``not_learning`` if any of
+   a. the one-sided 95% Wilson lower bound of the best val accuracy over epochs is
+      <= majority-class rate + ``MAJORITY_MARGIN`` (0.02); the majority-class rate is the share of the
+      most frequent class in ``target`` (a val set with one class always lands here);
+   b. ``initial_loss`` is given and the lowest mean val loss is >= it (val loss never fell);
+   c. (checked last, where rule 6 would fire) the minimum is at the first recorded epoch and no
+      ``initial_loss`` is given: the loss rose significantly and nothing shows it ever fell.
+2. ``partial_collapse``: at the last epoch some classes present in ``target`` have recall 0 (never
+   predicted correctly, including never predicted at all) while others have recall > 0.
+3. ``no_rise``: only one epoch, or the relative rise of mean val loss from the min epoch to the last
+   epoch, ``(loss_last - loss_min) / loss_min``, is <= ``RISE_THRESHOLD`` (0.05).
+4. ``inconclusive``: the rise is above the threshold but the lower end of its 95% CI is <= 0.
+5. ``overfitting``: the rise is significant (CI lower end > 0) and accuracy fell significantly (the upper
+   end of the 95% CI of ``acc_last - acc_at_min`` is < 0).
+6. ``phenomenon``: otherwise: val loss fell to a minimum (the min epoch is not the first recorded one,
+   or ``initial_loss`` is given and above the minimum), then rose significantly while accuracy did not
+   fall significantly (1c otherwise).
+
+Error bars come from a seeded paired bootstrap over val samples (``N_RESAMPLES`` = 2000 resamples,
+seed 0, 95% percentile intervals): each resample draws N sample indices with replacement and uses the
+same indices at the min epoch and the last epoch. The min epoch is picked after looking at the data
+(argmin of the mean), so the rise interval is slightly optimistic (too narrow / too far from 0).
+The accuracy bound of rule 1a is for the best epoch, also picked after looking, so also optimistic.
+
+``crossfit_temperature`` gives honest calibration numbers: a temperature fitted and scored on the same
+samples flatters the scaled NLL/ECE, so each half of the samples is scored with the temperature fitted
+on the other half.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from statistics import NormalDist
+
+import numpy as np
+import torch
+
+from src.functional.calibration import T_MAX, T_MIN, expected_calibration_error, fit_temperature, nll
+
+KINDS = ("phenomenon", "overfitting", "no_rise", "inconclusive", "not_learning", "partial_collapse")
+# precedence: the first kind whose rule fires wins (see the module docstring)
+KIND_ORDER = ("not_learning", "partial_collapse", "no_rise", "inconclusive", "overfitting", "phenomenon")
+
+LEVEL = 0.95  # confidence level: two-sided for the bootstrap CIs, one-sided for the Wilson bound
+N_RESAMPLES = 2000  # bootstrap resamples
+SEED = 0  # bootstrap seed
+MAJORITY_MARGIN = 0.02  # best accuracy must beat the majority-class rate by more than this (lower bound)
+RISE_THRESHOLD = 0.05  # a relative rise of mean val loss up to this is "no rise"
+MAX_CHUNK_ELEMENTS = 5_000_000  # bootstrap indices are drawn in chunks of at most this many (resamples x N)
+
+ADVICE_NOT_LEARNING = (
+    "Lower `optimizer.lr` (e.g. 10x) and check the labels/folders: one folder per class, "
+    "the same classes in train and val, several classes in the val set."
+)
+ADVICE_COLLAPSE = (
+    "Check these classes' images and labels (folder names, how many training images they have), "
+    "then try a lower `optimizer.lr`."
+)
+
+
+# ---------------------------------------------------------------------------------------------- bootstrap
+
+
+@dataclass(frozen=True)
+class BootstrapCI:
+    """A statistic's value on all samples and its bootstrap percentile interval."""
+
+    estimate: float
+    low: float
+    high: float
+
+
+def bootstrap_means(values: np.ndarray, n_resamples: int = N_RESAMPLES, seed: int = SEED) -> np.ndarray:
+    """Column means of ``values`` (N, K) over ``n_resamples`` bootstrap resamples of its rows: (B, K).
+
+    The indices are ``np.random.default_rng(seed).integers(0, N, size=(B, N))``, drawn in consecutive
+    chunks of rows when B * N > ``MAX_CHUNK_ELEMENTS`` (bounded memory; the chunk size depends on N only,
+    so the result depends on (values, B, seed) only). Each chunk's resample counts come from one
+    ``bincount`` and the means from one matrix product: no Python loop over resamples.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim == 1:
+        values = values[:, None]
+    n = values.shape[0]
+    if n == 0:
+        raise ValueError("bootstrap needs at least one sample")
+    rng = np.random.default_rng(seed)
+    rows = max(1, MAX_CHUNK_ELEMENTS // n)
+    out = np.empty((n_resamples, values.shape[1]))
+    for start in range(0, n_resamples, rows):
+        b = min(rows, n_resamples - start)
+        idx = rng.integers(0, n, size=(b, n))
+        flat = (idx + n * np.arange(b)[:, None]).ravel()
+        counts = np.bincount(flat, minlength=b * n).reshape(b, n).astype(np.float64)
+        out[start : start + b] = counts @ values / n
+    return out
+
+
+def percentile_interval(stats: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
+    """Two-sided percentile interval of bootstrap statistics (numpy's "linear" quantiles).
+
+    Written out so that equal infinite values give that value, not nan (``inf - inf``).
+    """
+    s = np.sort(np.asarray(stats, dtype=np.float64).ravel())
+    pos = np.array([(1 - level) / 2, (1 + level) / 2]) * (len(s) - 1)
+    lo = np.floor(pos).astype(int)
+    hi = np.ceil(pos).astype(int)
+    a, b = s[lo], s[hi]
+    with np.errstate(invalid="ignore"):
+        q = np.where(a == b, a, a + (b - a) * (pos - lo))
+    return float(q[0]), float(q[1])
+
+
+def paired_bootstrap(
+    a: np.ndarray,
+    b: np.ndarray,
+    stat: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    n_resamples: int = N_RESAMPLES,
+    seed: int = SEED,
+    level: float = LEVEL,
+) -> BootstrapCI:
+    """Percentile CI of ``stat(mean_a, mean_b)`` over paired resamples of the samples.
+
+    ``a`` and ``b`` hold per-sample values (N,) or (N, K) of the same N samples (e.g. one epoch's and
+    another's losses); every resample uses the same sample indices for both, so what the samples share
+    cancels. ``stat`` gets the means over samples, shape () / (K,) for the estimate and (B,) / (B, K)
+    for the resamples, and must broadcast over that leading axis.
+    """
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired samples need equal shapes, got {a.shape} and {b.shape}")
+    n = a.shape[0]
+    a2, b2 = a.reshape(n, -1), b.reshape(n, -1)
+    k = a2.shape[1]
+    means = bootstrap_means(np.hstack([a2, b2]), n_resamples, seed)
+    ma = means[:, :k].reshape(n_resamples, *a.shape[1:])
+    mb = means[:, k:].reshape(n_resamples, *a.shape[1:])
+    low, high = percentile_interval(stat(ma, mb), level)
+    return BootstrapCI(float(stat(a.mean(0), b.mean(0))), low, high)
+
+
+def relative_rise(before: np.ndarray | float, after: np.ndarray | float) -> np.ndarray:
+    """``(after - before) / before``; 0 when both are 0, +inf when only ``before`` is 0."""
+    before = np.asarray(before, dtype=np.float64)
+    after = np.asarray(after, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = (after - before) / before
+    return np.where(before == 0, np.where(after == before, 0.0, np.inf), r)
+
+
+def wilson_lower(p_hat: float, n: int, level: float = LEVEL) -> float:
+    """One-sided ``level`` Wilson lower bound of a proportion ``p_hat`` observed on ``n`` trials."""
+    z = NormalDist().inv_cdf(level)
+    centre = p_hat + z * z / (2 * n)
+    spread = z * math.sqrt(p_hat * (1 - p_hat) / n + z * z / (4 * n * n))
+    return max(0.0, (centre - spread) / (1 + z * z / n))
+
+
+# ---------------------------------------------------------------------------------------------- run kinds
+
+
+@dataclass(frozen=True)
+class RunKind:
+    """The kind of run, the rule that fired (``reason``), what to try (``advice``) and the numbers."""
+
+    kind: str
+    reason: str
+    advice: str
+    n_samples: int
+    n_epochs: int
+    min_epoch: int
+    last_epoch: int
+    min_loss: float
+    last_loss: float
+    rise_rel: float
+    rise_ci: tuple[float, float]
+    acc_at_min: float
+    acc_last: float
+    acc_best: float
+    acc_best_epoch: int
+    acc_best_lower: float  # one-sided LEVEL Wilson lower bound of acc_best
+    acc_change: float  # acc_last - acc_at_min
+    acc_change_ci: tuple[float, float]
+    majority_rate: float
+    initial_loss: float | None
+    unlearned_classes: tuple[str, ...]
+    samples_to_settle: int | None  # inconclusive only: val-set size that would likely settle the rise
+    n_resamples: int
+    seed: int
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-serialisable values: tuples become lists, nan/inf become None."""
+        return {k: _jsonable(v) for k, v in asdict(self).items()}
+
+
+def _jsonable(v: object) -> object:
+    if isinstance(v, tuple | list):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def _signed(x: float) -> str:
+    return f"{x:+.3f}"
+
+
+def _check_inputs(
+    loss: np.ndarray,
+    pred: np.ndarray,
+    target: np.ndarray,
+    n_classes: int,
+    class_names: Sequence[str],
+    epochs: Sequence[int],
+) -> None:
+    """Refuse mismatched shapes, non-finite losses and out-of-range labels with a clear message."""
+    if loss.ndim != 2 or loss.shape[0] < 1 or loss.shape[1] < 1:
+        raise ValueError(f"loss must be (epochs >= 1, samples >= 1), got shape {loss.shape}")
+    if pred.shape != loss.shape:
+        raise ValueError(f"pred shape {pred.shape} differs from loss shape {loss.shape}")
+    if target.shape != (loss.shape[1],):
+        raise ValueError(f"target shape {target.shape} does not match {loss.shape[1]} samples")
+    if len(epochs) != loss.shape[0]:
+        raise ValueError(f"{len(epochs)} epoch numbers for {loss.shape[0]} recorded epochs")
+    if len(class_names) != n_classes:
+        raise ValueError(f"{len(class_names)} class names for {n_classes} classes")
+    if not np.all(np.isfinite(loss)):
+        raise ValueError("loss has non-finite values")
+    for name, labels in (("target", target), ("pred", pred)):
+        if labels.min() < 0 or labels.max() >= n_classes:
+            raise ValueError(f"{name} has labels outside [0, {n_classes})")
+
+
+def classify_run(
+    loss: np.ndarray,
+    pred: np.ndarray,
+    target: np.ndarray,
+    n_classes: int,
+    class_names: Sequence[str],
+    epochs: Sequence[int],
+    initial_loss: float | None = None,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = SEED,
+) -> RunKind:
+    """The kind of run the per-sample val records show (rules and thresholds: module docstring)."""
+    loss = np.asarray(loss, dtype=np.float64)
+    pred = np.asarray(pred)
+    target = np.asarray(target)
+    _check_inputs(loss, pred, target, n_classes, class_names, epochs)
+    n_epochs, n = loss.shape
+    epochs = [int(e) for e in epochs]
+
+    correct = (pred == target[None, :]).astype(np.float64)
+    mean_loss = loss.mean(1)
+    acc = correct.mean(1)
+    i_min, i_last = int(np.argmin(mean_loss)), n_epochs - 1  # argmin: first epoch on ties
+    i_best = int(np.argmax(acc))
+
+    # one bootstrap for both intervals, so they come from the same resamples
+    means = bootstrap_means(
+        np.column_stack([loss[i_min], loss[i_last], correct[i_min], correct[i_last]]), n_resamples, seed
+    )
+    rise_rel = float(relative_rise(mean_loss[i_min], mean_loss[i_last]))
+    rise_ci = percentile_interval(relative_rise(means[:, 0], means[:, 1]))
+    acc_change = float(acc[i_last] - acc[i_min])
+    acc_change_ci = percentile_interval(means[:, 3] - means[:, 2])
+
+    counts = np.bincount(target, minlength=n_classes)
+    majority_rate = float(counts.max() / n)
+    acc_best_lower = wilson_lower(float(acc[i_best]), n)
+    hits = np.bincount(target, weights=correct[i_last], minlength=n_classes)
+    present = counts > 0
+    unlearned = present & (hits == 0)
+    unlearned_names = tuple(class_names[c] for c in np.flatnonzero(unlearned))
+
+    e_min, e_last, e_best = epochs[i_min], epochs[i_last], epochs[i_best]
+    rose = (
+        f"rose {_pct(rise_rel)} (95% CI {_pct(rise_ci[0])} to {_pct(rise_ci[1])}) "
+        f"from epoch {e_min} to epoch {e_last}"
+    )
+    rise_text = f"val loss {rose}"
+    acc_text = (
+        f"accuracy changed by {_signed(acc_change)} "
+        f"(95% CI {_signed(acc_change_ci[0])} to {_signed(acc_change_ci[1])})"
+    )
+    samples_to_settle: int | None = None
+
+    if acc_best_lower <= majority_rate + MAJORITY_MARGIN:
+        kind, advice = "not_learning", ADVICE_NOT_LEARNING
+        reason = (
+            f"the best val accuracy {acc[i_best]:.3f} (epoch {e_best}; one-sided 95% lower bound "
+            f"{acc_best_lower:.3f}) is not above the majority-class rate {majority_rate:.3f} "
+            f"+ {MAJORITY_MARGIN:.2f}"
+        )
+        if present.sum() == 1:
+            reason += ", and the val set holds a single class, so accuracy cannot show learning"
+    elif initial_loss is not None and mean_loss[i_min] >= initial_loss:
+        kind, advice = "not_learning", ADVICE_NOT_LEARNING
+        reason = (
+            f"val loss never fell below its untrained value: its lowest mean {mean_loss[i_min]:.4f} "
+            f"(epoch {e_min}) is >= the untrained {initial_loss:.4f}"
+        )
+    elif unlearned.any() and (present & (hits > 0)).any():
+        kind, advice = "partial_collapse", ADVICE_COLLAPSE
+        n_learned = int((present & (hits > 0)).sum())
+        others = "the other class is" if n_learned == 1 else f"the other {n_learned} are"
+        reason = (
+            f"at epoch {e_last}, {unlearned.sum()} of {present.sum()} classes in the val set are never "
+            f"predicted correctly (recall 0: {', '.join(unlearned_names)}) while {others} "
+            f"(accuracy {acc[i_last]:.3f})"
+        )
+    elif n_epochs == 1:
+        kind, advice = "no_rise", ""
+        reason = (
+            f"only one epoch (epoch {e_last}) was recorded, so there is no rise to explain "
+            f"(val loss {mean_loss[i_last]:.4f}, accuracy {acc[i_last]:.3f})"
+        )
+    elif rise_rel <= RISE_THRESHOLD:
+        kind, advice = "no_rise", ""
+        reason = (
+            f"val loss changed by {_pct(rise_rel)} from its minimum at epoch {e_min} ({mean_loss[i_min]:.4f}) "
+            f"to epoch {e_last} ({mean_loss[i_last]:.4f}), within the {_pct(RISE_THRESHOLD)} threshold"
+        )
+    elif rise_ci[0] <= 0:
+        kind = "inconclusive"
+        samples_to_settle = _samples_to_settle(rise_rel, rise_ci[0], n)
+        reason = f"{rise_text}, but that interval includes 0 with only {n} val samples"
+        advice = "Use a larger val set or repeat with other seeds before reading anything into the rise."
+        if samples_to_settle is not None:
+            advice = (
+                f"Use a larger val set (about {samples_to_settle} samples would likely settle a rise this size) "
+                "or repeat with other seeds before reading anything into the rise."
+            )
+    elif acc_change_ci[1] < 0:
+        kind = "overfitting"
+        reason = f"{rise_text} while {acc_text}, so the model got worse, not just more confident"
+        advice = (
+            f"Use the checkpoint of epoch {e_min} (stop earlier) or regularise: raise `optimizer.weight_decay`, "
+            "add data or augmentation."
+        )
+    elif i_min == 0 and initial_loss is None:
+        kind, advice = "not_learning", ADVICE_NOT_LEARNING
+        reason = (
+            f"val loss was lowest at the first recorded epoch (epoch {e_min}) and then {rose}, and no "
+            "untrained loss is given to show it ever fell"
+        )
+    else:
+        kind = "phenomenon"
+        reason = f"{rise_text} while {acc_text}"
+        advice = (
+            "Nothing is wrong with which class wins: the rise is in confidence. For calibrated probabilities "
+            f"use temperature scaling or the checkpoint of epoch {e_min}."
+        )
+
+    return RunKind(
+        kind=kind,
+        reason=reason,
+        advice=advice,
+        n_samples=n,
+        n_epochs=n_epochs,
+        min_epoch=e_min,
+        last_epoch=e_last,
+        min_loss=float(mean_loss[i_min]),
+        last_loss=float(mean_loss[i_last]),
+        rise_rel=rise_rel,
+        rise_ci=rise_ci,
+        acc_at_min=float(acc[i_min]),
+        acc_last=float(acc[i_last]),
+        acc_best=float(acc[i_best]),
+        acc_best_epoch=e_best,
+        acc_best_lower=acc_best_lower,
+        acc_change=acc_change,
+        acc_change_ci=acc_change_ci,
+        majority_rate=majority_rate,
+        initial_loss=None if initial_loss is None else float(initial_loss),
+        unlearned_classes=unlearned_names,
+        samples_to_settle=samples_to_settle,
+        n_resamples=n_resamples,
+        seed=seed,
+    )
+
+
+def _samples_to_settle(rise: float, ci_low: float, n: int) -> int | None:
+    """Val-set size at which the CI's lower end would reach 0 if the rise stayed the same.
+
+    The distance from estimate to lower end shrinks ~ 1/sqrt(N): N_needed = N * ((rise - low) / rise)^2.
+    A rough guide (heavy-tailed losses settle more slowly); None when it cannot be computed.
+    """
+    half = rise - ci_low
+    if not (math.isfinite(half) and math.isfinite(rise)) or rise <= 0:
+        return None
+    return math.ceil(n * (half / rise) ** 2)
+
+
+# ---------------------------------------------------------------------------------------------- calibration
+
+
+@dataclass(frozen=True)
+class CrossFit:
+    """Temperature fitted on all samples, and NLL/ECE of temperature scaling scored out of sample."""
+
+    temperature: float  # fitted on all samples
+    temperature_halves: tuple[float, float]  # fitted on each half (each scores the other half)
+    nll_raw: float
+    ece_raw: float
+    nll_scaled: float  # cross-fitted: each sample scored with the temperature fitted on the other half
+    ece_scaled: float  # cross-fitted, over all samples at once
+    status: str  # "ok", "at_bound" (temperature hit T_MIN/T_MAX) or "not_identifiable" (no errors / no hits)
+    n_samples: int
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-serialisable values: tuples become lists, nan/inf become None."""
+        return {k: _jsonable(v) for k, v in asdict(self).items()}
+
+
+def crossfit_temperature(logits: torch.Tensor, target: torch.Tensor, seed: int = SEED) -> CrossFit:
+    """Temperature scaling with honest (cross-fitted) NLL and ECE.
+
+    The samples are split at random (seeded) into two halves; the temperature fitted on one half
+    scales the other half's logits, so no sample is scored with a temperature fitted on itself. The
+    per-sample results of both halves are pooled so the numbers cover all samples. ``status`` is
+    "not_identifiable" when all predictions are right or all wrong (the NLL-optimal temperature is then
+    degenerate: T -> 0 sharpens right answers for free), "at_bound" when the temperature fitted on all
+    samples is T_MIN or T_MAX, else "ok".
+    """
+    z = logits.detach().double().cpu()
+    y = target.detach().long().cpu()
+    n = z.shape[0]
+    if z.ndim != 2 or y.shape != (n,) or n < 2:
+        raise ValueError(
+            f"need logits (N >= 2, C) and target (N,), got {tuple(z.shape)} and {tuple(y.shape)}"
+        )
+    perm = torch.from_numpy(np.random.default_rng(seed).permutation(n))
+    halves = (perm[: n // 2], perm[n // 2 :])
+    t_halves = tuple(fit_temperature(z[h], y[h]) for h in halves)
+    scaled = z.clone()
+    scaled[halves[0]] = z[halves[0]] / t_halves[1]  # each half scaled by the other half's temperature
+    scaled[halves[1]] = z[halves[1]] / t_halves[0]
+
+    temperature = fit_temperature(z, y)
+    n_correct = int((z.argmax(1) == y).sum())
+    if n_correct in (0, n):
+        status = "not_identifiable"
+    elif temperature <= T_MIN or temperature >= T_MAX:
+        status = "at_bound"
+    else:
+        status = "ok"
+    return CrossFit(
+        temperature=temperature,
+        temperature_halves=(t_halves[0], t_halves[1]),
+        nll_raw=nll(z, y),
+        ece_raw=expected_calibration_error(z.softmax(1), y),
+        nll_scaled=nll(scaled, y),
+        ece_scaled=expected_calibration_error(scaled.softmax(1), y),
+        status=status,
+        n_samples=n,
+    )

@@ -1,0 +1,1 @@
+"""Models: ShallowNet, the per-sample recorder, the LightningModule."""

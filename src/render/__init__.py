@@ -1,0 +1,1 @@
+"""Rendering: numbers into markdown, CSV and figures (no files written here)."""

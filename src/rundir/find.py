@@ -1,0 +1,32 @@
+"""Finding finished training runs under an outputs folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from src.errors import UserError
+from src.rundir.paths import DIAGNOSIS_FILE, METRICS_CSV, SAMPLES_FILE
+
+RUN_DIR_ENV = "LOSSDIAG_RUN_DIR"
+
+
+def is_run(path: str | Path) -> bool:
+    """A finished training run: ``samples.npz``, ``csv/metrics.csv`` and ``diagnosis.md``.
+
+    A run still training (or killed) has no ``diagnosis.md`` yet; a ``src.evaluate`` folder has no CSV.
+    """
+    path = Path(path)
+    return all((path / name).is_file() for name in (SAMPLES_FILE, METRICS_CSV, DIAGNOSIS_FILE))
+
+
+def latest_run(root: str | Path = "outputs") -> Path:
+    """The training run under ``root`` whose ``samples.npz`` was written last (runs and sweeps alike)."""
+    root = Path(root)
+    runs = [p.parent for p in root.rglob(str(SAMPLES_FILE)) if is_run(p.parent)] if root.is_dir() else []
+    if not runs:
+        raise UserError(
+            f"no finished training run under {root}/ (a folder with {SAMPLES_FILE}, {METRICS_CSV} and "
+            f"{DIAGNOSIS_FILE}): "
+            f"train one with `python -m src.train`, or set RUN_DIR (or ${RUN_DIR_ENV}) to a run folder"
+        )
+    return max(runs, key=lambda p: ((p / SAMPLES_FILE).stat().st_mtime, str(p)))

@@ -1,0 +1,44 @@
+"""Every file a run folder (or an evaluation folder) holds, named once.
+
+Code that reads or writes a run folder uses these names, never a string of its own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# the run's status and final metrics (src.rundir.status)
+SUMMARY_FILE = Path("metrics.json")
+# per-epoch metrics, one row per logged epoch-level record (src.rundir.metrics_csv)
+METRICS_CSV = Path("csv") / "metrics.csv"
+# per-sample records of every epoch and evaluated model (src.rundir.samples)
+SAMPLES_FILE = Path("samples.npz")
+# the written verdict and its numbers (src.rundir.artifacts)
+DIAGNOSIS_FILE = Path("diagnosis.md")
+DIAGNOSIS_JSON = Path("diagnosis.json")
+# the worst val samples with their loss history
+WORST_FILE = Path("worst.csv")
+# classification reports (<model>.md / .csv) and PNG figures
+REPORTS_DIR = Path("reports")
+FIGURES_DIR = Path("figures")
+# checkpoints: best (val/acc), last (every epoch, what resume= continues), initial (untrained weights)
+CHECKPOINTS_DIR = Path("checkpoints")
+BEST_CKPT = CHECKPOINTS_DIR / "best.ckpt"
+LAST_CKPT = CHECKPOINTS_DIR / "last.ckpt"
+INITIAL_CKPT = CHECKPOINTS_DIR / "initial.ckpt"
+# what Hydra saved of the run's configuration
+CONFIG_FILE = Path(".hydra") / "config.yaml"
+OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
+HYDRA_FILE = Path(".hydra") / "hydra.yaml"
+# the job's log (Hydra's file handler, named after the entry point)
+TRAIN_LOG = Path("train.log")
+
+
+def report_path(run_dir: str | Path, model: str, suffix: str) -> Path:
+    """``<run>/reports/<model>.<suffix>`` (``md`` or ``csv``)."""
+    return Path(run_dir) / REPORTS_DIR / f"{model}.{suffix}"
+
+
+def figure_path(run_dir: str | Path, name: str) -> Path:
+    """``<run>/figures/<name>.png``."""
+    return Path(run_dir) / FIGURES_DIR / f"{name}.png"

@@ -1,0 +1,272 @@
+"""Run kinds (src/functional/run_kinds.py) on synthetic per-sample val records: each rule, the edge cases,
+the bootstrap against a slow loop, and cross-fitted temperature scaling."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from src.functional import run_kinds as rk
+from src.functional.run_kinds import (
+    KIND_ORDER,
+    KINDS,
+    RISE_THRESHOLD,
+    bootstrap_means,
+    classify_run,
+    crossfit_temperature,
+    paired_bootstrap,
+    percentile_interval,
+    relative_rise,
+)
+
+torch.set_num_threads(1)
+
+NAMES = ("cat", "dog", "bird", "fish")
+
+
+def balanced_target(n: int, n_classes: int = 4) -> np.ndarray:
+    return np.arange(n) % n_classes
+
+
+def run(loss, pred, target, n_classes=4, epochs=None, **kw) -> rk.RunKind:
+    loss = np.asarray(loss, dtype=float)
+    epochs = list(range(len(loss))) if epochs is None else epochs
+    return classify_run(loss, pred, target, n_classes, list(NAMES[:n_classes]), epochs, **kw)
+
+
+def confident_run(n: int = 400, n_epochs: int = 10, wrong_share: float = 0.1, seed: int = 0):
+    """Loss falls to a minimum at epoch 3, then the wrong samples' losses grow; predictions fixed."""
+    rng = np.random.default_rng(seed)
+    target = balanced_target(n)
+    wrong = rng.random(n) < wrong_share
+    pred = np.tile(np.where(wrong, (target + 1) % 4, target), (n_epochs, 1))
+    base = rng.uniform(0.05, 0.2, n)
+    scale = np.array([3.0, 2.0, 1.5, 1.0, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5])[:n_epochs]
+    loss = np.outer(scale, np.where(wrong, 1.0 + base, base))
+    loss[4:, wrong] *= np.linspace(1.5, 5.0, n_epochs - 4)[:, None]
+    return loss, pred, target, wrong
+
+
+def test_kinds_and_order_are_the_same_set():
+    assert set(KINDS) == set(KIND_ORDER) and len(KINDS) == 6
+
+
+def test_clear_phenomenon():
+    loss, pred, target, _ = confident_run()
+    r = run(loss, pred, target)
+    assert r.kind == "phenomenon", r.reason
+    assert r.min_epoch == 3 and r.last_epoch == 9
+    assert r.rise_ci[0] > 0 and r.acc_change == 0 and r.acc_change_ci == (0.0, 0.0)
+    assert r.rise_ci[0] <= r.rise_rel <= r.rise_ci[1]
+    assert "val loss rose" in r.reason and "accuracy changed by +0.000" in r.reason
+    assert r.unlearned_classes == () and r.samples_to_settle is None
+
+
+def test_clear_overfitting():
+    loss, pred, target, wrong = confident_run()
+    flip = np.flatnonzero(~wrong)[:60]  # 15% of the samples become wrong at the end
+    pred[6:, flip] = (target[flip] + 1) % 4
+    loss[6:, flip] += 2.0
+    r = run(loss, pred, target)
+    assert r.kind == "overfitting", r.reason
+    assert r.acc_change_ci[1] < 0 and r.acc_change == pytest.approx(-0.15)
+    assert "epoch 3" in r.advice
+
+
+def test_small_noisy_rise_is_inconclusive():
+    rng = np.random.default_rng(3)
+    n = 30
+    target = balanced_target(n, 2)
+    first = rng.uniform(0.2, 1.0, n)
+    loss = np.stack([first * 2, first, first * np.exp(rng.normal(0.1, 0.6, n))])
+    pred = np.tile(target, (3, 1))
+    r = run(loss, pred, target, n_classes=2)
+    assert r.rise_rel > RISE_THRESHOLD and r.rise_ci[0] <= 0 < r.rise_ci[1]
+    assert r.kind == "inconclusive", r.reason
+    assert r.samples_to_settle is not None and r.samples_to_settle > n
+    assert str(r.samples_to_settle) in r.advice
+
+
+def test_partial_collapse_lists_the_unlearned_classes():
+    n = 200
+    target = balanced_target(n, 3)
+    pred = np.tile(target, (3, 1))
+    pred[-1, target == 2] = 0  # "bird" never predicted at the last epoch
+    loss = np.tile(np.linspace(1.0, 0.5, 3)[:, None], (1, n))
+    r = run(loss, pred, target, n_classes=4)  # "fish" (class 3) is not in the val set: does not count
+    assert r.kind == "partial_collapse", r.reason
+    assert r.unlearned_classes == ("bird",)
+    assert "bird" in r.reason and "2 of 3" not in r.reason and "1 of 3" in r.reason
+
+
+def test_flat_at_chance_is_not_learning():
+    rng = np.random.default_rng(0)
+    n, e = 400, 5
+    target = balanced_target(n)
+    pred = rng.integers(0, 4, (e, n))
+    loss = np.log(4) + rng.normal(0, 0.01, (e, n))
+    r = run(loss, pred, target)
+    assert r.kind == "not_learning", r.reason
+    assert r.majority_rate == 0.25 and r.acc_best_lower <= 0.27
+    assert "optimizer.lr" in r.advice and "labels" in r.advice
+
+
+def test_loss_never_below_untrained_is_not_learning():
+    loss, pred, target, _ = confident_run()
+    r = run(loss, pred, target, initial_loss=float(loss.mean(1).min()))  # min >= initial: never fell
+    assert r.kind == "not_learning" and "untrained" in r.reason
+
+
+def test_min_at_first_epoch_needs_the_untrained_loss():
+    loss, pred, target, _ = confident_run()
+    loss, pred = loss[3:], pred[3:]  # the minimum is now the first recorded epoch
+    r = run(loss, pred, target)
+    assert r.kind == "not_learning" and "first recorded epoch" in r.reason, r.reason
+    r = run(loss, pred, target, initial_loss=np.log(4))  # it did fall from the untrained loss
+    assert r.kind == "phenomenon", r.reason
+
+
+def test_single_epoch():
+    n = 100
+    target = balanced_target(n)
+    r = run(np.full((1, n), 0.3), target[None, :], target)
+    assert r.kind == "no_rise" and "only one epoch" in r.reason
+    assert r.min_epoch == r.last_epoch == 0 and r.rise_ci == (0.0, 0.0)
+    collapsed = np.where(target == 1, 0, target)[None, :]
+    assert run(np.full((1, n), 0.3), collapsed, target).kind == "partial_collapse"
+    assert run(np.full((1, n), 0.3), (target[None, :] + 1) % 4, target).kind == "not_learning"
+
+
+def test_all_correct_and_all_wrong():
+    n = 100
+    target = balanced_target(n)
+    loss = np.tile(np.array([0.5, 0.2, 0.1, 0.1])[:, None], (1, n))
+    r = run(loss, np.tile(target, (4, 1)), target)
+    assert r.kind == "no_rise" and r.acc_best == 1.0 and r.unlearned_classes == ()
+    r = run(loss * 0, np.tile(target, (4, 1)), target)  # zero loss everywhere: 0/0 is no rise
+    assert r.kind == "no_rise" and r.rise_rel == 0.0
+    r = run(loss + 2, np.tile((target + 1) % 4, (4, 1)), target)
+    assert r.kind == "not_learning" and r.acc_best == 0.0
+    assert r.unlearned_classes == NAMES
+
+
+def test_one_class_in_target():
+    n = 50
+    target = np.zeros(n, dtype=int)
+    r = run(np.tile([[0.5], [0.4]], (1, n)), np.zeros((2, n), dtype=int), target, n_classes=3)
+    assert r.kind == "not_learning" and r.majority_rate == 1.0
+    assert "single class" in r.reason
+
+
+def test_ties_in_mean_loss_pick_the_first_epoch():
+    n = 40
+    target = balanced_target(n)
+    loss = np.tile(np.array([1.0, 0.8, 0.5, 0.7, 0.5, 0.9])[:, None], (1, n))
+    r = run(loss, np.tile(target, (6, 1)), target, epochs=[0, 2, 4, 6, 8, 10])
+    assert r.min_epoch == 4 and r.last_epoch == 10 and r.min_loss == 0.5
+    assert r.rise_rel == pytest.approx(0.8)
+
+
+def test_bootstrap_is_deterministic_and_contains_the_estimate():
+    loss, pred, target, _ = confident_run(n=120)
+    a, b = run(loss, pred, target, seed=5), run(loss, pred, target, seed=5)
+    assert a == b
+    c = run(loss, pred, target, seed=6)
+    assert c.rise_ci != a.rise_ci and c.kind == a.kind
+    assert a.rise_ci[0] <= a.rise_rel <= a.rise_ci[1]
+    assert a.acc_change_ci[0] <= a.acc_change <= a.acc_change_ci[1]
+
+
+def test_bootstrap_matches_a_slow_loop():
+    rng = np.random.default_rng(7)
+    n, b, e = 37, 50, 4
+    target = balanced_target(n)
+    loss = rng.exponential(1.0, (e, n)) + np.array([0.5, 0.0, 0.3, 0.4])[:, None]
+    pred = np.where(rng.random((e, n)) < 0.7, target, (target + 1) % 4)
+    r = run(loss, pred, target, n_resamples=b, seed=11)
+
+    correct = (pred == target).astype(float)
+    i_min, i_last = int(np.argmin(loss.mean(1))), e - 1
+    idx = np.random.default_rng(11).integers(0, n, size=(b, n))
+    rises, changes = [], []
+    for row in idx:
+        lo, hi = loss[i_min, row].mean(), loss[i_last, row].mean()
+        rises.append((hi - lo) / lo)
+        changes.append(correct[i_last, row].mean() - correct[i_min, row].mean())
+    np.testing.assert_allclose(r.rise_ci, np.quantile(rises, [0.025, 0.975]), rtol=1e-12)
+    np.testing.assert_allclose(r.acc_change_ci, np.quantile(changes, [0.025, 0.975]), atol=1e-12)
+
+    ci = paired_bootstrap(loss[i_min], loss[i_last], relative_rise, n_resamples=b, seed=11)
+    assert (ci.low, ci.high) == pytest.approx(r.rise_ci, rel=1e-12)
+    assert ci.estimate == pytest.approx(r.rise_rel)
+
+
+def test_bootstrap_chunks_keep_the_shape_and_the_answer(monkeypatch):
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(100, 2))
+    whole = bootstrap_means(values, 300, seed=1)
+    monkeypatch.setattr(rk, "MAX_CHUNK_ELEMENTS", 1000)  # 10 resamples per chunk
+    chunked = bootstrap_means(values, 300, seed=1)
+    assert chunked.shape == whole.shape == (300, 2)
+    np.testing.assert_array_equal(chunked[:10], whole[:10])  # the first chunk draws the same indices
+    np.testing.assert_allclose(chunked.std(0), whole.std(0), rtol=0.2)
+
+
+def test_percentile_interval_handles_infinities():
+    assert percentile_interval(np.full(10, np.inf)) == (np.inf, np.inf)
+    assert percentile_interval(np.arange(101.0)) == pytest.approx((2.5, 97.5))
+
+
+def test_to_dict_is_json():
+    loss, pred, target, _ = confident_run(n=80)
+    r = run(loss, pred, target, initial_loss=2.0)
+    d = r.to_dict()
+    json.dumps(d, allow_nan=False)
+    assert d["rise_ci"] == list(r.rise_ci) and d["kind"] == r.kind and d["initial_loss"] == 2.0
+
+
+def test_bad_inputs_are_refused():
+    target = balanced_target(8)
+    good = np.ones((2, 8)), np.tile(target, (2, 1))
+    with pytest.raises(ValueError, match="pred shape"):
+        run(good[0], good[1][:1], target)
+    with pytest.raises(ValueError, match="epoch numbers"):
+        run(*good, target, epochs=[0])
+    with pytest.raises(ValueError, match="non-finite"):
+        run(np.full((2, 8), np.nan), good[1], target)
+    with pytest.raises(ValueError, match="labels outside"):
+        run(*good, target + 4)
+
+
+# ---------------------------------------------------------------------------------------------- crossfit
+
+
+def calibrated_logits(n: int = 2000, n_classes: int = 5, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Targets drawn from softmax(logits): calibrated by construction."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, n_classes, generator=g, dtype=torch.float64) * 2
+    target = torch.multinomial(logits.softmax(1), 1, generator=g)[:, 0]
+    return logits, target
+
+
+def test_crossfit_finds_over_confidence():
+    logits, target = calibrated_logits()
+    cf = crossfit_temperature(logits * 5, target)
+    assert cf.status == "ok" and cf.n_samples == 2000
+    assert 4 < cf.temperature < 6 and all(4 < t < 6 for t in cf.temperature_halves)
+    assert cf.nll_scaled < cf.nll_raw and cf.ece_scaled < cf.ece_raw
+    assert crossfit_temperature(logits * 5, target) == cf  # seeded split
+    json.dumps(cf.to_dict(), allow_nan=False)
+
+
+def test_crossfit_degenerate_cases():
+    logits, _ = calibrated_logits(n=200)
+    all_correct = crossfit_temperature(logits, logits.argmax(1))
+    assert all_correct.status == "not_identifiable"
+    all_wrong = crossfit_temperature(logits, (logits.argmax(1) + 1) % 5)
+    assert all_wrong.status == "not_identifiable"
+    flat = crossfit_temperature(torch.zeros(50, 3), torch.arange(50) % 3)  # uniform: T -> T_MAX
+    assert flat.status == "at_bound" and flat.temperature == rk.T_MAX
