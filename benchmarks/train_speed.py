@@ -193,7 +193,7 @@ def _epoch_by_slicing(model: Any, optimizer: Any, dm: Any, epoch: int) -> tuple[
     import torch
     import torch.nn.functional as F
 
-    x, y = dm.train.x, dm.train.y
+    x, y = dm.train.inputs(), dm.train.y
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(epoch))
     x, y = x[order], y[order]
     model.train()
@@ -206,7 +206,7 @@ def _epoch_by_slicing(model: Any, optimizer: Any, dm: Any, epoch: int) -> tuple[
         optimizer.step()
         total += loss.detach() * len(yb)
     model.eval()
-    vx, vy = dm.val.x, dm.val.y
+    vx, vy = dm.val.inputs(), dm.val.y
     val_loss, val_correct = torch.zeros(()), torch.zeros((), dtype=torch.long)
     with torch.inference_mode():
         for start in range(0, len(vy), dm.val_batch_size):
@@ -224,8 +224,8 @@ def run_plain(cfg: Any, threads: int, case: str) -> tuple[list[float], list[floa
     start = time.perf_counter()
     dm, model, optimizer = _setup_plain(cfg, threads)
     if case == "a_dataloader":
-        train = DataLoader(TensorDataset(dm.train.x, dm.train.y), batch_size=dm.batch_size, shuffle=True)
-        val = DataLoader(TensorDataset(dm.val.x, dm.val.y), batch_size=dm.val_batch_size)
+        train = DataLoader(TensorDataset(dm.train.inputs(), dm.train.y), batch_size=dm.batch_size, shuffle=True)
+        val = DataLoader(TensorDataset(dm.val.inputs(), dm.val.y), batch_size=dm.val_batch_size)
         epoch_fn: Callable[[int], object] = lambda _: _epoch_over_loaders(model, optimizer, train, val)  # noqa: E731
     elif case == "b_slicing":
         epoch_fn = lambda epoch: _epoch_by_slicing(model, optimizer, dm, epoch)  # noqa: E731
@@ -233,7 +233,7 @@ def run_plain(cfg: Any, threads: int, case: str) -> tuple[list[float], list[floa
         import numpy as np
         from torchvision import datasets, transforms
 
-        from src.data.datamodules import stratified_split
+        from src.data.splits import stratified_split
 
         images = datasets.ImageFolder(str(cfg.data.root), transform=transforms.ToTensor())
         train_idx, val_idx = stratified_split(np.array(images.targets), cfg.data.val_fraction, cfg.seed)

@@ -3,7 +3,8 @@
 Lightning's own writer stages the file in the system temp folder and then moves it; when that is
 another file system (``/tmp`` on tmpfs) the move is a copy, and a kill during it leaves a truncated
 ``last.ckpt``: exactly the file a resume needs. Here the temp file sits next to the target and is
-renamed over it (:func:`src.rundir.atomic.atomic_write`).
+renamed over it (:func:`src.rundir.atomic.atomic_write`). No fsync: a checkpoint is written every epoch,
+and the next one replaces it; a killed process still never leaves a truncated file.
 """
 
 from __future__ import annotations
@@ -21,4 +22,4 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None) -> None:
         if storage_options is not None:
             raise TypeError("AtomicCheckpointIO does not take storage_options")
-        atomic_write(path, lambda handle: torch.save(checkpoint, handle))
+        atomic_write(path, lambda handle: torch.save(checkpoint, handle), durable=False)

@@ -29,8 +29,9 @@ from src.render.figures import log_figure, reliability_figure
 from src.rundir.artifacts import Diagnosis, worst_figure, write_diagnosis
 from src.rundir.atomic import atomic_write
 from src.rundir.checkpoints import load_checkpoint
-from src.rundir.paths import DIAGNOSIS_FILE, INITIAL_CKPT, SAMPLES_FILE
-from src.rundir.samples import FIELDS, Samples, SplitInfo
+from src.rundir.journal import Journal
+from src.rundir.paths import DIAGNOSIS_FILE, INITIAL_CKPT, SAMPLES_FILE, VAL_JOURNAL
+from src.rundir.samples import Samples, SplitInfo
 
 log = logging.getLogger(__name__)
 STAGES = ("train", "val")
@@ -90,7 +91,7 @@ class LossDiagnosis(L.Callback):
         self._train_indexed = True
         self._figure_images: dict[int, torch.Tensor] = {}
         self._cap: float | None = None
-        self._restored: dict[str, torch.Tensor] = {}
+        self._journal: Journal | None = None
         self.samples: Samples | None = None
         self.initial: dict[str, torch.Tensor] | None = None
         self.diagnosis: Diagnosis | None = None
@@ -214,31 +215,6 @@ class LossDiagnosis(L.Callback):
             ckpt = load_checkpoint(initial)
             self.initial, self._cap = ckpt["state_dict"], ckpt.get("loss_cap")
 
-    # -- resume: the history comes back with the run ---------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        """The per-epoch val history, saved in every checkpoint so a resumed run keeps it exactly."""
-        if self.samples is None or not self.samples.val_epochs:
-            return {}
-        history = self.samples.history
-        state: dict[str, Any] = {"epochs": torch.tensor(self.samples.epochs, dtype=torch.long)}
-        state.update({f: torch.from_numpy(np.ascontiguousarray(getattr(history, f))) for f in FIELDS})
-        state.update({f"calibration/{k}": torch.from_numpy(v) for k, v in history.calibration.items()})
-        return state
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._restored = dict(state_dict)
-
-    def _restore_history(self) -> None:
-        state, self._restored = self._restored, {}
-        if not state or self.samples is None:
-            return
-        history = Evaluation(
-            *(state[f].numpy() for f in FIELDS),
-            calibration={k.split("/", 1)[1]: v.numpy() for k, v in state.items() if k.startswith("calibration/")},
-        )
-        for i, epoch in enumerate(state["epochs"].tolist()):
-            self.samples.add_epoch(epoch, history[i])
-
     # -- every epoch ----------------------------------------------------------------------------
     def _figures_due(self, trainer: L.Trainer) -> bool:
         epoch = trainer.current_epoch + 1
@@ -272,9 +248,15 @@ class LossDiagnosis(L.Callback):
             return
         if self.samples is None:
             self.samples = Samples(classes=self._class_names(trainer, rec), loss_cap=cap, val=self._split_info(trainer, rec, "val"))
-            self._restore_history()
+            self._journal = Journal(self.output_dir / VAL_JOURNAL, len(rec))
+            if trainer.ckpt_path:  # resumed: the epochs before this one come back from the journal
+                for epoch, earlier in self._journal.restore(before_epoch=trainer.current_epoch):
+                    self.samples.add_epoch(epoch, earlier)
+            else:
+                self._journal.reset()
         self.samples.loss_cap = cap
         self.samples.add_epoch(trainer.current_epoch, ev)
+        self._journal.append(trainer.current_epoch, ev)
         if self.write_every_n_epochs and len(self.samples.epochs) % self.write_every_n_epochs == 0:
             self.samples.save(self.output_dir / SAMPLES_FILE)
         if self._figures_due(trainer):

@@ -31,7 +31,7 @@ def expected_calibration_error(probs: torch.Tensor, target: torch.Tensor, n_bins
     )
 
 
-def fit_temperature(logits: torch.Tensor, target: torch.Tensor, max_iter: int = 100, tol: float = 1e-10) -> float:
+def fit_temperature(logits: torch.Tensor, target: torch.Tensor, max_iter: int = 100, tol: float = 1e-7) -> float:
     """The temperature minimising the NLL of ``softmax(logits / T)``, clipped to ``[T_MIN, T_MAX]``.
 
     The NLL is convex in ``beta = 1 / T`` with closed-form derivatives (``E_p[z] - z_true`` and

@@ -15,8 +15,12 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
-    """Call ``write(handle)`` on a temp file beside ``path``, fsync it, then rename it over ``path``."""
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None], durable: bool = True) -> Path:
+    """Call ``write(handle)`` on a temp file beside ``path``, fsync it, then rename it over ``path``.
+
+    The rename makes the write atomic for readers and against a killed process; ``durable`` also
+    fsyncs the file first, so it survives a crash of the machine (a few ms per call).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -24,7 +28,8 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
     except BaseException:

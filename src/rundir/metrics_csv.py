@@ -46,6 +46,7 @@ class MetricsCSV:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.fieldnames: list[str] = []
+        self._known: set[str] = set()
         self._started = False
 
     def _rewrite(self, rows: list[dict[str, Any]]) -> None:
@@ -61,7 +62,7 @@ class MetricsCSV:
         fieldnames, rows = _read_rows(self.path)
         kept = [r for r in rows if r.get("epoch") and float(r["epoch"]) < epoch]
         if kept:
-            self.fieldnames = fieldnames
+            self.fieldnames, self._known = fieldnames, set(fieldnames)
             self._rewrite(kept)
         else:
             self.path.unlink(missing_ok=True)
@@ -69,15 +70,15 @@ class MetricsCSV:
     def append(self, record: Mapping[str, float]) -> None:
         if not self._started:
             self._start(float(record.get("epoch", 0.0)))
-        row = {k: repr(float(v)) if isinstance(v, float) else v for k, v in record.items()}
-        new = [k for k in row if k not in self.fieldnames]
-        if new or not self.path.is_file():
+        row = {k: repr(float(v)) for k, v in record.items()}
+        if not row.keys() <= self._known or not self.path.is_file():
             _, rows = _read_rows(self.path)
-            self.fieldnames = sorted({*self.fieldnames, *new})
+            self.fieldnames = sorted({*self.fieldnames, *row})
+            self._known = set(self.fieldnames)
             self._rewrite([*rows, row])
             return
-        with self.path.open("a", newline="") as handle:
-            csv.DictWriter(handle, fieldnames=self.fieldnames, restval="").writerow(row)
+        with self.path.open("a") as handle:  # values are plain numbers: no quoting needed
+            handle.write(",".join(row.get(k, "") for k in self.fieldnames) + "\n")
 
 
 def read_history(run_dir: str | Path) -> dict[str, list[float]]:

@@ -13,6 +13,8 @@ SUMMARY_FILE = Path("metrics.json")
 METRICS_CSV = Path("csv") / "metrics.csv"
 # per-sample records of every epoch and evaluated model (src.rundir.samples)
 SAMPLES_FILE = Path("samples.npz")
+# append-only per-epoch val records (src.rundir.journal): what a resumed run's history comes back from
+VAL_JOURNAL = Path("records") / "val_epochs.bin"
 # the written verdict and its numbers (src.rundir.artifacts)
 DIAGNOSIS_FILE = Path("diagnosis.md")
 DIAGNOSIS_JSON = Path("diagnosis.json")

@@ -1,0 +1,47 @@
+"""Progress on the console: a tqdm bar on a terminal, one line every few epochs otherwise.
+
+A redirected tqdm bar writes hundreds of carriage-return fragments per run into the log file; when
+stdout is not a terminal (a file, a pipe, a sweep's job log) :class:`EpochLines` prints one readable
+line per ``every_n_epochs`` epochs instead.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import lightning as L
+from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
+
+
+class EpochLines(ProgressBar):
+    """``epoch 10/100: val/loss 0.3123, val/acc 0.9198`` every ``every_n_epochs`` epochs and at the last one."""
+
+    def __init__(self, every_n_epochs: int = 10) -> None:
+        super().__init__()
+        self.every_n_epochs = max(1, int(every_n_epochs))
+        self._enabled = True
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # after the epoch's validation, so its val/* values are in the progress bar metrics
+        if not self._enabled or trainer.global_rank != 0:
+            return
+        epoch, total = trainer.current_epoch + 1, trainer.max_epochs
+        if epoch % self.every_n_epochs and epoch != total:
+            return
+        shown = ", ".join(
+            f"{k} {v:.4f}" for k, v in self.get_metrics(trainer, pl_module).items() if isinstance(v, float)
+        )
+        print(f"epoch {epoch}/{total}: {shown}", flush=True)
+
+
+def progress_bar(refresh_rate: int = 10, every_n_epochs: int = 10) -> ProgressBar:
+    """tqdm (``refresh_rate`` steps) when stdout is a terminal, else :class:`EpochLines` (``every_n_epochs``)."""
+    if sys.stdout.isatty():
+        return TQDMProgressBar(refresh_rate=refresh_rate)
+    return EpochLines(every_n_epochs=every_n_epochs)
