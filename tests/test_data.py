@@ -111,3 +111,28 @@ def test_image_folder_errors_are_user_errors(tmp_path: Path) -> None:
     (tmp_path / "empty" / "c").mkdir()
     with pytest.raises(UserError, match="no readable images"):
         ImageFolderDataModule(root=str(tmp_path / "empty")).setup()
+
+
+def test_a_real_trainer_reshuffles_every_epoch(make_cfg) -> None:
+    """Lightning must call ``set_epoch`` on the loader's sampler each epoch: the order is ``randperm(seed + epoch)``."""
+    import lightning as L
+
+    from src.app.pipeline import build_datamodule, build_module, build_trainer, prepare
+
+    class Orders(L.Callback):
+        def __init__(self) -> None:
+            self.orders: dict[int, list[int]] = {}
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+            self.orders.setdefault(trainer.current_epoch, []).extend(batch[2].tolist())
+
+    cfg = make_cfg("trainer.max_epochs=3", "callbacks=none", "~logger", "seed=7")
+    prepare(cfg)
+    dm = build_datamodule(cfg)
+    probe = Orders()
+    trainer = build_trainer(cfg, callbacks=[probe])
+    trainer.fit(build_module(cfg, dm), datamodule=dm)
+    n = len(dm.train)
+    expected = {e: torch.randperm(n, generator=torch.Generator().manual_seed(7 + e)).tolist() for e in range(3)}
+    assert probe.orders == expected
+    assert len({tuple(o) for o in probe.orders.values()}) == 3

@@ -320,7 +320,7 @@ class LossDiagnosis(L.Callback):
                         return None  # a shuffled train order cannot be told apart without an index
                     index = torch.arange(offset, offset + len(y), device=y.device)
                     offset += len(y)
-                recorder.update(index, y, pl_module(x))
+                recorder.update(index, y, self._logits(pl_module, None, x, len(y)))
                 if wanted and images is not None and x.ndim == 4:
                     for pos in (i for i, v in enumerate(index.tolist()) if v in wanted):
                         images[int(index[pos])] = x[pos].float().cpu()

@@ -1,0 +1,135 @@
+"""``LossDiagnosis`` in a foreign Lightning project: an MLP written here, plain ``DataLoader(TensorDataset)``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from src.callbacks import LossDiagnosis
+from src.errors import UserError
+from src.rundir.samples import load_samples
+
+
+class MLP(L.LightningModule):
+    """Knows nothing about lossdiag: no recorder, no loss_cap, no class names; validation_step returns nothing."""
+
+    def __init__(self, features: int = 16, classes: int = 3) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(features, 32), nn.ReLU(), nn.Linear(32, classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        x, y = batch
+        self.log("val_loss", F.cross_entropy(self(x), y))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.5, momentum=0.9)
+
+
+def blobs(n: int, seed: int, flip: float = 0.1) -> TensorDataset:
+    """Three Gaussian blobs in 16 dimensions with a share of labels flipped: some samples end confidently wrong."""
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 3
+    x = torch.randn(n, 16, generator=gen) + 2.5 * F.one_hot(y, 16).float()
+    flipped = torch.rand(n, generator=gen) < flip
+    y = torch.where(flipped, (y + 1) % 3, y)
+    return TensorDataset(x, y)
+
+
+def fit(tmp_path: Path, model: L.LightningModule, epochs: int = 12, **loaders) -> LossDiagnosis:
+    torch.manual_seed(0)
+    diagnosis = LossDiagnosis(output_dir=tmp_path / "diagnosis", figures_every_n_epochs=5)
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        logger=TensorBoardLogger(tmp_path, name="", version=""),
+        callbacks=[diagnosis],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        devices=1,
+    )
+    train = loaders.get("train", DataLoader(blobs(240, 0), batch_size=32, shuffle=True))
+    val = loaders.get("val", DataLoader(blobs(150, 1), batch_size=64))
+    trainer.fit(model, train, val)
+    return diagnosis
+
+
+def test_foreign_module_gets_the_whole_diagnosis(tmp_path: Path) -> None:
+    epochs = 12
+    fit(tmp_path, MLP(), epochs)
+    out = tmp_path / "diagnosis"
+
+    numbers = json.loads((out / "diagnosis.json").read_text())
+    assert isinstance(numbers["verdict"], str) and numbers["epochs"] == epochs
+    assert numbers["final"]["n"] == 150
+    markdown = (out / "diagnosis.md").read_text()
+    assert markdown.startswith("# Diagnosis") and "Most extreme samples" in markdown
+    # the per-sample records: every val sample once per epoch, in loader order; classes named by id
+    samples = load_samples(out)
+    assert samples.epochs == list(range(epochs))
+    assert samples.history.loss.shape == (epochs, 150)
+    assert samples.classes == ["0", "1", "2"] and (samples.val.path == "").all()
+    np.testing.assert_array_equal(samples.val.index, np.arange(150))
+    np.testing.assert_array_equal(samples.val.target, blobs(150, 1).tensors[1].numpy())
+    # the models: initial (before the first step) and last; no checkpoint callback, so no best
+    assert set(samples.models) == {"initial", "last"}
+    assert samples.models["last"]["val"].loss.mean() == pytest.approx(samples.history.loss[-1].mean(), rel=1e-5)
+    assert samples.models["initial"]["val"].loss.mean() == pytest.approx(np.log(3), abs=0.3)  # untrained: ~uniform
+    assert samples.models["last"]["val"].correct(samples.val.target).mean() > 0.6
+    assert (out / "reports" / "last.md").is_file() and (out / "worst.csv").is_file()
+    assert (out / "figures" / "reliability.png").is_file()
+    assert not (out / "figures" / "worst_samples.png").exists()  # 16 features are not images
+
+    events = EventAccumulator(str(tmp_path), size_guidance={"histograms": 0, "scalars": 0}).Reload()
+    tags = events.Tags()
+    assert [h.step for h in events.Histograms("val/loss_per_sample")] == list(range(epochs))
+    assert [s.step for s in events.Scalars("val/ece")] == list(range(epochs))
+    assert "train/loss_per_sample" not in tags["histograms"]  # its training_step returns no logits
+
+
+def test_a_forward_that_returns_no_logits_is_one_line(tmp_path: Path) -> None:
+    class Images(MLP):  # forward returns (N, C, 1): not logits
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x)[:, :, None]
+
+        def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+            return F.cross_entropy(self(batch[0])[:, :, 0], batch[1])
+
+        def validation_step(self, batch, batch_idx: int) -> None:
+            self(batch[0])
+
+    with pytest.raises(UserError, match=r"forward\(x\) to return logits of shape \(batch, classes\), got \(\d+, 3, 1\)"):
+        fit(tmp_path, Images(), epochs=1)
+
+
+def test_batches_that_are_not_pairs_are_one_line(tmp_path: Path) -> None:
+    class Dicts(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return 8
+
+        def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+            return {"x": torch.zeros(16), "y": torch.tensor(0)}
+
+    class DictMLP(MLP):
+        def validation_step(self, batch, batch_idx: int) -> None:
+            self(batch["x"])
+
+    with pytest.raises(UserError, match=r"needs val batches \(x, y\) or \(x, y, index\) of tensors, got dict"):
+        fit(tmp_path, DictMLP(), epochs=1, val=DataLoader(Dicts(), batch_size=4))
