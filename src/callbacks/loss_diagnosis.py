@@ -92,6 +92,7 @@ class LossDiagnosis(L.Callback):
         self._figure_images: dict[int, torch.Tensor] = {}
         self._cap: float | None = None
         self._journal: Journal | None = None
+        self._temperature = 1.0  # the last fitted one: where the next epoch's fit starts
         self.samples: Samples | None = None
         self.initial: dict[str, torch.Tensor] | None = None
         self.diagnosis: Diagnosis | None = None
@@ -225,7 +226,10 @@ class LossDiagnosis(L.Callback):
         writer = tensorboard_writer(trainer) if self.histograms else None
         finite = ce[torch.isfinite(ce)]
         if writer is not None and finite.numel():
-            writer.add_histogram(f"{stage}/loss_per_sample", finite.cpu(), global_step=trainer.current_epoch)
+            # 64 equal bins: the stock exponential buckets cost twice as much, and a linear axis shows the tail
+            writer.add_histogram(
+                f"{stage}/loss_per_sample", finite.cpu().numpy(), global_step=trainer.current_epoch, bins=64
+            )
         return {f"{stage}/{k}": v for k, v in loss_distribution(ce, cap).items()}
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -240,7 +244,8 @@ class LossDiagnosis(L.Callback):
             return
         rec = self.recorders["val"].compute()  # every rank: it syncs
         cap = self.loss_cap(pl_module)
-        ev = evaluate_logits(rec.logits, rec.target)
+        ev = evaluate_logits(rec.logits, rec.target, start_temperature=self._temperature)
+        self._temperature = float(ev.calibration["temperature"])
         values: dict[str, Any] = {f"val/{k}": v for k, v in epoch_scalars(rec.logits, rec.target, ev).items()}
         values.update(self._log_distribution(trainer, "val", rec.cross_entropy, cap))
         self.epoch_values.update(log_epoch_metrics(trainer, values, trainer.current_epoch))

@@ -37,27 +37,25 @@ def count_above_cap(per_sample: torch.Tensor, cap: float | torch.Tensor) -> torc
 def loss_distribution(per_sample: torch.Tensor, cap: float | torch.Tensor) -> dict[str, torch.Tensor]:
     """Median, p90, p99, max, worst-1% share of the total, and the count above the bounded cap.
 
-    Non-finite values are left out of the quantiles (and counted above the cap).
+    Non-finite values are left out of the quantiles (and counted above the cap). One sort gives them all:
+    the quantiles interpolate linearly between order statistics, as ``torch.quantile`` does.
     """
     values = per_sample.detach().double()
     finite = values[torch.isfinite(values)]
-    if finite.numel() == 0:
-        nan = torch.tensor(float("nan"), dtype=torch.float64)
-        quantiles = [nan, nan, nan]
-        maximum = share = nan
-    else:
-        quantiles = list(torch.quantile(finite, torch.tensor([0.5, 0.9, 0.99], dtype=torch.float64)).unbind())
-        maximum = finite.max()
-        share = top_share(finite, 0.01)
-    above = count_above_cap(values, cap)
-    return {
-        "loss_median": quantiles[0],
-        "loss_p90": quantiles[1],
-        "loss_p99": quantiles[2],
-        "loss_max": maximum,
-        "loss_top1pct_share": share,
-        "n_above_cap": above.double(),
-    }
+    above = count_above_cap(values, cap).double()
+    names = ("loss_median", "loss_p90", "loss_p99", "loss_max", "loss_top1pct_share")
+    n = finite.numel()
+    if n == 0:
+        return {**dict.fromkeys(names, torch.tensor(float("nan"), dtype=torch.float64)), "n_above_cap": above}
+    ordered = finite.sort().values
+    position = torch.tensor([0.5, 0.9, 0.99], dtype=torch.float64) * (n - 1)
+    low = position.floor().long()
+    high = torch.clamp(low + 1, max=n - 1)
+    quantiles = ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+    total = ordered.sum()
+    worst = ordered[n - top_count(n, 0.01) :].sum()
+    share = worst / total if total > 0 else torch.zeros((), dtype=torch.float64)
+    return {**dict(zip(names, (*quantiles.unbind(), ordered[-1], share), strict=True)), "n_above_cap": above}
 
 
 def loss_decomposition(loss: np.ndarray, correct: np.ndarray) -> dict[str, float]:

@@ -39,15 +39,20 @@ class Evaluation:
         )
 
 
-def evaluate_logits(logits: torch.Tensor, target: torch.Tensor, calibrate: bool = True) -> Evaluation:
-    """Per-sample loss, p(true), prediction and confidence from ``logits`` (N, C); calibration if asked."""
+def evaluate_logits(
+    logits: torch.Tensor, target: torch.Tensor, calibrate: bool = True, start_temperature: float = 1.0
+) -> Evaluation:
+    """Per-sample loss, p(true), prediction and confidence from ``logits`` (N, C); calibration if asked.
+
+    ``start_temperature`` (the previous epoch's) only speeds up the temperature fit.
+    """
     logits = logits.detach().float().cpu()
     target = target.detach().cpu()
     probs = logits.double().softmax(1)
     conf, pred = probs.max(1)
     p_true = probs.gather(1, target[:, None])[:, 0]
     calibration = (
-        {k: np.asarray(v, dtype=np.float64) for k, v in calibration_summary(logits, target).items()}
+        {k: np.asarray(v, dtype=np.float64) for k, v in calibration_summary(logits, target, start_temperature=start_temperature).items()}
         if calibrate
         else {}
     )
