@@ -23,14 +23,15 @@ from src.errors import UserError
 from src.functional.breakdown import epoch_scalars, loss_distribution, worst_indices
 from src.functional.losses import loss_cap_from_initial
 from src.functional.outputs import Evaluation, evaluate_logits
+from src.functional.suspects import given_label_dynamics
 from src.models.epoch_log import log_epoch_metrics
 from src.models.recorder import SampleRecorder, SampleRecords
 from src.render.figures import log_figure, reliability_figure
 from src.rundir.artifacts import Diagnosis, worst_figure, write_diagnosis
 from src.rundir.atomic import atomic_write
 from src.rundir.checkpoints import load_checkpoint
-from src.rundir.journal import Journal
-from src.rundir.paths import DIAGNOSIS_FILE, INITIAL_CKPT, SAMPLES_FILE, VAL_JOURNAL
+from src.rundir.journal import Journal, dynamics_journal, evaluation_record, record_evaluation, val_journal
+from src.rundir.paths import DIAGNOSIS_FILE, INITIAL_CKPT, SAMPLES_FILE, TRAIN_JOURNAL, VAL_JOURNAL
 from src.rundir.samples import Samples, SplitInfo
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,9 @@ class LossDiagnosis(L.Callback):
         self._figure_images: dict[int, torch.Tensor] = {}
         self._cap: float | None = None
         self._journal: Journal | None = None
+        self._dynamics_journal: Journal | None = None
+        self._pending_dynamics: list[tuple[int, np.ndarray, np.ndarray]] = []  # before samples exists
+        self._train_info: SplitInfo | None = None
         self._temperature = 1.0  # the last fitted one: where the next epoch's fit starts
         self.samples: Samples | None = None
         self.initial: dict[str, torch.Tensor] | None = None
@@ -238,6 +242,22 @@ class LossDiagnosis(L.Callback):
         rec = self.recorders["train"].compute()  # every rank: it syncs
         values = self._log_distribution(trainer, "train", rec.cross_entropy, self.loss_cap(pl_module))
         self.epoch_values.update(log_epoch_metrics(trainer, values, trainer.current_epoch))
+        if trainer.global_rank == 0:
+            self._record_dynamics(trainer, rec)
+
+    def _record_dynamics(self, trainer: L.Trainer, rec: SampleRecords) -> None:
+        """Every training sample's p(given label) and margin this epoch, from the training steps' logits."""
+        p_given, margin = (t.cpu().numpy().astype(np.float16) for t in given_label_dynamics(rec.logits, rec.target))
+        if self._dynamics_journal is None:
+            self._train_info = self._split_info(trainer, rec, "train")
+            self._dynamics_journal = dynamics_journal(self.output_dir / TRAIN_JOURNAL, len(rec))
+            if trainer.ckpt_path:  # resumed: the epochs before this one come back from the journal
+                restored = self._dynamics_journal.restore(before_epoch=trainer.current_epoch)
+                self._pending_dynamics += [(e, r["p_given"], r["margin"]) for e, r in restored]
+            else:
+                self._dynamics_journal.reset()
+        self._dynamics_journal.append(trainer.current_epoch, {"p_given": p_given, "margin": margin})
+        self._pending_dynamics.append((trainer.current_epoch, p_given, margin))
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not self._seen["val"]:
@@ -253,15 +273,15 @@ class LossDiagnosis(L.Callback):
             return
         if self.samples is None:
             self.samples = Samples(classes=self._class_names(trainer, rec), loss_cap=cap, val=self._split_info(trainer, rec, "val"))
-            self._journal = Journal(self.output_dir / VAL_JOURNAL, len(rec))
+            self._journal = val_journal(self.output_dir / VAL_JOURNAL, len(rec))
             if trainer.ckpt_path:  # resumed: the epochs before this one come back from the journal
-                for epoch, earlier in self._journal.restore(before_epoch=trainer.current_epoch):
-                    self.samples.add_epoch(epoch, earlier)
+                for epoch, record in self._journal.restore(before_epoch=trainer.current_epoch):
+                    self.samples.add_epoch(epoch, record_evaluation(record))
             else:
                 self._journal.reset()
         self.samples.loss_cap = cap
         self.samples.add_epoch(trainer.current_epoch, ev)
-        self._journal.append(trainer.current_epoch, ev)
+        self._journal.append(trainer.current_epoch, evaluation_record(ev))
         if self.write_every_n_epochs and len(self.samples.epochs) % self.write_every_n_epochs == 0:
             self.samples.save(self.output_dir / SAMPLES_FILE)
         if self._figures_due(trainer):
@@ -381,6 +401,11 @@ class LossDiagnosis(L.Callback):
         evaluated = self._evaluate_models(trainer, pl_module)
         if trainer.global_rank != 0 or self.samples is None:
             return
+        if self._train_info is not None and self.samples.train is None:
+            self.samples.train = self._train_info
+        self.samples.dynamics_epochs, self.samples.train_p_given, self.samples.train_margin = [], [], []
+        for epoch, p_given, margin in self._pending_dynamics:
+            self.samples.add_dynamics(epoch, p_given, margin)
         self.samples.models, self.samples.model_epoch = {}, {}
         for name, (outs, epoch) in evaluated.items():
             val, train = outs["val"], outs["train"]

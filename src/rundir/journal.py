@@ -1,6 +1,6 @@
-"""An append-only journal of per-epoch per-sample records, so checkpoints need not carry the history.
+"""Append-only journals of per-epoch per-sample records, so checkpoints need not carry the history.
 
-Every epoch appends one fixed-size binary record (no rewrite, no fsync: ~6 KB for 449 samples), so
+Every epoch appends one fixed-size binary record (no rewrite, no fsync: ~6 KB for 449 val samples), so
 saving ``last.ckpt`` every epoch stays cheap however long the run. A resumed run keeps the records of
 the epochs before the one it resumes at (:meth:`Journal.restore`): those after it were written by the
 interrupted attempt after its last checkpoint, and a record a kill cut short is dropped.
@@ -8,6 +8,7 @@ interrupted attempt after its last checkpoint, and a record a kill cut short is 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -16,64 +17,71 @@ from src.functional.outputs import CALIBRATION_KEYS, Evaluation
 from src.rundir.atomic import atomic_write_bytes
 
 
-def _dtype(n: int) -> np.dtype:
-    return np.dtype(
-        [
-            ("epoch", "<i8"),
-            ("loss", "<f4", (n,)),
-            ("p_true", "<f4", (n,)),
-            ("pred", "<i2", (n,)),
-            ("conf", "<f4", (n,)),
-            ("calibration", "<f8", (len(CALIBRATION_KEYS),)),
-        ]
-    )
-
-
 class Journal:
-    """The per-epoch val records of ``n`` samples, appended to ``path``."""
+    """Records ``{field: array}`` of fixed dtypes and shapes, one per epoch, appended to ``path``."""
 
-    def __init__(self, path: str | Path, n: int) -> None:
+    def __init__(self, path: str | Path, fields: Mapping[str, tuple[str, tuple[int, ...]]]) -> None:
         self.path = Path(path)
-        self.dtype = _dtype(n)
+        self.dtype = np.dtype([("epoch", "<i8"), *((name, dt, shape) for name, (dt, shape) in fields.items())])
 
-    def append(self, epoch: int, ev: Evaluation) -> None:
+    def append(self, epoch: int, arrays: Mapping[str, np.ndarray]) -> None:
         record = np.zeros((), dtype=self.dtype)
         record["epoch"] = epoch
-        for name in ("loss", "p_true", "pred", "conf"):
-            record[name] = getattr(ev, name)
-        record["calibration"] = [float(ev.calibration.get(k, np.nan)) for k in CALIBRATION_KEYS]
+        for name, values in arrays.items():
+            record[name] = values
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("ab") as handle:
             handle.write(record.tobytes())
 
-    def read(self) -> list[tuple[int, Evaluation]]:
+    def read(self) -> list[tuple[int, dict[str, np.ndarray]]]:
         """Every complete record, in file order."""
         if not self.path.is_file():
             return []
         count = self.path.stat().st_size // self.dtype.itemsize
         records = np.fromfile(self.path, dtype=self.dtype, count=count)
-        return [
-            (
-                int(r["epoch"]),
-                Evaluation(
-                    r["loss"].copy(), r["p_true"].copy(), r["pred"].copy(), r["conf"].copy(),
-                    calibration={k: np.float64(v) for k, v in zip(CALIBRATION_KEYS, r["calibration"], strict=True)},
-                ),
-            )
-            for r in records
-        ]
+        names = [n for n in self.dtype.names if n != "epoch"]
+        return [(int(r["epoch"]), {n: np.array(r[n]) for n in names}) for r in records]
 
-    def restore(self, before_epoch: int) -> list[tuple[int, Evaluation]]:
+    def restore(self, before_epoch: int) -> list[tuple[int, dict[str, np.ndarray]]]:
         """The records of epochs ``< before_epoch`` (last write of each epoch wins); the file keeps only them."""
-        kept: dict[int, Evaluation] = {}
-        for epoch, ev in self.read():
-            if epoch < before_epoch:
-                kept[epoch] = ev
+        kept = {epoch: arrays for epoch, arrays in self.read() if epoch < before_epoch}
         ordered = sorted(kept.items())
         self.reset()
-        for epoch, ev in ordered:
-            self.append(epoch, ev)
+        for epoch, arrays in ordered:
+            self.append(epoch, arrays)
         return ordered
 
     def reset(self) -> None:
         atomic_write_bytes(self.path, b"")
+
+
+# -- the two journals of a run ------------------------------------------------------------------
+EVALUATION_FIELDS = ("loss", "p_true", "pred", "conf")
+
+
+def val_journal(path: str | Path, n: int) -> Journal:
+    """Per-epoch val :class:`Evaluation` of ``n`` samples."""
+    fields = {
+        "loss": ("<f4", (n,)),
+        "p_true": ("<f4", (n,)),
+        "pred": ("<i2", (n,)),
+        "conf": ("<f4", (n,)),
+        "calibration": ("<f8", (len(CALIBRATION_KEYS),)),
+    }
+    return Journal(path, fields)
+
+
+def evaluation_record(ev: Evaluation) -> dict[str, np.ndarray]:
+    record = {name: getattr(ev, name) for name in EVALUATION_FIELDS}
+    record["calibration"] = np.asarray([float(ev.calibration.get(k, np.nan)) for k in CALIBRATION_KEYS])
+    return record
+
+
+def record_evaluation(record: Mapping[str, np.ndarray]) -> Evaluation:
+    calibration = {k: np.float64(v) for k, v in zip(CALIBRATION_KEYS, record["calibration"], strict=True)}
+    return Evaluation(*(record[name] for name in EVALUATION_FIELDS), calibration=calibration)
+
+
+def dynamics_journal(path: str | Path, n: int) -> Journal:
+    """Per-epoch training dynamics of ``n`` training samples: p(given label) and margin, float16."""
+    return Journal(path, {"p_given": ("<f2", (n,)), "margin": ("<f2", (n,))})

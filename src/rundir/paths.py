@@ -15,6 +15,8 @@ METRICS_CSV = Path("csv") / "metrics.csv"
 SAMPLES_FILE = Path("samples.npz")
 # append-only per-epoch val records (src.rundir.journal): what a resumed run's history comes back from
 VAL_JOURNAL = Path("records") / "val_epochs.bin"
+# the same for the training set's dynamics (p of the given label, margin) of every epoch
+TRAIN_JOURNAL = Path("records") / "train_dynamics.bin"
 # the written verdict and its numbers (src.rundir.artifacts)
 DIAGNOSIS_FILE = Path("diagnosis.md")
 DIAGNOSIS_JSON = Path("diagnosis.json")

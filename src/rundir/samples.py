@@ -25,6 +25,9 @@ key                         shape      meaning
 ``model_epoch``             (M,)       epoch the model's weights come from (-1: before training)
 ``model_{val,train}_<f>``   (M, N|Nt)  ``loss``, ``p_true``, ``pred``, ``conf`` of each model
 ``model_{val,train}_<calib>`` (M,)     calibration of each model on that split
+``dynamics_epochs``         (Et,)      epochs of the training dynamics below
+``train_p_given``           (Et, Nt)   probability of the given label in the training step (float16)
+``train_margin``            (Et, Nt)   given-label logit minus the largest other logit, same step (float16)
 =========================== ========== ================================================================
 
 ``val/loss`` of epoch ``e`` is ``val_loss[e].mean()``; ``val/acc`` is ``(val_pred[e] == val_target).mean()``.
@@ -75,10 +78,19 @@ class Samples:
     val_epochs: list[Evaluation] = field(default_factory=list)  # one per epoch, same order as ``epochs``
     models: dict[str, dict[str, Evaluation]] = field(default_factory=dict)  # name -> split -> outputs
     model_epoch: dict[str, int] = field(default_factory=dict)
+    # training dynamics: per epoch, every training sample's p(given label) and margin (train.index order)
+    dynamics_epochs: list[int] = field(default_factory=list)
+    train_p_given: list[np.ndarray] = field(default_factory=list)
+    train_margin: list[np.ndarray] = field(default_factory=list)
 
     def add_epoch(self, epoch: int, evaluation: Evaluation) -> None:
         self.epochs.append(int(epoch))
         self.val_epochs.append(evaluation)
+
+    def add_dynamics(self, epoch: int, p_given: np.ndarray, margin: np.ndarray) -> None:
+        self.dynamics_epochs.append(int(epoch))
+        self.train_p_given.append(np.asarray(p_given, dtype=np.float16))
+        self.train_margin.append(np.asarray(margin, dtype=np.float16))
 
     @property
     def history(self) -> Evaluation:
@@ -100,6 +112,10 @@ class Samples:
                 arrays.update({f"{split}_index": info.index, f"{split}_target": info.target, f"{split}_path": info.path})
         if self.val_epochs:
             arrays.update(_flatten("val", self.history))
+        if self.dynamics_epochs:
+            arrays["dynamics_epochs"] = np.asarray(self.dynamics_epochs, dtype=np.int64)
+            arrays["train_p_given"] = np.stack(self.train_p_given)
+            arrays["train_margin"] = np.stack(self.train_margin)
         for split in SPLITS:
             evals = [self.models[m][split] for m in self.models if split in self.models[m]]
             if evals and len(evals) == len(self.models):
@@ -149,6 +165,10 @@ def load_samples(run_dir_or_file: str | Path) -> Samples:
     history = _unflatten(arrays, "val")
     if history is not None:
         samples.val_epochs = [history[i] for i in range(len(samples.epochs))]
+    if "dynamics_epochs" in arrays:
+        samples.dynamics_epochs = [int(e) for e in arrays["dynamics_epochs"]]
+        samples.train_p_given = list(arrays["train_p_given"])
+        samples.train_margin = list(arrays["train_margin"])
     names = [str(m) for m in arrays["models"]]
     for split in SPLITS:
         stacked = _unflatten(arrays, f"model_{split}")
