@@ -61,7 +61,7 @@ def test_clear_phenomenon():
     assert r.min_epoch == 3 and r.last_epoch == 9
     assert r.rise_ci[0] > 0 and r.acc_change == 0 and r.acc_change_ci == (0.0, 0.0)
     assert r.rise_ci[0] <= r.rise_rel <= r.rise_ci[1]
-    assert "val loss rose" in r.reason and "accuracy changed by +0.000" in r.reason
+    assert "val loss rose" in r.reason and "val accuracy was unchanged at 0.895 (change +0.000" in r.reason
     assert r.unlearned_classes == () and r.samples_to_settle is None
 
 
