@@ -88,8 +88,9 @@ class ExtremeSample:
 class VerdictNumbers:
     """Everything ``diagnosis.md`` states, as numbers (``diagnosis.json``; every key in the README).
 
-    Fields about a rise (``rise*``, ``acc_change*``, ``samples_to_settle``, ``scaling_removes``) are
-    ``None`` for a single evaluation (no history) and where they do not apply.
+    Fields about a rise (``rise*``, ``acc_change*``, ``samples_to_settle``, ``scaling_removes``) and
+    ``at_min`` are ``None`` for a single evaluation (no history; ``min_epoch`` = ``last_epoch`` = the
+    model's epoch) and where they do not apply.
     """
 
     format_version: int
@@ -131,7 +132,7 @@ class VerdictNumbers:
     n_train_above_cap: int | None
     scaling_removes: float | None
     final: ModelNumbers
-    at_min: ModelNumbers
+    at_min: ModelNumbers | None  # None for a single evaluation
     rise_from_worst5: float | None
     rise_from_wrong: float | None
     rise_from_rest: float | None
@@ -232,7 +233,9 @@ def verdict_numbers(
         n_resamples=n_resamples,
         seed=seed,
     )
-    verdict = "single_evaluation" if not history and run.kind == "no_rise" else run.kind
+    verdict, reason = run.kind, run.reason
+    if not history and run.kind == "no_rise":
+        verdict, reason = "single_evaluation", "one model, no history, so there is no rise to judge"
     i_min = int(np.argmin(losses.mean(1)))  # as classify_run picks it
     last, at_min = evals[-1], evals[i_min]
     final = model_numbers(last, target, loss_cap)
@@ -260,7 +263,7 @@ def verdict_numbers(
     return VerdictNumbers(
         format_version=FORMAT_VERSION,
         verdict=verdict,
-        reason=run.reason,
+        reason=reason,
         advice=run.advice,
         history=history,
         evaluated_on=evaluated_on,
@@ -301,7 +304,7 @@ def verdict_numbers(
         ),
         scaling_removes=_scaling_removes(final, m, rise) if significant else None,
         final=final,
-        at_min=m,
+        at_min=m if history else None,
         rise_from_worst5=float(delta[worst5].sum()) if history else None,
         rise_from_wrong=float(delta[wrong].sum()) if history else None,
         rise_from_rest=float(delta.sum() - delta[worst5].sum()) if history else None,

@@ -45,7 +45,7 @@ def _p(x: float) -> str:
 
 
 def _loss(x: float) -> str:
-    return f"{x:.4f}"
+    return f"{x:.4f}" if abs(x) >= 1e-3 or x == 0 else f"{x:.2e}"
 
 
 def plural(count: int, noun: str) -> str:
@@ -60,10 +60,11 @@ def _weights(epoch: int) -> str:
 def headline(n: VerdictNumbers) -> str:
     """The verdict's first sentence (markdown bold on the kind), its reason and, for the phenomenon, what it means."""
     meaning = KIND_MEANING[n.verdict]
-    if n.verdict == "single_evaluation":
+    if not n.history:
         f = n.final
+        on = "the val split" if n.evaluated_on == "val split" else n.evaluated_on
         detail = (
-            f"{_weights(n.last_epoch)} on the {n.evaluated_on}: mean cross-entropy {_loss(f.loss)}, "
+            f"{_weights(n.last_epoch)} on {on}: mean cross-entropy {_loss(f.loss)}, "
             f"accuracy {f.acc:.3f} over {plural(f.n, 'sample')}"
         )
     else:
@@ -120,6 +121,14 @@ def _zero_gradient_words(n: VerdictNumbers) -> list[str]:
 
 
 def rules_line(n: VerdictNumbers) -> str:
+    if not n.history:
+        return (
+            "How the verdict is decided for one model: not_learning when its accuracy is not above the "
+            f"majority-class rate by more than {n.majority_margin:.2f} (one-sided "
+            f"{100 * n.confidence_level:.0f}% lower bound), partial_collapse when some classes have recall 0 "
+            "beyond chance while others are learned, else single_evaluation. The rules are in the README "
+            "(*Kinds of run*)."
+        )
     return (
         f"How the verdict is decided: the first rule that fires, in the order {', '.join(KIND_ORDER)} "
         f"(rise threshold {_pct(n.rise_threshold)}; majority-class margin {n.majority_margin:.2f}; "
@@ -210,7 +219,7 @@ def _calibration_lines(n: VerdictNumbers) -> list[str]:
     cols = ["", "NLL (mean loss)", "ECE (15 bins)", "temperature", "NLL after scaling*", "ECE after scaling*"]
     lines = ["| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
     final_label = f"final, epoch {n.last_epoch}" if n.history else "this model"
-    rows = [(f"at min val loss, epoch {n.min_epoch}", n.at_min), (final_label, n.final)]
+    rows = [(f"at min val loss, epoch {n.min_epoch}", n.at_min or n.final), (final_label, n.final)]
     for label, v in rows if n.shows_min else rows[1:]:
         lines.append(
             f"| {label} | {_loss(v.loss)} | {_number(v.ece, '.4f')} | {_temperature_cell(v)} | "
@@ -260,7 +269,7 @@ def temperature_words(m: ModelNumbers, who: str) -> str:
 
 
 def _scaling_words(n: VerdictNumbers) -> str:
-    f, m = n.final, n.at_min
+    f, m = n.final, n.at_min or n.final
     r = n.scaling_removes
     if r is None:
         bad = [label for label, v in ((f"epoch {n.min_epoch}", m), (f"epoch {n.last_epoch}", f))
@@ -291,7 +300,7 @@ def _scaling_words(n: VerdictNumbers) -> str:
 
 
 def _bounded_lines(n: VerdictNumbers) -> list[str]:
-    f, m = n.final, n.at_min
+    f, m = n.final, n.at_min or n.final
     if not math.isfinite(n.loss_cap):
         return ["No cap was recorded for this model, so there is no bounded view."]
     text = (
@@ -392,7 +401,8 @@ def summary_lines(n: VerdictNumbers, f: ModelNumbers) -> list[str]:
         f"misclassified ones {_pct(f.wrong_share)}" if f.n_wrong else "no sample is misclassified"
     )
     worst = f"; worst p(true) {_p(n.extreme[0].p_true)}" if n.extreme else ""
-    out.append(f"Worst 1% of samples carry {_pct(f.top1_share)} of the final loss, {wrong}{worst}.")
+    of = "the final loss" if n.history else "the loss"
+    out.append(f"Worst 1% of samples carry {_pct(f.top1_share)} of {of}, {wrong}{worst}.")
     if f.temperature_status == "ok":
         calib = (
             f"ECE {_number(f.ece, '.4f')}, fitted temperature {f.temperature:.3f}, NLL after temperature scaling "

@@ -93,13 +93,17 @@ def diagnose(
     return Diagnosis(numbers, markdown, summary)
 
 
-def worst_rows(samples: Samples, ev: Evaluation, k: int) -> tuple[list[str], list[list[Any]]]:
-    """Header and rows of ``worst.csv``: the ``k`` highest-loss val samples of ``ev``, with loss history."""
+def worst_rows(
+    samples: Samples, ev: Evaluation, k: int, with_history: bool = True
+) -> tuple[list[str], list[list[Any]]]:
+    """Header and rows of ``worst.csv``: the ``k`` highest-loss val samples of ``ev``, with their loss at every
+    recorded epoch (``with_history``; an evaluation of one model has none)."""
     target = samples.val.target
     order = worst_indices(ev.loss, k)
-    history = samples.history.loss if samples.val_epochs else np.empty((0, len(target)))
+    epochs = samples.epochs if with_history and samples.val_epochs else []
+    history = samples.history.loss if epochs else np.empty((0, len(target)))
     header = ["rank", "index", "path", "true", "predicted", "p_true", "confidence", "loss"]
-    header += [f"loss_epoch_{e}" for e in samples.epochs]
+    header += [f"loss_epoch_{e}" for e in epochs]
     rows = []
     for rank, i in enumerate(order, start=1):
         rows.append(
@@ -172,7 +176,7 @@ def write_diagnosis(
         if writer is not None:
             writer.add_text(f"reports/{name}", md, global_step=step)
     final = samples.models[model]["val"] if model is not None else samples.val_epochs[-1]
-    header, rows = worst_rows(samples, final, worst_k)
+    header, rows = worst_rows(samples, final, worst_k, with_history=model is None)
     atomic_write_text(out / WORST_FILE, csv_text(header, rows))
     figures = {
         "reliability": reliability_figure(final.conf, final.correct(samples.val.target), title="final model, val"),
