@@ -175,7 +175,9 @@ def test_verdict_says_accuracy_fell_when_it_did() -> None:
     samples = _samples([1.0, 1.0], wrong_loss=2.0)
     target = torch.as_tensor(samples.val.target)
     logits = torch.zeros(200, 4)
-    logits[torch.arange(200), (target + 1) % 4] = 3.0  # everything wrong now
+    logits[torch.arange(200), target] = 6.0
+    logits[:80, target[:80]] = 0.0
+    logits[torch.arange(80), (target[:80] + 1) % 4] = 3.0  # 80 of 200 wrong now (10 before)
     samples.add_epoch(2, evaluate_logits(logits, target))
     diag = diagnose(samples)
     assert diag.numbers.verdict == "overfitting" and diag.numbers.significant_rise

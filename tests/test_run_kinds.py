@@ -320,3 +320,20 @@ def test_calibration_summary_records_the_cross_fitted_numbers_but_logs_only_the_
     ev = evaluate_logits(logits.float(), target)
     scalars = epoch_scalars(logits, target, ev)
     assert set(LOGGED_CALIBRATION_KEYS) <= set(scalars) and "nll_crossfit" not in scalars
+
+
+def test_learned_then_lost_is_not_learning_not_a_partial_collapse():
+    """Perfect at epoch 1, then diverged to predicting one class: the final model is at chance."""
+    n = 120
+    target = balanced_target(n, 3)
+    pred = np.stack([target, target, np.zeros(n, dtype=int), np.zeros(n, dtype=int)])
+    loss = np.tile(np.array([0.5, 0.0, 1.2, 1.1])[:, None], (1, n))  # a minimum of exactly 0
+    r = run(loss, pred, target, n_classes=3, initial_loss=1.1)
+    assert r.kind == "not_learning", r.reason
+    assert r.acc_best == 1.0 and r.acc_last_lower <= r.majority_rate + rk.MAJORITY_MARGIN
+    assert "although it reached 1.000 at epoch 0" in r.reason and "predicts only cat" in r.reason
+    assert r.unlearned_classes == ("dog", "bird") and r.rise_rel == np.inf
+    json.dumps(r.to_dict(), allow_nan=False)  # the unbounded rise is null, not Infinity
+    # the same run without the collapse at the end: a rise from a minimum of 0 is said in words
+    r = run(loss, np.tile(target, (4, 1)), target, n_classes=3, initial_loss=1.1)
+    assert r.kind == "phenomenon" and "unbounded share (its minimum is 0" in r.reason and "inf" not in r.reason

@@ -11,10 +11,14 @@ The rules, checked in this order (the first that fires decides, see ``KIND_ORDER
       <= majority-class rate + ``MAJORITY_MARGIN`` (0.02); the majority-class rate is the share of the
       most frequent class in ``target`` (a val set with one class always lands here);
    b. ``initial_loss`` is given and the lowest mean val loss is >= it (val loss never fell);
-   c. (checked last, where rule 6 would fire) the minimum is at the first recorded epoch and no
+   c. the same bound for the *last* epoch's accuracy is <= majority-class rate + ``MAJORITY_MARGIN``:
+      whatever the model learned on the way is lost at the end (e.g. training diverged and it now
+      predicts one class);
+   d. (checked last, where rule 6 would fire) the minimum is at the first recorded epoch and no
       ``initial_loss`` is given: the loss rose significantly and nothing shows it ever fell.
 2. ``partial_collapse``: at the last epoch some classes present in ``target`` have recall 0 (never
-   predicted correctly, including never predicted at all) while others have recall > 0, and for at
+   predicted correctly, including never predicted at all) while others have recall > 0 (and, by 1c,
+   the last model beats the majority class), and for at
    least one of them that is evidence, not chance: a class learned as well as the learned ones (their
    last-epoch accuracy's one-sided 95% Wilson lower bound ``a``) would get all its ``n_c`` val samples
    wrong with probability ``(1 - a) ** n_c``; the class counts (``collapsed_classes``) when that is
@@ -196,6 +200,7 @@ class RunKind:
     acc_best: float
     acc_best_epoch: int
     acc_best_lower: float  # one-sided LEVEL Wilson lower bound of acc_best
+    acc_last_lower: float  # one-sided LEVEL Wilson lower bound of acc_last
     acc_change: float  # acc_last - acc_at_min
     acc_change_ci: tuple[float, float]
     majority_rate: float
@@ -221,6 +226,10 @@ def _jsonable(v: object) -> object:
 
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
+
+
+def _loss(x: float) -> str:
+    return f"{x:.4f}" if abs(x) >= 1e-3 or x == 0 else f"{x:.2e}"
 
 
 def _signed(x: float) -> str:
@@ -297,6 +306,7 @@ def classify_run(
     counts = np.bincount(target, minlength=n_classes)
     majority_rate = float(counts.max() / n)
     acc_best_lower = wilson_lower(float(acc[i_best]), n)
+    acc_last_lower = wilson_lower(float(acc[i_last]), n)
     hits = np.bincount(target, weights=correct[i_last], minlength=n_classes)
     present = counts > 0
     unlearned = present & (hits == 0)
@@ -306,10 +316,12 @@ def classify_run(
     collapsed_names = tuple(class_names[c] for c in np.flatnonzero(collapsed))
 
     e_min, e_last, e_best = epochs[i_min], epochs[i_last], epochs[i_best]
-    rose = (
-        f"rose {_pct(rise_rel)} (95% CI {_pct(rise_ci[0])} to {_pct(rise_ci[1])}) "
-        f"from {mean_loss[i_min]:.4f} at epoch {e_min} to {mean_loss[i_last]:.4f} at epoch {e_last}"
+    by = (
+        f"{_pct(rise_rel)} (95% CI {_pct(rise_ci[0])} to {_pct(rise_ci[1])})"
+        if math.isfinite(rise_rel) and all(map(math.isfinite, rise_ci))
+        else "by an unbounded share (its minimum is 0: every per-sample loss underflowed to 0)"
     )
+    rose = f"rose {by} from {_loss(mean_loss[i_min])} at epoch {e_min} to {_loss(mean_loss[i_last])} at epoch {e_last}"
     rise_text = f"val loss {rose}"
     acc_text = (
         f"val accuracy {accuracy_move(acc[i_min], acc[i_last])} "
@@ -322,7 +334,7 @@ def classify_run(
         best = f"the best val accuracy {acc[i_best]:.3f} (epoch {e_best})" if n_epochs > 1 else f"the accuracy {acc[0]:.3f}"
         reason = (
             f"{best} is not above the majority-class rate {majority_rate:.3f} by more than {MAJORITY_MARGIN:.2f} "
-            f"(its one-sided 95% lower bound is {acc_best_lower:.3f} with {n} val samples)"
+            f"(its one-sided 95% lower bound is {acc_best_lower:.3f} with {n} {'val ' if n_epochs > 1 else ''}samples)"
         )
         if present.sum() == 1:
             reason += "; the val set holds a single class, so accuracy cannot show learning"
@@ -331,6 +343,18 @@ def classify_run(
         reason = (
             f"val loss never fell below its untrained value: its lowest mean {mean_loss[i_min]:.4f} "
             f"(epoch {e_min}) is >= the untrained model's {initial_loss:.4f}"
+        )
+    elif acc_last_lower <= majority_rate + MAJORITY_MARGIN:
+        kind, advice = "not_learning", ADVICE_NOT_LEARNING
+        predicted = np.unique(pred[i_last])
+        only = (
+            f"; it predicts only {class_names[int(predicted[0])]}" if len(predicted) == 1 else ""
+        )
+        reason = (
+            f"the final val accuracy {acc[i_last]:.3f} (epoch {e_last}) is not above the majority-class rate "
+            f"{majority_rate:.3f} by more than {MAJORITY_MARGIN:.2f} (its one-sided 95% lower bound is "
+            f"{acc_last_lower:.3f}), although it reached {acc[i_best]:.3f} at epoch {e_best}: what it learned is "
+            f"lost{only}"
         )
     elif collapsed.any():
         kind, advice = "partial_collapse", ADVICE_COLLAPSE
@@ -404,6 +428,7 @@ def classify_run(
         acc_best=float(acc[i_best]),
         acc_best_epoch=e_best,
         acc_best_lower=acc_best_lower,
+        acc_last_lower=acc_last_lower,
         acc_change=acc_change,
         acc_change_ci=acc_change_ci,
         majority_rate=majority_rate,

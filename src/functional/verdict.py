@@ -42,6 +42,10 @@ EXTREME_RATIO = 10.0  # a sample whose loss is this many times the mean is calle
 FEW_SHARE = 0.05  # "a few samples": at most this share of them
 LARGE_ZERO_GRADIENT_SHARE = 0.05  # bounded loss: this share of training samples above the cap is called large
 VERDICTS = (*KINDS, "single_evaluation")
+ADVICE_NOT_LEARNING_ONE_MODEL = (
+    "If this is not the data the model was trained on, check that its class folders are the run's classes "
+    "(same names, same labels) and that the images look like the training images."
+)
 
 
 @dataclass(frozen=True)
@@ -116,6 +120,7 @@ class VerdictNumbers:
     acc_best: float
     acc_best_epoch: int
     acc_best_lower: float
+    acc_last_lower: float
     majority_rate: float
     initial_loss: float | None
     unlearned_classes: tuple[str, ...]
@@ -233,9 +238,11 @@ def verdict_numbers(
         n_resamples=n_resamples,
         seed=seed,
     )
-    verdict, reason = run.kind, run.reason
+    verdict, reason, advice = run.kind, run.reason, run.advice
     if not history and run.kind == "no_rise":
         verdict, reason = "single_evaluation", "one model, no history, so there is no rise to judge"
+    if not history and run.kind == "not_learning":
+        advice = ADVICE_NOT_LEARNING_ONE_MODEL
     i_min = int(np.argmin(losses.mean(1)))  # as classify_run picks it
     last, at_min = evals[-1], evals[i_min]
     final = model_numbers(last, target, loss_cap)
@@ -260,11 +267,18 @@ def verdict_numbers(
     )
     rise = run.last_loss - run.min_loss
     cap_ok = math.isfinite(loss_cap)
+    removes = _scaling_removes(final, m, rise) if significant else None
+    if verdict == "phenomenon" and removes is not None and removes < 0.5:
+        advice = (
+            f"Accuracy held, but temperature scaling removes only {max(removes, 0.0):.0%} of the rise: the class "
+            "ranking got worse on some samples. Look at them (worst.csv) and consider the checkpoint of "
+            f"epoch {run.min_epoch}."
+        )
     return VerdictNumbers(
         format_version=FORMAT_VERSION,
         verdict=verdict,
         reason=reason,
-        advice=run.advice,
+        advice=advice,
         history=history,
         evaluated_on=evaluated_on,
         n_samples=run.n_samples,
@@ -284,6 +298,7 @@ def verdict_numbers(
         acc_best=run.acc_best,
         acc_best_epoch=run.acc_best_epoch,
         acc_best_lower=run.acc_best_lower,
+        acc_last_lower=run.acc_last_lower,
         majority_rate=run.majority_rate,
         initial_loss=run.initial_loss,
         unlearned_classes=run.unlearned_classes,
@@ -302,7 +317,7 @@ def verdict_numbers(
             if train_loss is not None and cap_ok
             else None
         ),
-        scaling_removes=_scaling_removes(final, m, rise) if significant else None,
+        scaling_removes=removes,
         final=final,
         at_min=m if history else None,
         rise_from_worst5=float(delta[worst5].sum()) if history else None,

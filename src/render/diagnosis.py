@@ -30,10 +30,6 @@ KIND_MEANING = {
     "partial_collapse": "some classes are never predicted correctly while others are learned",
     "single_evaluation": "one model, no history, so there is no rise to judge",
 }
-ADVICE_NOT_LEARNING_EVALUATION = (
-    "If this is not the data the model was trained on, check that its class folders are the run's classes "
-    "(same names, same labels) and that the images look like the training images."
-)
 
 
 def _pct(x: float) -> str:
@@ -77,8 +73,6 @@ def headline(n: VerdictNumbers) -> str:
 
 def advice(n: VerdictNumbers) -> str:
     """What to try, or ``""``."""
-    if n.verdict == "not_learning" and not n.history:
-        return ADVICE_NOT_LEARNING_EVALUATION
     return n.advice
 
 
@@ -379,7 +373,7 @@ def diagnosis_texts(
     for e in n.extreme:
         lines.append(
             f"| {e.index} | {e.path or '-'} | {e.true} | {e.pred} | {_p(e.p_true)} | {e.conf:.4f} "
-            f"| {e.loss:.2f} |" + (f" {e.loss_at_min:.2f} |" if n.shows_min else "")
+            f"| {max(e.loss, 0.0):.2f} |" + (f" {max(e.loss_at_min, 0.0):.2f} |" if n.shows_min else "")
         )
     if n.extreme:
         lines += ["", _extreme_words(n)]
