@@ -153,8 +153,8 @@ def test_verdict_when_val_loss_rises_with_flat_accuracy(tmp_path: Path) -> None:
     means = hist.loss.astype(np.float64).mean(1)
     assert n.min_epoch == int(np.argmin(means)) == 1
     assert n.last_loss == pytest.approx(means[-1])
-    assert n.verdict == "phenomenon" and n.rose and n.acc_held
-    assert diag.markdown.splitlines()[2].startswith("**Yes, the phenomenon happened.**")
+    assert n.verdict == "phenomenon" and n.significant_rise and n.acc_change == 0
+    assert diag.markdown.splitlines()[2].startswith("**Verdict: phenomenon.** Val loss fell, then rose significantly")
     assert n.final.wrong_share == pytest.approx(
         hist.loss[-1][:10].astype(np.float64).sum() / hist.loss[-1].astype(np.float64).sum()
     )
@@ -165,9 +165,9 @@ def test_verdict_when_val_loss_rises_with_flat_accuracy(tmp_path: Path) -> None:
 
 def test_verdict_says_no_when_val_loss_does_not_rise() -> None:
     diag = diagnose(_samples([3.0, 2.0, 1.0], wrong_loss=1.0))
-    assert not diag.numbers.rose
-    assert "**No, val loss did not rise**" in diag.markdown
-    assert "phenomenon happened" not in diag.markdown
+    assert not diag.numbers.significant_rise and diag.numbers.verdict == "no_rise"
+    assert "**Verdict: no_rise.**" in diag.markdown and "it has not risen" in diag.markdown
+    assert "phenomenon" not in diag.markdown.split("How the verdict is decided")[0]
     assert "rise is mostly over-confidence" not in diag.markdown
 
 
@@ -175,11 +175,14 @@ def test_verdict_says_accuracy_fell_when_it_did() -> None:
     samples = _samples([1.0, 1.0], wrong_loss=2.0)
     target = torch.as_tensor(samples.val.target)
     logits = torch.zeros(200, 4)
-    logits[torch.arange(200), (target + 1) % 4] = 3.0  # everything wrong now
+    logits[torch.arange(200), target] = 6.0
+    logits[:80, target[:80]] = 0.0
+    logits[torch.arange(80), (target[:80] + 1) % 4] = 3.0  # 80 of 200 wrong now (10 before)
     samples.add_epoch(2, evaluate_logits(logits, target))
     diag = diagnose(samples)
-    assert diag.numbers.rose and not diag.numbers.acc_held
-    assert "accuracy fell" in diag.markdown
+    assert diag.numbers.verdict == "overfitting" and diag.numbers.significant_rise
+    assert diag.numbers.acc_change_ci[1] < 0
+    assert "**Verdict: overfitting.** Val loss rose significantly and accuracy fell significantly" in diag.markdown
 
 
 def test_samples_roundtrip_and_epoch_scalars(tmp_path: Path) -> None:
@@ -229,3 +232,66 @@ def test_evaluate_uses_the_run_config_with_command_line_changes(tmp_path) -> Non
     replaced = with_run_config(here, ckpt, ["data=folder", "seed=0"])
     assert OmegaConf.to_container(replaced) == OmegaConf.to_container(here)
     assert with_run_config(here, tmp_path / "elsewhere" / "x.ckpt", []) is here  # no run config: as configured
+
+
+def _one_model(logits: torch.Tensor, target: torch.Tensor, epoch: int = 4) -> Samples:
+    samples = Samples(classes=list("abc"), loss_cap=2.0, val=SplitInfo.create(range(len(target)), target.numpy()))
+    ev = evaluate_logits(logits, target)
+    samples.add_epoch(epoch, ev)
+    samples.models["best"] = {"val": ev}
+    samples.model_epoch["best"] = epoch
+    return samples
+
+
+def test_one_model_text_has_no_history_no_nan_and_no_false_under_confidence() -> None:
+    target = torch.arange(60) % 3
+    logits = torch.nn.functional.one_hot(target, 3).float() * 6  # every prediction right
+    diag = diagnose(_one_model(logits, target), model="best", evaluated_on="every image of /new (60 images)")
+    n, text = diag.numbers, diag.markdown + diag.summary
+    assert n.verdict == "single_evaluation" and n.rise_ci is None and n.at_min is None
+    assert text.startswith("# Diagnosis") and "**Verdict: single_evaluation.**" in text
+    assert "weights of epoch 4 on every image of /new (60 images)" in text
+    assert "nan" not in text and "under-confident" not in text and "not identifiable" in text
+    assert "No sample is misclassified" in text and "worst 1% (1 sample) carry" in text
+    assert n.final.temperature_status == "not_identifiable" and "final" not in diag.summary
+    assert "every image counts and there is no train/val split" in text
+    json = n.to_dict()
+    assert json["rise_rel"] is None and json["final"]["conf_wrong_mean"] is None
+
+
+def test_one_model_at_chance_is_not_learning_with_advice_about_the_folders() -> None:
+    target = torch.arange(90) % 3
+    diag = diagnose(_one_model(torch.zeros(90, 3), target), model="best")  # uniform: T at its bound
+    assert diag.numbers.verdict == "not_learning"
+    assert "class folders are the run's classes" in diag.markdown and "optimizer.lr" not in diag.markdown
+    assert "upper search bound" in diag.markdown and "(at bound)" in diag.markdown
+    assert "nan" not in diag.markdown + diag.summary
+
+
+def test_shares_outside_0_to_100_percent_are_explained() -> None:
+    from dataclasses import replace
+
+    from src.render.diagnosis import diagnosis_texts
+
+    n = diagnose(_samples([1.0, 0.5, 1.0, 2.0, 3.0], wrong_loss=4.0)).numbers
+    assert n.significant_rise and n.final.temperature_status == "ok"
+    more = diagnosis_texts(replace(n, scaling_removes=1.115))[0]
+    assert "removes all of the rise (and more)" in more and "111.5%" not in more
+    none = diagnosis_texts(replace(n, scaling_removes=-0.3))[0]
+    assert "removes none of the rise" in none and "-30.0%" not in none
+    offset = diagnosis_texts(replace(n, rise=0.13, rise_from_worst5=0.19, rise_from_rest=-0.06))[0]
+    assert "more than the whole rise, because the other samples' losses fell by 0.0600" in offset
+
+
+def test_bounded_runs_say_how_many_training_samples_get_no_gradient() -> None:
+    from dataclasses import replace
+
+    from src.render.diagnosis import diagnosis_texts
+
+    n = diagnose(_samples([1.0, 0.5, 1.0, 2.0, 3.0], wrong_loss=4.0)).numbers
+    text = diagnosis_texts(replace(n, objective="bounded", n_train=150, n_train_above_cap=34))[0]
+    assert "At the end, 34 of 150 training samples (22.7%) have a loss above the cap" in text
+    assert "That is a large share" in text
+    small = diagnosis_texts(replace(n, objective="bounded", n_train=150, n_train_above_cap=1))[0]
+    assert "1 of 150 training samples" in small and "large share" not in small
+    assert "zero gradient" not in diagnosis_texts(replace(n, objective="standard", n_train=150, n_train_above_cap=34))[0]

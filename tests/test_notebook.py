@@ -89,6 +89,9 @@ def test_notebook_runs_headless_against_a_tiny_run(make_cfg, tmp_path: Path, mon
     assert f"run folder: {run}" in text
     assert "the loss is computed correctly" in text
     assert "## best model (epoch" in markdown and "# Diagnosis" in markdown
+    # the notebook's conclusion is the run's verdict, in the same sentence as diagnosis.md and the console
+    first = (run / "diagnosis.md").read_text().splitlines()[2]
+    assert first.startswith("**Verdict: ") and first.replace("**", "") in text
     # curves, histograms, worst-sample images, their loss history, decomposition, 3 reliability
     # diagrams, calibration curves, bounded vs standard
     assert len(images) == 10

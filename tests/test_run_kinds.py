@@ -61,7 +61,7 @@ def test_clear_phenomenon():
     assert r.min_epoch == 3 and r.last_epoch == 9
     assert r.rise_ci[0] > 0 and r.acc_change == 0 and r.acc_change_ci == (0.0, 0.0)
     assert r.rise_ci[0] <= r.rise_rel <= r.rise_ci[1]
-    assert "val loss rose" in r.reason and "accuracy changed by +0.000" in r.reason
+    assert "val loss rose" in r.reason and "val accuracy was unchanged at 0.895 (change +0.000" in r.reason
     assert r.unlearned_classes == () and r.samples_to_settle is None
 
 
@@ -270,3 +270,70 @@ def test_crossfit_degenerate_cases():
     assert all_wrong.status == "not_identifiable"
     flat = crossfit_temperature(torch.zeros(50, 3), torch.arange(50) % 3)  # uniform: T -> T_MAX
     assert flat.status == "at_bound" and flat.temperature == rk.T_MAX
+
+
+def test_a_small_class_with_recall_0_is_listed_but_does_not_decide():
+    """One val sample of class "fish", misclassified, next to 300 well-learned samples: chance, not collapse."""
+    n = 301
+    target = np.concatenate([balanced_target(300, 3), [3]])
+    pred = np.tile(target, (3, 1))
+    pred[:, -1] = 0
+    pred[:, :20] = (target[:20] + 1) % 3  # the learned classes are not perfect either
+    loss = np.tile(np.array([1.0, 0.6, 0.5])[:, None], (1, n))
+    r = run(loss, pred, target)
+    assert r.unlearned_classes == ("fish",) and r.collapsed_classes == ()
+    assert r.kind == "no_rise", r.reason
+    # six val samples of it, all wrong: that is no longer chance
+    target6 = np.concatenate([balanced_target(300, 3), [3] * 6])
+    pred6 = np.tile(np.where(target6 == 3, 0, target6), (3, 1))
+    pred6[:, :20] = (target6[:20] + 1) % 3
+    r6 = run(np.tile(np.array([1.0, 0.6, 0.5])[:, None], (1, 306)), pred6, target6)
+    assert r6.kind == "partial_collapse" and r6.collapsed_classes == ("fish",)
+    assert "1 of 4 classes in the val set is never predicted correctly (recall 0: fish)" in r6.reason
+
+
+def test_lowest_at_the_last_epoch_has_not_risen():
+    n = 80
+    target = balanced_target(n)
+    loss = np.tile(np.array([1.0, 0.7, 0.4])[:, None], (1, n))
+    r = run(loss, np.tile(target, (3, 1)), target, initial_loss=1.5)
+    assert r.kind == "no_rise" and r.min_epoch == r.last_epoch == 2
+    assert "lowest at the last epoch" in r.reason and "it has not risen" in r.reason
+
+
+def test_accuracy_that_did_not_move_reads_unchanged():
+    assert rk.accuracy_move(0.9221, 0.9219) == "was unchanged at 0.922"
+    assert rk.accuracy_move(0.595, 0.719) == "went 0.595 -> 0.719"
+
+
+def test_calibration_summary_records_the_cross_fitted_numbers_but_logs_only_the_in_sample_ones():
+    from src.functional.breakdown import epoch_scalars
+    from src.functional.calibration import calibration_summary
+    from src.functional.outputs import LOGGED_CALIBRATION_KEYS, evaluate_logits
+
+    logits, target = calibrated_logits(n=400)
+    summary = calibration_summary(logits * 4, target)
+    cf = crossfit_temperature(logits * 4, target)
+    assert summary["nll_crossfit"] == pytest.approx(cf.nll_scaled) and summary["ece_crossfit"] == pytest.approx(cf.ece_scaled)
+    # scored out of sample, the scaled NLL cannot beat the in-sample optimum
+    assert summary["nll_crossfit"] >= summary["nll_temperature_scaled"]
+    ev = evaluate_logits(logits.float(), target)
+    scalars = epoch_scalars(logits, target, ev)
+    assert set(LOGGED_CALIBRATION_KEYS) <= set(scalars) and "nll_crossfit" not in scalars
+
+
+def test_learned_then_lost_is_not_learning_not_a_partial_collapse():
+    """Perfect at epoch 1, then diverged to predicting one class: the final model is at chance."""
+    n = 120
+    target = balanced_target(n, 3)
+    pred = np.stack([target, target, np.zeros(n, dtype=int), np.zeros(n, dtype=int)])
+    loss = np.tile(np.array([0.5, 0.0, 1.2, 1.1])[:, None], (1, n))  # a minimum of exactly 0
+    r = run(loss, pred, target, n_classes=3, initial_loss=1.1)
+    assert r.kind == "not_learning", r.reason
+    assert r.acc_best == 1.0 and r.acc_last_lower <= r.majority_rate + rk.MAJORITY_MARGIN
+    assert "although it reached 1.000 at epoch 0" in r.reason and "predicts only cat" in r.reason
+    assert r.unlearned_classes == ("dog", "bird") and r.rise_rel == np.inf
+    json.dumps(r.to_dict(), allow_nan=False)  # the unbounded rise is null, not Infinity
+    # the same run without the collapse at the end: a rise from a minimum of 0 is said in words
+    r = run(loss, np.tile(target, (4, 1)), target, n_classes=3, initial_loss=1.1)
+    assert r.kind == "phenomenon" and "unbounded share (its minimum is 0" in r.reason and "inf" not in r.reason

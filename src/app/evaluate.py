@@ -1,4 +1,9 @@
-"""``src.evaluate``'s work: the reports and diagnosis of one checkpoint, on its run's data or new data."""
+"""``src.evaluate``'s work: the reports and diagnosis of one checkpoint, on its run's data or new data.
+
+On the run's own data the checkpoint is evaluated on the run's val (and train) split, rebuilt with the
+run's seed. On a folder other than the run's own (``data.root=<folder>``), every image of that folder is
+evaluated (no split: none of it was trained on), labelled by the run's classes.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +13,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
 from src.app.pipeline import build_datamodule, build_net, prepare
 from src.app.resume import override_key
+from src.app.run_config import RUN_GROUPS, run_cfg, run_choices, run_dir_of
+from src.data.datamodules import ImageFolderDataModule, InMemoryDataModule
 from src.errors import UserError
 from src.models.predict import evaluate_net
 from src.rundir.artifacts import Diagnosis, write_diagnosis
 from src.rundir.checkpoints import load_weights, read_checkpoint
-from src.rundir.paths import CONFIG_FILE, DIAGNOSIS_FILE
-from src.rundir.samples import Samples, SplitInfo
+from src.rundir.paths import DIAGNOSIS_FILE
+from src.rundir.samples import Samples, SplitInfo, read_classes
 
-RUN_KEYS = ("data", "model", "loss", "seed")
+RUN_KEYS = (*RUN_GROUPS, "seed")
 
 
 def with_run_config(cfg: Any, ckpt: Path, overrides: Sequence[str] = ()) -> Any:
@@ -28,31 +36,62 @@ def with_run_config(cfg: Any, ckpt: Path, overrides: Sequence[str] = ()) -> Any:
     A checkpoint at ``<run>/checkpoints/x.ckpt`` has its config at ``<run>/.hydra/config.yaml``;
     using it means ``src.evaluate`` sees the data the model was trained on without repeating the
     run's overrides. What the user gives on the command line (``overrides``) wins: a whole group
-    (``data=folder``, ``seed=3``) replaces the run's, a single key (``data.val_fraction=0.3``) is
-    changed on top of the run's group.
+    (``data=digits``, ``seed=3``) replaces the run's, a single key (``data.root=<folder>``) is changed
+    on top of the run's group. Naming the run's own option (``data=folder`` for a folder run) is not a
+    replacement: the run's values stay and the single keys go on top.
     """
-    run_config = ckpt.parent.parent / CONFIG_FILE
-    if not run_config.is_file():
+    run = run_cfg(ckpt)
+    if run is None:
         return cfg
-    run_cfg = OmegaConf.load(run_config)
+    same = {g for g, choice in run_choices(ckpt).items() if f"{g}={choice}" in [str(o).lstrip("+") for o in overrides]}
     keys = [override_key(str(o)) for o in overrides]
     cfg = copy.deepcopy(cfg)
     with open_dict(cfg):
         for key in RUN_KEYS:
-            if key not in run_cfg or key in keys:
+            if key not in run or (key in keys and key not in same):
                 continue
-            node = copy.deepcopy(run_cfg[key])
+            node = copy.deepcopy(run[key])
             for dotted in (k for k in keys if k.startswith(f"{key}.")):
                 OmegaConf.update(node, dotted[len(key) + 1 :], OmegaConf.select(cfg, dotted), force_add=True)
             cfg[key] = node
     return cfg
 
 
+def other_folder(cfg: Any, ckpt: Path) -> Path | None:
+    """The image folder ``cfg.data`` points at when it is not the checkpoint's run's own, else ``None``.
+
+    ``None`` too when the run's config is unknown (a checkpoint outside its run folder): then the
+    configured data is split as in training.
+    """
+    root = OmegaConf.select(cfg, "data.root", default=None)
+    run = run_cfg(ckpt)
+    if root is None or run is None:
+        return None
+    run_root = OmegaConf.select(run, "data.root", default=None)
+    here = Path(str(root)).expanduser().resolve()
+    if run_root is not None and Path(str(run_root)).expanduser().resolve() == here:
+        return None
+    return here
+
+
+def _data(cfg: Any, ckpt: Path) -> tuple[InMemoryDataModule, str, bool]:
+    """The data module, what its val split is (``evaluated_on``), and whether it has a training split."""
+    folder = other_folder(cfg, ckpt)
+    if folder is None:
+        return build_datamodule(cfg), "val split", True
+    dm = instantiate(cfg.data)
+    if not isinstance(dm, ImageFolderDataModule):
+        raise UserError(f"data.root={folder} is set but the data is not an image folder: add data=folder")
+    dm.setup_every_image(read_classes(run_dir_of(ckpt)))
+    assert dm.val is not None
+    return dm, f"every image of {folder} ({len(dm.val)} images)", False
+
+
 def evaluate_checkpoint(cfg: Any, overrides: Sequence[str] = ()) -> Diagnosis:
     """``src.evaluate``: the reports and diagnosis of ``cfg.ckpt_path`` on the run's (or the configured) data.
 
-    Writes into ``cfg.paths.output_dir`` the same files a training run writes at its end, for one
-    model named after the checkpoint file (``best``, ``last``, ``initial``, ...).
+    Writes into ``cfg.paths.output_dir`` the files a training run writes at its end, for one model named
+    after the checkpoint file (``best``, ``last``, ``initial``, ...), with a text written for one model.
     """
     from torch.utils.tensorboard import SummaryWriter
 
@@ -62,19 +101,21 @@ def evaluate_checkpoint(cfg: Any, overrides: Sequence[str] = ()) -> Diagnosis:
     weights, cap, epoch = read_checkpoint(path)
     cfg = with_run_config(cfg, path, overrides)
     prepare(cfg)
-    dm = build_datamodule(cfg)
+    dm, evaluated_on, has_train = _data(cfg, path)
     net = build_net(cfg, dm)
     load_weights(net, weights, f"ckpt_path={path}")
     if math.isnan(cap) and cfg.loss.get("cap") is not None:
         cap = float(cfg.loss.cap)
     name = path.stem
     assert dm.val is not None and dm.train is not None
-    evaluations = evaluate_net(net, {"val": dm.val, "train": dm.train})
+    splits = {"val": dm.val, "train": dm.train} if has_train else {"val": dm.val}
+    evaluations = evaluate_net(net, splits)
     samples = Samples(
         classes=list(dm.class_names),
         loss_cap=cap,
         val=SplitInfo.create(range(len(dm.val)), dm.val.y.numpy(), dm.val.paths),
-        train=SplitInfo.create(range(len(dm.train)), dm.train.y.numpy(), dm.train.paths),
+        train=SplitInfo.create(range(len(dm.train)), dm.train.y.numpy(), dm.train.paths) if has_train else None,
+        objective=str(cfg.loss.get("name", "")),
     )
     samples.add_epoch(epoch, evaluations["val"])
     samples.models[name] = evaluations
@@ -82,7 +123,9 @@ def evaluate_checkpoint(cfg: Any, overrides: Sequence[str] = ()) -> Diagnosis:
     out = Path(cfg.paths.output_dir)
     writer = SummaryWriter(str(out))
     try:
-        diagnosis = write_diagnosis(out, samples, dm.val.inputs(), int(cfg.worst_k), writer, step=0, model=name)
+        diagnosis = write_diagnosis(
+            out, samples, dm.val.inputs(), int(cfg.worst_k), writer, step=0, model=name, evaluated_on=evaluated_on
+        )
     finally:
         writer.close()
     print(f"{diagnosis.summary}\nFull diagnosis: {out / DIAGNOSIS_FILE}")

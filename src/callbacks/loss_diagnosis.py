@@ -272,7 +272,12 @@ class LossDiagnosis(L.Callback):
         if trainer.global_rank != 0:
             return
         if self.samples is None:
-            self.samples = Samples(classes=self._class_names(trainer, rec), loss_cap=cap, val=self._split_info(trainer, rec, "val"))
+            self.samples = Samples(
+                classes=self._class_names(trainer, rec),
+                loss_cap=cap,
+                val=self._split_info(trainer, rec, "val"),
+                objective=self._objective(pl_module),
+            )
             self._journal = val_journal(self.output_dir / VAL_JOURNAL, len(rec))
             if trainer.ckpt_path:  # resumed: the epochs before this one come back from the journal
                 for epoch, record in self._journal.restore(before_epoch=trainer.current_epoch):
@@ -307,6 +312,12 @@ class LossDiagnosis(L.Callback):
         if names is not None and len(names) == n_classes:
             return [str(n) for n in names]
         return [str(c) for c in range(n_classes)]
+
+    @staticmethod
+    def _objective(pl_module: L.LightningModule) -> str:
+        """The training loss's name, when the module saved it as hyperparameter ``loss`` (else ``""``)."""
+        name = getattr(pl_module, "hparams", {}).get("loss", "")
+        return name if isinstance(name, str) else ""
 
     @staticmethod
     def _split_info(trainer: L.Trainer, rec: SampleRecords, stage: str) -> SplitInfo:

@@ -6,6 +6,7 @@ Images are decoded once (at ``setup``); batches are slices of those tensors
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
@@ -13,7 +14,7 @@ import torch
 
 from src.data.batches import TensorBatches
 from src.data.images import decode_folder, find_classes
-from src.data.splits import Split, stratified_split, subsample, take
+from src.data.splits import Split, concatenate, stratified_split, subsample, take
 from src.errors import UserError
 
 
@@ -163,3 +164,36 @@ class ImageFolderDataModule(InMemoryDataModule):
     def _decode(self, folder: Path, class_names: list[str]) -> Split:
         x, y, paths = decode_folder(folder, class_names, self.image_size, self.channels, self.on_bad_image)
         return Split(x, y, paths, scale=255.0)
+
+    def setup_every_image(self, class_names: Sequence[str] | None = None) -> None:
+        """Every image under ``root`` becomes the val split, and there is no training split (empty).
+
+        For evaluating a trained model on a folder that is not its run's own: every image counts, none is
+        held out. ``root/<class>/`` and ``root/train/<class>`` + ``root/val/<class>`` layouts are both read
+        whole. ``class_names`` are the classes the model was trained on, in its label order: the folder's
+        class folders must be among them (a subset is fine) and keep those labels; ``None`` takes the
+        folder's own sorted class folders.
+        """
+        if not self.root.is_dir():
+            raise UserError(f"data.root={self.root} is not a folder: point data.root at a folder of class subfolders")
+        split_dirs = [self.root / "train", self.root / "val"]
+        folders = split_dirs if all(d.is_dir() for d in split_dirs) else [self.root]
+        found = sorted({c for folder in folders for c in find_classes(folder)})
+        names = [str(c) for c in class_names] if class_names else found
+        unknown = [c for c in found if c not in names]
+        if unknown:
+            raise UserError(
+                f"data.root={self.root} has class folder(s) {', '.join(unknown)} that the model was not trained on "
+                f"(its classes: {', '.join(names)}): rename or remove them"
+            )
+        parts = []
+        for folder in folders:
+            present = [c for c in names if (folder / c).is_dir()]
+            split = self._decode(folder, present)
+            labels = torch.tensor([names.index(c) for c in present], dtype=torch.long)
+            parts.append(Split(split.x, labels[split.y], split.paths, split.scale))
+        every = concatenate(parts)
+        self.class_names = names
+        self.val = every
+        self.train = take(every, [])
+

@@ -79,3 +79,10 @@ def take(split: Split, idx: np.ndarray | Sequence[int]) -> Split:
     t = torch.as_tensor(np.asarray(idx), dtype=torch.long)
     paths = [split.paths[i] for i in idx] if split.paths else []
     return Split(split.x[t], split.y[t], paths, split.scale)
+
+
+def concatenate(splits: Sequence[Split]) -> Split:
+    """One split holding all samples of ``splits`` in order (same image shape and scale)."""
+    paths = [p for s in splits for p in s.paths] if all(s.paths for s in splits) else []
+    return Split(torch.cat([s.x for s in splits]), torch.cat([s.y for s in splits]), paths, splits[0].scale)
+

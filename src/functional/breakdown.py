@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from src.functional.outputs import Evaluation
+from src.functional.outputs import LOGGED_CALIBRATION_KEYS, Evaluation
 
 
 def top_count(n: int, fraction: float) -> int:
@@ -119,5 +119,5 @@ def epoch_scalars(logits: torch.Tensor, target: torch.Tensor, ev: Evaluation) ->
         "p_true_correct_mean": parts["p_true_correct_mean"],
         "loss_recomputed": recomputed,
         "loss_recompute_error": abs(recomputed - mean_loss),
-        **{k: float(v) for k, v in ev.calibration.items()},
+        **{k: float(ev.calibration[k]) for k in LOGGED_CALIBRATION_KEYS if k in ev.calibration},
     }

@@ -9,6 +9,7 @@ ranking of the classes.
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -18,6 +19,9 @@ from torchmetrics.functional.classification import multiclass_calibration_error
 N_BINS = 15
 # the fitted temperature is clipped to this range: a model no better than uniform guessing drives T to infinity
 T_MIN, T_MAX = 0.01, 100.0
+CROSSFIT_SEED = 0  # the seeded random halves of the cross-fit
+# what a fitted temperature can be trusted for (see :func:`temperature_status`)
+TEMPERATURE_STATUSES = ("ok", "at_bound", "not_identifiable")
 
 
 def expected_calibration_error(probs: torch.Tensor, target: torch.Tensor, n_bins: int = N_BINS) -> float:
@@ -76,18 +80,103 @@ def nll(logits: torch.Tensor, target: torch.Tensor, temperature: float = 1.0) ->
     return float(F.cross_entropy(logits.double().cpu() / temperature, target.cpu()))
 
 
+def temperature_status(temperature: float, n_correct: int, n: int) -> str:
+    """``"not_identifiable"`` when all ``n`` predictions are right or all wrong, ``"at_bound"`` when the
+    fitted ``temperature`` is ``T_MIN`` or ``T_MAX``, else ``"ok"``.
+
+    With no errors, sharpening the probabilities (T -> 0) lowers the NLL for free; with no correct
+    prediction, flattening them (T -> inf) does: either way the fitted value says nothing about calibration.
+    """
+    if n_correct in (0, n):
+        return "not_identifiable"
+    if temperature <= T_MIN or temperature >= T_MAX:
+        return "at_bound"
+    return "ok"
+
+
+@dataclass(frozen=True)
+class CrossFit:
+    """Temperature fitted on all samples, and NLL/ECE of temperature scaling scored out of sample."""
+
+    temperature: float  # fitted on all samples
+    temperature_halves: tuple[float, float]  # fitted on each half (each scores the other half)
+    nll_raw: float
+    ece_raw: float
+    nll_scaled: float  # cross-fitted: each sample scored with the temperature fitted on the other half
+    ece_scaled: float  # cross-fitted, over all samples at once
+    status: str  # see temperature_status
+    n_samples: int
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-serialisable values: tuples become lists, nan/inf become None."""
+        return {
+            k: [_finite(x) for x in v] if isinstance(v, tuple) else _finite(v) for k, v in asdict(self).items()
+        }
+
+
+def _finite(v: object) -> object:
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def crossfit_temperature(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    seed: int = CROSSFIT_SEED,
+    temperature: float | None = None,
+    n_bins: int = N_BINS,
+) -> CrossFit:
+    """Temperature scaling with honest (cross-fitted) NLL and ECE.
+
+    A temperature fitted and scored on the same samples flatters the scaled NLL/ECE. Here the samples
+    are split at random (seeded) into two halves; the temperature fitted on one half scales the other
+    half's logits, so no sample is scored with a temperature fitted on itself, and the per-sample
+    results of both halves are pooled so the numbers cover all samples. ``temperature`` (fitted on all
+    samples) may be passed in when already known. ``status``: :func:`temperature_status`.
+    """
+    z = logits.detach().double().cpu()
+    y = target.detach().long().cpu()
+    n = z.shape[0]
+    if z.ndim != 2 or y.shape != (n,) or n < 2:
+        raise ValueError(f"need logits (N >= 2, C) and target (N,), got {tuple(z.shape)} and {tuple(y.shape)}")
+    perm = torch.from_numpy(np.random.default_rng(seed).permutation(n))
+    halves = (perm[: n // 2], perm[n // 2 :])
+    t_halves = (fit_temperature(z[halves[0]], y[halves[0]]), fit_temperature(z[halves[1]], y[halves[1]]))
+    scaled = z.clone()
+    scaled[halves[0]] = z[halves[0]] / t_halves[1]  # each half scaled by the other half's temperature
+    scaled[halves[1]] = z[halves[1]] / t_halves[0]
+    t = fit_temperature(z, y) if temperature is None else float(temperature)
+    return CrossFit(
+        temperature=t,
+        temperature_halves=t_halves,
+        nll_raw=nll(z, y),
+        ece_raw=expected_calibration_error(z.softmax(1), y, n_bins),
+        nll_scaled=nll(scaled, y),
+        ece_scaled=expected_calibration_error(scaled.softmax(1), y, n_bins),
+        status=temperature_status(t, int((z.argmax(1) == y).sum()), n),
+        n_samples=n,
+    )
+
+
 def calibration_summary(
     logits: torch.Tensor, target: torch.Tensor, n_bins: int = N_BINS, start_temperature: float = 1.0
 ) -> dict[str, float]:
-    """``ece``, fitted ``temperature``, ``nll_temperature_scaled`` and ``ece_temperature_scaled``."""
+    """``ece``, fitted ``temperature``, ``nll_temperature_scaled`` and ``ece_temperature_scaled`` (fitted and
+    scored on the same samples: what the per-epoch scalars show), and ``nll_crossfit`` / ``ece_crossfit``
+    (the same scaling scored out of sample, :func:`crossfit_temperature`: what the verdict uses)."""
     t = fit_temperature(logits, target, start=start_temperature)
     scaled = logits.double() / t
-    return {
+    summary = {
         "ece": expected_calibration_error(logits.double().softmax(1), target, n_bins),
         "temperature": t,
         "nll_temperature_scaled": nll(logits, target, t),
         "ece_temperature_scaled": expected_calibration_error(scaled.softmax(1), target, n_bins),
+        "nll_crossfit": math.nan,
+        "ece_crossfit": math.nan,
     }
+    if len(target) >= 2:
+        cf = crossfit_temperature(logits, target, temperature=t, n_bins=n_bins)
+        summary.update(nll_crossfit=cf.nll_scaled, ece_crossfit=cf.ece_scaled)
+    return summary
 
 
 def reliability_bins(

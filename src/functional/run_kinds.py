@@ -11,10 +11,19 @@ The rules, checked in this order (the first that fires decides, see ``KIND_ORDER
       <= majority-class rate + ``MAJORITY_MARGIN`` (0.02); the majority-class rate is the share of the
       most frequent class in ``target`` (a val set with one class always lands here);
    b. ``initial_loss`` is given and the lowest mean val loss is >= it (val loss never fell);
-   c. (checked last, where rule 6 would fire) the minimum is at the first recorded epoch and no
+   c. the same bound for the *last* epoch's accuracy is <= majority-class rate + ``MAJORITY_MARGIN``:
+      whatever the model learned on the way is lost at the end (e.g. training diverged and it now
+      predicts one class);
+   d. (checked last, where rule 6 would fire) the minimum is at the first recorded epoch and no
       ``initial_loss`` is given: the loss rose significantly and nothing shows it ever fell.
 2. ``partial_collapse``: at the last epoch some classes present in ``target`` have recall 0 (never
-   predicted correctly, including never predicted at all) while others have recall > 0.
+   predicted correctly, including never predicted at all) while others have recall > 0 (and, by 1c,
+   the last model beats the majority class), and for at
+   least one of them that is evidence, not chance: a class learned as well as the learned ones (their
+   last-epoch accuracy's one-sided 95% Wilson lower bound ``a``) would get all its ``n_c`` val samples
+   wrong with probability ``(1 - a) ** n_c``; the class counts (``collapsed_classes``) when that is
+   <= 0.05 / (number of classes in the val set) (Bonferroni over the classes). A class with one or two
+   val samples that happen to be wrong is listed in ``unlearned_classes`` but does not decide the kind.
 3. ``no_rise``: only one epoch, or the relative rise of mean val loss from the min epoch to the last
    epoch, ``(loss_last - loss_min) / loss_min``, is <= ``RISE_THRESHOLD`` (0.05).
 4. ``inconclusive``: the rise is above the threshold but the lower end of its 95% CI is <= 0.
@@ -30,9 +39,9 @@ same indices at the min epoch and the last epoch. The min epoch is picked after 
 (argmin of the mean), so the rise interval is slightly optimistic (too narrow / too far from 0).
 The accuracy bound of rule 1a is for the best epoch, also picked after looking, so also optimistic.
 
-``crossfit_temperature`` gives honest calibration numbers: a temperature fitted and scored on the same
-samples flatters the scaled NLL/ECE, so each half of the samples is scored with the temperature fitted
-on the other half.
+``crossfit_temperature`` (from :mod:`src.functional.calibration`, re-exported here) gives honest
+calibration numbers: a temperature fitted and scored on the same samples flatters the scaled NLL/ECE, so
+each half of the samples is scored with the temperature fitted on the other half.
 """
 
 from __future__ import annotations
@@ -43,9 +52,10 @@ from dataclasses import asdict, dataclass
 from statistics import NormalDist
 
 import numpy as np
-import torch
 
-from src.functional.calibration import T_MAX, T_MIN, expected_calibration_error, fit_temperature, nll
+from src.functional.calibration import T_MAX, T_MIN, CrossFit, crossfit_temperature
+
+__all__ = ["T_MAX", "T_MIN", "CrossFit", "crossfit_temperature"]  # re-exported: calibration lives there
 
 KINDS = ("phenomenon", "overfitting", "no_rise", "inconclusive", "not_learning", "partial_collapse")
 # precedence: the first kind whose rule fires wins (see the module docstring)
@@ -190,11 +200,13 @@ class RunKind:
     acc_best: float
     acc_best_epoch: int
     acc_best_lower: float  # one-sided LEVEL Wilson lower bound of acc_best
+    acc_last_lower: float  # one-sided LEVEL Wilson lower bound of acc_last
     acc_change: float  # acc_last - acc_at_min
     acc_change_ci: tuple[float, float]
     majority_rate: float
     initial_loss: float | None
-    unlearned_classes: tuple[str, ...]
+    unlearned_classes: tuple[str, ...]  # classes in the val set with recall 0 at the last epoch
+    collapsed_classes: tuple[str, ...]  # those of them that count for partial_collapse (rule 2)
     samples_to_settle: int | None  # inconclusive only: val-set size that would likely settle the rise
     n_resamples: int
     seed: int
@@ -216,8 +228,19 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
+def _loss(x: float) -> str:
+    return f"{x:.4f}" if abs(x) >= 1e-3 or x == 0 else f"{x:.2e}"
+
+
 def _signed(x: float) -> str:
     return f"{x:+.3f}"
+
+
+def accuracy_move(before: float, after: float) -> str:
+    """``"was unchanged at 0.922"`` when both read the same at 3 decimals, else ``"went 0.595 -> 0.719"``."""
+    if f"{before:.3f}" == f"{after:.3f}":
+        return f"was unchanged at {after:.3f}"
+    return f"went {before:.3f} -> {after:.3f}"
 
 
 def _check_inputs(
@@ -283,72 +306,93 @@ def classify_run(
     counts = np.bincount(target, minlength=n_classes)
     majority_rate = float(counts.max() / n)
     acc_best_lower = wilson_lower(float(acc[i_best]), n)
+    acc_last_lower = wilson_lower(float(acc[i_last]), n)
     hits = np.bincount(target, weights=correct[i_last], minlength=n_classes)
     present = counts > 0
     unlearned = present & (hits == 0)
+    learned = present & (hits > 0)
+    collapsed = unlearned & _beyond_chance(unlearned, learned, counts, target, correct[i_last])
     unlearned_names = tuple(class_names[c] for c in np.flatnonzero(unlearned))
+    collapsed_names = tuple(class_names[c] for c in np.flatnonzero(collapsed))
 
     e_min, e_last, e_best = epochs[i_min], epochs[i_last], epochs[i_best]
-    rose = (
-        f"rose {_pct(rise_rel)} (95% CI {_pct(rise_ci[0])} to {_pct(rise_ci[1])}) "
-        f"from epoch {e_min} to epoch {e_last}"
+    by = (
+        f"{_pct(rise_rel)} (95% CI {_pct(rise_ci[0])} to {_pct(rise_ci[1])})"
+        if math.isfinite(rise_rel) and all(map(math.isfinite, rise_ci))
+        else "by an unbounded share (its minimum is 0: every per-sample loss underflowed to 0)"
     )
+    rose = f"rose {by} from {_loss(mean_loss[i_min])} at epoch {e_min} to {_loss(mean_loss[i_last])} at epoch {e_last}"
     rise_text = f"val loss {rose}"
     acc_text = (
-        f"accuracy changed by {_signed(acc_change)} "
-        f"(95% CI {_signed(acc_change_ci[0])} to {_signed(acc_change_ci[1])})"
+        f"val accuracy {accuracy_move(acc[i_min], acc[i_last])} "
+        f"(change {_signed(acc_change)}, 95% CI {_signed(acc_change_ci[0])} to {_signed(acc_change_ci[1])})"
     )
     samples_to_settle: int | None = None
 
     if acc_best_lower <= majority_rate + MAJORITY_MARGIN:
         kind, advice = "not_learning", ADVICE_NOT_LEARNING
+        best = f"the best val accuracy {acc[i_best]:.3f} (epoch {e_best})" if n_epochs > 1 else f"the accuracy {acc[0]:.3f}"
         reason = (
-            f"the best val accuracy {acc[i_best]:.3f} (epoch {e_best}; one-sided 95% lower bound "
-            f"{acc_best_lower:.3f}) is not above the majority-class rate {majority_rate:.3f} "
-            f"+ {MAJORITY_MARGIN:.2f}"
+            f"{best} is not above the majority-class rate {majority_rate:.3f} by more than {MAJORITY_MARGIN:.2f} "
+            f"(its one-sided 95% lower bound is {acc_best_lower:.3f} with {n} {'val ' if n_epochs > 1 else ''}samples)"
         )
         if present.sum() == 1:
-            reason += ", and the val set holds a single class, so accuracy cannot show learning"
+            reason += "; the val set holds a single class, so accuracy cannot show learning"
     elif initial_loss is not None and mean_loss[i_min] >= initial_loss:
         kind, advice = "not_learning", ADVICE_NOT_LEARNING
         reason = (
             f"val loss never fell below its untrained value: its lowest mean {mean_loss[i_min]:.4f} "
-            f"(epoch {e_min}) is >= the untrained {initial_loss:.4f}"
+            f"(epoch {e_min}) is >= the untrained model's {initial_loss:.4f}"
         )
-    elif unlearned.any() and (present & (hits > 0)).any():
+    elif acc_last_lower <= majority_rate + MAJORITY_MARGIN:
+        kind, advice = "not_learning", ADVICE_NOT_LEARNING
+        predicted = np.unique(pred[i_last])
+        only = (
+            f"; it predicts only {class_names[int(predicted[0])]}" if len(predicted) == 1 else ""
+        )
+        reason = (
+            f"the final val accuracy {acc[i_last]:.3f} (epoch {e_last}) is not above the majority-class rate "
+            f"{majority_rate:.3f} by more than {MAJORITY_MARGIN:.2f} (its one-sided 95% lower bound is "
+            f"{acc_last_lower:.3f}), although it reached {acc[i_best]:.3f} at epoch {e_best}: what it learned is "
+            f"lost{only}"
+        )
+    elif collapsed.any():
         kind, advice = "partial_collapse", ADVICE_COLLAPSE
-        n_learned = int((present & (hits > 0)).sum())
+        n_learned = int(learned.sum())
         others = "the other class is" if n_learned == 1 else f"the other {n_learned} are"
         reason = (
-            f"at epoch {e_last}, {unlearned.sum()} of {present.sum()} classes in the val set are never "
-            f"predicted correctly (recall 0: {', '.join(unlearned_names)}) while {others} "
-            f"(accuracy {acc[i_last]:.3f})"
+            f"at epoch {e_last}, {collapsed.sum()} of {present.sum()} classes in the val set "
+            f"{'is' if collapsed.sum() == 1 else 'are'} never predicted correctly "
+            f"(recall 0: {', '.join(collapsed_names)}) while {others} (val accuracy {acc[i_last]:.3f})"
         )
     elif n_epochs == 1:
         kind, advice = "no_rise", ""
         reason = (
-            f"only one epoch (epoch {e_last}) was recorded, so there is no rise to explain "
-            f"(val loss {mean_loss[i_last]:.4f}, accuracy {acc[i_last]:.3f})"
+            f"only one epoch (epoch {e_last}) was recorded, so there is no rise to judge "
+            f"(val loss {mean_loss[i_last]:.4f}, val accuracy {acc[i_last]:.3f})"
         )
+    elif i_min == i_last:
+        kind, advice = "no_rise", ""
+        reason = f"val loss is lowest at the last epoch ({mean_loss[i_last]:.4f} at epoch {e_last}): it has not risen"
     elif rise_rel <= RISE_THRESHOLD:
         kind, advice = "no_rise", ""
         reason = (
-            f"val loss changed by {_pct(rise_rel)} from its minimum at epoch {e_min} ({mean_loss[i_min]:.4f}) "
-            f"to epoch {e_last} ({mean_loss[i_last]:.4f}), within the {_pct(RISE_THRESHOLD)} threshold"
+            f"val loss changed by {_pct(rise_rel)} from its minimum {mean_loss[i_min]:.4f} at epoch {e_min} "
+            f"to {mean_loss[i_last]:.4f} at epoch {e_last}, within the {_pct(RISE_THRESHOLD)} threshold"
         )
     elif rise_ci[0] <= 0:
         kind = "inconclusive"
         samples_to_settle = _samples_to_settle(rise_rel, rise_ci[0], n)
-        reason = f"{rise_text}, but that interval includes 0 with only {n} val samples"
+        reason = f"{rise_text}, but with {n} val samples that interval includes no rise"
         advice = "Use a larger val set or repeat with other seeds before reading anything into the rise."
         if samples_to_settle is not None:
             advice = (
-                f"Use a larger val set (about {samples_to_settle} samples would likely settle a rise this size) "
-                "or repeat with other seeds before reading anything into the rise."
+                f"Use a larger val set (about {samples_to_settle} samples would likely settle a rise this size, "
+                f"{n} now) or repeat with other seeds before reading anything into the rise."
             )
     elif acc_change_ci[1] < 0:
         kind = "overfitting"
-        reason = f"{rise_text} while {acc_text}, so the model got worse, not just more confident"
+        reason = f"{rise_text}, and {acc_text}: the model got worse on val, not just more confident"
         advice = (
             f"Use the checkpoint of epoch {e_min} (stop earlier) or regularise: raise `optimizer.weight_decay`, "
             "add data or augmentation."
@@ -364,7 +408,7 @@ def classify_run(
         reason = f"{rise_text} while {acc_text}"
         advice = (
             "Nothing is wrong with which class wins: the rise is in confidence. For calibrated probabilities "
-            f"use temperature scaling or the checkpoint of epoch {e_min}."
+            f"use temperature scaling, or the checkpoint of epoch {e_min}."
         )
 
     return RunKind(
@@ -384,15 +428,34 @@ def classify_run(
         acc_best=float(acc[i_best]),
         acc_best_epoch=e_best,
         acc_best_lower=acc_best_lower,
+        acc_last_lower=acc_last_lower,
         acc_change=acc_change,
         acc_change_ci=acc_change_ci,
         majority_rate=majority_rate,
         initial_loss=None if initial_loss is None else float(initial_loss),
         unlearned_classes=unlearned_names,
+        collapsed_classes=collapsed_names,
         samples_to_settle=samples_to_settle,
         n_resamples=n_resamples,
         seed=seed,
     )
+
+
+def _beyond_chance(
+    unlearned: np.ndarray, learned: np.ndarray, counts: np.ndarray, target: np.ndarray, correct: np.ndarray
+) -> np.ndarray:
+    """Per class: would getting all its val samples wrong be unlikely for a class as well learned as the others?
+
+    ``a`` = one-sided ``LEVEL`` Wilson lower bound of the accuracy on the samples of the learned classes;
+    a class of ``n_c`` samples gets none right with probability ``(1 - a) ** n_c``; it counts when that is
+    <= ``(1 - LEVEL)`` / (number of classes in the val set) (Bonferroni over the classes).
+    """
+    if not (unlearned.any() and learned.any()):
+        return np.zeros_like(unlearned)
+    in_learned = learned[target]
+    a = wilson_lower(float(correct[in_learned].mean()), int(in_learned.sum()))
+    alpha = (1 - LEVEL) / int((counts > 0).sum())
+    return (1.0 - a) ** counts.astype(np.float64) <= alpha
 
 
 def _samples_to_settle(rise: float, ci_low: float, n: int) -> int | None:
@@ -405,68 +468,3 @@ def _samples_to_settle(rise: float, ci_low: float, n: int) -> int | None:
     if not (math.isfinite(half) and math.isfinite(rise)) or rise <= 0:
         return None
     return math.ceil(n * (half / rise) ** 2)
-
-
-# ---------------------------------------------------------------------------------------------- calibration
-
-
-@dataclass(frozen=True)
-class CrossFit:
-    """Temperature fitted on all samples, and NLL/ECE of temperature scaling scored out of sample."""
-
-    temperature: float  # fitted on all samples
-    temperature_halves: tuple[float, float]  # fitted on each half (each scores the other half)
-    nll_raw: float
-    ece_raw: float
-    nll_scaled: float  # cross-fitted: each sample scored with the temperature fitted on the other half
-    ece_scaled: float  # cross-fitted, over all samples at once
-    status: str  # "ok", "at_bound" (temperature hit T_MIN/T_MAX) or "not_identifiable" (no errors / no hits)
-    n_samples: int
-
-    def to_dict(self) -> dict[str, object]:
-        """JSON-serialisable values: tuples become lists, nan/inf become None."""
-        return {k: _jsonable(v) for k, v in asdict(self).items()}
-
-
-def crossfit_temperature(logits: torch.Tensor, target: torch.Tensor, seed: int = SEED) -> CrossFit:
-    """Temperature scaling with honest (cross-fitted) NLL and ECE.
-
-    The samples are split at random (seeded) into two halves; the temperature fitted on one half
-    scales the other half's logits, so no sample is scored with a temperature fitted on itself. The
-    per-sample results of both halves are pooled so the numbers cover all samples. ``status`` is
-    "not_identifiable" when all predictions are right or all wrong (the NLL-optimal temperature is then
-    degenerate: T -> 0 sharpens right answers for free), "at_bound" when the temperature fitted on all
-    samples is T_MIN or T_MAX, else "ok".
-    """
-    z = logits.detach().double().cpu()
-    y = target.detach().long().cpu()
-    n = z.shape[0]
-    if z.ndim != 2 or y.shape != (n,) or n < 2:
-        raise ValueError(
-            f"need logits (N >= 2, C) and target (N,), got {tuple(z.shape)} and {tuple(y.shape)}"
-        )
-    perm = torch.from_numpy(np.random.default_rng(seed).permutation(n))
-    halves = (perm[: n // 2], perm[n // 2 :])
-    t_halves = tuple(fit_temperature(z[h], y[h]) for h in halves)
-    scaled = z.clone()
-    scaled[halves[0]] = z[halves[0]] / t_halves[1]  # each half scaled by the other half's temperature
-    scaled[halves[1]] = z[halves[1]] / t_halves[0]
-
-    temperature = fit_temperature(z, y)
-    n_correct = int((z.argmax(1) == y).sum())
-    if n_correct in (0, n):
-        status = "not_identifiable"
-    elif temperature <= T_MIN or temperature >= T_MAX:
-        status = "at_bound"
-    else:
-        status = "ok"
-    return CrossFit(
-        temperature=temperature,
-        temperature_halves=(t_halves[0], t_halves[1]),
-        nll_raw=nll(z, y),
-        ece_raw=expected_calibration_error(z.softmax(1), y),
-        nll_scaled=nll(scaled, y),
-        ece_scaled=expected_calibration_error(scaled.softmax(1), y),
-        status=status,
-        n_samples=n,
-    )

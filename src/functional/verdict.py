@@ -1,10 +1,11 @@
-"""The verdict's numbers: why did val loss rise, computed from per-sample records.
+"""The verdict's numbers: what kind of run this is and where its val loss comes from, from per-sample records.
 
 Pure (numpy/torch): the inputs are the per-epoch (or per-model) :class:`~src.functional.outputs.Evaluation`
-of the val split, so every number can be re-derived from ``samples.npz``. The kind of run is written as
-``verdict``: ``phenomenon`` (val loss rose after its minimum while accuracy held), ``overfitting`` (it rose
-and accuracy fell), ``no_rise`` (nothing to explain), or ``single_evaluation`` (one model, no history:
-``src.evaluate``). :mod:`src.render.diagnosis` puts them into words.
+of the val split, so every number can be re-derived from ``samples.npz``. ``verdict`` is the kind of run
+decided by :func:`src.functional.run_kinds.classify_run` (``phenomenon``, ``overfitting``, ``no_rise``,
+``inconclusive``, ``not_learning``, ``partial_collapse``), or ``single_evaluation`` for one model with no
+history (``src.evaluate``) that is neither ``not_learning`` nor ``partial_collapse``.
+:mod:`src.render.diagnosis` puts them into words; ``diagnosis.json`` is :meth:`VerdictNumbers.to_dict`.
 """
 
 from __future__ import annotations
@@ -23,13 +24,28 @@ from src.functional.breakdown import (
     top_share,
     worst_indices,
 )
+from src.functional.calibration import temperature_status
 from src.functional.losses import bound_losses
 from src.functional.outputs import Evaluation
+from src.functional.run_kinds import (
+    KINDS,
+    LEVEL,
+    MAJORITY_MARGIN,
+    N_RESAMPLES,
+    RISE_THRESHOLD,
+    SEED,
+    classify_run,
+)
 
-RISE_TOLERANCE = 0.05  # relative rise of val loss above its minimum that counts as "rose"
-ACC_TOLERANCE = 0.02  # absolute drop of val accuracy that still counts as "held"
+FORMAT_VERSION = 1  # of diagnosis.json
 EXTREME_RATIO = 10.0  # a sample whose loss is this many times the mean is called an extreme outlier
-VERDICTS = ("phenomenon", "overfitting", "no_rise", "single_evaluation")
+FEW_SHARE = 0.05  # "a few samples": at most this share of them
+LARGE_ZERO_GRADIENT_SHARE = 0.05  # bounded loss: this share of training samples above the cap is called large
+VERDICTS = (*KINDS, "single_evaluation")
+ADVICE_NOT_LEARNING_ONE_MODEL = (
+    "If this is not the data the model was trained on, check that its class folders are the run's classes "
+    "(same names, same labels) and that the images look like the training images."
+)
 
 
 @dataclass(frozen=True)
@@ -52,9 +68,10 @@ class ModelNumbers:
     bounded: float
     n_above_cap: int
     ece: float
-    temperature: float
-    nll_temperature_scaled: float
-    ece_temperature_scaled: float
+    temperature: float  # fitted on all of the split's samples
+    temperature_status: str  # ok, at_bound or not_identifiable (src.functional.calibration.temperature_status)
+    nll_crossfit: float  # NLL after temperature scaling, cross-fitted (no sample scored with its own fit)
+    ece_crossfit: float  # ECE after temperature scaling, cross-fitted
 
 
 @dataclass(frozen=True)
@@ -73,37 +90,70 @@ class ExtremeSample:
 
 @dataclass(frozen=True)
 class VerdictNumbers:
-    """Everything ``diagnosis.md`` states, as numbers (``diagnosis.json``)."""
+    """Everything ``diagnosis.md`` states, as numbers (``diagnosis.json``; every key in the README).
 
+    Fields about a rise (``rise*``, ``acc_change*``, ``samples_to_settle``, ``scaling_removes``) and
+    ``at_min`` are ``None`` for a single evaluation (no history; ``min_epoch`` = ``last_epoch`` = the
+    model's epoch) and where they do not apply.
+    """
+
+    format_version: int
     verdict: str
-    epochs: int
+    reason: str
+    advice: str
+    history: bool
+    evaluated_on: str
+    n_samples: int
+    n_epochs: int
     min_epoch: int
-    min_loss: float
     last_epoch: int
+    min_loss: float
     last_loss: float
-    rise: float
-    rise_rel: float
+    rise: float | None
+    rise_rel: float | None
+    rise_ci: tuple[float, float] | None
+    significant_rise: bool
     acc_at_min: float
     acc_last: float
+    acc_change: float | None
+    acc_change_ci: tuple[float, float] | None
     acc_best: float
     acc_best_epoch: int
+    acc_best_lower: float
+    acc_last_lower: float
+    majority_rate: float
+    initial_loss: float | None
+    unlearned_classes: tuple[str, ...]
+    collapsed_classes: tuple[str, ...]
+    samples_to_settle: int | None
+    rise_threshold: float
+    majority_margin: float
+    confidence_level: float
+    n_resamples: int
+    bootstrap_seed: int
+    objective: str | None
     loss_cap: float
-    history: bool
-    rose: bool
-    acc_held: bool
+    n_train: int | None
+    n_train_above_cap: int | None
+    scaling_removes: float | None
     final: ModelNumbers
-    at_min: ModelNumbers
-    rise_from_worst5: float
-    rise_from_wrong: float
-    rise_from_rest: float
+    at_min: ModelNumbers | None  # None for a single evaluation
+    rise_from_worst5: float | None
+    rise_from_wrong: float | None
+    rise_from_rest: float | None
     extreme: tuple[ExtremeSample, ...]
 
     @property
     def phenomenon(self) -> bool:
         return self.verdict == "phenomenon"
 
+    @property
+    def shows_min(self) -> bool:
+        """Whether the minimum-loss epoch is another state than the final one (worth its own column)."""
+        return self.history and self.min_epoch != self.last_epoch
+
     def to_dict(self) -> dict:
-        """JSON-ready: non-finite floats become ``None``."""
+        """JSON-ready: tuples become lists, non-finite floats become ``None``."""
         return _json_ready(asdict(self))
 
 
@@ -138,9 +188,16 @@ def model_numbers(ev: Evaluation, target: np.ndarray, cap: float) -> ModelNumber
         p_true_correct_mean=parts["p_true_correct_mean"],
         bounded=float(bound_losses(loss, cap).mean()),
         n_above_cap=int(count_above_cap(loss, cap)),
-        **{k: float(ev.calibration.get(k, math.nan)) for k in
-           ("ece", "temperature", "nll_temperature_scaled", "ece_temperature_scaled")},
+        ece=_calib(ev, "ece"),
+        temperature=_calib(ev, "temperature"),
+        temperature_status=temperature_status(_calib(ev, "temperature"), int(correct.sum()), len(loss)),
+        nll_crossfit=_calib(ev, "nll_crossfit"),
+        ece_crossfit=_calib(ev, "ece_crossfit"),
     )
+
+
+def _calib(ev: Evaluation, key: str) -> float:
+    return float(ev.calibration.get(key, math.nan))
 
 
 def verdict_numbers(
@@ -152,25 +209,45 @@ def verdict_numbers(
     paths: np.ndarray,
     loss_cap: float,
     n_extreme: int = 3,
+    initial_loss: float | None = None,
+    train_loss: np.ndarray | None = None,
+    objective: str | None = None,
+    evaluated_on: str = "val split",
+    n_resamples: int = N_RESAMPLES,
+    seed: int = SEED,
 ) -> VerdictNumbers:
-    """The verdict for val outputs ``evals`` (one per epoch, or one model) of samples ``index``."""
+    """The verdict for val outputs ``evals`` (one per epoch, or one model) of samples ``index``.
+
+    ``initial_loss`` is the untrained model's mean val loss (rule 1b of the run kinds), ``train_loss``
+    the final model's per-sample training losses (how many sit above the bounded loss's cap), and
+    ``objective`` the loss the model was trained with (``standard``, ``bounded``; ``None``: unknown).
+    """
     if not evals:
         raise ValueError("no validation outputs recorded: nothing to diagnose")
-    losses = [float(e.loss.astype(np.float64).mean()) for e in evals]
-    accs = [float(e.correct(target).mean()) for e in evals]
-    i_min = int(np.argmin(losses))
-    last, at_min = evals[-1], evals[i_min]
+    target = np.asarray(target)
     history = len(evals) > 1
-    rise_rel = (losses[-1] - losses[i_min]) / losses[i_min] if losses[i_min] > 0 else 0.0
-    rose = history and rise_rel > RISE_TOLERANCE
-    acc_held = accs[-1] >= accs[i_min] - ACC_TOLERANCE
-    if not history:
-        verdict = "single_evaluation"
-    elif rose:
-        verdict = "phenomenon" if acc_held else "overfitting"
-    else:
-        verdict = "no_rise"
+    losses = np.stack([e.loss for e in evals]).astype(np.float64)
+    run = classify_run(
+        losses,
+        np.stack([e.pred for e in evals]),
+        target,
+        len(classes),
+        list(classes),
+        list(epochs),
+        initial_loss=initial_loss,
+        n_resamples=n_resamples,
+        seed=seed,
+    )
+    verdict, reason, advice = run.kind, run.reason, run.advice
+    if not history and run.kind == "no_rise":
+        verdict, reason = "single_evaluation", "one model, no history, so there is no rise to judge"
+    if not history and run.kind == "not_learning":
+        advice = ADVICE_NOT_LEARNING_ONE_MODEL
+    i_min = int(np.argmin(losses.mean(1)))  # as classify_run picks it
+    last, at_min = evals[-1], evals[i_min]
     final = model_numbers(last, target, loss_cap)
+    m = model_numbers(at_min, target, loss_cap)
+    significant = history and run.rise_rel > RISE_THRESHOLD and run.rise_ci[0] > 0
     # which samples the rise comes from: per-sample change between the min-loss epoch and the end
     delta = (last.loss.astype(np.float64) - at_min.loss.astype(np.float64)) / len(target)
     worst5 = worst_indices(last.loss, final.top5_n)
@@ -188,27 +265,75 @@ def verdict_numbers(
         )
         for i in worst_indices(last.loss, n_extreme)
     )
+    rise = run.last_loss - run.min_loss
+    cap_ok = math.isfinite(loss_cap)
+    removes = _scaling_removes(final, m, rise) if significant else None
+    if verdict == "phenomenon" and removes is not None and removes < 0.5:
+        advice = (
+            f"Accuracy held, but temperature scaling removes only {max(removes, 0.0):.0%} of the rise: the class "
+            "ranking got worse on some samples. Look at them (worst.csv) and consider the checkpoint of "
+            f"epoch {run.min_epoch}."
+        )
     return VerdictNumbers(
+        format_version=FORMAT_VERSION,
         verdict=verdict,
-        epochs=len(evals),
-        min_epoch=int(epochs[i_min]),
-        min_loss=losses[i_min],
-        last_epoch=int(epochs[-1]),
-        last_loss=losses[-1],
-        rise=losses[-1] - losses[i_min],
-        rise_rel=rise_rel,
-        acc_at_min=accs[i_min],
-        acc_last=accs[-1],
-        acc_best=max(accs),
-        acc_best_epoch=int(epochs[int(np.argmax(accs))]),
-        loss_cap=float(loss_cap),
+        reason=reason,
+        advice=advice,
         history=history,
-        rose=rose,
-        acc_held=acc_held,
+        evaluated_on=evaluated_on,
+        n_samples=run.n_samples,
+        n_epochs=run.n_epochs,
+        min_epoch=run.min_epoch,
+        last_epoch=run.last_epoch,
+        min_loss=run.min_loss,
+        last_loss=run.last_loss,
+        rise=rise if history else None,
+        rise_rel=run.rise_rel if history else None,
+        rise_ci=run.rise_ci if history else None,
+        significant_rise=significant,
+        acc_at_min=run.acc_at_min,
+        acc_last=run.acc_last,
+        acc_change=run.acc_change if history else None,
+        acc_change_ci=run.acc_change_ci if history else None,
+        acc_best=run.acc_best,
+        acc_best_epoch=run.acc_best_epoch,
+        acc_best_lower=run.acc_best_lower,
+        acc_last_lower=run.acc_last_lower,
+        majority_rate=run.majority_rate,
+        initial_loss=run.initial_loss,
+        unlearned_classes=run.unlearned_classes,
+        collapsed_classes=run.collapsed_classes,
+        samples_to_settle=run.samples_to_settle,
+        rise_threshold=RISE_THRESHOLD,
+        majority_margin=MAJORITY_MARGIN,
+        confidence_level=LEVEL,
+        n_resamples=run.n_resamples,
+        bootstrap_seed=run.seed,
+        objective=objective,
+        loss_cap=float(loss_cap),
+        n_train=None if train_loss is None else len(train_loss),
+        n_train_above_cap=(
+            int(count_above_cap(torch.as_tensor(np.asarray(train_loss, dtype=np.float64)), loss_cap))
+            if train_loss is not None and cap_ok
+            else None
+        ),
+        scaling_removes=removes,
         final=final,
-        at_min=model_numbers(at_min, target, loss_cap),
-        rise_from_worst5=float(delta[worst5].sum()),
-        rise_from_wrong=float(delta[wrong].sum()),
-        rise_from_rest=float(delta.sum() - delta[worst5].sum()),
+        at_min=m if history else None,
+        rise_from_worst5=float(delta[worst5].sum()) if history else None,
+        rise_from_wrong=float(delta[wrong].sum()) if history else None,
+        rise_from_rest=float(delta.sum() - delta[worst5].sum()) if history else None,
         extreme=extreme,
     )
+
+
+def _scaling_removes(final: ModelNumbers, at_min: ModelNumbers, rise: float) -> float | None:
+    """Share of the raw rise that cross-fitted temperature scaling removes: ``1 - scaled rise / raw rise``.
+
+    Above 1 when the scaled NLL fell while the raw one rose, below 0 when the scaled NLL rose more than the
+    raw one; ``None`` when a temperature is not usable (at its bound, not identifiable) or there is no rise.
+    """
+    usable = all(m.temperature_status == "ok" and math.isfinite(m.nll_crossfit) for m in (final, at_min))
+    if not usable or rise <= 0:
+        return None
+    return 1.0 - (final.nll_crossfit - at_min.nll_crossfit) / rise

@@ -10,7 +10,7 @@ TensorBoard when a writer is given.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,26 +54,56 @@ class Diagnosis:
     summary: str
 
 
-def diagnose(samples: Samples, model: str | None = None) -> Diagnosis:
-    """The verdict over the recorded epochs of ``samples`` (or, ``model=<name>``, one evaluated model)."""
+def diagnose(
+    samples: Samples,
+    model: str | None = None,
+    evaluated_on: str = "val split",
+    reports: Sequence[str] = (),
+    figures: Sequence[str] = (),
+    tensorboard: bool = False,
+) -> Diagnosis:
+    """The verdict over the recorded epochs of ``samples`` (or, ``model=<name>``, one evaluated model).
+
+    The untrained model's val loss (``models["initial"]``) decides whether val loss ever fell; the final
+    model's train losses how many training samples sit above the cap. ``evaluated_on`` says what the
+    samples are; ``reports``/``figures``/``tensorboard`` name what was written next to the text.
+    """
     if model is not None:
         evals, epochs = [samples.models[model]["val"]], [samples.model_epoch[model]]
+        final_model = model
     else:
         evals, epochs = samples.val_epochs, samples.epochs
+        final_model = "last"
+    initial = samples.models.get("initial", {}).get("val") if model is None else None
+    train = samples.models.get(final_model, {}).get("train")
     numbers = verdict_numbers(
-        evals, epochs, samples.val.target, samples.classes, samples.val.index, samples.val.path, samples.loss_cap
+        evals,
+        epochs,
+        samples.val.target,
+        samples.classes,
+        samples.val.index,
+        samples.val.path,
+        samples.loss_cap,
+        initial_loss=float(np.mean(initial.loss, dtype=np.float64)) if initial is not None else None,
+        train_loss=train.loss if train is not None else None,
+        objective=samples.objective or None,
+        evaluated_on=evaluated_on,
     )
-    markdown, summary = diagnosis_texts(numbers)
+    markdown, summary = diagnosis_texts(numbers, reports, figures, tensorboard)
     return Diagnosis(numbers, markdown, summary)
 
 
-def worst_rows(samples: Samples, ev: Evaluation, k: int) -> tuple[list[str], list[list[Any]]]:
-    """Header and rows of ``worst.csv``: the ``k`` highest-loss val samples of ``ev``, with loss history."""
+def worst_rows(
+    samples: Samples, ev: Evaluation, k: int, with_history: bool = True
+) -> tuple[list[str], list[list[Any]]]:
+    """Header and rows of ``worst.csv``: the ``k`` highest-loss val samples of ``ev``, with their loss at every
+    recorded epoch (``with_history``; an evaluation of one model has none)."""
     target = samples.val.target
     order = worst_indices(ev.loss, k)
-    history = samples.history.loss if samples.val_epochs else np.empty((0, len(target)))
+    epochs = samples.epochs if with_history and samples.val_epochs else []
+    history = samples.history.loss if epochs else np.empty((0, len(target)))
     header = ["rank", "index", "path", "true", "predicted", "p_true", "confidence", "loss"]
-    header += [f"loss_epoch_{e}" for e in samples.epochs]
+    header += [f"loss_epoch_{e}" for e in epochs]
     rows = []
     for rank, i in enumerate(order, start=1):
         rows.append(
@@ -119,6 +149,7 @@ def write_diagnosis(
     writer: Any = None,
     step: int = 0,
     model: str | None = None,
+    evaluated_on: str = "val split",
 ) -> Diagnosis:
     """Write reports, worst samples, figures, ``samples.npz`` and ``diagnosis.md``/``.json`` into ``out_dir``.
 
@@ -126,10 +157,12 @@ def write_diagnosis(
     (or data that are not ``(N, C, H, W)`` images) leaves it out.
 
     ``model`` names the evaluated model the verdict is about (``src.evaluate``); by default the verdict
-    covers the recorded epochs, and its "final" state is the last epoch.
+    covers the recorded epochs, and its "final" state is the last epoch. ``evaluated_on`` says what the
+    val samples are (``"val split"``, or ``"every image of <folder> (N images)"``).
     """
     out = Path(out_dir)
     samples.save(out / SAMPLES_FILE)
+    reports = []
     for name, splits in samples.models.items():
         if "val" not in splits:
             continue
@@ -139,10 +172,11 @@ def write_diagnosis(
         md = report_markdown(report, title)
         atomic_write_text(report_path(out, name, "md"), md)
         atomic_write_text(report_path(out, name, "csv"), report_csv(report))
+        reports.append(name)
         if writer is not None:
             writer.add_text(f"reports/{name}", md, global_step=step)
     final = samples.models[model]["val"] if model is not None else samples.val_epochs[-1]
-    header, rows = worst_rows(samples, final, worst_k)
+    header, rows = worst_rows(samples, final, worst_k, with_history=model is None)
     atomic_write_text(out / WORST_FILE, csv_text(header, rows))
     figures = {
         "reliability": reliability_figure(final.conf, final.correct(samples.val.target), title="final model, val"),
@@ -156,7 +190,7 @@ def write_diagnosis(
     for name, fig in figures.items():
         image = log_figure(writer, f"diagnosis/{name}", fig, step) if writer is not None else render(fig)
         atomic_write_bytes(figure_path(out, name), png_bytes(image))
-    diagnosis = diagnose(samples, model=model)
+    diagnosis = diagnose(samples, model, evaluated_on, reports, list(figures), writer is not None)
     atomic_write_text(out / DIAGNOSIS_FILE, diagnosis.markdown)
     atomic_write_text(out / DIAGNOSIS_JSON, json.dumps(diagnosis.numbers.to_dict(), indent=2) + "\n")
     if writer is not None:

@@ -5,7 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from src.errors import UserError
-from src.rundir.paths import DIAGNOSIS_FILE, METRICS_CSV, SAMPLES_FILE
+from src.rundir.paths import (
+    CONFIG_FILE,
+    DIAGNOSIS_FILE,
+    HYDRA_FILE,
+    METRICS_CSV,
+    OVERRIDES_FILE,
+    SAMPLES_FILE,
+)
 
 RUN_DIR_ENV = "LOSSDIAG_RUN_DIR"
 
@@ -30,3 +37,28 @@ def latest_run(root: str | Path = "outputs") -> Path:
             f"train one with `python -m src.train`, or set RUN_DIR (or ${RUN_DIR_ENV}) to a run folder"
         )
     return max(runs, key=lambda p: ((p / SAMPLES_FILE).stat().st_mtime, str(p)))
+
+
+def remove_unfinished(folder: str | Path, log_name: str) -> bool:
+    """Remove ``folder`` when it holds nothing but what Hydra writes into every job's folder.
+
+    That is ``.hydra/{config,hydra,overrides}.yaml`` and the job's log ``log_name``: a job that failed
+    before writing anything of its own then leaves no empty folder behind. Anything else in it (an earlier
+    evaluation's files, the user's own) and the folder is left exactly as it is. True when removed.
+    """
+    folder = Path(folder)
+    hydra_files = {CONFIG_FILE, HYDRA_FILE, OVERRIDES_FILE, Path(log_name)}
+    if not folder.is_dir():
+        return False
+    entries = list(folder.rglob("*"))
+    files = {p.relative_to(folder) for p in entries if not p.is_dir()}
+    dirs = {p.relative_to(folder) for p in entries if p.is_dir()}
+    if not files <= hydra_files or not dirs <= {CONFIG_FILE.parent}:
+        return False
+    for name in files:
+        (folder / name).unlink()
+    for name in dirs:
+        (folder / name).rmdir()
+    folder.rmdir()
+    return True
+

@@ -10,6 +10,8 @@ key                         shape      meaning
 ``format_version``          ()         1
 ``classes``                 (C,) str   class names, index = class id
 ``loss_cap``                ()         the bounded-loss cap of the run (``loss/cap``)
+``objective``               () str     the loss the model was trained with (``standard``, ``bounded``;
+                                       ``""``: unknown, e.g. a module without ``hparams.loss``)
 ``val_index``               (N,)       sample index in the val split (row order of every ``val_*``)
 ``val_target``              (N,)       true class
 ``val_path``                (N,) str   image file (folder data), ``""`` for built-in data
@@ -19,7 +21,9 @@ key                         shape      meaning
 ``val_pred``                (E, N)     predicted class (int16)
 ``val_conf``                (E, N)     probability of the predicted class (float32)
 ``val_<calib>``             (E,)       ``ece``, ``temperature``, ``nll_temperature_scaled``,
-                                       ``ece_temperature_scaled`` of each epoch
+                                       ``ece_temperature_scaled`` (temperature fitted and scored on the
+                                       same samples, as the ``val/`` scalars), ``nll_crossfit``,
+                                       ``ece_crossfit`` (scored out of sample, as the verdict) of each epoch
 ``train_index/target/path`` (Nt,)      as for val, for the training split
 ``models``                  (M,) str   evaluated models, e.g. ``initial``, ``best``, ``last``
 ``model_epoch``             (M,)       epoch the model's weights come from (-1: before training)
@@ -82,6 +86,7 @@ class Samples:
     dynamics_epochs: list[int] = field(default_factory=list)
     train_p_given: list[np.ndarray] = field(default_factory=list)
     train_margin: list[np.ndarray] = field(default_factory=list)
+    objective: str = ""  # the training loss (standard, bounded); "" when unknown
 
     def add_epoch(self, epoch: int, evaluation: Evaluation) -> None:
         self.epochs.append(int(epoch))
@@ -102,6 +107,7 @@ class Samples:
             "format_version": np.asarray(FORMAT_VERSION),
             "classes": np.asarray(self.classes, dtype=str),
             "loss_cap": np.asarray(self.loss_cap, dtype=np.float64),
+            "objective": np.asarray(self.objective, dtype=str),
             "epochs": np.asarray(self.epochs, dtype=np.int64),
             "models": np.asarray(list(self.models), dtype=str),
             "model_epoch": np.asarray([self.model_epoch[m] for m in self.models], dtype=np.int64),
@@ -142,6 +148,17 @@ def _unflatten(arrays, prefix: str) -> Evaluation | None:
     return Evaluation(*(arrays[f"{prefix}_{name}"] for name in FIELDS), calibration=calibration)
 
 
+def read_classes(run_dir_or_file: str | Path) -> list[str] | None:
+    """Only the class names of ``<run>/samples.npz`` (``None`` when there is no such file)."""
+    path = Path(run_dir_or_file)
+    if path.is_dir():
+        path = path / SAMPLES_FILE
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as data:
+        return [str(c) for c in data["classes"]]
+
+
 def load_samples(run_dir_or_file: str | Path) -> Samples:
     """Read ``<run>/samples.npz`` (or the file itself) back into :class:`Samples`."""
     path = Path(run_dir_or_file)
@@ -161,6 +178,7 @@ def load_samples(run_dir_or_file: str | Path) -> Samples:
         val=splits["val"],  # type: ignore[arg-type]
         train=splits["train"],
         epochs=[int(e) for e in arrays["epochs"]],
+        objective=str(arrays["objective"]) if "objective" in arrays else "",
     )
     history = _unflatten(arrays, "val")
     if history is not None:
