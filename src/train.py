@@ -12,25 +12,35 @@ import hydra
 from omegaconf import DictConfig
 
 from src.app.cli import one_line_hydra_errors, run_task
+from src.app.console import quiet_warnings
 from src.app.resolvers import register_resolvers
 from src.app.resume import expand_resume
 
 register_resolvers()
+quiet_warnings()  # module level: processes spawned for multi-process training import this module too
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     def task() -> float | None:
+        from src.app.console import discard_if_rejected, finished, quiet_lightning
+        from src.errors import UserError
         from src.rundir.status import recorded_run
 
-        # everything the job does goes inside: <run>/metrics.json then says complete or failed (and why)
-        with recorded_run(cfg.paths.output_dir) as outcome:
-            from src.app.validate import validate
+        try:
+            # everything the job does goes inside: <run>/metrics.json then says complete or failed (and why)
+            with recorded_run(cfg.paths.output_dir) as outcome:
+                from src.app.validate import validate
 
-            validate(cfg)  # bad values fail before Lightning is imported
-            from src.app.pipeline import train
+                validate(cfg)  # bad values fail before Lightning is imported
+                from src.app.pipeline import train
 
-            outcome.metrics = metrics = train(cfg)
+                quiet_lightning()
+                outcome.metrics = metrics = train(cfg)
+        except UserError:
+            discard_if_rejected(cfg.paths.output_dir)
+            raise
+        finished(cfg.paths.output_dir)
         metric = cfg.get("optimized_metric")
         return metrics.get(metric) if metric else None
 

@@ -13,11 +13,12 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from src.app.hparams import run_hparams
 from src.app.resume import resume_command
 from src.app.validate import validate
 from src.callbacks.checkpoint_io import AtomicCheckpointIO
 from src.callbacks.guards import NonFiniteLossGuard
-from src.callbacks.tensorboard import HParamsLogger
+from src.callbacks.tensorboard import TensorBoardDashboards
 from src.data.datamodules import InMemoryDataModule
 from src.models.module import LossDiagModule
 from src.rundir.checkpoints import check_checkpoint
@@ -116,7 +117,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     config = OmegaConf.to_container(cfg, resolve=True)
     for logger in trainer.loggers:
         logger.log_hyperparams(config)  # type: ignore[arg-type]  # hparams.yaml
-    trainer.callbacks.append(HParamsLogger(config))  # type: ignore[arg-type]  # TensorBoard's HParams tab
+    # TensorBoard's HParams tab (what a person compares runs by) and Custom Scalars layout
+    trainer.callbacks.append(TensorBoardDashboards(run_hparams(cfg, datamodule), cfg.paths.output_dir))  # type: ignore[arg-type]
     log.info(
         "data: %d train / %d val samples, %d classes, %dx%dx%d; loss=%s",
         len(datamodule.train),  # type: ignore[arg-type]

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities import move_data_to_device
 
+from src.callbacks.console import announce
 from src.callbacks.tensorboard import tensorboard_writer
 from src.errors import UserError
 from src.functional.breakdown import epoch_scalars, loss_distribution, worst_indices
@@ -270,7 +271,7 @@ class LossDiagnosis(L.Callback):
         fig = reliability_figure(ev.conf, ev.correct(self.samples.val.target), title=f"val, epoch {epoch}")
         log_figure(writer, "val/reliability", fig, epoch)
         if self._figure_images and self.worst_k > 0:
-            fig = worst_figure(self.samples, ev, self._figure_images, self.worst_k)
+            fig = worst_figure(self.samples, ev, self._figure_images, self.worst_k, epoch)
             log_figure(writer, "val/worst_samples", fig, epoch)
         self._figure_images = {}
 
@@ -395,6 +396,6 @@ class LossDiagnosis(L.Callback):
             self._final_images or None,
             self.worst_k,
             tensorboard_writer(trainer),
-            trainer.current_epoch,
+            self.samples.epochs[-1],  # the last validation epoch: every figure and text is at step = epoch
         )
-        print(f"\n{self.diagnosis.summary}\nFull diagnosis: {self.output_dir / DIAGNOSIS_FILE}")
+        announce(log, f"{self.diagnosis.summary}\nFull diagnosis: {self.output_dir / DIAGNOSIS_FILE}")

@@ -2,15 +2,20 @@
 
 A redirected tqdm bar writes hundreds of carriage-return fragments per run into the log file; when
 stdout is not a terminal (a file, a pipe, a sweep's job log) :class:`EpochLines` prints one readable
-line per ``every_n_epochs`` epochs instead.
+line per ``every_n_epochs`` epochs instead (through logging, so it is also in ``train.log``).
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import lightning as L
 from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
+
+from src.callbacks.console import announce
+
+log = logging.getLogger(__name__)
 
 
 class EpochLines(ProgressBar):
@@ -37,7 +42,7 @@ class EpochLines(ProgressBar):
         shown = ", ".join(
             f"{k} {v:.4f}" for k, v in self.get_metrics(trainer, pl_module).items() if isinstance(v, float)
         )
-        print(f"epoch {epoch}/{total}: {shown}", flush=True)
+        announce(log, f"epoch {epoch}/{total}: {shown}")
 
 
 def progress_bar(refresh_rate: int = 10, every_n_epochs: int = 10) -> ProgressBar:
