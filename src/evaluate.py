@@ -8,10 +8,15 @@ command line replace the run's values, e.g. to evaluate on another image folder.
 
 from __future__ import annotations
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
-from src.app.cli import one_line_hydra_errors, run_task
+from src.app.cli import one_line_hydra_errors, quote_paths, run_task
+from src.app.console import quiet_warnings
+
+quiet_warnings()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
@@ -27,5 +32,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = quote_paths(sys.argv[1:])  # a run folder's name holds "=": ckpt_path=<run>/checkpoints/best.ckpt
     with one_line_hydra_errors("src.evaluate"):
         main()

@@ -11,13 +11,15 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from src.app.cli import one_line_hydra_errors, run_task
-from src.app.console import quiet_warnings
+from src.app.cli import one_line_hydra_errors, quote_paths, run_task
+from src.app.console import quiet_spawned_process, quiet_warnings
 from src.app.resolvers import register_resolvers
 from src.app.resume import expand_resume
 
 register_resolvers()
 quiet_warnings()  # module level: processes spawned for multi-process training import this module too
+if __name__ == "__mp_main__":  # such a spawned process
+    quiet_spawned_process()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
@@ -48,8 +50,8 @@ def main(cfg: DictConfig) -> float | None:
 
 
 def cli() -> None:
-    """The command line: ``resume=`` expanded, Hydra's config errors as one line (exit code 2)."""
-    sys.argv[1:] = run_task(lambda: expand_resume(sys.argv[1:]))
+    """The command line: ``resume=`` expanded, run-folder paths quoted, Hydra's config errors as one line (exit code 2)."""
+    sys.argv[1:] = run_task(lambda: expand_resume(quote_paths(sys.argv[1:])))
     with one_line_hydra_errors("src.train"):
         main()
 

@@ -13,8 +13,10 @@ the job runs, and ``--help`` stays instant.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -24,8 +26,16 @@ NOISE = (
     r".*isinstance\(treespec, LeafSpec\)` is deprecated",
     # epoch-level values go to the loggers once per epoch (src.models.epoch_log): step logging is unused
     r"The number of training batches \(\d+\) is smaller than the logging interval",
+    # multi-process runs: Lightning's all_gather (which gathers the per-sample records) calls a deprecated torch API
+    r"torch\.distributed\.nn\.functional\.all_gather is deprecated",
+    # val/loss and val/acc are computed from records already gathered over every process: no sync needed
+    r"It is recommended to use `self\.log\('(val|train)/[^']*', \.\.\., sync_dist=True\)`",
 )
 ADVERT = "litlogger"
+# train.log's line format (as in conf/hydra/job_logging/quiet.yaml)
+FILE_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
+# the job's log file, for processes spawned for multi-process training (Hydra configures only the job's)
+LOG_FILE_ENV = "LOSSDIAG_LOG_FILE"
 
 
 class ConsoleFormatter(logging.Formatter):
@@ -59,22 +69,52 @@ def quiet_warnings() -> None:
         warnings.filterwarnings("ignore", message=message)
 
 
-def quiet_lightning() -> None:
-    """Let Lightning's log records reach the root logger's handlers once, not also Lightning's own.
-
-    Only when the root logger has handlers (Hydra configured it); otherwise Lightning's handler is the
-    only way its lines are shown and is kept.
-    """
+def _route_lightning_to_root() -> None:
     import lightning  # noqa: F401  # adds its handler on import; remove it after, not before
 
-    if not logging.getLogger().handlers:
-        return
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logger = logging.getLogger(name)
         for handler in list(logger.handlers):
             if type(handler) is logging.StreamHandler:
                 logger.removeHandler(handler)
         logger.propagate = True
+
+
+def quiet_lightning() -> None:
+    """Let Lightning's log records reach the root logger's handlers once, not also Lightning's own.
+
+    Only when the root logger has handlers (Hydra configured it); otherwise Lightning's handler is the
+    only way its lines are shown and is kept. The job's log file is remembered in the environment
+    (:data:`LOG_FILE_ENV`), so processes spawned for multi-process training log into it too.
+    """
+    root = logging.getLogger()
+    if not root.handlers:
+        return
+    _route_lightning_to_root()
+    for handler in root.handlers:
+        if isinstance(handler, logging.FileHandler):
+            os.environ[LOG_FILE_ENV] = handler.baseFilename
+
+
+def quiet_spawned_process() -> None:
+    """Log in a process spawned for multi-process training as the launching job does (Hydra configures
+    only that one): plain console lines without Lightning's per-process chatter, everything in its
+    ``train.log`` (:data:`LOG_FILE_ENV`)."""
+    log_file = os.environ.get(LOG_FILE_ENV)
+    root = logging.getLogger()
+    if not log_file or root.handlers:
+        return
+    console = logging.StreamHandler(sys.stdout)
+    console.setFormatter(ConsoleFormatter())
+    console.addFilter(NoAdverts())
+    console.addFilter(QuietLibraries())
+    file = logging.FileHandler(log_file)
+    file.setFormatter(logging.Formatter(FILE_FORMAT))
+    file.addFilter(NoAdverts())
+    root.setLevel(logging.INFO)
+    root.addHandler(console)
+    root.addHandler(file)
+    _route_lightning_to_root()
 
 
 def display_path(path: str | Path) -> str:
@@ -116,8 +156,6 @@ def discard_if_rejected(run_dir: str | Path) -> bool:
     if any(entry.name not in no_work for entry in path.iterdir()):
         return False
     shutil.rmtree(path, ignore_errors=True)
-    try:
+    with contextlib.suppress(OSError):
         os.rmdir(path.parent)  # only when no other run is in that date folder
-    except OSError:
-        pass
     return not path.exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,6 +13,7 @@ from omegaconf import OmegaConf, open_dict
 
 from src.app.pipeline import build_datamodule, build_net, prepare
 from src.app.resume import override_key
+from src.callbacks.console import announce
 from src.errors import UserError
 from src.models.predict import evaluate_net
 from src.rundir.artifacts import Diagnosis, write_diagnosis
@@ -20,6 +22,7 @@ from src.rundir.paths import CONFIG_FILE, DIAGNOSIS_FILE
 from src.rundir.samples import Samples, SplitInfo
 
 RUN_KEYS = ("data", "model", "loss", "seed")
+log = logging.getLogger(__name__)
 
 
 def with_run_config(cfg: Any, ckpt: Path, overrides: Sequence[str] = ()) -> Any:
@@ -82,8 +85,10 @@ def evaluate_checkpoint(cfg: Any, overrides: Sequence[str] = ()) -> Diagnosis:
     out = Path(cfg.paths.output_dir)
     writer = SummaryWriter(str(out))
     try:
-        diagnosis = write_diagnosis(out, samples, dm.val.inputs(), int(cfg.worst_k), writer, step=0, model=name)
+        # TensorBoard step = the epoch the weights come from (0 for untrained weights)
+        step = max(epoch, 0)
+        diagnosis = write_diagnosis(out, samples, dm.val.inputs(), int(cfg.worst_k), writer, step=step, model=name)
     finally:
         writer.close()
-    print(f"{diagnosis.summary}\nFull diagnosis: {out / DIAGNOSIS_FILE}")
+    announce(log, f"{diagnosis.summary}\nFull diagnosis: {out / DIAGNOSIS_FILE}")
     return diagnosis

@@ -18,7 +18,6 @@ from PIL import Image
 
 from src.functional.calibration import N_BINS, reliability_bins
 
-
 # the worst-samples grid is drawn for TensorBoard's image card (~400-500 px wide) and the PNG alike:
 # at most WORST_TILES tiles of ~TILE_PX pixels, captions below each tile in fonts sized to it
 WORST_TILES = 9
