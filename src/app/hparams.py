@@ -111,9 +111,20 @@ def hydra_overrides_and_choices() -> tuple[list[str], dict[str, Any]]:
     return [str(o) for o in hydra_cfg.overrides.task], choices
 
 
-def run_hparams(cfg: DictConfig, datamodule: Any) -> dict[str, Any]:
-    """The run's HParams: its overrides, then :func:`curated_hparams`, at most :data:`MAX_HPARAMS` keys."""
-    overrides, choices = hydra_overrides_and_choices()
+def run_hparams(
+    cfg: DictConfig,
+    datamodule: Any,
+    overrides: Iterable[str] | None = None,
+    choices: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The run's HParams: its overrides, then :func:`curated_hparams`, at most :data:`MAX_HPARAMS` keys.
+
+    ``overrides`` and ``choices`` default to the Hydra job's.
+    """
+    if overrides is None or choices is None:
+        hydra_overrides, hydra_choices = hydra_overrides_and_choices()
+        overrides = hydra_overrides if overrides is None else overrides
+        choices = hydra_choices if choices is None else choices
     merged = override_hparams(cfg, overrides)
     for key, value in curated_hparams(cfg, datamodule, choices).items():
         merged.setdefault(key, value)

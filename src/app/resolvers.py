@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 # file systems allow at most 255 bytes per path component; leave room for Hydra's own suffixes
 MAX_DIRNAME_BYTES = 200
 # the overrides part of a single run's folder name: short enough to read in TensorBoard's run list
-MAX_RUN_SUFFIX_BYTES = 80
+MAX_RUN_SUFFIX_BYTES = 100
 # overrides that say how jobs are launched or searched, not what one job computes: a job's folder
 # name, a sweep report's grouping and a resumed single run all leave them out
 LAUNCH_KEYS = frozenset({"launcher", "hparams_search"})
@@ -45,9 +45,24 @@ def safe_dirname(name: str, max_bytes: int = MAX_DIRNAME_BYTES) -> str:
     return f"{head}-{digest}"
 
 
+def _abbreviate(item: str) -> str:
+    """``callbacks.diagnosis.worst_k=8`` -> ``c.d.worst_k=8``: parent keys by their first letter."""
+    key, sep, value = item.partition("=")
+    *parents, last = key.split(".")
+    return ".".join([*(p[:1] for p in parents), last]) + sep + value
+
+
 def run_suffix(overrides: str) -> str:
-    """``"_loss=bounded"`` for a single run's folder name (``hydra.job.override_dirname``); ``""`` for none."""
-    return f"_{safe_dirname(overrides, MAX_RUN_SUFFIX_BYTES)}" if overrides else ""
+    """``"_loss=bounded"`` for a single run's folder name (``hydra.job.override_dirname``); ``""`` for none.
+
+    Longer than :data:`MAX_RUN_SUFFIX_BYTES`: parent keys are abbreviated (``t.max_epochs=3``), then the
+    rest is cut as :func:`safe_dirname` cuts.
+    """
+    if not overrides:
+        return ""
+    if len(overrides.encode("utf-8")) > MAX_RUN_SUFFIX_BYTES:
+        overrides = ",".join(_abbreviate(item) for item in overrides.split(","))
+    return f"_{safe_dirname(overrides, MAX_RUN_SUFFIX_BYTES)}"
 
 
 def in_multirun() -> bool:
