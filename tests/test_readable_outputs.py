@@ -211,10 +211,10 @@ def test_console_says_each_thing_once_and_ends_with_verdict_and_run_folder(user_
     for noise in ("litlogger", "Tip", "deprecated", "INFO", "GPU available", "sync_dist", "logging interval", "\r"):
         assert not [line for line in everything if noise in line], (noise, everything)
     assert [line for line in lines if line.startswith("epoch ")] == [lines[1]]  # one progress line: the last epoch
-    assert lines[1].startswith(f"epoch {EPOCHS}/{EPOCHS}: val/loss ")
+    assert lines[1].startswith(f"epoch {EPOCHS - 1} ({EPOCHS}/{EPOCHS} done): val/loss ")  # epochs from 0, as TensorBoard
     relative = run.relative_to(run.parents[3])
     assert lines[-1].startswith(f"Run folder: {relative}"), lines[-1]
-    assert lines[-2].startswith("Full diagnosis: ") and lines[-2].endswith("diagnosis.md")
+    assert lines[-2] == f"Full diagnosis: {relative / 'diagnosis.md'}"
     verdict = lines[2:-2]  # between the progress line and the file names: the three-line verdict
     assert len(verdict) == 3 and "val loss" in verdict[0].lower(), verdict
     log = (run / "train.log").read_text()
@@ -288,3 +288,52 @@ def test_readme_samples_table_is_what_load_samples_gives(user_run) -> None:
     assert documented == set(stored), set(stored) ^ documented
     history = read_history(run)
     assert [float(v.mean(dtype=np.float64)) for v in stored["val_loss"]] == pytest.approx(history["val/loss"], rel=1e-5)
+
+
+# -- 5. figures that read at card size --------------------------------------------------------------
+CARD_PX = 400  # about the width TensorBoard's image card shows a figure at
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 8), (3, 32, 32), (3, 300, 200)])
+def test_worst_sample_captions_are_never_clipped_and_legible_at_card_size(shape: tuple[int, int, int]) -> None:
+    import torch
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from src.render.figures import (
+        CAPTION_PT,
+        FIGURE_DPI,
+        TILE_PX,
+        WORST_TILES,
+        worst_caption,
+        worst_samples_figure,
+    )
+
+    names = ["golden_retriever_puppy_from_the_shelter", "cat"]
+    captions = [worst_caption(names[i % 2], names[(i + 1) % 2], 3.2e-12, 26.123) for i in range(WORST_TILES)]
+    fig = worst_samples_figure(torch.rand(WORST_TILES, *shape), captions, title="title")
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    width, height = fig.bbox.width, fig.bbox.height
+    lines = [t for t in fig.texts if t.get_text() != "title"]
+    assert len(lines) == 4 * WORST_TILES
+    boxes = [t.get_window_extent(renderer) for t in lines]
+    for text, box in zip(lines, boxes, strict=True):
+        assert box.x0 >= 0 and box.x1 <= width and box.y0 >= 0 and box.y1 <= height, text.get_text()  # in the figure
+        assert box.width <= TILE_PX, text.get_text()  # within its tile's column
+        # legible where TensorBoard shows it: at least ~9 px high on a CARD_PX-wide card
+        assert text.get_fontsize() * FIGURE_DPI / 72 * CARD_PX / width >= 9, (text.get_fontsize(), width)
+    assert min(t.get_fontsize() for t in lines) >= CAPTION_PT[1]
+    for i, a in enumerate(boxes):  # no caption line overlaps another
+        assert not any(a.overlaps(b) for b in boxes[i + 1 :]), lines[i].get_text()
+    assert any(t.get_text().endswith("\u2026") for t in lines)  # the long class name was shortened, not clipped
+    assert {t.get_text() for t in lines} >= {"loss 26.1", "p(true) 3.2e-12", "true: cat", "pred: cat"}
+
+
+def test_loss_distribution_is_one_chart_with_every_model() -> None:
+    from src.render.figures import loss_distribution_figure
+
+    rng = np.random.default_rng(0)
+    losses = {name: rng.exponential(scale, 200) for name, scale in (("initial", 2.3), ("best", 0.3), ("last", 0.4))}
+    fig = loss_distribution_figure(losses, epochs={"initial": -1, "best": 7, "last": 99})
+    assert len(fig.axes) == 1
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert [label.split(":")[0] for label in labels] == ["initial (untrained)", "best (epoch 7)", "last (epoch 99)"]

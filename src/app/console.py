@@ -20,6 +20,8 @@ import sys
 import warnings
 from pathlib import Path
 
+from src.callbacks.console import display_path
+
 # warnings Lightning or torch raise about how they are used together, not about anything a user can change
 NOISE = (
     # Lightning's pytree helper calls an API newer torch deprecated
@@ -115,15 +117,6 @@ def quiet_spawned_process() -> None:
     root.addHandler(console)
     root.addHandler(file)
     _route_lightning_to_root()
-
-
-def display_path(path: str | Path) -> str:
-    """``path`` relative to the working directory when it lies below it (what a user types), else absolute."""
-    absolute = Path(path).resolve()
-    try:
-        return str(absolute.relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(absolute)
 
 
 def run_folder_line(run_dir: str | Path) -> str:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities import move_data_to_device
 
-from src.callbacks.console import announce
+from src.callbacks.console import announce, display_path
 from src.callbacks.tensorboard import tensorboard_writer
 from src.errors import UserError
 from src.functional.breakdown import epoch_scalars, loss_distribution, worst_indices
@@ -398,4 +398,4 @@ class LossDiagnosis(L.Callback):
             tensorboard_writer(trainer),
             self.samples.epochs[-1],  # the last validation epoch: every figure and text is at step = epoch
         )
-        announce(log, f"{self.diagnosis.summary}\nFull diagnosis: {self.output_dir / DIAGNOSIS_FILE}")
+        announce(log, f"{self.diagnosis.summary}\nFull diagnosis: {display_path(self.output_dir / DIAGNOSIS_FILE)}")
