@@ -20,7 +20,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from src.callbacks.console import display_path
+from src.rundir.paths import display_path
 
 # warnings Lightning or torch raise about how they are used together, not about anything a user can change
 NOISE = (

@@ -15,8 +15,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from src.callbacks.console import display_path
-from src.rundir.paths import SUMMARY_FILE
+from src.rundir.paths import SUMMARY_FILE, display_path
 from src.rundir.status import read_summary
 
 

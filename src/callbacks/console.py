@@ -8,7 +8,6 @@ a drop-in callback's verdict is never lost.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 
 def announce(log: logging.Logger, text: str) -> None:
@@ -18,11 +17,3 @@ def announce(log: logging.Logger, text: str) -> None:
     else:
         print(text, flush=True)
 
-
-def display_path(path: str | Path) -> str:
-    """``path`` relative to the working directory when it lies below it (what a user types), else absolute."""
-    absolute = Path(path).resolve()
-    try:
-        return str(absolute.relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(absolute)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities import move_data_to_device
 
-from src.callbacks.console import announce, display_path
+from src.callbacks.console import announce
 from src.callbacks.tensorboard import tensorboard_writer
 from src.errors import UserError
 from src.functional.breakdown import epoch_scalars, loss_distribution, worst_indices
@@ -31,7 +31,7 @@ from src.rundir.artifacts import Diagnosis, worst_figure, write_diagnosis
 from src.rundir.atomic import atomic_write
 from src.rundir.checkpoints import load_checkpoint
 from src.rundir.journal import Journal
-from src.rundir.paths import DIAGNOSIS_FILE, INITIAL_CKPT, SAMPLES_FILE, VAL_JOURNAL
+from src.rundir.paths import DIAGNOSIS_FILE, INITIAL_CKPT, SAMPLES_FILE, VAL_JOURNAL, display_path
 from src.rundir.samples import Samples, SplitInfo
 
 log = logging.getLogger(__name__)
