@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from src.app.console import quiet_warnings
 from src.app.hparams import run_hparams
 from src.app.resume import resume_command
 from src.app.validate import validate
@@ -28,8 +29,9 @@ log = logging.getLogger(__name__)
 
 
 def prepare(cfg: DictConfig) -> None:
-    """Validate the config, seed everything, and set the thread count."""
+    """Validate the config, seed everything, set the thread count, and silence the warnings of :mod:`src.app.console`."""
     validate(cfg)
+    quiet_warnings()
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
