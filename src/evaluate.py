@@ -15,8 +15,11 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from src.app.cli import one_line_hydra_errors, run_task
+from src.app.cli import one_line_hydra_errors, quote_paths, run_task
+from src.app.console import quiet_warnings
 from src.app.run_config import with_run_groups
+
+quiet_warnings()
 
 ADDED: list[str] = []  # the run's group options added to the command line (not the user's choices)
 
@@ -43,6 +46,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    sys.argv[1:], ADDED[:] = with_run_groups(sys.argv[1:])
+    sys.argv[1:], ADDED[:] = with_run_groups(sys.argv[1:])  # the run's config groups (data=folder, ...)
+    sys.argv[1:] = quote_paths(sys.argv[1:])  # a run folder's name holds "=": ckpt_path=<run>/checkpoints/best.ckpt
     with one_line_hydra_errors("src.evaluate"):
         main()

@@ -63,6 +63,11 @@ def test_failing_jobs_do_not_lose_the_others(basic_sweep) -> None:
         assert summary["status"] == "failed"
         assert summary["error"] == "UserError: optimizer.lr=-1 must be > 0"
         assert "error: optimizer.lr=-1 must be > 0" in (run / "train.log").read_text()
+    # the sweep still ends by naming its folder, how its jobs ended and the report command
+    assert proc.stdout.rstrip().splitlines()[-2:] == [
+        f"Sweep folder: {sweep} (4 complete, 4 failed)",
+        f"Compare its runs: python -m src.report {sweep}  (TensorBoard: tensorboard --logdir {sweep})",
+    ]
 
 
 @pytest.mark.slow
@@ -129,6 +134,7 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path: Path) -> None
     proc = multirun(sweep, "launcher=joblib", "hydra.launcher.n_jobs=2", "loss=standard,bounded")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Joblib.Parallel(n_jobs=2" in proc.stdout + proc.stderr
+    assert f"Sweep folder: {sweep} (2 complete)\nCompare its runs: python -m src.report {sweep}" in proc.stdout
     # `launcher=...` is not part of the folder names; the jobs ran in other processes than the sweep's
     dirs = [job_dir(sweep, loss=loss) for loss in ("standard", "bounded")]
     assert all(read_summary(d)["status"] == "complete" for d in dirs)

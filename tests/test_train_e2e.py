@@ -78,11 +78,11 @@ def test_cli_run_tensorboard_has_every_tag_every_epoch(cli_run: tuple[str, Path]
     # per-class precision/recall/F1 live in reports/, not as dozens of scalar tags per epoch
     assert not [t for t in tags["scalars"] if "/recall/" in t or "/precision/" in t]
     assert len(events.Scalars("loss/cap")) == EPOCHS
-    # the HParams tab: the run's config, with the metrics to compare runs by
+    # the HParams tab: what runs are compared by, with the metrics to compare them on
     hparams = events.PluginTagToContent("hparams")
     assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(hparams)
-    assert b"optimizer/lr" in hparams["_hparams_/session_start_info"]
-    assert b"val/acc_best" in hparams["_hparams_/experiment"]
+    assert b"optimizer.lr" in hparams["_hparams_/session_start_info"]
+    assert b"hparams/val_acc_best" in hparams["_hparams_/experiment"]
     assert len(events.Scalars("val/acc_best")) == EPOCHS
 
 

@@ -19,7 +19,12 @@ from typing import Any, TypeVar
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 
 from src.app.resolvers import in_multirun
+from src.app.resume import override_key, quote
 from src.errors import UserError
+
+# config keys whose values are folders or files. A run folder's name holds "=" (``10-26-53_loss=bounded``),
+# which Hydra's override syntax would read as syntax: such values are quoted before Hydra parses them
+PATH_KEYS = frozenset({"ckpt_path", "data.root", "hydra.run.dir", "hydra.sweep.dir", "paths.output_dir"})
 
 T = TypeVar("T")
 log = logging.getLogger("lossdiag")
@@ -42,6 +47,21 @@ def run_task(task: Callable[[], T]) -> T:
             raise
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def quote_paths(argv: list[str]) -> list[str]:
+    """``ckpt_path=outputs/runs/d/t_loss=bounded/checkpoints/best.ckpt`` -> the same with the value quoted.
+
+    Only values of :data:`PATH_KEYS` that contain ``=`` and are not quoted already; a comma-separated
+    sweep over plain folders (``data.root=/a,/b``) is left alone.
+    """
+    out = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and override_key(arg) in PATH_KEYS and "=" in value and value[:1] not in ("'", '"'):
+            arg = f"{key}={quote(value)}"
+        out.append(arg)
+    return out
 
 
 def describe(err: Exception, entry: str = "src.train") -> str:

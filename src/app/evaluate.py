@@ -8,6 +8,7 @@ evaluated (no split: none of it was trained on), labelled by the run's classes.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ from omegaconf import OmegaConf, open_dict
 from src.app.pipeline import build_datamodule, build_net, prepare
 from src.app.resume import override_key
 from src.app.run_config import RUN_GROUPS, run_cfg, run_choices, run_dir_of
+from src.callbacks.console import announce
 from src.data.datamodules import ImageFolderDataModule, InMemoryDataModule
 from src.errors import UserError
 from src.models.predict import evaluate_net
@@ -28,6 +30,7 @@ from src.rundir.paths import DIAGNOSIS_FILE
 from src.rundir.samples import Samples, SplitInfo, read_classes
 
 RUN_KEYS = (*RUN_GROUPS, "seed")
+log = logging.getLogger(__name__)
 
 
 def with_run_config(cfg: Any, ckpt: Path, overrides: Sequence[str] = ()) -> Any:
@@ -123,10 +126,12 @@ def evaluate_checkpoint(cfg: Any, overrides: Sequence[str] = ()) -> Diagnosis:
     out = Path(cfg.paths.output_dir)
     writer = SummaryWriter(str(out))
     try:
+        # TensorBoard step = the epoch the weights come from (0 for untrained weights)
         diagnosis = write_diagnosis(
-            out, samples, dm.val.inputs(), int(cfg.worst_k), writer, step=0, model=name, evaluated_on=evaluated_on
-        )
+            out, samples, dm.val.inputs(), int(cfg.worst_k), writer, step=max(epoch, 0), model=name,
+            evaluated_on=evaluated_on,
+        )  # fmt: skip
     finally:
         writer.close()
-    print(f"{diagnosis.summary}\nFull diagnosis: {out / DIAGNOSIS_FILE}")
+    announce(log, f"{diagnosis.summary}\nFull diagnosis: {out / DIAGNOSIS_FILE}")
     return diagnosis

@@ -13,11 +13,13 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from src.app.console import quiet_warnings
+from src.app.hparams import run_hparams
 from src.app.resume import resume_command
 from src.app.validate import validate
 from src.callbacks.checkpoint_io import AtomicCheckpointIO
 from src.callbacks.guards import NonFiniteLossGuard
-from src.callbacks.tensorboard import HParamsLogger
+from src.callbacks.tensorboard import TensorBoardDashboards
 from src.data.datamodules import InMemoryDataModule
 from src.models.module import LossDiagModule
 from src.rundir.checkpoints import check_checkpoint
@@ -27,8 +29,9 @@ log = logging.getLogger(__name__)
 
 
 def prepare(cfg: DictConfig) -> None:
-    """Validate the config, seed everything, and set the thread count."""
+    """Validate the config, seed everything, set the thread count, and silence the warnings of :mod:`src.app.console`."""
     validate(cfg)
+    quiet_warnings()
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -116,7 +119,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     config = OmegaConf.to_container(cfg, resolve=True)
     for logger in trainer.loggers:
         logger.log_hyperparams(config)  # type: ignore[arg-type]  # hparams.yaml
-    trainer.callbacks.append(HParamsLogger(config))  # type: ignore[arg-type]  # TensorBoard's HParams tab
+    # TensorBoard's HParams tab (what a person compares runs by) and Custom Scalars layout
+    trainer.callbacks.append(TensorBoardDashboards(run_hparams(cfg, datamodule), cfg.paths.output_dir))  # type: ignore[arg-type]
     log.info(
         "data: %d train / %d val samples, %d classes, %dx%dx%d; loss=%s",
         len(datamodule.train),  # type: ignore[arg-type]

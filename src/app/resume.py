@@ -27,7 +27,8 @@ def override_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("~+")
 
 
-def _quote(value: str) -> str:
+def quote(value: str) -> str:
+    """``value`` as a single-quoted Hydra override value (any character allowed)."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
@@ -70,7 +71,7 @@ def expand_resume(argv: list[str]) -> list[str]:
     }
     # a resumed job is one single run, even when it was a job of a sweep or search
     kept = [o for o in recorded if override_key(o) not in replaced | LAUNCH_KEYS]
-    return [*kept, *extra, f"hydra.run.dir={_quote(str(run_dir))}", f"ckpt_path={_quote(str(ckpt))}"]
+    return [*kept, *extra, f"hydra.run.dir={quote(str(run_dir))}", f"ckpt_path={quote(str(ckpt))}"]
 
 
 def resume_command(cfg: Any) -> str:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities import move_data_to_device
 
+from src.callbacks.console import announce
 from src.callbacks.tensorboard import tensorboard_writer
 from src.errors import UserError
 from src.functional.breakdown import epoch_scalars, loss_distribution, worst_indices
@@ -31,7 +32,14 @@ from src.rundir.artifacts import Diagnosis, worst_figure, write_diagnosis
 from src.rundir.atomic import atomic_write
 from src.rundir.checkpoints import load_checkpoint
 from src.rundir.journal import Journal, dynamics_journal, evaluation_record, record_evaluation, val_journal
-from src.rundir.paths import DIAGNOSIS_FILE, INITIAL_CKPT, SAMPLES_FILE, TRAIN_JOURNAL, VAL_JOURNAL
+from src.rundir.paths import (
+    DIAGNOSIS_FILE,
+    INITIAL_CKPT,
+    SAMPLES_FILE,
+    TRAIN_JOURNAL,
+    VAL_JOURNAL,
+    display_path,
+)
 from src.rundir.samples import Samples, SplitInfo
 
 log = logging.getLogger(__name__)
@@ -300,7 +308,7 @@ class LossDiagnosis(L.Callback):
         fig = reliability_figure(ev.conf, ev.correct(self.samples.val.target), title=f"val, epoch {epoch}")
         log_figure(writer, "val/reliability", fig, epoch)
         if self._figure_images and self.worst_k > 0:
-            fig = worst_figure(self.samples, ev, self._figure_images, self.worst_k)
+            fig = worst_figure(self.samples, ev, self._figure_images, self.worst_k, epoch)
             log_figure(writer, "val/worst_samples", fig, epoch)
         self._figure_images = {}
 
@@ -436,6 +444,6 @@ class LossDiagnosis(L.Callback):
             self._final_images or None,
             self.worst_k,
             tensorboard_writer(trainer),
-            trainer.current_epoch,
+            self.samples.epochs[-1],  # the last validation epoch: every figure and text is at step = epoch
         )
-        print(f"\n{self.diagnosis.summary}\nFull diagnosis: {self.output_dir / DIAGNOSIS_FILE}")
+        announce(log, f"{self.diagnosis.summary}\nFull diagnosis: {display_path(self.output_dir / DIAGNOSIS_FILE)}")

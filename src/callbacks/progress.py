@@ -2,19 +2,27 @@
 
 A redirected tqdm bar writes hundreds of carriage-return fragments per run into the log file; when
 stdout is not a terminal (a file, a pipe, a sweep's job log) :class:`EpochLines` prints one readable
-line per ``every_n_epochs`` epochs instead.
+line per ``every_n_epochs`` epochs instead (through logging, so it is also in ``train.log``).
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import lightning as L
 from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 
+from src.callbacks.console import announce
+
+log = logging.getLogger(__name__)
+
 
 class EpochLines(ProgressBar):
-    """``epoch 10/100: val/loss 0.3123, val/acc 0.9198`` every ``every_n_epochs`` epochs and at the last one."""
+    """``epoch 9 (10/100 done): val/loss 0.3647, val/acc 0.9065`` every ``every_n_epochs`` epochs and at the last.
+
+    Epochs are numbered from 0, as TensorBoard's x-axis, the CSV and the verdict number them.
+    """
 
     def __init__(self, every_n_epochs: int = 10) -> None:
         super().__init__()
@@ -31,13 +39,13 @@ class EpochLines(ProgressBar):
         # after the epoch's validation, so its val/* values are in the progress bar metrics
         if not self._enabled or trainer.global_rank != 0:
             return
-        epoch, total = trainer.current_epoch + 1, trainer.max_epochs
-        if epoch % self.every_n_epochs and epoch != total:
+        done, total = trainer.current_epoch + 1, trainer.max_epochs
+        if done % self.every_n_epochs and done != total:
             return
         shown = ", ".join(
             f"{k} {v:.4f}" for k, v in self.get_metrics(trainer, pl_module).items() if isinstance(v, float)
         )
-        print(f"epoch {epoch}/{total}: {shown}", flush=True)
+        announce(log, f"epoch {trainer.current_epoch} ({done}/{total} done): {shown}")
 
 
 def progress_bar(refresh_rate: int = 10, every_n_epochs: int = 10) -> ProgressBar:

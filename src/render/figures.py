@@ -18,54 +18,143 @@ from PIL import Image
 
 from src.functional.calibration import N_BINS, reliability_bins
 
+# the worst-samples grid is drawn for TensorBoard's image card (~400-500 px wide) and the PNG alike:
+# at most WORST_TILES tiles of ~TILE_PX pixels, captions below each tile in fonts sized to it
+WORST_TILES = 9
+WORST_COLUMNS = 3
+TILE_PX = 200
+FIGURE_DPI = 100
+CAPTION_PT = (14.0, 12.0)  # preferred and smallest caption font size (points at FIGURE_DPI)
+_GAP_PX = 14
+_TITLE_PX = 40
 
-def worst_samples_figure(images: torch.Tensor, captions: Sequence[str], columns: int = 4) -> Figure:
-    """A grid of images ``(k, C, H, W)`` in [0, 1], each captioned (one axes, so it renders fast)."""
-    k = len(captions)
-    cols = max(1, min(columns, k))
-    rows = max(1, -(-k // cols))
+
+def _tiles(images: torch.Tensor) -> tuple[np.ndarray, int, int]:
+    """``(k, C, H, W)`` images in [0, 1] as ``(k, h, w, 3)`` uint8 tiles about :data:`TILE_PX` pixels wide.
+
+    Small images grow by a whole factor (every source pixel the same size), large ones shrink (area).
+    """
     imgs = images.detach().float().cpu().clamp(0, 1)
     if imgs.shape[1] == 1:
         imgs = imgs.expand(-1, 3, -1, -1)
+    imgs = imgs[:, :3]
     h, w = imgs.shape[2], imgs.shape[3]
-    pad = max(1, h // 16)
-    grid = torch.ones(3, rows * (h + pad) + pad, cols * (w + pad) + pad)
+    if max(h, w) <= TILE_PX:
+        factor = max(1, round(TILE_PX / max(h, w)))
+        imgs = imgs.repeat_interleave(factor, dim=2).repeat_interleave(factor, dim=3)
+    else:
+        scale = TILE_PX / max(h, w)
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        imgs = torch.nn.functional.interpolate(imgs, size=size, mode="area")
+    tiles = (imgs.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    return tiles, tiles.shape[1], tiles.shape[2]
+
+
+def _fit_lines(fig: Figure, lines: Sequence[str], width_px: float, sizes: tuple[float, float]) -> tuple[float, list[str]]:
+    """One font size for all ``lines`` (the largest in ``sizes`` at which they fit ``width_px``), and the
+    lines, any still too wide at the smallest size cut with an ellipsis, so no caption is ever clipped."""
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    probe = fig.text(0, 0, "", fontsize=sizes[0])
+
+    def width(text: str, size: float) -> float:
+        probe.set_text(text)
+        probe.set_fontsize(size)
+        return probe.get_window_extent(renderer).width
+
+    widest = max((width(line, sizes[0]) for line in lines), default=0.0)
+    size = sizes[0] if widest <= width_px else max(sizes[1], sizes[0] * width_px / widest)
+    fitted = []
+    for line in lines:
+        while len(line) > 1 and width(line, size) > width_px:
+            line = line[:-2] + "\u2026"
+        fitted.append(line)
+    probe.remove()
+    return size, fitted
+
+
+def worst_samples_figure(
+    images: torch.Tensor, captions: Sequence[str], columns: int = WORST_COLUMNS, title: str = "highest-loss val samples"
+) -> Figure:
+    """A grid of images ``(k, C, H, W)`` in [0, 1], each with its caption lines below it.
+
+    Laid out in pixels so it reads at TensorBoard's card size: tiles of about :data:`TILE_PX` pixels (whole
+    pixel multiples of small images), caption lines in one font size sized to the tile width, cut with an
+    ellipsis rather than clipped, in their own band below the tile (never over the image).
+    """
+    k = len(captions)
+    cols = max(1, min(columns, k))
+    rows = max(1, -(-k // cols))
+    tiles, th, tw = _tiles(images[:k]) if k else (np.zeros((0, TILE_PX, TILE_PX, 3), np.uint8), TILE_PX, TILE_PX)
+    cell_w = max(tw, TILE_PX)
+    fig = Figure(dpi=FIGURE_DPI)
+    lines = [str(c).split("\n") for c in captions]
+    n_lines = max((len(ls) for ls in lines), default=1)
+    size, fitted = _fit_lines(fig, [line for ls in lines for line in ls], cell_w, CAPTION_PT)
+    line_px = size * FIGURE_DPI / 72 * 1.3
+    band = int(np.ceil(n_lines * line_px)) + 8
+    width = cols * cell_w + (cols + 1) * _GAP_PX
+    height = _TITLE_PX + rows * (th + band + _GAP_PX)
+    fig.set_size_inches(width / FIGURE_DPI, height / FIGURE_DPI)
+    grid = np.full((height, width, 3), 255, np.uint8)
+    it = iter(fitted)
     for i in range(k):
         r, c = divmod(i, cols)
-        top, left = pad + r * (h + pad), pad + c * (w + pad)
-        grid[:, top : top + h, left : left + w] = imgs[i]
-    fig = Figure(figsize=(2.0 * cols, 2.3 * rows), dpi=80)
-    ax = fig.add_axes((0, 0, 1, 1 - 0.35 / (2.3 * rows)))
-    ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest", aspect="auto")
-    for i, caption in enumerate(captions):
-        r, c = divmod(i, cols)
-        ax.text(pad + c * (w + pad) + w / 2, pad + r * (h + pad) + h - 0.5, caption, ha="center", va="top",
-                fontsize=7, color="white", bbox={"facecolor": "black", "alpha": 0.6, "pad": 1, "linewidth": 0})
+        left = _GAP_PX + c * (cell_w + _GAP_PX) + (cell_w - tw) // 2
+        top = _TITLE_PX + r * (th + band + _GAP_PX)
+        grid[top : top + th, left : left + tw] = tiles[i]
+        x = (left + tw / 2) / width
+        for j in range(len(lines[i])):
+            y = 1 - (top + th + 4 + j * line_px) / height
+            fig.text(x, y, next(it), ha="center", va="top", fontsize=size, color="black")
+    # one axes filling the figure, its image one pixel per figure pixel (an axes also lets notebooks show it)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(grid, interpolation="nearest", aspect="auto")
     ax.axis("off")
-    fig.suptitle("highest-loss val samples", fontsize=8)
+    fig.text(0.5, 1 - 8 / height, title, ha="center", va="top", fontsize=CAPTION_PT[0] + 1, weight="bold")
     return fig
 
 
 def worst_caption(true: str, pred: str, p_true: float, loss: float) -> str:
-    return f"true {true} / pred {pred}\np(true)={p_true:.3g} loss={loss:.2f}"
+    """Four short lines under a worst-sample tile: true class, predicted class, loss, p(true class)."""
+    return f"true: {true}\npred: {pred}\nloss {loss:.3g}\np(true) {p_true:.2g}"
 
 
-def loss_distribution_figure(losses: dict[str, np.ndarray], title: str = "val per-sample cross-entropy") -> Figure:
-    """One histogram of per-sample losses per model (log-count axis), with each model's mean marked."""
-    fig = Figure(figsize=(4 * max(1, len(losses)), 3.2), dpi=80)
-    finite_max = max((float(np.nanmax(v[np.isfinite(v)])) for v in losses.values() if np.isfinite(v).any()), default=1.0)
-    bins = np.linspace(0, max(finite_max, 1e-6), 40)
-    for i, (name, values) in enumerate(losses.items()):
-        ax = fig.add_subplot(1, len(losses), i + 1)
+# colours of the evaluated models in the loss-distribution chart (others take the next free colour)
+MODEL_COLOURS = {"initial": "tab:gray", "best": "tab:blue", "last": "tab:red"}
+
+
+def loss_distribution_figure(
+    losses: Mapping[str, np.ndarray],
+    title: str = "val per-sample cross-entropy",
+    epochs: Mapping[str, int] | None = None,
+) -> Figure:
+    """One chart: every model's per-sample loss histogram (outlines, log count) with its mean marked.
+
+    The bulk of samples sits near zero and a few carry losses of 10+; the log count shows both, and
+    the dashed means show how far those few pull each model's mean.
+    """
+    fig = Figure(figsize=(5.6, 3.9), dpi=FIGURE_DPI)
+    ax = fig.add_subplot()
+    finite_max = max((float(np.max(v[np.isfinite(v)])) for v in losses.values() if np.isfinite(v).any()), default=1.0)
+    bins = np.linspace(0, max(finite_max, 1e-6) * 1.001, 41)
+    spare = iter(c for c in ("tab:green", "tab:purple", "tab:orange", "tab:brown") if c not in MODEL_COLOURS.values())
+    for name, values in losses.items():
+        colour = MODEL_COLOURS.get(name) or next(spare, "black")
         finite = values[np.isfinite(values)]
-        ax.hist(finite, bins=bins, color="tab:blue")
         mean = float(np.mean(values, dtype=np.float64))
-        ax.axvline(mean, color="red", linestyle="--", label=f"mean {mean:.3f}")
-        ax.set_yscale("log")
-        ax.set(title=f"{name}", xlabel="cross-entropy", ylabel="samples")
-        ax.legend(fontsize=7)
-    fig.suptitle(title, fontsize=9)
-    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.15, top=0.85, wspace=0.3)
+        epoch = (epochs or {}).get(name)
+        when = "" if epoch is None else (" (untrained)" if epoch < 0 else f" (epoch {epoch})")
+        label = f"{name}{when}: mean {mean:.3f}, max {float(np.max(finite)) if finite.size else float('nan'):.1f}"
+        ax.hist(finite, bins=bins, histtype="step", linewidth=2, color=colour, label=label)
+        ax.axvline(mean, color=colour, linestyle="--", linewidth=1.5)
+    ax.set_yscale("log")
+    ax.set_xlabel("per-sample cross-entropy (dashed: mean)", fontsize=12)
+    ax.set_ylabel("val samples (log scale)", fontsize=12)
+    ax.set_title(title, fontsize=13)
+    ax.tick_params(labelsize=11)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=10.5, loc="upper right", handlelength=1.2, borderaxespad=0.3)
+    fig.subplots_adjust(left=0.13, right=0.98, bottom=0.14, top=0.91)
     return fig
 
 

@@ -24,6 +24,7 @@ from src.functional.outputs import Evaluation
 from src.functional.verdict import VerdictNumbers, verdict_numbers
 from src.render.diagnosis import diagnosis_texts
 from src.render.figures import (
+    WORST_TILES,
     log_figure,
     loss_distribution_figure,
     png_bytes,
@@ -122,13 +123,24 @@ def worst_rows(
     return header, rows
 
 
-def worst_figure(samples: Samples, ev: Evaluation, images: Mapping[int, torch.Tensor] | torch.Tensor, k: int):
-    """Image grid of the ``k`` highest-loss val samples of ``ev`` that ``images`` holds.
+def worst_figure(
+    samples: Samples,
+    ev: Evaluation,
+    images: Mapping[int, torch.Tensor] | torch.Tensor,
+    k: int,
+    epoch: int | None = None,
+):
+    """Image grid of the ``k`` (at most :data:`~src.render.figures.WORST_TILES`) highest-loss val samples
+    of ``ev`` that ``images`` holds (``worst.csv`` lists all ``k``).
 
     ``images[i]`` is the input of val sample index ``i``: the whole split's ``x``, or a mapping that holds
     only some samples (those it lacks are left out of the grid).
     """
-    order = [i for i in worst_indices(ev.loss, k) if isinstance(images, torch.Tensor) or int(samples.val.index[i]) in images]
+    order = [
+        i
+        for i in worst_indices(ev.loss, k)
+        if isinstance(images, torch.Tensor) or int(samples.val.index[i]) in images
+    ][:WORST_TILES]
     captions = [
         worst_caption(
             samples.classes[int(samples.val.target[i])],
@@ -138,7 +150,8 @@ def worst_figure(samples: Samples, ev: Evaluation, images: Mapping[int, torch.Te
         )
         for i in order
     ]
-    return worst_samples_figure(torch.stack([images[int(samples.val.index[i])] for i in order]), captions)
+    title = f"{len(order)} highest-loss val samples (of {len(ev.loss)})" + ("" if epoch is None else f", epoch {epoch}")
+    return worst_samples_figure(torch.stack([images[int(samples.val.index[i])] for i in order]), captions, title=title)
 
 
 def write_diagnosis(
@@ -182,10 +195,11 @@ def write_diagnosis(
         "reliability": reliability_figure(final.conf, final.correct(samples.val.target), title="final model, val"),
     }
     if val_images is not None and len(val_images) and worst_k > 0:
-        figures["worst_samples"] = worst_figure(samples, final, val_images, worst_k)
+        final_epoch = samples.model_epoch.get(model) if model is not None else samples.epochs[-1]
+        figures["worst_samples"] = worst_figure(samples, final, val_images, worst_k, final_epoch)
     if samples.models:
         figures["loss_distribution"] = loss_distribution_figure(
-            {name: s["val"].loss for name, s in samples.models.items() if "val" in s}
+            {name: s["val"].loss for name, s in samples.models.items() if "val" in s}, epochs=samples.model_epoch
         )
     for name, fig in figures.items():
         image = log_figure(writer, f"diagnosis/{name}", fig, step) if writer is not None else render(fig)

@@ -46,3 +46,12 @@ def report_path(run_dir: str | Path, model: str, suffix: str) -> Path:
 def figure_path(run_dir: str | Path, name: str) -> Path:
     """``<run>/figures/<name>.png``."""
     return Path(run_dir) / FIGURES_DIR / f"{name}.png"
+
+
+def display_path(path: str | Path) -> str:
+    """``path`` as shown to a person: relative to the working directory when below it (what they type), else absolute."""
+    absolute = Path(path).resolve()
+    try:
+        return str(absolute.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(absolute)

@@ -1,0 +1,342 @@
+"""What a person sees: run names, TensorBoard (epochs on the x-axis, HParams, Custom Scalars), the console
+and train.log, the README's ``samples.npz`` table, and no folder for a run rejected before any work.
+
+One real ``python -m src.train`` run, as a user starts it (its own working directory, console redirected,
+so stdout is not a terminal), is read back from its event files, console and files.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from src.callbacks.tensorboard import HPARAM_METRICS, LAYOUT
+from src.functional.outputs import CALIBRATION_KEYS
+from src.rundir.metrics_csv import read_history
+from src.rundir.samples import FIELDS, load_samples
+from tests.conftest import ROOT
+
+EPOCHS = 3
+OVERRIDES = ("loss=bounded", f"trainer.max_epochs={EPOCHS}", "data.train_size=60", "callbacks.diagnosis.figures_every_n_epochs=2")
+
+
+def run_train(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    """``python -m src.train`` started in ``cwd`` (where ``outputs/`` goes), this checkout's code, output captured."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "src.train", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.fixture(scope="module")
+def user_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess, Path]:
+    cwd = tmp_path_factory.mktemp("user")
+    proc = run_train(cwd, *OVERRIDES)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = sorted((cwd / "outputs" / "runs").glob("*/*"))
+    assert len(runs) == 1, runs
+    return proc, runs[0]
+
+
+@pytest.fixture(scope="module")
+def events(user_run) -> EventAccumulator:
+    guidance = {"scalars": 0, "histograms": 0, "tensors": 0, "images": 0}
+    accumulator = EventAccumulator(str(user_run[1]), size_guidance=guidance)
+    accumulator.Reload()
+    return accumulator
+
+
+# -- 1. run names ---------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_run_folder_is_named_by_time_and_overrides(user_run) -> None:
+    run = user_run[1]
+    time, _, overrides = run.name.partition("_")
+    assert re.fullmatch(r"\d\d-\d\d-\d\d", time), run.name
+    assert overrides == ",".join(sorted(OVERRIDES)), run.name  # Hydra's override_dirname: sorted keys
+    assert "loss=bounded" in run.name
+
+
+def test_plain_default_run_keeps_just_the_time(tmp_path: Path) -> None:
+    from src.app.resolvers import _claimed, claim_unique_dir, run_suffix
+
+    assert run_suffix("") == ""
+    assert run_suffix("loss=bounded") == "_loss=bounded"
+    several = "callbacks.diagnosis.worst_k=8,data.train_size=60,loss=bounded,optimizer.weight_decay=0.001,trainer.max_epochs=30"
+    assert run_suffix(several) == "_c.d.worst_k=8,d.train_size=60,loss=bounded,o.weight_decay=0.001,t.max_epochs=30"
+    long = run_suffix(",".join(f"optimizer.param_{i}=0.{i}" for i in range(30)))
+    assert len(long.encode()) <= 101 and long.startswith("_o.param_0=0.0,o.param_1=0.1,")
+    assert run_suffix("data.root=/a/b") == "_data.root=_a_b"  # one folder, never a path
+    _claimed.clear()
+    base = str(tmp_path / "10-00-00")
+    first = claim_unique_dir(base, "_loss=bounded")
+    _claimed.clear()  # another process, same second, same overrides
+    second = claim_unique_dir(base, "_loss=bounded")
+    _claimed.clear()
+    assert Path(first).name == "10-00-00_loss=bounded" and Path(second).name == "10-00-00-1_loss=bounded"
+
+
+def test_run_folder_paths_are_quoted_for_hydra() -> None:
+    from src.app.cli import quote_paths
+
+    argv = ["ckpt_path=outputs/runs/d/10-00-00_loss=bounded,seed=1/checkpoints/best.ckpt", "loss=bounded"]
+    assert quote_paths(argv) == ["ckpt_path='outputs/runs/d/10-00-00_loss=bounded,seed=1/checkpoints/best.ckpt'", "loss=bounded"]
+    untouched = ["data.root=/a,/b", "ckpt_path='x=y'", "seed=1"]
+    assert quote_paths(untouched) == untouched
+
+
+# -- 2. epochs on the x-axis ------------------------------------------------------------------------
+@pytest.mark.slow
+def test_every_scalar_histogram_image_and_text_is_at_an_epoch(events) -> None:
+    tags = events.Tags()
+    epochs = list(range(EPOCHS))
+    assert [s.step for s in events.Scalars("val/loss")] == epochs
+    assert [s.step for s in events.Scalars("train/loss")] == epochs
+    for tag in tags["scalars"]:
+        steps = [s.step for s in events.Scalars(tag)]
+        assert set(steps) <= set(epochs), (tag, steps)
+        assert len(steps) == len(set(steps)), (tag, steps)  # one value per epoch
+    for tag in tags["histograms"]:
+        assert [h.step for h in events.Histograms(tag)] == epochs, tag
+    assert [i.step for i in events.Images("val/worst_samples")] == [1, 2]  # every 2 epochs and the last
+    last = EPOCHS - 1
+    for tag in [t for t in tags["images"] if t.startswith("diagnosis/")] + [t for t in tags["tensors"] if "text" in t]:
+        steps = [e.step for e in (events.Images(tag) if tag in tags["images"] else events.Tensors(tag))]
+        assert steps == [last], (tag, steps)
+
+
+# -- 3. HParams -------------------------------------------------------------------------------------
+def _hparams(events: EventAccumulator) -> tuple[dict, list[str]]:
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    content = events.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"])
+    values = {}
+    for key, value in start.session_start_info.hparams.items():
+        kind = value.WhichOneof("kind")
+        values[key] = getattr(value, kind)
+    return values, [m.name.tag for m in experiment.experiment.metric_infos]
+
+
+@pytest.mark.slow
+def test_hparams_are_what_a_person_compares(events) -> None:
+    values, metrics = _hparams(events)
+    assert len(values) <= 25, sorted(values)
+    assert values["loss"] == "bounded" and values["trainer.max_epochs"] == EPOCHS and values["data.train_size"] == 60
+    assert values["callbacks.diagnosis.figures_every_n_epochs"] == 2  # every override
+    for key in ("data", "image_size", "train_samples", "model", "optimizer", "optimizer.lr", "optimizer.weight_decay",
+                "loss.k", "seed"):
+        assert key in values, (key, sorted(values))
+    assert values["data"] == "digits" and values["image_size"] == "1x8x8" and values["train_samples"] == 60
+    assert values["optimizer"] == "sgd" and values["optimizer.lr"] == pytest.approx(0.1)
+    assert not [k for k in values if "_target_" in k or "dir" in k or "path" in k]
+    assert not [v for v in values.values() if isinstance(v, str) and "/" in v]
+    # the metrics the HParams tab compares are scalar tags the run wrote, at its last epoch
+    assert metrics == list(HPARAM_METRICS)
+    history = read_history(events.path)
+    assert events.Scalars("hparams/val_loss_min")[-1].value == pytest.approx(min(history["val/loss"]), rel=1e-6)
+    assert events.Scalars("hparams/val_acc_best")[-1].value == pytest.approx(max(history["val/acc"]), rel=1e-6)
+    assert events.Scalars("hparams/val_loss_last")[-1].value == pytest.approx(history["val/loss"][-1], rel=1e-6)
+    assert events.Scalars("hparams/val_ece_last")[-1].value == pytest.approx(history["val/ece"][-1], rel=1e-6)
+    assert [s.step for s in events.Scalars("hparams/val_acc_last")] == [EPOCHS - 1]
+
+
+def test_hparams_without_hydra_are_curated_and_bounded(make_cfg) -> None:
+    from types import SimpleNamespace
+
+    from src.app.hparams import MAX_HPARAMS, curated_hparams, override_hparams, run_hparams
+
+    given = ["data=folder", "data.root=/somewhere/pets", "loss=bounded", "optimizer=adam", "optimizer.lr=0.01"]
+    cfg = make_cfg(*given)
+    dm = SimpleNamespace(depth=3, height=32, width=32, train=range(120))
+    values = curated_hparams(cfg, dm, {})  # outside Hydra: options named by what they build
+    assert values["data"] == "ImageFolderDataModule:pets" and values["optimizer"] == "Adam"
+    assert values["image_size"] == "3x32x32" and values["train_samples"] == 120 and values["loss.k"] == 3.0
+    hidden = ["~callbacks.diagnosis", "hydra.run.dir=/z", "model._target_=a.B", "ckpt_path=x.ckpt", "launcher=joblib"]
+    overrides = override_hparams(cfg, [*given, *hidden])
+    assert overrides == {
+        "data": "folder",
+        "loss": "bounded",
+        "optimizer": "adam",
+        "optimizer.lr": 0.01,
+        "callbacks.diagnosis": "removed",
+    }
+    hparams = run_hparams(cfg, dm, [*given, *hidden], {"data": "folder", "optimizer": "adam"})
+    assert list(hparams)[:5] == list(overrides) and hparams["model"] == "ShallowNet" and hparams["seed"] == 0
+    many = [f"+extra.k{i}={i}" for i in range(40)]
+    crowded = run_hparams(make_cfg(*many), dm, many, {})
+    assert len(crowded) == MAX_HPARAMS and next(iter(crowded)) == "extra.k0"
+
+
+# -- 4. Custom Scalars ------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_custom_scalars_layout_tells_the_story(events) -> None:
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    [layout_event] = events.Tensors("custom_scalars__config__")
+    layout = layout_pb2.Layout.FromString(layout_event.tensor_proto.string_val[0])
+    charts = {chart.title: list(chart.multiline.tag) for category in layout.category for chart in category.chart}
+    assert [c.title for c in layout.category] == list(LAYOUT)
+    first = layout.category[0]
+    titles = [chart.title for chart in first.chart]
+    assert titles[0] == "val loss vs val accuracy" and charts[titles[0]] == ["^val/loss$", "^val/acc$"]
+    story = " | ".join(titles)
+    for words in ("median, p99, max", "correct vs wrong", "ECE and fitted temperature"):
+        assert words in story, story
+    scalars = events.Tags()["scalars"]
+    for title, regexes in charts.items():  # every chart line is a tag the run wrote, exactly one
+        for regex in regexes:
+            assert len([t for t in scalars if re.match(regex, t)]) == 1, (title, regex)
+    assert not [t for t in scalars if re.search(r"/(precision|recall|f1)/", t)]  # no per-class tags
+
+
+# -- 6. the console ---------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_console_says_each_thing_once_and_ends_with_verdict_and_run_folder(user_run) -> None:
+    proc, run = user_run
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    everything = lines + errors
+    repeated = [line for line, n in Counter(everything).items() if n > 1]
+    assert not repeated, repeated
+    assert len(everything) <= 12, everything
+    for noise in ("litlogger", "Tip", "deprecated", "INFO", "GPU available", "sync_dist", "logging interval", "\r"):
+        assert not [line for line in everything if noise in line], (noise, everything)
+    assert [line for line in lines if line.startswith("epoch ")] == [lines[1]]  # one progress line: the last epoch
+    assert lines[1].startswith(f"epoch {EPOCHS - 1} ({EPOCHS}/{EPOCHS} done): val/loss ")  # epochs from 0, as TensorBoard
+    relative = run.relative_to(run.parents[3])
+    assert lines[-1].startswith(f"Run folder: {relative}"), lines[-1]
+    assert lines[-2] == f"Full diagnosis: {relative / 'diagnosis.md'}"
+    verdict = lines[2:-2]  # between the progress line and the file names: the three-line verdict
+    assert len(verdict) == 3 and "val loss" in verdict[0].lower(), verdict
+    log = (run / "train.log").read_text()
+    for line in [*verdict, lines[-1], lines[0]]:
+        assert log.count(line) == 1, line
+    assert "GPU available" in log and "litlogger" not in log  # Lightning's information in the file only
+
+
+# -- 7. files ---------------------------------------------------------------------------------------
+def test_run_rejected_before_any_work_leaves_no_folder(tmp_path: Path) -> None:
+    proc = run_train(tmp_path, "loss.k=-1")
+    assert proc.returncode == 2 and proc.stderr.strip().startswith("error: loss.k=-1 must be > 0"), proc.stderr
+    leftovers = [p for p in tmp_path.rglob("*") if p.is_file() or p.parent.name == "runs"]
+    assert not leftovers, leftovers
+
+
+def readme_samples_table(readme: str) -> list[dict[str, str]]:
+    """The rows of the table in the README's ``### `samples.npz``` section, by column header."""
+    section = readme.split("### `samples.npz`", 1)[1].split("\n#", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("|")]
+    header = [cell.strip() for cell in rows[0].strip("|").split("|")]
+    return [dict(zip(header, (cell.strip() for cell in row.strip("|").split("|")), strict=True)) for row in rows[2:]]
+
+
+def _code(cell: str) -> list[str]:
+    return re.findall(r"`([^`]+)`", cell)
+
+
+def _expand(items: list[str]) -> list[dict[str, str]]:
+    """Every substitution of the placeholders ``<f>`` and ``<calib>`` the README defines."""
+    text = " ".join(items)
+    if "<f>" in text:
+        return [{"<f>": f} for f in FIELDS]
+    if "<calib>" in text:
+        return [{"<calib>": c} for c in CALIBRATION_KEYS]
+    return [{}]
+
+
+@pytest.mark.slow
+def test_readme_samples_table_is_what_load_samples_gives(user_run) -> None:
+    run = user_run[1]
+    table = readme_samples_table((ROOT / "README.md").read_text())
+    assert table, "no samples.npz table in README.md"
+    key_col, attr_col, shape_col = list(table[0])[:3]
+    s = load_samples(run)
+    with np.load(run / "samples.npz", allow_pickle=False) as data:
+        stored = {k: data[k] for k in data.files}
+    sizes = {
+        "N": len(s.val.index), "Nt": len(s.train.index), "E": len(s.epochs), "Et": len(s.dynamics_epochs),
+        "M": len(s.models), "C": len(s.classes),
+    }  # fmt: skip
+    documented = set()
+    for row in table:
+        keys, attrs = _code(row[key_col]), _code(row[attr_col])
+        shape = tuple(sizes[d.strip()] for d in row[shape_col].strip("()").split(",") if d.strip())
+        assert attrs == [] or len(attrs) == len(keys), row
+        for substitution in _expand(keys):
+            for i, key in enumerate(keys):
+                for placeholder, value in substitution.items():
+                    key = key.replace(placeholder, value)
+                documented.add(key)
+                assert key in stored, (key, sorted(stored))
+                assert stored[key].shape == shape, (key, stored[key].shape, shape)
+                if not attrs:
+                    continue
+                attr = attrs[i]
+                for placeholder, value in substitution.items():
+                    attr = attr.replace(placeholder, value)
+                if "[m]" in attr:
+                    got = np.stack([np.asarray(eval(attr, {"s": s, "m": m})) for m in s.models])
+                else:
+                    got = np.asarray(eval(attr, {"s": s}))
+                assert got.shape == shape and np.array_equal(got, stored[key]), (key, attr)
+    assert documented == set(stored), set(stored) ^ documented
+    history = read_history(run)
+    assert [float(v.mean(dtype=np.float64)) for v in stored["val_loss"]] == pytest.approx(history["val/loss"], rel=1e-5)
+
+
+# -- 5. figures that read at card size --------------------------------------------------------------
+CARD_PX = 400  # about the width TensorBoard's image card shows a figure at
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 8), (3, 32, 32), (3, 300, 200)])
+def test_worst_sample_captions_are_never_clipped_and_legible_at_card_size(shape: tuple[int, int, int]) -> None:
+    import torch
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from src.render.figures import (
+        CAPTION_PT,
+        FIGURE_DPI,
+        TILE_PX,
+        WORST_TILES,
+        worst_caption,
+        worst_samples_figure,
+    )
+
+    names = ["golden_retriever_puppy_from_the_shelter", "cat"]
+    captions = [worst_caption(names[i % 2], names[(i + 1) % 2], 3.2e-12, 26.123) for i in range(WORST_TILES)]
+    fig = worst_samples_figure(torch.rand(WORST_TILES, *shape), captions, title="title")
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    width, height = fig.bbox.width, fig.bbox.height
+    lines = [t for t in fig.texts if t.get_text() != "title"]
+    assert len(lines) == 4 * WORST_TILES
+    boxes = [t.get_window_extent(renderer) for t in lines]
+    for text, box in zip(lines, boxes, strict=True):
+        assert box.x0 >= 0 and box.x1 <= width and box.y0 >= 0 and box.y1 <= height, text.get_text()  # in the figure
+        assert box.width <= TILE_PX, text.get_text()  # within its tile's column
+        # legible where TensorBoard shows it: at least ~9 px high on a CARD_PX-wide card
+        assert text.get_fontsize() * FIGURE_DPI / 72 * CARD_PX / width >= 9, (text.get_fontsize(), width)
+    assert min(t.get_fontsize() for t in lines) >= CAPTION_PT[1]
+    for i, a in enumerate(boxes):  # no caption line overlaps another
+        assert not any(a.overlaps(b) for b in boxes[i + 1 :]), lines[i].get_text()
+    assert any(t.get_text().endswith("\u2026") for t in lines)  # the long class name was shortened, not clipped
+    assert {t.get_text() for t in lines} >= {"loss 26.1", "p(true) 3.2e-12", "true: cat", "pred: cat"}
+
+
+def test_loss_distribution_is_one_chart_with_every_model() -> None:
+    from src.render.figures import loss_distribution_figure
+
+    rng = np.random.default_rng(0)
+    losses = {name: rng.exponential(scale, 200) for name, scale in (("initial", 2.3), ("best", 0.3), ("last", 0.4))}
+    fig = loss_distribution_figure(losses, epochs={"initial": -1, "best": 7, "last": 99})
+    assert len(fig.axes) == 1
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert [label.split(":")[0] for label in labels] == ["initial (untrained)", "best (epoch 7)", "last (epoch 99)"]
