@@ -124,6 +124,8 @@ def test_rank_breaks_ties_by_tiebreak_then_index() -> None:
     score = np.array([1.0, np.inf, 1.0, 0.0, 1.0])
     assert S.rank(score).tolist() == [1, 0, 2, 4, 3]
     assert S.rank(score, tiebreak=np.array([0.0, 0.0, 5.0, 9.0, 2.0])).tolist() == [1, 2, 4, 0, 3]
+    with pytest.raises(ValueError, match="one value per sample"):
+        S.rank(MARGIN)
     events = S.forgetting_events(S.correct_from_margin(MARGIN))
     # forgetting ranks the never-learned sample first; the AUM tie-break orders the late learner before the clean
     assert S.rank(events, tiebreak=-S.aum(MARGIN)).tolist() == [NEVER, FORGOTTEN, LATE, CLEAN]
@@ -137,3 +139,11 @@ def test_val_scores_best_model() -> None:
     assert val.p_given[2] == pytest.approx(1 / 3)
     assert val.p_given[1] == pytest.approx(1 / (2 + math.exp(3)))
     assert np.argsort(-val.suspect).tolist() == [1, 2, 0]
+
+
+def test_quantile_makes_splits_comparable() -> None:
+    q = S.quantile(np.array([0.2, 5.0, -1.0, 0.2]))
+    # most suspect 1.0, then 0.75 ...; ties in index order, as rank() gives them
+    assert q.tolist() == [0.75, 1.0, 0.25, 0.5]
+    train, val = S.quantile(-S.aum(MARGIN)), S.quantile(np.array([0.9, 0.1]))
+    assert train[NEVER] == val[0] == 1.0
