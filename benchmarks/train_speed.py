@@ -92,17 +92,17 @@ class Row:
 
 
 # -- data -------------------------------------------------------------------------------------
-def make_image_folder(root: Path, n_images: int, size: int = 32, seed: int = 0) -> Path:
+def make_image_folder(root: Path, n_images: int, size: int = 32, seed: int = 0, noise: float = 0.25) -> Path:
     """``root/<class>/<i>.png``: ``n_images`` RGB PNGs in 3 classes, made once (a ``.complete`` marker).
 
-    Each class has its own mean colour and stripe direction plus heavy noise, so a ShallowNet
-    learns it but not perfectly.
+    Each class has its own mean colour and stripe direction plus Gaussian pixel noise of std ``noise``
+    (0.25: a ShallowNet learns it almost perfectly; larger values make it harder).
     """
     import numpy as np
     from PIL import Image
 
     marker = root / ".complete"
-    if marker.is_file() and marker.read_text() == f"{n_images} {size} {seed}":
+    if marker.is_file() and marker.read_text() == f"{n_images} {size} {seed} {noise}":
         return root
     rng = np.random.default_rng(seed)
     classes = ("cats", "dogs", "pandas")
@@ -117,10 +117,10 @@ def make_image_folder(root: Path, n_images: int, size: int = 32, seed: int = 0) 
         (root / name).mkdir(parents=True, exist_ok=True)
         for i in range(label, n_images, len(classes)):
             base = colours[label][None, None, :] + 0.15 * stripes[label][:, :, None]
-            img = base + rng.normal(0.0, 0.25, size=(size, size, 3)).astype(np.float32)
+            img = base + rng.normal(0.0, noise, size=(size, size, 3)).astype(np.float32)
             pixels = (np.clip(img, 0.0, 1.0) * 255).astype(np.uint8)
             Image.fromarray(pixels, "RGB").save(root / name / f"{i:05d}.png")
-    marker.write_text(f"{n_images} {size} {seed}")
+    marker.write_text(f"{n_images} {size} {seed} {noise}")
     return root
 
 
