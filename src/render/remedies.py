@@ -122,6 +122,7 @@ def what_you_can_do(
             remedies_table(remedies),
             "",
             recommendation_text(rec),
+            "",
         ]
     else:
         named = ", ".join(f"`remedy={name}` ({words})" for name, words in REMEDY_WORDS.items() if name != "cross_entropy")
