@@ -151,6 +151,35 @@ def test_what_you_can_do_quotes_the_sweeps_measurements(tmp_path: Path) -> None:
     assert read_remedies_report(tmp_path / "missing.csv") == []
 
 
+# -- the experiment and the remedy group -----------------------------------------------------
+def test_remedies_experiment_sweeps_every_remedy_over_three_seeds() -> None:
+    from hydra import compose, initialize_config_dir
+
+    from src.render.remedies import REMEDY_WORDS
+    from tests.conftest import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=remedies"], return_hydra_config=True)
+        params = cfg.hydra.sweeper.params
+        assert params.remedy.split(",") == list(REMEDY_WORDS) and params.seed == "0,1,2"
+        expected = {
+            "cross_entropy": ("standard", None, 0.0, "none"),
+            "bounded": ("bounded", None, 0.0, "none"),
+            "label_smoothing": ("label_smoothing", ("epsilon", 0.1), 0.0, "none"),
+            "focal": ("focal", ("gamma", 3.0), 0.0, "none"),
+            "weight_decay": ("standard", None, 1e-3, "none"),
+            "augment": ("standard", None, 0.0, "flip_crop"),
+            "phuber": ("phuber", ("tau", 10.0), 0.0, "none"),
+            "gce": ("gce", ("q", 0.7), 0.0, "none"),
+        }
+        for remedy, (loss, param, weight_decay, augment) in expected.items():
+            c = compose("train", overrides=[f"remedy={remedy}"])
+            assert (c.loss.name, c.optimizer.weight_decay, c.data.augment) == (loss, weight_decay, augment), remedy
+            if param is not None:
+                assert c.loss[param[0]] == param[1], remedy
+            assert c.optimizer.lr == "auto" and c.seed == 0
+
+
 # -- a real remedies multirun ----------------------------------------------------------------
 @pytest.mark.slow
 def test_remedies_multirun_and_report_through_the_command_line(tmp_path: Path) -> None:

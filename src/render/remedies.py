@@ -16,7 +16,7 @@ from src.functional.remedies import ACC_WINDOW, Recommendation, RemedyResult, re
 # what each remedy of conf/remedy/ changes, in words (remedy=<name>)
 REMEDY_WORDS: dict[str, str] = {
     "cross_entropy": "plain cross-entropy (the reference)",
-    "bounded": "cross-entropy capped per sample (capped samples get no gradient)",
+    "bounded": "cross-entropy capped per sample, no gradient once capped",
     "label_smoothing": "label smoothing 0.1",
     "focal": "focal loss, gamma 3",
     "weight_decay": "weight decay 1e-3",
