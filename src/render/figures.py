@@ -154,17 +154,16 @@ def sweep_figure(groups: Sequence[tuple[str, CurveBand, CurveBand]], columns: in
     """
     cols = max(1, min(columns, len(groups)))
     rows = -(-len(groups) // cols)
-    fig = Figure(figsize=(max(11.0, 3.3 * cols), 4.0 + 2.8 * rows), dpi=90)
-    grid = fig.add_gridspec(1 + rows, 2 * cols, height_ratios=[1.45] + [1.0] * rows, hspace=0.8, wspace=0.7)
+    fig = Figure(figsize=(max(11.0, 3.3 * cols), 4.6 + 2.9 * rows), dpi=90)
+    grid = fig.add_gridspec(1 + rows, 2 * cols, height_ratios=[1.45] + [1.0] * rows, hspace=1.0, wspace=0.7)
     ax_loss = fig.add_subplot(grid[0, :cols])
     ax_acc = fig.add_subplot(grid[0, cols:])
     colours = [f"C{i % 10}" for i in range(len(groups))]
+    # mean curves only: a ±std band reaching below 0 has no place on a log axis (the panels below show bands)
     for (label, loss, acc), colour in zip(groups, colours, strict=True):
         for ax, band in ((ax_loss, loss), (ax_acc, acc)):
             if len(band.epochs):
                 ax.plot(band.epochs, band.mean, color=colour, label=label, linewidth=1.2)
-                ax.fill_between(band.epochs, band.mean - band.std, band.mean + band.std, color=colour, alpha=0.15,
-                                linewidth=0)
     if any(len(loss.epochs) and (loss.mean > 0).any() for _, loss, _ in groups):
         ax_loss.set_yscale("log")
     ax_loss.set(title="val cross-entropy (val/loss), log axis", xlabel="epoch")
@@ -172,7 +171,8 @@ def sweep_figure(groups: Sequence[tuple[str, CurveBand, CurveBand]], columns: in
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3, which="both")
     if groups:
-        ax_acc.legend(fontsize=6, loc="lower right")
+        ax_loss.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.2), ncol=min(4, len(groups)),
+                       frameon=False)
     for i, ((label, loss, acc), colour) in enumerate(zip(groups, colours, strict=True)):
         r, c = divmod(i, cols)
         ax = fig.add_subplot(grid[1 + r, 2 * c : 2 * c + 2])
@@ -201,8 +201,9 @@ def sweep_figure(groups: Sequence[tuple[str, CurveBand, CurveBand]], columns: in
             twin.tick_params(labelsize=6)
         ax.grid(alpha=0.3)
     if groups:
-        fig.text(0.5, grid[1, 0].get_position(fig).y1 + 0.045, "per group: val cross-entropy (solid, left axis, "
-                 "zoomed on the epochs from its minimum on; title: the mean curve's minimum, last value and ratio) and val accuracy (dashed, right axis, 0 to 1)",
+        fig.text(0.5, grid[1, 0].get_position(fig).y1 + 0.06,
+                 "per group: val cross-entropy (solid, left axis, zoomed on the epochs from its minimum on; title: "
+                 "the mean curve's minimum, last value and ratio) and val accuracy (dashed, right axis, 0 to 1)",
                  ha="center", fontsize=8)
     fig.subplots_adjust(left=0.06, right=0.95, top=0.95, bottom=0.05)
     return fig
