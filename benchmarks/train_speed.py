@@ -157,6 +157,7 @@ def _setup_plain(cfg: Any, threads: int) -> tuple[Any, Any, Any]:
     import torch
     from hydra.utils import instantiate
 
+    from src.app.pipeline import learning_rate
     from src.models.shallownet import ShallowNet
 
     torch.set_num_threads(threads)
@@ -165,7 +166,7 @@ def _setup_plain(cfg: Any, threads: int) -> tuple[Any, Any, Any]:
     dm = instantiate(cfg.data)
     dm.setup("fit")
     model = ShallowNet(dm.width, dm.height, dm.depth, dm.num_classes, filters=cfg.model.filters)
-    optimizer = instantiate(cfg.optimizer)(model.parameters())
+    optimizer = instantiate(cfg.optimizer, lr=learning_rate(cfg, model))(model.parameters())  # lr=auto resolved
     return dm, model, optimizer
 
 

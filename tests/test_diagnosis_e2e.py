@@ -187,5 +187,6 @@ def test_evaluate_cli_config_mistake_is_one_line_error(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == (
-        "error: loss=bouned is not an option of 'loss': choose one of bounded, standard (did you mean loss=bounded?)"
+        "error: loss=bouned is not an option of 'loss': choose one of bounded, focal, gce, label_smoothing, phuber, "
+        "standard (did you mean loss=bounded?)"
     )

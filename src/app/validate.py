@@ -68,7 +68,7 @@ def validate(cfg: DictConfig) -> None:
     if lr != AUTO_LR:
         lr = _number(cfg, "optimizer.lr")
         if lr is not None and lr <= 0:
-            raise UserError(f"optimizer.lr={lr} must be > 0 (or {AUTO_LR}: scaled to the model's last layer)")
+            raise UserError(f"optimizer.lr={lr} must be > 0")
     augment = OmegaConf.select(cfg, "data.augment", default=None)
     if augment is not None and augment not in AUGMENTATIONS:
         raise UserError(f"data.augment={augment!r} is unknown: use one of {', '.join(AUGMENTATIONS)}")
