@@ -40,7 +40,8 @@ def test_recommend_lowest_ce_within_one_point_of_cross_entropy() -> None:
     assert rec.choice is not None and rec.choice.label == "remedy=focal"
     assert rec.eligible == ("remedy=focal", "remedy=label_smoothing")
     # exactly 1 point below still counts
-    assert recommend([ce, result("remedy=x", 0.910, 0.3)], "remedy=cross_entropy").choice.label == "remedy=x"  # type: ignore[union-attr]
+    edge = recommend([ce, result("remedy=x", 0.910, 0.3)], "remedy=cross_entropy").choice
+    assert edge is not None and edge.label == "remedy=x"
 
 
 def test_recommend_none_when_nothing_beats_cross_entropy() -> None:

@@ -188,7 +188,10 @@ def sweep_figure(groups: Sequence[tuple[str, CurveBand, CurveBand]], columns: in
                     markersize=3)
             if loss.mean[low] > 0:
                 ratio = loss.mean[last] / loss.mean[low]
-                title += f"\nval CE {loss.mean[low]:.3g} (epoch {int(loss.epochs[low])}) -> {loss.mean[last]:.3g} ({ratio:.2f}x)"
+                title += (
+                    f"\nval CE {loss.mean[low]:.3g} (epoch {int(loss.epochs[low])}) -> "
+                    f"{loss.mean[last]:.3g} ({ratio:.2f}x)"
+                )
             ax.set_ylim(*_zoom_after_minimum(loss, low))
         ax.set_title(title, fontsize=7)
         ax.tick_params(labelsize=6)
