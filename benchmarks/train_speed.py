@@ -92,17 +92,22 @@ class Row:
 
 
 # -- data -------------------------------------------------------------------------------------
-def make_image_folder(root: Path, n_images: int, size: int = 32, seed: int = 0) -> Path:
+def make_image_folder(
+    root: Path, n_images: int, size: int = 32, seed: int = 0, noise: float = 0.25, wrong_labels: float = 0.0
+) -> Path:
     """``root/<class>/<i>.png``: ``n_images`` RGB PNGs in 3 classes, made once (a ``.complete`` marker).
 
-    Each class has its own mean colour and stripe direction plus heavy noise, so a ShallowNet
-    learns it but not perfectly.
+    Each class has its own mean colour and stripe direction plus Gaussian pixel noise of std ``noise``
+    (0.25: a ShallowNet learns it almost perfectly; larger values make it harder). A ``wrong_labels``
+    fraction of the images (chosen at random) is drawn from another class than the folder it is saved in:
+    label errors, as a real folder has some.
     """
     import numpy as np
     from PIL import Image
 
     marker = root / ".complete"
-    if marker.is_file() and marker.read_text() == f"{n_images} {size} {seed}":
+    identity = f"{n_images} {size} {seed} {noise} {wrong_labels}"
+    if marker.is_file() and marker.read_text() == identity:
         return root
     rng = np.random.default_rng(seed)
     classes = ("cats", "dogs", "pandas")
@@ -116,11 +121,14 @@ def make_image_folder(root: Path, n_images: int, size: int = 32, seed: int = 0) 
     for label, name in enumerate(classes):
         (root / name).mkdir(parents=True, exist_ok=True)
         for i in range(label, n_images, len(classes)):
-            base = colours[label][None, None, :] + 0.15 * stripes[label][:, :, None]
-            img = base + rng.normal(0.0, 0.25, size=(size, size, 3)).astype(np.float32)
+            drawn = label
+            if wrong_labels and rng.random() < wrong_labels:
+                drawn = (label + int(rng.integers(1, len(classes)))) % len(classes)
+            base = colours[drawn][None, None, :] + 0.15 * stripes[drawn][:, :, None]
+            img = base + rng.normal(0.0, noise, size=(size, size, 3)).astype(np.float32)
             pixels = (np.clip(img, 0.0, 1.0) * 255).astype(np.uint8)
             Image.fromarray(pixels, "RGB").save(root / name / f"{i:05d}.png")
-    marker.write_text(f"{n_images} {size} {seed}")
+    marker.write_text(identity)
     return root
 
 
@@ -149,6 +157,7 @@ def _setup_plain(cfg: Any, threads: int) -> tuple[Any, Any, Any]:
     import torch
     from hydra.utils import instantiate
 
+    from src.app.pipeline import learning_rate
     from src.models.shallownet import ShallowNet
 
     torch.set_num_threads(threads)
@@ -157,7 +166,7 @@ def _setup_plain(cfg: Any, threads: int) -> tuple[Any, Any, Any]:
     dm = instantiate(cfg.data)
     dm.setup("fit")
     model = ShallowNet(dm.width, dm.height, dm.depth, dm.num_classes, filters=cfg.model.filters)
-    optimizer = instantiate(cfg.optimizer)(model.parameters())
+    optimizer = instantiate(cfg.optimizer, lr=learning_rate(cfg, model))(model.parameters())  # lr=auto resolved
     return dm, model, optimizer
 
 

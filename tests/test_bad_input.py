@@ -55,7 +55,8 @@ def assert_one_line_error(proc, *needles: str) -> str:
 @pytest.mark.parametrize(
     ("override", "needles"),
     [
-        ("loss=bouned", ["loss=bouned is not an option", "bounded, standard", "did you mean loss=bounded"]),
+        ("loss=bouned", ["loss=bouned is not an option", "bounded, focal, gce, label_smoothing, phuber, standard",
+                          "did you mean loss=bounded"]),
         ("loss.kk=1", ["unknown config key 'loss.kk'", "+loss.kk="]),
         ("seed=[", ["cannot parse the command-line override"]),
     ],

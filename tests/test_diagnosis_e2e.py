@@ -3,6 +3,7 @@ are those of the saved per-sample records, and ``src.evaluate`` reproduces the r
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -118,6 +119,11 @@ def test_training_run_writes_every_diagnosis_output(make_cfg, tmp_path: Path) ->
     lo = int(np.argmin(checked["means"]))
     assert checked["means"][-1] > 1.05 * checked["means"][lo] and checked["acc"][-1] >= checked["acc"][lo] - 0.02
     assert checked["text"].splitlines()[2].startswith("**Verdict: phenomenon.**")
+    # what to do about it, with this run's own best epoch and fitted temperature (src/render/remedies.py)
+    numbers = json.loads((run / "diagnosis.json").read_text())
+    todo = checked["text"].split("## What you can do", 1)[1]
+    assert f"in epoch {numbers['acc_best_epoch']} " in todo and "checkpoints/best.ckpt" in todo
+    assert f"T = {numbers['final']['temperature']:.3f}" in todo and "experiment=remedies" in todo
 
     # the standalone evaluation of best.ckpt reproduces the run's report of the best model; the
     # run's data config (data.train_size=150, not debug=fast's 60) is read from <run>/.hydra
@@ -181,5 +187,6 @@ def test_evaluate_cli_config_mistake_is_one_line_error(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == (
-        "error: loss=bouned is not an option of 'loss': choose one of bounded, standard (did you mean loss=bounded?)"
+        "error: loss=bouned is not an option of 'loss': choose one of bounded, focal, gce, label_smoothing, phuber, "
+        "standard (did you mean loss=bounded?)"
     )

@@ -30,12 +30,14 @@ def make_run(
     ece: list[float] | None = None,
     status: str | None = "complete",
     max_epochs: int | None = None,
+    config: dict | None = None,
 ) -> Path:
-    """A run folder as src.train writes it: .hydra/{config,overrides}.yaml, csv/metrics.csv, metrics.json."""
+    """A run folder as src.train writes it: .hydra/{config,overrides}.yaml, csv/metrics.csv, metrics.json.
+    ``config`` adds keys to the saved config (e.g. ``{"loss": {"name": "focal"}}``)."""
     run = sweep / ",".join(overrides)
     (run / ".hydra").mkdir(parents=True)
     seed = next((int(o.split("=")[1]) for o in overrides if o.startswith("seed=")), 0)
-    config = {"seed": seed, "trainer": {"max_epochs": max_epochs or len(val_acc)}}
+    config = {**(config or {}), "seed": seed, "trainer": {"max_epochs": max_epochs or len(val_acc)}}
     (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
     (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([*overrides, "debug=fast"]))
     header = ["epoch", "step", "val/acc", "val/loss", "val/loss_bounded", *(["val/ece"] if ece else [])]

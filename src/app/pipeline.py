@@ -21,6 +21,8 @@ from src.callbacks.checkpoint_io import AtomicCheckpointIO
 from src.callbacks.guards import NonFiniteLossGuard
 from src.callbacks.tensorboard import TensorBoardDashboards
 from src.data.datamodules import InMemoryDataModule
+from src.functional.learning_rate import AUTO_LR, REFERENCE_FAN_IN, REFERENCE_LR, auto_lr, last_linear_fan_in
+from src.functional.objectives import OBJECTIVES
 from src.models.module import LossDiagModule
 from src.rundir.checkpoints import check_checkpoint
 from src.rundir.metrics_csv import last_values, read_history
@@ -55,16 +57,31 @@ def build_net(cfg: DictConfig, datamodule: InMemoryDataModule) -> torch.nn.Modul
     )
 
 
+def learning_rate(cfg: DictConfig, net: torch.nn.Module) -> float | None:
+    """``optimizer.lr``, with ``auto`` resolved for ``net`` (:mod:`src.functional.learning_rate`)."""
+    lr = cfg.optimizer.get("lr")
+    return auto_lr(last_linear_fan_in(net)) if lr == AUTO_LR else lr
+
+
+def loss_parameter(cfg: DictConfig) -> float | None:
+    """The parameter of the configured objective (``loss.gamma`` for ``focal``, ...); ``None`` for CE ones."""
+    name = cfg.loss.name
+    return cfg.loss.get(OBJECTIVES[name].param) if name in OBJECTIVES else None
+
+
 def build_module(cfg: DictConfig, datamodule: InMemoryDataModule) -> LossDiagModule:
     """ShallowNet sized by the data, wrapped with the configured loss and optimizer."""
+    net = build_net(cfg, datamodule)
+    lr = learning_rate(cfg, net)
     return LossDiagModule(
-        net=build_net(cfg, datamodule),
-        optimizer=instantiate(cfg.optimizer),
+        net=net,
+        optimizer=instantiate(cfg.optimizer, **({} if lr is None else {"lr": lr})),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         class_names=datamodule.class_names,
         loss=cfg.loss.name,
         k=cfg.loss.k,
         cap=cfg.loss.cap,
+        loss_param=loss_parameter(cfg),
     )
 
 
@@ -117,12 +134,19 @@ def train(cfg: DictConfig) -> dict[str, float]:
     model = build_module(cfg, datamodule)
     trainer = build_trainer(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
+    if cfg.optimizer.get("lr") == AUTO_LR:
+        lr = learning_rate(cfg, model.net)
+        config["optimizer"]["lr"] = lr  # type: ignore[index]  # hparams.yaml and the HParams tab get the number
+        log.info(
+            "optimizer.lr=auto: %.6g (%g x %d / fan-in %d of the last linear layer)",
+            lr, REFERENCE_LR, REFERENCE_FAN_IN, last_linear_fan_in(model.net),
+        )
     for logger in trainer.loggers:
         logger.log_hyperparams(config)  # type: ignore[arg-type]  # hparams.yaml
     # TensorBoard's HParams tab (what a person compares runs by) and Custom Scalars layout
     trainer.callbacks.append(TensorBoardDashboards(run_hparams(cfg, datamodule), cfg.paths.output_dir))  # type: ignore[arg-type]
     log.info(
-        "data: %d train / %d val samples, %d classes, %dx%dx%d; loss=%s",
+        "data: %d train / %d val samples, %d classes, %dx%dx%d; loss=%s; augment=%s",
         len(datamodule.train),  # type: ignore[arg-type]
         len(datamodule.val),  # type: ignore[arg-type]
         datamodule.num_classes,
@@ -130,6 +154,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         datamodule.height,
         datamodule.width,
         cfg.loss.name,
+        cfg.data.get("augment", "none"),
     )
     if cfg.get("ckpt_path"):
         check_checkpoint(cfg.ckpt_path, model)

@@ -4,7 +4,10 @@ Reads every run of a sweep from the files the runs wrote (``.hydra/config.yaml``
 ``.hydra/overrides.yaml``, ``csv/metrics.csv``, ``metrics.json``), groups complete runs by the swept
 parameters other than the seed, and writes ``report.md``, ``report.csv`` and ``report.png`` into the
 sweep folder (mean ± std over seeds; val loss / val accuracy curves per group). Failed and
-incomplete runs are listed, never silently dropped.
+incomplete runs are listed, never silently dropped. Each group's settings are listed as the config keys
+that differ from the first group's (what ``remedy=focal`` changes). When one group is plain cross-entropy
+(``remedy=cross_entropy``, or ``loss=standard``), the report recommends a remedy
+(:func:`src.functional.remedies.recommend`).
 
 The aggregation functions are pure (no files); :func:`build_report` does the I/O.
 """
@@ -23,16 +26,24 @@ import numpy as np
 from src.app.resolvers import LAUNCH_KEYS
 from src.app.resume import CONFIG_FILE, OVERRIDES_FILE, override_key
 from src.errors import UserError
+from src.functional.remedies import Recommendation, RemedyResult, recommend
+from src.render.figures import CurveBand, png_bytes, render, sweep_figure
+from src.render.remedies import recommendation_text
 from src.render.tables import markdown_table
 from src.rundir.atomic import atomic_write_bytes, atomic_write_text
 from src.rundir.metrics_csv import METRICS_CSV, read_history
+from src.rundir.paths import SWEEP_REPORT_CSV, SWEEP_REPORT_MD, SWEEP_REPORT_PNG
 from src.rundir.status import COMPLETE, FAILED, read_summary
 
 SEED_KEYS = frozenset({"seed"})
 # override keys that say where or how a run happened, not what was trained
 # not parameters of what a job computes: how it was launched, where it wrote, what it resumed from
 IGNORED_KEYS = LAUNCH_KEYS | {"paths.output_dir", "ckpt_path"}
-REPORT_FILES = ("report.md", "report.csv", "report.png")
+REPORT_FILES = (str(SWEEP_REPORT_MD), str(SWEEP_REPORT_CSV), str(SWEEP_REPORT_PNG))
+# config keys that never describe what a group trained (where it wrote, its seed, Hydra's own settings)
+NOT_SETTINGS = ("hydra", "paths", "seed", "data.seed", "ckpt_path", "threads")
+# groups that are the plain cross-entropy reference of a remedies recommendation (key, value)
+REFERENCE_PARAMS = frozenset({("remedy", "cross_entropy"), ("loss", "standard")})
 
 # column name -> what it measures (also the markdown legend)
 METRICS: dict[str, str] = {
@@ -40,6 +51,7 @@ METRICS: dict[str, str] = {
     "last_val_acc": "val/acc at the last epoch",
     "min_val_loss": "lowest val cross-entropy (val/loss)",
     "last_val_loss": "val cross-entropy at the last epoch",
+    "rise_ratio": "last val cross-entropy / lowest val cross-entropy of the run (1.00 = no rise)",
     "last_val_loss_bounded": "val bounded cross-entropy (val/loss_bounded) at the last epoch",
     "last_val_ece": "val expected calibration error (val/ece) at the last epoch; n/a if not logged",
     "epochs_to_best": "first epoch (1-based) reaching the best val/acc",
@@ -58,6 +70,7 @@ class Run:
     reason: str = ""
     history: dict[str, list[float]] = field(default_factory=dict)
     max_epochs: int | None = None
+    config: dict[str, str] = field(default_factory=dict)  # flattened .hydra/config.yaml (unresolved)
 
     @property
     def epochs(self) -> int:
@@ -119,6 +132,8 @@ def run_metrics(history: dict[str, list[float]]) -> dict[str, float]:
     if np.isfinite(loss).any():
         lowest = int(np.nanargmin(loss))
         out.update(min_val_loss=float(loss[lowest]), last_val_loss=_last(loss), epoch_min_val_loss=float(lowest + 1))
+        if loss[lowest] > 0:
+            out["rise_ratio"] = out["last_val_loss"] / float(loss[lowest])
     out["last_val_loss_bounded"] = _last(_column(history, "val/loss_bounded"))
     out["last_val_ece"] = _last(_column(history, "val/ece"))
     return out
@@ -152,6 +167,71 @@ def group_runs(runs: Sequence[Run]) -> list[Group]:
             )
         )
     return groups
+
+
+def flatten(node: object, prefix: str = "") -> dict[str, str]:
+    """``{"loss": {"name": "focal"}}`` -> ``{"loss.name": "focal"}``; leaves as strings (lists in YAML form)."""
+    if isinstance(node, dict):
+        out: dict[str, str] = {}
+        for key, value in node.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: str(node)}
+
+
+def _is_setting(key: str) -> bool:
+    return not any(key == k or key.startswith(f"{k}.") for k in NOT_SETTINGS)
+
+
+def config_changes(config: dict[str, str], reference: dict[str, str]) -> str:
+    """The settings of ``config`` that differ from ``reference``'s: ``key=value``, ``~key`` if it lacks one."""
+    keys = [k for k in config if _is_setting(k)] + [k for k in reference if _is_setting(k) and k not in config]
+    parts = []
+    for key in keys:
+        if key not in config:
+            parts.append(f"~{key}")
+        elif config[key] != reference.get(key):
+            parts.append(f"{key}={config[key]}")
+    return ", ".join(parts)
+
+
+def group_changes(groups: Sequence[Group]) -> list[str]:
+    """Per group, :func:`config_changes` of its first run against the first group's first run."""
+    if not groups:
+        return []
+    reference = groups[0].runs[0].config
+    return [config_changes(g.runs[0].config, reference) for g in groups]
+
+
+def remedy_results(groups: Sequence[Group]) -> list[RemedyResult]:
+    """The groups as :class:`RemedyResult` rows (label = the group's overrides)."""
+    return [
+        RemedyResult(
+            label=g.label,
+            n=len(g.runs),
+            last_acc=g.mean["last_val_acc"],
+            last_acc_std=g.std["last_val_acc"],
+            last_ce=g.mean["last_val_loss"],
+            last_ce_std=g.std["last_val_loss"],
+            rise_ratio=g.mean["rise_ratio"],
+            best_acc=g.mean["best_val_acc"],
+            min_ce=g.mean["min_val_loss"],
+            last_ece=g.mean["last_val_ece"],
+        )
+        for g in groups
+    ]
+
+
+def reference_group(groups: Sequence[Group]) -> Group | None:
+    """The one group that is plain cross-entropy (all its swept values in :data:`REFERENCE_PARAMS`), if any."""
+    found = [g for g in groups if g.params and all(item in REFERENCE_PARAMS for item in g.params.items())]
+    return found[0] if len(found) == 1 else None
+
+
+def recommendation(groups: Sequence[Group]) -> Recommendation | None:
+    """The remedies recommendation, or ``None`` when no group is the cross-entropy reference."""
+    reference = reference_group(groups)
+    return None if reference is None else recommend(remedy_results(groups), reference.label)
 
 
 def mean_curve(histories: Sequence[dict[str, list[float]]], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -206,12 +286,18 @@ def markdown_report(groups: Sequence[Group], runs: Sequence[Run], sweep_dir: Pat
         "",
         groups_table(groups) if groups else "No complete runs.",
         "",
-        *(f"- `{name}`: {meaning}" for name, meaning in METRICS.items()),
     ]
+    rec = recommendation(groups)
+    if rec is not None:
+        parts += [recommendation_text(rec), ""]
+    parts += [*(f"- `{name}`: {meaning}" for name, meaning in METRICS.items())]
+    if len(groups) > 1:
+        parts += ["", f"What each group sets, as config keys that differ from the first group (`{groups[0].label}`):", ""]
+        parts += [f"- `{g.label}`: {c or 'the same settings'}" for g, c in zip(groups, group_changes(groups), strict=True)]
     problems = problem_lines(runs, sweep_dir)
     if problems:
         parts += ["", "## Failed or incomplete runs (not in the table)", "", *problems]
-    parts += ["", "![val loss and accuracy per group](report.png)", ""]
+    parts += ["", "![val cross-entropy (log axis, and one panel per group) and val accuracy](report.png)", ""]
     return "\n".join(parts)
 
 
@@ -220,42 +306,27 @@ def csv_table(groups: Sequence[Group]) -> str:
     keys = list(groups[0].params) if groups else []
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow([*keys, "n", *(f"{m}_{s}" for m in METRICS for s in ("mean", "std"))])
-    for g in groups:
+    writer.writerow([*keys, "n", *(f"{m}_{s}" for m in METRICS for s in ("mean", "std")), "changes"])
+    for g, changes in zip(groups, group_changes(groups), strict=True):
         stats = [g.mean[m] if s == "mean" else g.std[m] for m in METRICS for s in ("mean", "std")]
-        writer.writerow([*g.params.values(), len(g.runs), *("" if not math.isfinite(v) else repr(v) for v in stats)])
+        cells = ("" if not math.isfinite(v) else repr(v) for v in stats)
+        writer.writerow([*g.params.values(), len(g.runs), *cells, changes])
     return buffer.getvalue()
+
+
+def curve_bands(groups: Sequence[Group]) -> list[tuple[str, CurveBand, CurveBand]]:
+    """Per group: its label with ``n``, and the mean ± std curves of val/loss and val/acc."""
+    bands = []
+    for group in groups:
+        histories = [r.history for r in group.runs]
+        loss, acc = (CurveBand(*mean_curve(histories, key)) for key in ("val/loss", "val/acc"))
+        bands.append((f"{group.label} (n={len(group.runs)})", loss, acc))
+    return bands
 
 
 def plot_png(groups: Sequence[Group]) -> bytes:
-    """Val cross-entropy and val accuracy per epoch, one line per group (mean) with a ±std band."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for group in groups:
-        histories = [r.history for r in group.runs]
-        for ax, key in zip(axes, ("val/loss", "val/acc"), strict=True):
-            epochs, mean, std = mean_curve(histories, key)
-            if not len(epochs):
-                continue
-            (line,) = ax.plot(epochs, mean, label=f"{group.label} (n={len(group.runs)})")
-            ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
-    for ax, title in zip(axes, ("val cross-entropy (val/loss)", "val accuracy (val/acc)"), strict=True):
-        ax.set_title(title)
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-    if groups:
-        axes[1].legend(fontsize="small", loc="best")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    return buffer.getvalue()
+    """``report.png``: :func:`src.render.figures.sweep_figure` of the groups' curves."""
+    return png_bytes(render(sweep_figure(curve_bands(groups))))
 
 
 # -- reading runs -----------------------------------------------------------------------------
@@ -284,7 +355,8 @@ def load_run(run_dir: Path) -> Run:
     params = parse_overrides(overrides)  # type: ignore[arg-type]
     seed = str(OmegaConf.select(config, "seed", default=None))
     max_epochs = OmegaConf.select(config, "trainer.max_epochs", default=None)
-    run = Run(path=run_dir, params=params, seed=seed, status="incomplete", max_epochs=max_epochs)
+    settings = flatten(OmegaConf.to_container(config, resolve=False))
+    run = Run(path=run_dir, params=params, seed=seed, status="incomplete", max_epochs=max_epochs, config=settings)
     summary = read_summary(run_dir)
     if (run_dir / METRICS_CSV).is_file():
         run.history = read_history(run_dir)
@@ -318,7 +390,7 @@ def build_report(sweep_dir: str | Path) -> tuple[list[Group], list[Run], str]:
         )
     groups = group_runs(runs)
     markdown = markdown_report(groups, runs, sweep)
-    atomic_write_text(sweep / "report.md", markdown)
-    atomic_write_text(sweep / "report.csv", csv_table(groups))
-    atomic_write_bytes(sweep / "report.png", plot_png(groups))
+    atomic_write_text(sweep / SWEEP_REPORT_MD, markdown)
+    atomic_write_text(sweep / SWEEP_REPORT_CSV, csv_table(groups))
+    atomic_write_bytes(sweep / SWEEP_REPORT_PNG, plot_png(groups))
     return groups, runs, markdown

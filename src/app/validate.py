@@ -5,7 +5,10 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from src.errors import UserError
+from src.functional.augment import AUGMENTATIONS
+from src.functional.learning_rate import AUTO_LR
 from src.functional.losses import LOSS_NAMES
+from src.functional.objectives import OBJECTIVES, objective_parameter_check
 from src.rundir.checkpoints import existing_checkpoint
 
 
@@ -28,7 +31,12 @@ def validate(cfg: DictConfig) -> None:
         raise UserError(f"{', '.join(missing)} must be given: add it to the command line, e.g. {example}")
     loss = cfg.loss.name
     if loss not in LOSS_NAMES:
-        raise UserError(f"loss.name={loss!r} is unknown: use loss=standard or loss=bounded")
+        raise UserError(f"loss.name={loss!r} is unknown: use loss=<one of {', '.join(LOSS_NAMES)}>")
+    if loss in OBJECTIVES:
+        param = OBJECTIVES[loss].param
+        problem = objective_parameter_check(loss, OmegaConf.select(cfg, f"loss.{param}", default=None))
+        if problem is not None:
+            raise UserError(f"{problem}: fix loss.{param} (default {OBJECTIVES[loss].default:g})")
     k = _number(cfg, "loss.k")
     if k is None or k <= 0:
         raise UserError(f"loss.k={k} must be > 0 (the cap is mean + k * std of the initial losses)")
@@ -56,9 +64,14 @@ def validate(cfg: DictConfig) -> None:
     epochs = _number(cfg, "trainer.max_epochs")
     if epochs is not None and epochs < 1:
         raise UserError(f"trainer.max_epochs={epochs} must be >= 1")
-    lr = _number(cfg, "optimizer.lr")
-    if lr is not None and lr <= 0:
-        raise UserError(f"optimizer.lr={lr} must be > 0")
+    lr = OmegaConf.select(cfg, "optimizer.lr", default=None)
+    if lr != AUTO_LR:
+        lr = _number(cfg, "optimizer.lr")
+        if lr is not None and lr <= 0:
+            raise UserError(f"optimizer.lr={lr} must be > 0")
+    augment = OmegaConf.select(cfg, "data.augment", default=None)
+    if augment is not None and augment not in AUGMENTATIONS:
+        raise UserError(f"data.augment={augment!r} is unknown: use one of {', '.join(AUGMENTATIONS)}")
     if cfg.get("ckpt_path"):
         existing_checkpoint(cfg.ckpt_path)
     threads = _number(cfg, "threads")

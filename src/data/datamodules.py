@@ -7,6 +7,7 @@ Images are decoded once (at ``setup``); batches are slices of those tensors
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -16,6 +17,7 @@ from src.data.batches import TensorBatches
 from src.data.images import decode_folder, find_classes
 from src.data.splits import Split, concatenate, stratified_split, subsample, take
 from src.errors import UserError
+from src.functional.augment import AUGMENTATIONS, augment_batch
 
 
 class InMemoryDataModule(L.LightningDataModule):
@@ -26,6 +28,10 @@ class InMemoryDataModule(L.LightningDataModule):
     ``train.paths[i]`` / ``val.paths[i]`` name the file behind sample index ``i`` (folder data).
     ``val_paths`` / ``train_paths`` and ``class_names`` are what :class:`src.callbacks.LossDiagnosis`
     looks for on a datamodule to name files and classes.
+
+    ``augment`` (:data:`~src.functional.augment.AUGMENTATIONS`) transforms the training batches only, on
+    their device, deterministically in ``(seed, epoch, batch)`` (a resumed run sees the same augmentation);
+    validation batches are never augmented.
     """
 
     def __init__(
@@ -35,8 +41,12 @@ class InMemoryDataModule(L.LightningDataModule):
         val_fraction: float = 0.25,
         train_size: int | float | None = None,
         seed: int = 0,
+        augment: str = "none",
     ) -> None:
         super().__init__()
+        if augment not in AUGMENTATIONS:
+            raise ValueError(f"unknown augmentation {augment!r}: choose one of {', '.join(AUGMENTATIONS)}")
+        self.augment = augment
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or max(batch_size, 256)
         self.val_fraction = val_fraction
@@ -63,7 +73,7 @@ class InMemoryDataModule(L.LightningDataModule):
         self.val = val
 
     def train_dataloader(self) -> TensorBatches:
-        return self._batches(self._require().train, self.batch_size, shuffle=True)
+        return self._batches(self._require().train, self.batch_size, shuffle=True, augment=self.augment)
 
     def val_dataloader(self) -> TensorBatches:
         return self._batches(self._require().val, self.val_batch_size, shuffle=False)
@@ -74,14 +84,23 @@ class InMemoryDataModule(L.LightningDataModule):
             raise RuntimeError("call setup() before asking for data")
         return self
 
-    def _batches(self, split: Split | None, batch_size: int, shuffle: bool) -> TensorBatches:
+    def _batches(self, split: Split | None, batch_size: int, shuffle: bool, augment: str = "none") -> TensorBatches:
         assert split is not None
         trainer = self.trainer
         replicas = trainer.world_size if trainer is not None else 1
         rank = trainer.global_rank if trainer is not None else 0
         device = self._data_device()
+        transform = None if augment == "none" else partial(_augment, augment, self.seed, replicas, rank)
         return TensorBatches(
-            split.x.to(device), split.y.to(device), batch_size, shuffle, self.seed, replicas, rank, scale=split.scale
+            split.x.to(device),
+            split.y.to(device),
+            batch_size,
+            shuffle,
+            self.seed,
+            replicas,
+            rank,
+            scale=split.scale,
+            transform=transform,
         )
 
     def _data_device(self) -> torch.device:
@@ -114,6 +133,11 @@ class InMemoryDataModule(L.LightningDataModule):
     @property
     def width(self) -> int:
         return int(self._require().train.x.shape[3])  # type: ignore[union-attr]
+
+
+def _augment(name: str, seed: int, replicas: int, rank: int, x: torch.Tensor, epoch: int, batch: int) -> torch.Tensor:
+    """:func:`augment_batch` for batch ``batch`` of this rank: every rank's batch gets its own stream."""
+    return augment_batch(x, name, seed, epoch, batch * replicas + rank)
 
 
 class DigitsDataModule(InMemoryDataModule):

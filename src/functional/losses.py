@@ -1,4 +1,4 @@
-"""Standard and bounded cross-entropy.
+"""Standard and bounded cross-entropy, and the training objective chosen by name.
 
 Bounded cross-entropy caps every per-sample cross-entropy at ``cap``; the cap is
 ``mean + k * std`` of the *untrained* model's per-sample losses on the training set
@@ -6,6 +6,9 @@ Bounded cross-entropy caps every per-sample cross-entropy at ``cap``; the cap is
 constant ``cap``, so its gradient is exactly zero: once the model is more wrong on a
 sample than an untrained model would plausibly be, that sample stops pulling on the
 weights (and stops dominating the reported mean).
+
+The other objectives (label smoothing, focal, PHuber-CE, GCE) live in :mod:`src.functional.objectives`;
+:func:`training_loss` picks any of them by the config's ``loss.name``.
 """
 
 from __future__ import annotations
@@ -13,7 +16,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-LOSS_NAMES: tuple[str, ...] = ("standard", "bounded")
+from src.functional.objectives import OBJECTIVES
+
+# objectives of the per-sample cross-entropy alone (see :func:`objective`)
+CE_LOSS_NAMES: tuple[str, ...] = ("standard", "bounded")
+# every name ``loss.name`` accepts
+LOSS_NAMES: tuple[str, ...] = (*CE_LOSS_NAMES, *OBJECTIVES)
 
 
 def per_sample_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -41,4 +49,22 @@ def objective(per_sample: torch.Tensor, name: str, cap: torch.Tensor | float) ->
         return per_sample.mean()
     if name == "bounded":
         return bound_losses(per_sample, cap).mean()
+    raise ValueError(f"unknown loss {name!r}: choose one of {', '.join(CE_LOSS_NAMES)}")
+
+
+def training_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    name: str,
+    cap: torch.Tensor | float,
+    param: float | None = None,
+) -> torch.Tensor:
+    """The mean loss that is optimised for objective ``name``: ``standard``/``bounded`` as :func:`objective`,
+    or one of :data:`~src.functional.objectives.OBJECTIVES` with its parameter ``param`` (``None``: its
+    default). ``cap`` only matters for ``bounded``."""
+    if name in CE_LOSS_NAMES:
+        return objective(per_sample_cross_entropy(logits, target), name, cap)
+    if name in OBJECTIVES:
+        entry = OBJECTIVES[name]
+        return entry.fn(logits, target, entry.default if param is None else param).mean()
     raise ValueError(f"unknown loss {name!r}: choose one of {', '.join(LOSS_NAMES)}")

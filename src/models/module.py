@@ -26,8 +26,8 @@ from src.functional.losses import (
     LOSS_NAMES,
     bound_losses,
     loss_cap_from_initial,
-    objective,
     per_sample_cross_entropy,
+    training_loss,
 )
 from src.models.epoch_log import log_epoch_metrics
 from src.models.predict import predict_logits
@@ -52,7 +52,9 @@ def classification_metrics(logits: torch.Tensor, target: torch.Tensor, num_class
 
 
 class LossDiagModule(L.LightningModule):
-    """Wraps a classifier ``net``; ``loss`` picks the objective (``standard`` or ``bounded``).
+    """Wraps a classifier ``net``; ``loss`` picks the objective (``standard``, ``bounded``, or one of
+    :data:`src.functional.objectives.OBJECTIVES` with its parameter ``loss_param``). Whatever is optimised,
+    ``*/loss`` is the cross-entropy and ``*/loss_bounded`` the capped cross-entropy, so runs compare.
 
     The bounded-loss cap is ``cap`` when given, else ``mean + k * std`` of the untrained
     model's per-sample cross-entropy on the training set, computed at ``on_train_start`` (before the
@@ -70,6 +72,7 @@ class LossDiagModule(L.LightningModule):
         k: float = 3.0,
         cap: float | None = None,
         scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
+        loss_param: float | None = None,
     ) -> None:
         super().__init__()
         if loss not in LOSS_NAMES:
@@ -79,6 +82,7 @@ class LossDiagModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.loss_name = loss
+        self.loss_param = loss_param
         self.k = k
         self.class_names = list(class_names)
         self.register_buffer("loss_cap", torch.tensor(float("nan") if cap is None else float(cap)))
@@ -106,7 +110,7 @@ class LossDiagModule(L.LightningModule):
         x, y, index = batch
         logits = self(x)
         self.recorder(stage).update(index, y, logits)
-        loss = objective(per_sample_cross_entropy(logits, y), self.loss_name, self.loss_cap)
+        loss = training_loss(logits, y, self.loss_name, self.loss_cap, self.loss_param)
         return {"loss": loss, "logits": logits.detach()}
 
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from src.rundir.paths import (
     figure_path,
     report_path,
 )
+from src.rundir.remedies import what_you_can_do_section
 from src.rundir.samples import Samples
 
 
@@ -205,6 +206,8 @@ def write_diagnosis(
         image = log_figure(writer, f"diagnosis/{name}", fig, step) if writer is not None else render(fig)
         atomic_write_bytes(figure_path(out, name), png_bytes(image))
     diagnosis = diagnose(samples, model, evaluated_on, reports, list(figures), writer is not None)
+    # the "What you can do" section (src/rundir/remedies.py), appended when the run shows the phenomenon
+    diagnosis = replace(diagnosis, markdown=diagnosis.markdown + what_you_can_do_section(diagnosis.numbers, out))
     atomic_write_text(out / DIAGNOSIS_FILE, diagnosis.markdown)
     atomic_write_text(out / DIAGNOSIS_JSON, json.dumps(diagnosis.numbers.to_dict(), indent=2) + "\n")
     if writer is not None:

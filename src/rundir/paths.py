@@ -36,6 +36,10 @@ OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
 HYDRA_FILE = Path(".hydra") / "hydra.yaml"
 # the job's log (Hydra's file handler, named after the entry point)
 TRAIN_LOG = Path("train.log")
+# a sweep folder's comparison (python -m src.report): table, the same as CSV, curves
+SWEEP_REPORT_MD = Path("report.md")
+SWEEP_REPORT_CSV = Path("report.csv")
+SWEEP_REPORT_PNG = Path("report.png")
 
 
 def report_path(run_dir: str | Path, model: str, suffix: str) -> Path:
