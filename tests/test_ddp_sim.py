@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from src.rundir.metrics_csv import read_history
+from src.rundir.samples import load_samples
 from tests.conftest import run_module
 
 # 60 training samples: batches of 15 on each of 2 ranks see the same samples per step as batches of 30
@@ -45,3 +47,9 @@ def test_ddp_sim_matches_single_process(make_cfg, tmp_path: Path) -> None:
     assert ddp["epoch"] == single["epoch"] == [0.0, 1.0]
     for key in ("train/loss", "train/acc", "val/loss", "val/acc", "val/f1_macro", "loss/cap", "val/loss_bounded"):
         assert ddp[key] == pytest.approx(single[key], rel=1e-4, abs=1e-6), key
+    # training dynamics: every training sample once per epoch (the padded repeat dropped), as one process
+    got, want = load_samples(run), load_samples(tmp_path)
+    assert got.dynamics_epochs == want.dynamics_epochs == [0, 1]
+    np.testing.assert_array_equal(got.train.index, want.train.index)
+    for name in ("train_p_given", "train_margin"):
+        np.testing.assert_allclose(np.stack(getattr(got, name)), np.stack(getattr(want, name)), rtol=1e-3, atol=2e-3)

@@ -171,6 +171,9 @@ def test_evaluating_a_folder_run_on_another_folder_takes_every_image(kind_runs, 
     assert "nan" not in text
     header = (out / "worst.csv").read_text().splitlines()[0]
     assert header == "rank,index,path,true,predicted,p_true,confidence,loss"
+    # likely label errors of the evaluated images: val-only score (p of the given label under this model)
+    suspects = (out / "suspects.csv").read_text().splitlines()
+    assert len(suspects) == 1 + n_new and all(line.split(",")[1] == "val" for line in suspects[1:])
     own_numbers = json.loads((own / "diagnosis.json").read_text())
     assert own_numbers["evaluated_on"] == "val split"
     assert own_numbers["n_samples"] == len(load_samples(run).val.target) < 48

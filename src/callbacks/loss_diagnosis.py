@@ -41,6 +41,7 @@ from src.rundir.paths import (
     display_path,
 )
 from src.rundir.samples import Samples, SplitInfo
+from src.rundir.suspects import rank_run, wanted_images
 
 log = logging.getLogger(__name__)
 STAGES = ("train", "val")
@@ -371,6 +372,29 @@ class LossDiagnosis(L.Callback):
         pl_module.train(was_training)
         return recorder.compute()
 
+    def _suspect_images(self, trainer: L.Trainer) -> dict[str, dict[int, torch.Tensor]]:
+        """The inputs of the likely label errors the TensorBoard grids show (image data only; no forward pass)."""
+        assert self.samples is not None
+        wanted = wanted_images(rank_run(self.samples), self.samples)
+        loaders = {"train": trainer.train_dataloader, "val": trainer.val_dataloaders}
+        return {split: self._inputs(loaders[split], split, set(indices)) for split, indices in wanted.items()}
+
+    def _inputs(self, loader: Any, stage: str, wanted: set[int]) -> dict[int, torch.Tensor]:
+        if isinstance(loader, list | tuple):
+            loader = loader[0] if loader else None
+        found: dict[int, torch.Tensor] = {}
+        offset = 0
+        for batch in loader or ():
+            x, y, index = self._unpack(batch, stage, 1)
+            if x.ndim != 4 or (index is None and stage == "train"):
+                return {}
+            positions = index.tolist() if index is not None else range(offset, offset + len(y))
+            offset += len(y)
+            for pos, i in enumerate(positions):
+                if i in wanted:
+                    found[int(i)] = x[pos].detach().float().cpu()
+        return found
+
     def _evaluate_models(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, tuple[dict, int]]:
         """Evaluate initial, best (with ``reports``) and last weights by loading each into ``pl_module``.
 
@@ -438,12 +462,15 @@ class LossDiagnosis(L.Callback):
             self.samples.model_epoch[name] = epoch
         if not self.reports:
             self.samples.models, self.samples.model_epoch = {}, {}
+        writer = tensorboard_writer(trainer)
+        suspect_images = self._suspect_images(trainer) if writer is not None else None
         self.diagnosis = write_diagnosis(
             self.output_dir,
             self.samples,
             self._final_images or None,
             self.worst_k,
-            tensorboard_writer(trainer),
+            writer,
             self.samples.epochs[-1],  # the last validation epoch: every figure and text is at step = epoch
+            suspect_images=suspect_images,
         )
         announce(log, f"{self.diagnosis.summary}\nFull diagnosis: {display_path(self.output_dir / DIAGNOSIS_FILE)}")

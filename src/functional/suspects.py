@@ -209,3 +209,74 @@ def quantile(score: Array, tiebreak: Array | None = None) -> np.ndarray:
     q = np.empty(len(order))
     q[order] = 1.0 - np.arange(len(order)) / len(order)
     return q
+
+
+# -- one ranked list over both splits ----------------------------------------------------------------
+TRAIN_SCORE = "aum"  # minus the area under the margin over all epochs (Pleiss et al. 2020)
+VAL_SCORE = "1-p_given"  # 1 - p(given label) under the best model (the val images were never trained on)
+
+
+@dataclass(frozen=True)
+class Suspects:
+    """Every sample of both splits, most suspect first (``split[i]``, position ``where[i]`` in that split).
+
+    ``score`` is the suspicion quantile within the sample's split (1 = most suspect), which puts the two
+    splits' different scores on one scale; ``raw`` is the split's own score (train: minus the AUM, val:
+    ``1 - p_given``); ``preferred`` the class the model prefers; ``flagged`` marks likely label errors by a
+    rule a reader can check: train, the given-label logit was on average below another class's (AUM < 0);
+    val, the best model prefers another class.
+    """
+
+    split: np.ndarray
+    where: np.ndarray
+    score: np.ndarray
+    raw: np.ndarray
+    p_given: np.ndarray
+    preferred: np.ndarray
+    flagged: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def top(self, split: str, k: int) -> np.ndarray:
+        """Positions (in ``split``) of its ``k`` most suspect samples, most suspect first."""
+        return self.where[self.split == split][:k]
+
+
+def rank_suspects(
+    train_margin: Array | None = None,
+    train_p_given: Array | None = None,
+    train_preferred: Array | None = None,
+    val_p_given: Array | None = None,
+    val_preferred: Array | None = None,
+    val_given: Array | None = None,
+) -> Suspects:
+    """Rank train samples by :data:`TRAIN_SCORE` from their ``(E, Nt)`` margins and val samples by
+    :data:`VAL_SCORE`, and merge both into one list (:func:`quantile`). ``train_p_given`` / ``*_preferred``
+    are one model's (N,) values shown beside the score. Either split may be absent."""
+    parts: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+    if train_margin is not None:
+        raw = -aum(train_margin)
+        n = raw.shape[0]
+        p = _vector(train_p_given, "train_p_given") if train_p_given is not None else np.full(n, np.nan)
+        pref = np.asarray(train_preferred, dtype=np.int64) if train_preferred is not None else np.full(n, -1)
+        parts.append(("train", raw, p, pref, raw > 0, quantile(raw)))
+    if val_p_given is not None:
+        p = _vector(val_p_given, "val_p_given")
+        raw = 1.0 - p
+        pref = np.asarray(val_preferred, dtype=np.int64)
+        flagged = pref != np.asarray(val_given, dtype=np.int64)
+        parts.append(("val", raw, p, pref, flagged, quantile(raw)))
+    if not parts:
+        raise ValueError("no split to rank: give train margins or val probabilities")
+    split = np.concatenate([np.full(len(raw), name) for name, raw, *_ in parts])
+    where = np.concatenate([np.arange(len(raw)) for _, raw, *_ in parts])
+    raw = np.concatenate([r for _, r, *_ in parts])
+    p_given = np.concatenate([p for _, _, p, *_ in parts])
+    preferred = np.concatenate([pref for *_, pref, _, _ in parts])
+    flagged = np.concatenate([f for *_, f, _ in parts])
+    score = np.concatenate([q for *_, q in parts])
+    # most suspect first: merged quantile, then the split's own score, then val before train, then position
+    order = np.lexsort((where, split == "train", -raw, -score))
+    return Suspects(split[order], where[order], score[order], raw[order], p_given[order], preferred[order],
+                    flagged[order])  # fmt: skip

@@ -310,3 +310,20 @@ def _zoom_after_minimum(band: CurveBand, low: int) -> tuple[float, float]:
     lo, hi = float(lo_values.min()), float(hi_values.max())
     span = max(hi - lo, 0.1 * abs(float(band.mean[low])), 1e-6)
     return lo - 0.15 * span, hi + 0.15 * span
+
+
+def data_map_figure(confidence: np.ndarray, variability: np.ndarray, flagged: np.ndarray, title: str = "") -> Figure:
+    """Dataset cartography (Swayamdipta et al. 2020): each training sample's mean p(given label) over the
+    epochs against its standard deviation; flagged samples (likely label errors) in red."""
+    fig = Figure(figsize=(5.5, 4.5), dpi=FIGURE_DPI)
+    ax = fig.add_subplot()
+    flagged = np.asarray(flagged, dtype=bool)
+    ax.scatter(variability[~flagged], confidence[~flagged], s=10, alpha=0.5, color="tab:blue", label="not flagged")
+    ax.scatter(variability[flagged], confidence[flagged], s=18, alpha=0.9, color="tab:red",
+               label=f"flagged ({int(flagged.sum())})")  # fmt: skip
+    ax.set(xlabel="variability (std of p(given label) over epochs)", ylabel="confidence (mean p(given label))",
+           ylim=(-0.02, 1.02), title=title or "training data map")  # fmt: skip
+    ax.legend(loc="lower right", fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig

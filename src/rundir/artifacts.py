@@ -33,18 +33,21 @@ from src.render.figures import (
     worst_caption,
     worst_samples_figure,
 )
+from src.render.suspects import mislabeled_section
 from src.render.tables import csv_text, report_csv, report_markdown
 from src.rundir.atomic import atomic_write_bytes, atomic_write_text
 from src.rundir.paths import (
     DIAGNOSIS_FILE,
     DIAGNOSIS_JSON,
     SAMPLES_FILE,
+    SUSPECTS_CSV,
     WORST_FILE,
     figure_path,
     report_path,
 )
 from src.rundir.remedies import what_you_can_do_section
 from src.rundir.samples import Samples
+from src.rundir.suspects import rank_run, write_suspects
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,7 @@ def write_diagnosis(
     step: int = 0,
     model: str | None = None,
     evaluated_on: str = "val split",
+    suspect_images: Mapping[str, Mapping[int, torch.Tensor]] | None = None,
 ) -> Diagnosis:
     """Write reports, worst samples, figures, ``samples.npz`` and ``diagnosis.md``/``.json`` into ``out_dir``.
 
@@ -172,7 +176,8 @@ def write_diagnosis(
 
     ``model`` names the evaluated model the verdict is about (``src.evaluate``); by default the verdict
     covers the recorded epochs, and its "final" state is the last epoch. ``evaluated_on`` says what the
-    val samples are (``"val split"``, or ``"every image of <folder> (N images)"``).
+    val samples are (``"val split"``, or ``"every image of <folder> (N images)"``). ``suspect_images``
+    (split -> sample index -> input) draws the TensorBoard grids of the likely label errors.
     """
     out = Path(out_dir)
     samples.save(out / SAMPLES_FILE)
@@ -206,8 +211,15 @@ def write_diagnosis(
         image = log_figure(writer, f"diagnosis/{name}", fig, step) if writer is not None else render(fig)
         atomic_write_bytes(figure_path(out, name), png_bytes(image))
     diagnosis = diagnose(samples, model, evaluated_on, reports, list(figures), writer is not None)
+    # likely label errors (src/rundir/suspects.py): suspects.csv/.md, the data map, and a section of their own
+    suspects = rank_run(samples, model)
+    extra = ""
+    if suspects is not None:
+        suspect_list = write_suspects(out, samples, suspects, suspect_images, writer, step)
+        extra = mislabeled_section(suspect_list, [int(row[1]) for row in rows])
     # the "What you can do" section (src/rundir/remedies.py), appended when the run shows the phenomenon
-    diagnosis = replace(diagnosis, markdown=diagnosis.markdown + what_you_can_do_section(diagnosis.numbers, out))
+    todo = what_you_can_do_section(diagnosis.numbers, out, suspects_file=str(SUSPECTS_CSV) if extra else None)
+    diagnosis = replace(diagnosis, markdown=diagnosis.markdown + extra + todo)
     atomic_write_text(out / DIAGNOSIS_FILE, diagnosis.markdown)
     atomic_write_text(out / DIAGNOSIS_JSON, json.dumps(diagnosis.numbers.to_dict(), indent=2) + "\n")
     if writer is not None:

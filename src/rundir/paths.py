@@ -20,6 +20,9 @@ TRAIN_JOURNAL = Path("records") / "train_dynamics.bin"
 # the written verdict and its numbers (src.rundir.artifacts)
 DIAGNOSIS_FILE = Path("diagnosis.md")
 DIAGNOSIS_JSON = Path("diagnosis.json")
+# every sample of both splits ranked as a likely label error, and the first ones in words (src.rundir.suspects)
+SUSPECTS_CSV = Path("suspects.csv")
+SUSPECTS_MD = Path("suspects.md")
 # the worst val samples with their loss history
 WORST_FILE = Path("worst.csv")
 # classification reports (<model>.md / .csv) and PNG figures

@@ -51,7 +51,7 @@ def read_remedies_report(path: str | Path) -> list[RemedyResult]:
     ]
 
 
-def what_you_can_do_section(numbers: VerdictNumbers, out_dir: str | Path) -> str:
+def what_you_can_do_section(numbers: VerdictNumbers, out_dir: str | Path, suspects_file: str | None = None) -> str:
     """:func:`what_you_can_do` for a verdict written into ``out_dir`` (a sweep's report one folder up is used)."""
     final = numbers.final
     return what_you_can_do(
@@ -63,4 +63,5 @@ def what_you_can_do_section(numbers: VerdictNumbers, out_dir: str | Path) -> str
         nll=final.loss,
         nll_scaled=final.nll_crossfit,  # cross-fitted: not scored on the samples T was fitted on
         remedies=read_remedies_report(Path(out_dir).resolve().parent / SWEEP_REPORT_CSV),
+        suspects_file=suspects_file,
     )
