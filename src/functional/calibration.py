@@ -140,11 +140,12 @@ def crossfit_temperature(
         raise ValueError(f"need logits (N >= 2, C) and target (N,), got {tuple(z.shape)} and {tuple(y.shape)}")
     perm = torch.from_numpy(np.random.default_rng(seed).permutation(n))
     halves = (perm[: n // 2], perm[n // 2 :])
-    t_halves = (fit_temperature(z[halves[0]], y[halves[0]]), fit_temperature(z[halves[1]], y[halves[1]]))
+    t = fit_temperature(z, y) if temperature is None else float(temperature)
+    # each half's optimum is near the whole's: starting there, the Newton solve takes a few steps
+    t_halves = tuple(fit_temperature(z[h], y[h], start=t) for h in halves)
     scaled = z.clone()
     scaled[halves[0]] = z[halves[0]] / t_halves[1]  # each half scaled by the other half's temperature
     scaled[halves[1]] = z[halves[1]] / t_halves[0]
-    t = fit_temperature(z, y) if temperature is None else float(temperature)
     return CrossFit(
         temperature=t,
         temperature_halves=t_halves,
