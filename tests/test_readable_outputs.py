@@ -210,15 +210,18 @@ def test_console_says_each_thing_once_and_ends_with_verdict_and_run_folder(user_
     assert len(everything) <= 12, everything
     for noise in ("litlogger", "Tip", "deprecated", "INFO", "GPU available", "sync_dist", "logging interval", "\r"):
         assert not [line for line in everything if noise in line], (noise, everything)
-    assert [line for line in lines if line.startswith("epoch ")] == [lines[1]]  # one progress line: the last epoch
-    assert lines[1].startswith(f"epoch {EPOCHS - 1} ({EPOCHS}/{EPOCHS} done): val/loss ")  # epochs from 0, as TensorBoard
+    progress = [i for i, line in enumerate(lines) if line.startswith("epoch ")]
+    assert len(progress) == 1, lines  # one progress line: the last epoch
+    (at,) = progress
+    assert lines[at].startswith(f"epoch {EPOCHS - 1} ({EPOCHS}/{EPOCHS} done): val/loss ")  # epochs from 0, as TensorBoard
+    assert any(line.startswith("data: ") for line in lines[:at])  # what is trained on, before training
     relative = run.relative_to(run.parents[3])
     assert lines[-1].startswith(f"Run folder: {relative}"), lines[-1]
     assert lines[-2] == f"Full diagnosis: {relative / 'diagnosis.md'}"
-    verdict = lines[2:-2]  # between the progress line and the file names: the three-line verdict
+    verdict = lines[at + 1 : -2]  # between the progress line and the file names: the three-line verdict
     assert len(verdict) == 3 and "val loss" in verdict[0].lower(), verdict
     log = (run / "train.log").read_text()
-    for line in [*verdict, lines[-1], lines[0]]:
+    for line in [*verdict, lines[-1], *lines[:at]]:
         assert log.count(line) == 1, line
     assert "GPU available" in log and "litlogger" not in log  # Lightning's information in the file only
 

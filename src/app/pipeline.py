@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import signal
 import sys
@@ -11,7 +12,7 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from src.app.console import quiet_warnings
 from src.app.hparams import run_hparams
@@ -134,9 +135,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     model = build_module(cfg, datamodule)
     trainer = build_trainer(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
+    shown = cfg  # what the HParams tab shows: the config, with the learning rate actually used
     if cfg.optimizer.get("lr") == AUTO_LR:
         lr = learning_rate(cfg, model.net)
         config["optimizer"]["lr"] = lr  # type: ignore[index]  # hparams.yaml and the HParams tab get the number
+        shown = copy.deepcopy(cfg)
+        with open_dict(shown):
+            shown.optimizer.lr = lr
         log.info(
             "optimizer.lr=auto: %.6g (%g x %d / fan-in %d of the last linear layer)",
             lr, REFERENCE_LR, REFERENCE_FAN_IN, last_linear_fan_in(model.net),
@@ -144,7 +149,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     for logger in trainer.loggers:
         logger.log_hyperparams(config)  # type: ignore[arg-type]  # hparams.yaml
     # TensorBoard's HParams tab (what a person compares runs by) and Custom Scalars layout
-    trainer.callbacks.append(TensorBoardDashboards(run_hparams(cfg, datamodule), cfg.paths.output_dir))  # type: ignore[arg-type]
+    trainer.callbacks.append(TensorBoardDashboards(run_hparams(shown, datamodule), cfg.paths.output_dir))  # type: ignore[arg-type]
     log.info(
         "data: %d train / %d val samples, %d classes, %dx%dx%d; loss=%s; augment=%s",
         len(datamodule.train),  # type: ignore[arg-type]
