@@ -9,7 +9,7 @@ loss histograms and scalars in your TensorBoard logger, and at the end of ``fit`
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +109,6 @@ class LossDiagnosis(L.Callback):
         self.samples: Samples | None = None
         self.initial: dict[str, torch.Tensor] | None = None
         self.diagnosis: Diagnosis | None = None
-        self._final_images: dict[int, torch.Tensor] = {}
         self.epoch_values: dict[str, float] = {}  # the last value of everything sent to the loggers
 
     # -- preconditions --------------------------------------------------------------------------
@@ -151,13 +150,17 @@ class LossDiagnosis(L.Callback):
         return logits.detach()
 
     # -- recording ------------------------------------------------------------------------------
-    def _record(self, stage: str, index: torch.Tensor | None, y: torch.Tensor, logits: torch.Tensor) -> None:
+    def _record(
+        self, stage: str, index: torch.Tensor | None, y: torch.Tensor, logits: torch.Tensor
+    ) -> torch.Tensor:
+        """Record one batch; a batch without ``index`` gets its positions in the loader order. Returns the index."""
         if index is None:
             start = self._offset[stage]
             index = torch.arange(start, start + len(y), device=y.device)
             self._offset[stage] = start + len(y)
         self.recorders[stage].update(index, y, logits)
         self._seen[stage] = True
+        return index
 
     def _start_epoch(self, stage: str) -> None:
         self.recorders[stage].reset()
@@ -196,16 +199,23 @@ class LossDiagnosis(L.Callback):
         if trainer.sanity_checking or dataloader_idx != 0:
             return
         x, y, index = self._unpack(batch, "val", trainer.world_size)
-        self._record("val", index, y, self._logits(pl_module, outputs, x, len(y)))
+        index = self._record("val", index, y, self._logits(pl_module, outputs, x, len(y)))
         if self._figures_due(trainer) and x.ndim == 4 and trainer.global_rank == 0:
-            idx = index if index is not None else torch.arange(self._offset["val"] - len(y), self._offset["val"])
-            self._figure_images.update(zip(idx.tolist(), x.detach().float().cpu(), strict=True))
+            self._figure_images.update(zip(index.tolist(), x.detach().float().cpu(), strict=True))
 
     # -- the bounded loss's cap and the initial weights -----------------------------------------
-    def loss_cap(self, pl_module: L.LightningModule) -> float:
+    @staticmethod
+    def _module_cap(pl_module: L.LightningModule) -> float | None:
+        """The module's own ``loss_cap`` (e.g. ``LossDiagModule``'s), when it has a finite one."""
         cap = getattr(pl_module, "loss_cap", None)
         if torch.is_tensor(cap) and cap.numel() == 1 and torch.isfinite(cap):
             return float(cap)
+        return None
+
+    def loss_cap(self, pl_module: L.LightningModule) -> float:
+        cap = self._module_cap(pl_module)
+        if cap is not None:
+            return cap
         return self._cap if self._cap is not None else float("nan")
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
@@ -213,8 +223,7 @@ class LossDiagnosis(L.Callback):
         if self.initial is not None or trainer.global_step != 0:
             return
         self.initial = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
-        cap = getattr(pl_module, "loss_cap", None)
-        if not (torch.is_tensor(cap) and torch.isfinite(cap).all()):
+        if self._module_cap(pl_module) is None:
             rec = self._evaluate_loader(trainer, pl_module, trainer.val_dataloaders, "val")
             if rec is not None:
                 self._cap = loss_cap_from_initial(rec.cross_entropy, self.k)
@@ -276,7 +285,7 @@ class LossDiagnosis(L.Callback):
         ev = evaluate_logits(rec.logits, rec.target, start_temperature=self._temperature)
         self._temperature = float(ev.calibration["temperature"])
         values: dict[str, Any] = {f"val/{k}": v for k, v in epoch_scalars(rec.logits, rec.target, ev).items()}
-        values.update(self._log_distribution(trainer, "val", rec.cross_entropy, cap))
+        values.update(self._log_distribution(trainer, "val", torch.from_numpy(ev.loss), cap))  # ev.loss: the CE
         self.epoch_values.update(log_epoch_metrics(trainer, values, trainer.current_epoch))
         if trainer.global_rank != 0:
             return
@@ -337,24 +346,21 @@ class LossDiagnosis(L.Callback):
         return SplitInfo.create(index, rec.target.cpu().numpy(), list(paths) if paths else None)
 
     # -- end of fit -----------------------------------------------------------------------------
-    def _evaluate_loader(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        loader: Any,
-        stage: str,
-        keep: Iterable[int] = (),
-        images: dict[int, torch.Tensor] | None = None,
-    ) -> SampleRecords | None:
-        """``pl_module``'s outputs on every batch of ``loader`` (gathered over ranks).
-
-        The inputs of the sample indices in ``keep`` are put into ``images`` (on the CPU).
-        """
+    @staticmethod
+    def _first(loader: Any) -> Any:
+        """The (first) loader of ``trainer.val_dataloaders`` / ``train_dataloader``, or ``None``."""
         if isinstance(loader, list | tuple):
-            loader = loader[0] if loader else None
+            return loader[0] if loader else None
+        return loader
+
+    def _evaluate_loader(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, loader: Any, stage: str
+    ) -> SampleRecords | None:
+        """``pl_module``'s outputs on every batch of ``loader`` (gathered over ranks)."""
+        loader = self._first(loader)
         if loader is None:
             return None
-        recorder, offset, wanted = SampleRecorder().to(pl_module.device), 0, set(keep)
+        recorder, offset = SampleRecorder().to(pl_module.device), 0
         was_training = pl_module.training
         pl_module.eval()
         with torch.no_grad():
@@ -366,25 +372,16 @@ class LossDiagnosis(L.Callback):
                     index = torch.arange(offset, offset + len(y), device=y.device)
                     offset += len(y)
                 recorder.update(index, y, self._logits(pl_module, None, x, len(y)))
-                if wanted and images is not None and x.ndim == 4:
-                    for pos in (i for i, v in enumerate(index.tolist()) if v in wanted):
-                        images[int(index[pos])] = x[pos].float().cpu()
         pl_module.train(was_training)
         return recorder.compute()
 
-    def _suspect_images(self, trainer: L.Trainer) -> dict[str, dict[int, torch.Tensor]]:
-        """The inputs of the likely label errors the TensorBoard grids show (image data only; no forward pass)."""
-        assert self.samples is not None
-        wanted = wanted_images(rank_run(self.samples), self.samples)
-        loaders = {"train": trainer.train_dataloader, "val": trainer.val_dataloaders}
-        return {split: self._inputs(loaders[split], split, set(indices)) for split, indices in wanted.items()}
-
     def _inputs(self, loader: Any, stage: str, wanted: set[int]) -> dict[int, torch.Tensor]:
-        if isinstance(loader, list | tuple):
-            loader = loader[0] if loader else None
+        """The inputs (on the CPU) of the samples ``wanted`` by index: image data only, no forward pass."""
         found: dict[int, torch.Tensor] = {}
+        if not wanted:
+            return found
         offset = 0
-        for batch in loader or ():
+        for batch in self._first(loader) or ():
             x, y, index = self._unpack(batch, stage, 1)
             if x.ndim != 4 or (index is None and stage == "train"):
                 return {}
@@ -412,20 +409,12 @@ class LossDiagnosis(L.Callback):
         last = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
         recorded = self.samples is not None and bool(self.samples.val_epochs)  # rank 0 only
         models["last"], epochs["last"] = last, self.samples.epochs[-1] if recorded else trainer.current_epoch
-        worst = (
-            self.samples.val.index[worst_indices(self.samples.val_epochs[-1].loss, self.worst_k)]
-            if recorded
-            else np.empty(0, dtype=np.int64)
-        )
         outputs: dict[str, dict[str, SampleRecords | None]] = {}
         try:
             for name, state in models.items():
                 pl_module.load_state_dict(state)
-                keep = worst.tolist() if name == "last" else ()
                 outputs[name] = {
-                    "val": self._evaluate_loader(
-                        trainer, pl_module, trainer.val_dataloaders, "val", keep, self._final_images
-                    ),
+                    "val": self._evaluate_loader(trainer, pl_module, trainer.val_dataloaders, "val"),
                     "train": self._evaluate_loader(trainer, pl_module, trainer.train_dataloader, "train"),
                 }
         finally:
@@ -440,7 +429,6 @@ class LossDiagnosis(L.Callback):
                 return
         elif self.samples is None or not self.samples.epochs:
             return
-        self._final_images = {}
         evaluated = self._evaluate_models(trainer, pl_module)
         if trainer.global_rank != 0 or self.samples is None:
             return
@@ -463,14 +451,22 @@ class LossDiagnosis(L.Callback):
         if not self.reports:
             self.samples.models, self.samples.model_epoch = {}, {}
         writer = tensorboard_writer(trainer)
-        suspect_images = self._suspect_images(trainer) if writer is not None else None
+        # the images the figures show, in one pass over each loader: the final worst val samples (the
+        # worst-samples figure) and, for TensorBoard, the most suspect samples of each split
+        worst = self.samples.val.index[worst_indices(self.samples.val_epochs[-1].loss, self.worst_k)].tolist()
+        suspects = wanted_images(rank_run(self.samples), self.samples) if writer is not None else {}
+        val_images = self._inputs(trainer.val_dataloaders, "val", {*worst, *suspects.get("val", ())})
+        suspect_images = {"val": val_images}
+        if "train" in suspects:
+            suspect_images["train"] = self._inputs(trainer.train_dataloader, "train", set(suspects["train"]))
+        final_images = {i: val_images[i] for i in worst if i in val_images}
         self.diagnosis = write_diagnosis(
             self.output_dir,
             self.samples,
-            self._final_images or None,
+            final_images or None,
             self.worst_k,
             writer,
             self.samples.epochs[-1],  # the last validation epoch: every figure and text is at step = epoch
-            suspect_images=suspect_images,
+            suspect_images=suspect_images if writer is not None else None,
         )
         announce(log, f"{self.diagnosis.summary}\nFull diagnosis: {display_path(self.output_dir / DIAGNOSIS_FILE)}")

@@ -106,18 +106,20 @@ class LossDiagModule(L.LightningModule):
             self.loss_cap.fill_(self.initial_cap(train.inputs(), train.y))
 
     # -- steps --------------------------------------------------------------------------------
-    def _step(self, stage: str, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _forward_and_record(self, stage: str, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
         x, y, index = batch
         logits = self(x)
         self.recorder(stage).update(index, y, logits)
-        loss = training_loss(logits, y, self.loss_name, self.loss_cap, self.loss_param)
-        return {"loss": loss, "logits": logits.detach()}
+        return logits
 
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
-        return self._step("train", batch)
+        logits = self._forward_and_record("train", batch)
+        loss = training_loss(logits, batch[1], self.loss_name, self.loss_cap, self.loss_param)
+        return {"loss": loss, "logits": logits.detach()}
 
     def validation_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
-        return self._step("val", batch)
+        # no objective here: every val number comes from the epoch's records (val/loss is cross-entropy)
+        return {"logits": self._forward_and_record("val", batch)}
 
     # -- epoch summaries ----------------------------------------------------------------------
     def epoch_records(self, stage: str) -> SampleRecords:
