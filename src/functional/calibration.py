@@ -16,12 +16,13 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.functional.classification import multiclass_calibration_error
 
+from src.functional.jsonable import json_ready
+
 N_BINS = 15
 # the fitted temperature is clipped to this range: a model no better than uniform guessing drives T to infinity
 T_MIN, T_MAX = 0.01, 100.0
 CROSSFIT_SEED = 0  # the seeded random halves of the cross-fit
 # what a fitted temperature can be trusted for (see :func:`temperature_status`)
-TEMPERATURE_STATUSES = ("ok", "at_bound", "not_identifiable")
 
 
 def expected_calibration_error(probs: torch.Tensor, target: torch.Tensor, n_bins: int = N_BINS) -> float:
@@ -109,13 +110,20 @@ class CrossFit:
 
     def to_dict(self) -> dict[str, object]:
         """JSON-serialisable values: tuples become lists, nan/inf become None."""
-        return {
-            k: [_finite(x) for x in v] if isinstance(v, tuple) else _finite(v) for k, v in asdict(self).items()
-        }
+        return json_ready(asdict(self))
 
 
-def _finite(v: object) -> object:
-    return None if isinstance(v, float) and not math.isfinite(v) else v
+def _crossfit_scaled(z: torch.Tensor, y: torch.Tensor, t: float, seed: int) -> tuple[torch.Tensor, tuple[float, ...]]:
+    """``z`` with each seeded random half divided by the temperature fitted on the other half; those two."""
+    n = z.shape[0]
+    perm = torch.from_numpy(np.random.default_rng(seed).permutation(n))
+    halves = (perm[: n // 2], perm[n // 2 :])
+    # each half's optimum is near the whole's: starting there, the Newton solve takes a few steps
+    t_halves = tuple(fit_temperature(z[h], y[h], start=t) for h in halves)
+    scaled = z.clone()
+    scaled[halves[0]] = z[halves[0]] / t_halves[1]  # each half scaled by the other half's temperature
+    scaled[halves[1]] = z[halves[1]] / t_halves[0]
+    return scaled, t_halves
 
 
 def crossfit_temperature(
@@ -138,14 +146,8 @@ def crossfit_temperature(
     n = z.shape[0]
     if z.ndim != 2 or y.shape != (n,) or n < 2:
         raise ValueError(f"need logits (N >= 2, C) and target (N,), got {tuple(z.shape)} and {tuple(y.shape)}")
-    perm = torch.from_numpy(np.random.default_rng(seed).permutation(n))
-    halves = (perm[: n // 2], perm[n // 2 :])
     t = fit_temperature(z, y) if temperature is None else float(temperature)
-    # each half's optimum is near the whole's: starting there, the Newton solve takes a few steps
-    t_halves = tuple(fit_temperature(z[h], y[h], start=t) for h in halves)
-    scaled = z.clone()
-    scaled[halves[0]] = z[halves[0]] / t_halves[1]  # each half scaled by the other half's temperature
-    scaled[halves[1]] = z[halves[1]] / t_halves[0]
+    scaled, t_halves = _crossfit_scaled(z, y, t, seed)
     return CrossFit(
         temperature=t,
         temperature_halves=t_halves,
@@ -174,9 +176,12 @@ def calibration_summary(
         "nll_crossfit": math.nan,
         "ece_crossfit": math.nan,
     }
-    if len(target) >= 2:
-        cf = crossfit_temperature(logits, target, temperature=t, n_bins=n_bins)
-        summary.update(nll_crossfit=cf.nll_scaled, ece_crossfit=cf.ece_scaled)
+    if len(target) >= 2:  # only the two cross-fitted numbers: the rest of CrossFit is computed above
+        z, y = logits.detach().double().cpu(), target.detach().long().cpu()
+        crossfit, _ = _crossfit_scaled(z, y, t, CROSSFIT_SEED)
+        summary.update(
+            nll_crossfit=nll(crossfit, y), ece_crossfit=expected_calibration_error(crossfit.softmax(1), y, n_bins)
+        )
     return summary
 
 

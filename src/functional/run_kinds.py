@@ -54,6 +54,7 @@ from statistics import NormalDist
 import numpy as np
 
 from src.functional.calibration import T_MAX, T_MIN, CrossFit, crossfit_temperature
+from src.functional.jsonable import json_ready
 
 __all__ = ["T_MAX", "T_MIN", "CrossFit", "crossfit_temperature"]  # re-exported: calibration lives there
 
@@ -213,22 +214,16 @@ class RunKind:
 
     def to_dict(self) -> dict[str, object]:
         """JSON-serialisable values: tuples become lists, nan/inf become None."""
-        return {k: _jsonable(v) for k, v in asdict(self).items()}
+        return json_ready(asdict(self))
 
 
-def _jsonable(v: object) -> object:
-    if isinstance(v, tuple | list):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
-
-
-def _pct(x: float) -> str:
+def pct(x: float) -> str:
+    """``0.485`` -> ``"48.5%"`` (the verdict's words and ``src.render.diagnosis`` share it)."""
     return f"{100 * x:.1f}%"
 
 
-def _loss(x: float) -> str:
+def loss_text(x: float) -> str:
+    """A loss to 4 decimals, or in scientific notation when that would read 0.0000."""
     return f"{x:.4f}" if abs(x) >= 1e-3 or x == 0 else f"{x:.2e}"
 
 
@@ -317,11 +312,11 @@ def classify_run(
 
     e_min, e_last, e_best = epochs[i_min], epochs[i_last], epochs[i_best]
     by = (
-        f"{_pct(rise_rel)} (95% CI {_pct(rise_ci[0])} to {_pct(rise_ci[1])})"
+        f"{pct(rise_rel)} (95% CI {pct(rise_ci[0])} to {pct(rise_ci[1])})"
         if math.isfinite(rise_rel) and all(map(math.isfinite, rise_ci))
         else "by an unbounded share (its minimum is 0: every per-sample loss underflowed to 0)"
     )
-    rose = f"rose {by} from {_loss(mean_loss[i_min])} at epoch {e_min} to {_loss(mean_loss[i_last])} at epoch {e_last}"
+    rose = f"rose {by} from {loss_text(mean_loss[i_min])} at epoch {e_min} to {loss_text(mean_loss[i_last])} at epoch {e_last}"
     rise_text = f"val loss {rose}"
     acc_text = (
         f"val accuracy {accuracy_move(acc[i_min], acc[i_last])} "
@@ -377,8 +372,8 @@ def classify_run(
     elif rise_rel <= RISE_THRESHOLD:
         kind, advice = "no_rise", ""
         reason = (
-            f"val loss changed by {_pct(rise_rel)} from its minimum {mean_loss[i_min]:.4f} at epoch {e_min} "
-            f"to {mean_loss[i_last]:.4f} at epoch {e_last}, within the {_pct(RISE_THRESHOLD)} threshold"
+            f"val loss changed by {pct(rise_rel)} from its minimum {mean_loss[i_min]:.4f} at epoch {e_min} "
+            f"to {mean_loss[i_last]:.4f} at epoch {e_last}, within the {pct(RISE_THRESHOLD)} threshold"
         )
     elif rise_ci[0] <= 0:
         kind = "inconclusive"

@@ -17,7 +17,7 @@ samples by it and :func:`quantile` merges the train and val lists. Every functio
 tensors of any float dtype (float16 included) and computes in float64.
 
 Which to use (``benchmarks/suspects_prototype.py``: ShallowNet, 600 generated images, 8% moved, 3 seeds):
-train images by AUM over all epochs (:data:`TRAIN_METHOD`), the best or tied-best single-training score in
+train images by AUM over all epochs (:data:`TRAIN_SCORE`), the best or tied-best single-training score in
 every setting measured (precision@k 0.38-0.56; mean loss 0.38-0.50; forgetting and "hard to learn" much
 lower), val images by ``p_given`` under the best model. No single-training score reaches cleanlab on
 out-of-fold probabilities for the train images (0.49-0.70): ShallowNet memorizes a moved training image
@@ -36,8 +36,6 @@ import torch
 Array = np.ndarray | torch.Tensor | Sequence[float] | Sequence[Sequence[float]]
 
 METHODS = ("aum", "aum_late", "confidence", "hard_to_learn", "forgetting", "loss")
-# the measured choice for training images (see the module docstring)
-TRAIN_METHOD = "aum"
 
 
 def given_label_dynamics(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -234,9 +232,6 @@ class Suspects:
     p_given: np.ndarray
     preferred: np.ndarray
     flagged: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.split)
 
     def top(self, split: str, k: int) -> np.ndarray:
         """Positions (in ``split``) of its ``k`` most suspect samples, most suspect first."""

@@ -25,6 +25,7 @@ from src.functional.breakdown import (
     worst_indices,
 )
 from src.functional.calibration import temperature_status
+from src.functional.jsonable import json_ready
 from src.functional.losses import bound_losses
 from src.functional.outputs import Evaluation
 from src.functional.run_kinds import (
@@ -154,17 +155,7 @@ class VerdictNumbers:
 
     def to_dict(self) -> dict:
         """JSON-ready: tuples become lists, non-finite floats become ``None``."""
-        return _json_ready(asdict(self))
-
-
-def _json_ready(value):
-    if isinstance(value, dict):
-        return {k: _json_ready(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+        return json_ready(asdict(self))
 
 
 def model_numbers(ev: Evaluation, target: np.ndarray, cap: float) -> ModelNumbers:
@@ -246,11 +237,12 @@ def verdict_numbers(
     i_min = int(np.argmin(losses.mean(1)))  # as classify_run picks it
     last, at_min = evals[-1], evals[i_min]
     final = model_numbers(last, target, loss_cap)
-    m = model_numbers(at_min, target, loss_cap)
+    m = final if i_min == len(evals) - 1 else model_numbers(at_min, target, loss_cap)  # frozen: sharing is safe
     significant = history and run.rise_rel > RISE_THRESHOLD and run.rise_ci[0] > 0
     # which samples the rise comes from: per-sample change between the min-loss epoch and the end
     delta = (last.loss.astype(np.float64) - at_min.loss.astype(np.float64)) / len(target)
-    worst5 = worst_indices(last.loss, final.top5_n)
+    order = worst_indices(last.loss, max(final.top5_n, n_extreme))  # one sort for both lists below
+    worst5 = order[: final.top5_n]
     wrong = ~last.correct(target)
     extreme = tuple(
         ExtremeSample(
@@ -263,7 +255,7 @@ def verdict_numbers(
             loss=float(last.loss[i]),
             loss_at_min=float(at_min.loss[i]),
         )
-        for i in worst_indices(last.loss, n_extreme)
+        for i in order[:n_extreme]
     )
     rise = run.last_loss - run.min_loss
     cap_ok = math.isfinite(loss_cap)

@@ -22,10 +22,6 @@ class SampleRecords(NamedTuple):
     def cross_entropy(self) -> torch.Tensor:
         return per_sample_cross_entropy(self.logits, self.target)
 
-    @property
-    def probs(self) -> torch.Tensor:
-        return self.logits.float().softmax(dim=1)
-
     def __len__(self) -> int:
         return len(self.index)
 

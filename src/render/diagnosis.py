@@ -11,7 +11,7 @@ import math
 from collections.abc import Sequence
 
 from src.functional.calibration import T_MAX, T_MIN
-from src.functional.run_kinds import KIND_ORDER, RISE_THRESHOLD
+from src.functional.run_kinds import KIND_ORDER, RISE_THRESHOLD, loss_text, pct
 from src.functional.verdict import (
     EXTREME_RATIO,
     FEW_SHARE,
@@ -32,16 +32,8 @@ KIND_MEANING = {
 }
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}%"
-
-
 def _p(x: float) -> str:
     return f"{x:.3g}"
-
-
-def _loss(x: float) -> str:
-    return f"{x:.4f}" if abs(x) >= 1e-3 or x == 0 else f"{x:.2e}"
 
 
 def plural(count: int, noun: str) -> str:
@@ -60,7 +52,7 @@ def headline(n: VerdictNumbers) -> str:
         f = n.final
         on = "the val split" if n.evaluated_on == "val split" else n.evaluated_on
         detail = (
-            f"{_weights(n.last_epoch)} on {on}: mean cross-entropy {_loss(f.loss)}, "
+            f"{_weights(n.last_epoch)} on {on}: mean cross-entropy {loss_text(f.loss)}, "
             f"accuracy {f.acc:.3f} over {plural(f.n, 'sample')}"
         )
     else:
@@ -69,11 +61,6 @@ def headline(n: VerdictNumbers) -> str:
     if n.verdict == "phenomenon":
         text += " The loss is not telling you the model classifies worse."
     return text
-
-
-def advice(n: VerdictNumbers) -> str:
-    """What to try, or ``""``."""
-    return n.advice
 
 
 def notes(n: VerdictNumbers) -> list[str]:
@@ -103,12 +90,12 @@ def _zero_gradient_words(n: VerdictNumbers) -> list[str]:
     if k == 0:
         return [f"No training sample is above the cap ({n.loss_cap:.3f}) at the end: every one still has a gradient."]
     text = (
-        f"At the end, {k} of {plural(total, 'training sample')} ({_pct(k / total)}) have a loss above the cap "
+        f"At the end, {k} of {plural(total, 'training sample')} ({pct(k / total)}) have a loss above the cap "
         f"({n.loss_cap:.3f}): the bounded loss gives them zero gradient, so training no longer learns from them."
     )
     if k / total >= LARGE_ZERO_GRADIENT_SHARE:
         text += (
-            f" That is a large share (at least {_pct(LARGE_ZERO_GRADIENT_SHARE)}): whole classes can be given up "
+            f" That is a large share (at least {pct(LARGE_ZERO_GRADIENT_SHARE)}): whole classes can be given up "
             "this way; a lower `optimizer.lr` or a larger `loss.k` keeps more samples under the cap."
         )
     return [text]
@@ -125,7 +112,7 @@ def rules_line(n: VerdictNumbers) -> str:
         )
     return (
         f"How the verdict is decided: the first rule that fires, in the order {', '.join(KIND_ORDER)} "
-        f"(rise threshold {_pct(n.rise_threshold)}; majority-class margin {n.majority_margin:.2f}; "
+        f"(rise threshold {pct(n.rise_threshold)}; majority-class margin {n.majority_margin:.2f}; "
         f"{100 * n.confidence_level:.0f}% intervals from a paired bootstrap over the val samples, "
         f"{n.n_resamples} resamples, seed {n.bootstrap_seed}). The minimum epoch is picked after looking at the "
         "curve, so the rise's interval is slightly optimistic. The rules are in the README (*Kinds of run*)."
@@ -136,17 +123,17 @@ def _where_lines(n: VerdictNumbers) -> list[str]:
     f = n.final
     n_correct = f.n - f.n_wrong
     lines = [
-        f"- Mean {'val ' if n.history else ''}cross-entropy {_loss(f.loss)} over {plural(f.n, 'sample')}, "
+        f"- Mean {'val ' if n.history else ''}cross-entropy {loss_text(f.loss)} over {plural(f.n, 'sample')}, "
         f"accuracy {f.acc:.3f}.",
-        f"- The worst 1% ({plural(f.top1_n, 'sample')}) carry {_pct(f.top1_share)} of it; "
-        f"the worst 5% ({plural(f.top5_n, 'sample')}) carry {_pct(f.top5_share)}.",
+        f"- The worst 1% ({plural(f.top1_n, 'sample')}) carry {pct(f.top1_share)} of it; "
+        f"the worst 5% ({plural(f.top5_n, 'sample')}) carry {pct(f.top5_share)}.",
     ]
     if f.n_wrong == 0:
         lines.append("- No sample is misclassified: all of the loss comes from correct predictions.")
     else:
         lines.append(
-            f"- The {plural(f.n_wrong, 'misclassified sample')} carry {_pct(f.wrong_share)} "
-            f"({_loss(f.loss_from_wrong)} of {_loss(f.loss)}); the correct ones {_loss(f.loss_from_correct)}."
+            f"- The {plural(f.n_wrong, 'misclassified sample')} carry {pct(f.wrong_share)} "
+            f"({loss_text(f.loss_from_wrong)} of {loss_text(f.loss)}); the correct ones {loss_text(f.loss_from_correct)}."
         )
     confidence = []
     if f.n_wrong:
@@ -164,14 +151,14 @@ def _where_lines(n: VerdictNumbers) -> list[str]:
 def _rise_parts(n: VerdictNumbers) -> str:
     worst, rest, wrong = n.rise_from_worst5, n.rise_from_rest, n.rise_from_wrong
     assert n.rise is not None and worst is not None and rest is not None and wrong is not None
-    head = f"Of the rise of {_loss(n.rise)} since epoch {n.min_epoch}, the final worst 5% ({plural(n.final.top5_n, 'sample')})"
+    head = f"Of the rise of {loss_text(n.rise)} since epoch {n.min_epoch}, the final worst 5% ({plural(n.final.top5_n, 'sample')})"
     if rest < 0:
         text = (
-            f"{head} account for +{_loss(worst)}, more than the whole rise, because the other samples' losses "
-            f"fell by {_loss(-rest)} in total"
+            f"{head} account for +{loss_text(worst)}, more than the whole rise, because the other samples' losses "
+            f"fell by {loss_text(-rest)} in total"
         )
     else:
-        text = f"{head} account for {_loss(worst)} and the other samples for {_loss(rest)}"
+        text = f"{head} account for {loss_text(worst)} and the other samples for {loss_text(rest)}"
     return text + f"; the final misclassified samples for {wrong:+.4f}."
 
 
@@ -216,7 +203,7 @@ def _calibration_lines(n: VerdictNumbers) -> list[str]:
     rows = [(f"at min val loss, epoch {n.min_epoch}", n.at_min or n.final), (final_label, n.final)]
     for label, v in rows if n.shows_min else rows[1:]:
         lines.append(
-            f"| {label} | {_loss(v.loss)} | {_number(v.ece, '.4f')} | {_temperature_cell(v)} | "
+            f"| {label} | {loss_text(v.loss)} | {_number(v.ece, '.4f')} | {_temperature_cell(v)} | "
             f"{_number(v.nll_crossfit, '.4f')} | {_number(v.ece_crossfit, '.4f')} |"
         )
     lines += [
@@ -273,18 +260,18 @@ def _scaling_words(n: VerdictNumbers) -> str:
             f"at {' and '.join(bad) or 'one of the two epochs'} (see above)."
         )
     text = (
-        f"Temperature-scaled NLL (cross-fitted) goes {_loss(m.nll_crossfit)} -> {_loss(f.nll_crossfit)} while the "
-        f"raw NLL goes {_loss(m.loss)} -> {_loss(f.loss)}: "
+        f"Temperature-scaled NLL (cross-fitted) goes {loss_text(m.nll_crossfit)} -> {loss_text(f.nll_crossfit)} while the "
+        f"raw NLL goes {loss_text(m.loss)} -> {loss_text(f.loss)}: "
     )
     if r > 1:
         return text + (
             "the scaled NLL even fell, so scaling removes all of the rise (and more): the rise is over-confidence."
         )
     if r >= 0.5:
-        return text + f"scaling removes {_pct(r)} of the rise, so the rise is mostly over-confidence."
+        return text + f"scaling removes {pct(r)} of the rise, so the rise is mostly over-confidence."
     if r >= 0:
         return text + (
-            f"scaling removes only {_pct(r)} of the rise, so the rise is not just over-confidence: the class "
+            f"scaling removes only {pct(r)} of the rise, so the rise is not just over-confidence: the class "
             "ranking itself got worse on some samples."
         )
     return text + (
@@ -299,8 +286,8 @@ def _bounded_lines(n: VerdictNumbers) -> list[str]:
         return ["No cap was recorded for this model, so there is no bounded view."]
     text = (
         f"Capping every sample's loss at {n.loss_cap:.3f} (mean + k std of the untrained model's losses): "
-        f"{_loss(f.bounded)} at the end with {plural(f.n_above_cap, 'sample')} above the cap"
-        + (f", {_loss(m.bounded)} at epoch {n.min_epoch} ({m.n_above_cap} above). " if n.shows_min else ". ")
+        f"{loss_text(f.bounded)} at the end with {plural(f.n_above_cap, 'sample')} above the cap"
+        + (f", {loss_text(m.bounded)} at epoch {n.min_epoch} ({m.n_above_cap} above). " if n.shows_min else ". ")
     )
     if not n.significant_rise:
         text += (
@@ -313,7 +300,7 @@ def _bounded_lines(n: VerdictNumbers) -> list[str]:
         few = f.n_above_cap <= FEW_SHARE * f.n
         text += (
             f"The bounded loss does not rise while the raw loss does: the rise lives in the "
-            f"{plural(f.n_above_cap, 'sample')} ({_pct(f.n_above_cap / f.n)} of them) whose loss exceeds the cap"
+            f"{plural(f.n_above_cap, 'sample')} ({pct(f.n_above_cap / f.n)} of them) whose loss exceeds the cap"
             + (", a few extreme ones." if few else ".")
         )
     else:
@@ -358,7 +345,7 @@ def diagnosis_texts(
     """
     f = n.final
     lines = ["# Diagnosis: why does val loss rise?", "", headline(n), ""]
-    todo = advice(n)
+    todo = n.advice
     if todo:
         lines += [f"What to try: {todo}", ""]
     for note in notes(n):
@@ -388,15 +375,15 @@ def diagnosis_texts(
 def summary_lines(n: VerdictNumbers, f: ModelNumbers) -> list[str]:
     """The console summary: the verdict, what to try, where the loss comes from, calibration."""
     out = [headline(n).replace("**", "")]
-    todo = advice(n)
+    todo = n.advice
     if todo:
         out.append(f"What to try: {todo}")
     wrong = (
-        f"misclassified ones {_pct(f.wrong_share)}" if f.n_wrong else "no sample is misclassified"
+        f"misclassified ones {pct(f.wrong_share)}" if f.n_wrong else "no sample is misclassified"
     )
     worst = f"; worst p(true) {_p(n.extreme[0].p_true)}" if n.extreme else ""
     of = "the final loss" if n.history else "the loss"
-    out.append(f"Worst 1% of samples carry {_pct(f.top1_share)} of {of}, {wrong}{worst}.")
+    out.append(f"Worst 1% of samples carry {pct(f.top1_share)} of {of}, {wrong}{worst}.")
     if f.temperature_status == "ok":
         calib = (
             f"ECE {_number(f.ece, '.4f')}, fitted temperature {f.temperature:.3f}, NLL after temperature scaling "

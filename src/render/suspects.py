@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from src.functional.suspects import TRAIN_SCORE, VAL_SCORE
+from src.render.diagnosis import plural
 from src.render.tables import markdown_table
 
 SHOWN = 32  # rows of suspects.md and tiles of each TensorBoard grid
@@ -34,10 +35,6 @@ def suspect_caption(row: SuspectRow) -> str:
     return f"{row.split} #{row.index}\ngiven {row.given}\nmodel says {row.suspected}\np(given)={row.p_given:.2g}"
 
 
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
-
-
 def _how() -> str:
     return (
         f"Training images are scored by minus the area under the margin (`{TRAIN_SCORE}`, Pleiss et al. 2020): "
@@ -56,8 +53,8 @@ def suspects_markdown(rows: Sequence[SuspectRow], shown: int = SHOWN) -> str:
     lines = [
         "# Possibly mislabeled images",
         "",
-        f"{_plural(flagged['train'], 'training image')} of {totals['train']} and "
-        f"{_plural(flagged['val'], 'validation image')} of {totals['val']} are flagged. Open each one and fix its "
+        f"{plural(flagged['train'], 'training image')} of {totals['train']} and "
+        f"{plural(flagged['val'], 'validation image')} of {totals['val']} are flagged. Open each one and fix its "
         "label (move the file to the right class folder) or drop it; the full ranked list is `suspects.csv`.",
         "",
         _how(),
