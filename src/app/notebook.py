@@ -22,8 +22,8 @@ from src.errors import UserError
 from src.functional.breakdown import recompute_mean_ce
 from src.models.predict import predict_logits
 from src.rundir.checkpoints import load_weights, read_checkpoint
-from src.rundir.find import RUN_DIR_ENV, is_run, latest_run
-from src.rundir.paths import CHECKPOINTS_DIR, CONFIG_FILE, METRICS_CSV, SAMPLES_FILE
+from src.rundir.find import RUN_DIR_ENV, RUN_FILES, is_run, latest_run
+from src.rundir.paths import CONFIG_FILE, checkpoint_path
 from src.rundir.samples import Samples
 
 
@@ -35,7 +35,7 @@ def resolve_run_dir(run_dir: str | Path | None = None, root: str | Path = "outpu
     path = Path(chosen).expanduser()
     if not is_run(path):
         raise UserError(
-            f"{path} is not a training run folder (it needs {SAMPLES_FILE} and {METRICS_CSV}): "
+            f"{path} is not a training run folder (it needs {', '.join(map(str, RUN_FILES))}): "
             "point it at outputs/runs/<date>/<time>, or leave it unset for the newest run"
         )
     return path
@@ -59,7 +59,7 @@ def run_datamodule(run_dir: str | Path, cfg: DictConfig | None = None) -> InMemo
 def load_net(run_dir: str | Path, name: str, datamodule: InMemoryDataModule,
              cfg: DictConfig | None = None) -> tuple[torch.nn.Module, int]:
     """The network of ``checkpoints/<name>.ckpt`` (``initial``, ``best``, ``last``) in eval mode, and its epoch."""
-    path = Path(run_dir) / CHECKPOINTS_DIR / f"{name}.ckpt"
+    path = checkpoint_path(run_dir, name)
     weights, _, epoch = read_checkpoint(path)
     net = build_net(cfg if cfg is not None else run_config(run_dir), datamodule)
     load_weights(net, weights, str(path))
@@ -111,7 +111,7 @@ def cross_entropy_check(
             "manual": math.nan,
             "probs": None,
         }
-        if (Path(run_dir) / CHECKPOINTS_DIR / f"{name}.ckpt").is_file():
+        if checkpoint_path(run_dir, name).is_file():
             net, row["checkpoint_epoch"] = load_net(run_dir, name, datamodule, cfg)
             if row["checkpoint_epoch"] == epoch:
                 row["probs"] = val_probabilities(net, datamodule, samples.val.index)

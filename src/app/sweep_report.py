@@ -14,8 +14,6 @@ The aggregation functions are pure (no files); :func:`build_report` does the I/O
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,15 +22,23 @@ from pathlib import Path
 import numpy as np
 
 from src.app.resolvers import LAUNCH_KEYS
-from src.app.resume import CONFIG_FILE, OVERRIDES_FILE, override_key
+from src.app.resume import override_key
 from src.errors import UserError
 from src.functional.remedies import Recommendation, RemedyResult, recommend
 from src.render.figures import CurveBand, png_bytes, render, sweep_figure
 from src.render.remedies import recommendation_text
-from src.render.tables import markdown_table
+from src.render.tables import csv_text, markdown_table
 from src.rundir.atomic import atomic_write_bytes, atomic_write_text
-from src.rundir.metrics_csv import METRICS_CSV, read_history
-from src.rundir.paths import SWEEP_REPORT_CSV, SWEEP_REPORT_MD, SWEEP_REPORT_PNG
+from src.rundir.metrics_csv import read_history
+from src.rundir.paths import (
+    CONFIG_FILE,
+    HYDRA_FILE,
+    METRICS_CSV,
+    OVERRIDES_FILE,
+    SWEEP_REPORT_CSV,
+    SWEEP_REPORT_MD,
+    SWEEP_REPORT_PNG,
+)
 from src.rundir.status import COMPLETE, FAILED, read_summary
 
 SEED_KEYS = frozenset({"seed"})
@@ -304,14 +310,13 @@ def markdown_report(groups: Sequence[Group], runs: Sequence[Run], sweep_dir: Pat
 def csv_table(groups: Sequence[Group]) -> str:
     """One row per group: parameters, ``n``, ``<metric>_mean`` and ``<metric>_std`` (empty for n/a)."""
     keys = list(groups[0].params) if groups else []
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow([*keys, "n", *(f"{m}_{s}" for m in METRICS for s in ("mean", "std")), "changes"])
+    header = [*keys, "n", *(f"{m}_{s}" for m in METRICS for s in ("mean", "std")), "changes"]
+    rows = []
     for g, changes in zip(groups, group_changes(groups), strict=True):
         stats = [g.mean[m] if s == "mean" else g.std[m] for m in METRICS for s in ("mean", "std")]
         cells = ("" if not math.isfinite(v) else repr(v) for v in stats)
-        writer.writerow([*g.params.values(), len(g.runs), *cells, changes])
-    return buffer.getvalue()
+        rows.append([*g.params.values(), len(g.runs), *cells, changes])
+    return csv_text(header, rows)
 
 
 def curve_bands(groups: Sequence[Group]) -> list[tuple[str, CurveBand, CurveBand]]:
@@ -332,14 +337,14 @@ def plot_png(groups: Sequence[Group]) -> bytes:
 # -- reading runs -----------------------------------------------------------------------------
 def find_run_dirs(sweep_dir: Path) -> list[Path]:
     """Every folder under ``sweep_dir`` holding a ``.hydra/config.yaml`` (a Hydra job), sorted."""
-    return sorted(p.parent.parent for p in sweep_dir.rglob(".hydra/config.yaml"))
+    return sorted(p.parents[len(CONFIG_FILE.parts) - 1] for p in sweep_dir.rglob(str(CONFIG_FILE)))
 
 
 def _job_num(run_dir: Path) -> int:
     from omegaconf import OmegaConf
 
     try:
-        return int(OmegaConf.load(run_dir / ".hydra" / "hydra.yaml").hydra.job.num)
+        return int(OmegaConf.load(run_dir / HYDRA_FILE).hydra.job.num)
     except Exception:
         return 1 << 30
 

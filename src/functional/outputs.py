@@ -16,6 +16,10 @@ LOGGED_CALIBRATION_KEYS = ("ece", "temperature", "nll_temperature_scaled", "ece_
 CALIBRATION_KEYS = (*LOGGED_CALIBRATION_KEYS, "nll_crossfit", "ece_crossfit")
 
 
+# Evaluation's per-sample arrays, in its field order (samples.npz keys and journals use them)
+EVALUATION_FIELDS = ("loss", "p_true", "pred", "conf")
+
+
 @dataclass
 class Evaluation:
     """Per-sample outputs of one model on one split, in the split's sample order.
@@ -72,6 +76,6 @@ def stack(evaluations: list[Evaluation]) -> Evaluation:
     """Stack evaluations of the same split along a new leading axis."""
     keys = evaluations[0].calibration.keys() if evaluations else ()
     return Evaluation(
-        *(np.stack([getattr(e, name) for e in evaluations]) for name in ("loss", "p_true", "pred", "conf")),
+        *(np.stack([getattr(e, name) for e in evaluations]) for name in EVALUATION_FIELDS),
         calibration={k: np.asarray([e.calibration[k] for e in evaluations], dtype=np.float64) for k in keys},
     )

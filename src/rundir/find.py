@@ -15,6 +15,8 @@ from src.rundir.paths import (
 )
 
 RUN_DIR_ENV = "LOSSDIAG_RUN_DIR"
+# what makes a finished training run (a run still training has no diagnosis.md; an evaluation no CSV)
+RUN_FILES = (SAMPLES_FILE, METRICS_CSV, DIAGNOSIS_FILE)
 
 
 def is_run(path: str | Path) -> bool:
@@ -23,7 +25,7 @@ def is_run(path: str | Path) -> bool:
     A run still training (or killed) has no ``diagnosis.md`` yet; a ``src.evaluate`` folder has no CSV.
     """
     path = Path(path)
-    return all((path / name).is_file() for name in (SAMPLES_FILE, METRICS_CSV, DIAGNOSIS_FILE))
+    return all((path / name).is_file() for name in RUN_FILES)
 
 
 def latest_run(root: str | Path = "outputs") -> Path:
@@ -32,8 +34,7 @@ def latest_run(root: str | Path = "outputs") -> Path:
     runs = [p.parent for p in root.rglob(str(SAMPLES_FILE)) if is_run(p.parent)] if root.is_dir() else []
     if not runs:
         raise UserError(
-            f"no finished training run under {root}/ (a folder with {SAMPLES_FILE}, {METRICS_CSV} and "
-            f"{DIAGNOSIS_FILE}): "
+            f"no finished training run under {root}/ (a folder with {', '.join(map(str, RUN_FILES))}): "
             f"train one with `python -m src.train`, or set RUN_DIR (or ${RUN_DIR_ENV}) to a run folder"
         )
     return max(runs, key=lambda p: ((p / SAMPLES_FILE).stat().st_mtime, str(p)))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from src.functional.outputs import CALIBRATION_KEYS, Evaluation
+from src.functional.outputs import CALIBRATION_KEYS, EVALUATION_FIELDS, Evaluation
 from src.rundir.atomic import atomic_write_bytes
 
 
@@ -56,9 +56,6 @@ class Journal:
 
 
 # -- the two journals of a run ------------------------------------------------------------------
-EVALUATION_FIELDS = ("loss", "p_true", "pred", "conf")
-
-
 def val_journal(path: str | Path, n: int) -> Journal:
     """Per-epoch val :class:`Evaluation` of ``n`` samples."""
     fields = {

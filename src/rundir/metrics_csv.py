@@ -46,7 +46,6 @@ class MetricsCSV:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.fieldnames: list[str] = []
-        self._known: set[str] = set()
         self._started = False
 
     def _rewrite(self, rows: list[dict[str, Any]]) -> None:
@@ -62,7 +61,7 @@ class MetricsCSV:
         fieldnames, rows = _read_rows(self.path)
         kept = [r for r in rows if r.get("epoch") and float(r["epoch"]) < epoch]
         if kept:
-            self.fieldnames, self._known = fieldnames, set(fieldnames)
+            self.fieldnames = fieldnames
             self._rewrite(kept)
         else:
             self.path.unlink(missing_ok=True)
@@ -71,10 +70,9 @@ class MetricsCSV:
         if not self._started:
             self._start(float(record.get("epoch", 0.0)))
         row = {k: repr(float(v)) for k, v in record.items()}
-        if not row.keys() <= self._known or not self.path.is_file():
+        if not row.keys() <= set(self.fieldnames) or not self.path.is_file():
             _, rows = _read_rows(self.path)
             self.fieldnames = sorted({*self.fieldnames, *row})
-            self._known = set(self.fieldnames)
             self._rewrite([*rows, row])
             return
         with self.path.open("a") as handle:  # values are plain numbers: no quoting needed

@@ -30,7 +30,6 @@ REPORTS_DIR = Path("reports")
 FIGURES_DIR = Path("figures")
 # checkpoints: best (val/acc), last (every epoch, what resume= continues), initial (untrained weights)
 CHECKPOINTS_DIR = Path("checkpoints")
-BEST_CKPT = CHECKPOINTS_DIR / "best.ckpt"
 LAST_CKPT = CHECKPOINTS_DIR / "last.ckpt"
 INITIAL_CKPT = CHECKPOINTS_DIR / "initial.ckpt"
 # what Hydra saved of the run's configuration
@@ -48,6 +47,11 @@ SWEEP_REPORT_PNG = Path("report.png")
 def report_path(run_dir: str | Path, model: str, suffix: str) -> Path:
     """``<run>/reports/<model>.<suffix>`` (``md`` or ``csv``)."""
     return Path(run_dir) / REPORTS_DIR / f"{model}.{suffix}"
+
+
+def checkpoint_path(run_dir: str | Path, name: str) -> Path:
+    """``<run>/checkpoints/<name>.ckpt`` (``initial``, ``best``, ``last``)."""
+    return Path(run_dir) / CHECKPOINTS_DIR / f"{name}.ckpt"
 
 
 def figure_path(run_dir: str | Path, name: str) -> Path:

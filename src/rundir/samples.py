@@ -45,12 +45,12 @@ from pathlib import Path
 
 import numpy as np
 
-from src.functional.outputs import CALIBRATION_KEYS, Evaluation, stack
+from src.functional.outputs import CALIBRATION_KEYS, EVALUATION_FIELDS, Evaluation, stack
 from src.rundir.atomic import atomic_write_bytes
 from src.rundir.paths import SAMPLES_FILE
 
 FORMAT_VERSION = 1
-FIELDS = ("loss", "p_true", "pred", "conf")
+FIELDS = EVALUATION_FIELDS
 SPLITS = ("val", "train")
 
 
