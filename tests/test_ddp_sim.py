@@ -21,13 +21,18 @@ COMMON = ["debug=fast", "~callbacks.progress_bar"]
 def test_ddp_sim_matches_single_process(make_cfg, tmp_path: Path) -> None:
     from src.app.pipeline import train
 
-    run = tmp_path / "ddp"
     probe = tmp_path / "probe.json"
-    proc = run_module(
-        "src.train", *COMMON, "trainer=ddp_sim", "data.batch_size=15",
-        "+callbacks.probe._target_=tests.probes.DistributedProbe", f"+callbacks.probe.path={probe}",
-        f"hydra.run.dir={run}",
-    )  # fmt: skip
+    for attempt in range(2):
+        run = tmp_path / f"ddp{'' if attempt == 0 else attempt}"
+        proc = run_module(
+            "src.train", *COMMON, "trainer=ddp_sim", "data.batch_size=15",
+            "+callbacks.probe._target_=tests.probes.DistributedProbe", f"+callbacks.probe.path={probe}",
+            f"hydra.run.dir={run}",
+        )  # fmt: skip
+        # seen once in ~15 runs: a spawned gloo process aborts in C++ ("terminate called without an active
+        # exception", SIGABRT) with no Python error; that crash of the process machinery gets one fresh attempt
+        if not (proc.returncode != 0 and "terminated with signal SIGABRT" in proc.stderr):
+            break
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     result = json.loads(probe.read_text())
