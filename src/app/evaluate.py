@@ -46,7 +46,11 @@ def with_run_config(cfg: Any, ckpt: Path, overrides: Sequence[str] = ()) -> Any:
     run = run_cfg(ckpt)
     if run is None:
         return cfg
-    same = {g for g, choice in run_choices(ckpt).items() if f"{g}={choice}" in [str(o).lstrip("+") for o in overrides]}
+    same = {
+        g
+        for g, choice in run_choices(ckpt).items()
+        if f"{g}={choice}" in [str(o).lstrip("+") for o in overrides]
+    }
     keys = [override_key(str(o)) for o in overrides]
     cfg = copy.deepcopy(cfg)
     with open_dict(cfg):
@@ -117,7 +121,9 @@ def evaluate_checkpoint(cfg: Any, overrides: Sequence[str] = ()) -> Diagnosis:
         classes=list(dm.class_names),
         loss_cap=cap,
         val=SplitInfo.create(range(len(dm.val)), dm.val.y.numpy(), dm.val.paths),
-        train=SplitInfo.create(range(len(dm.train)), dm.train.y.numpy(), dm.train.paths) if has_train else None,
+        train=SplitInfo.create(range(len(dm.train)), dm.train.y.numpy(), dm.train.paths)
+        if has_train
+        else None,
         objective=str(cfg.loss.get("name", "")),
     )
     samples.add_epoch(epoch, evaluations["val"])

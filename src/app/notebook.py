@@ -45,7 +45,9 @@ def run_config(run_dir: str | Path) -> DictConfig:
     """The config the run was trained with (``.hydra/config.yaml``, as Hydra saved it)."""
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
-        raise UserError(f"{path} does not exist: only runs started with `python -m src.train` save their config")
+        raise UserError(
+            f"{path} does not exist: only runs started with `python -m src.train` save their config"
+        )
     cfg = OmegaConf.load(path)
     assert isinstance(cfg, DictConfig)
     return cfg
@@ -56,8 +58,9 @@ def run_datamodule(run_dir: str | Path, cfg: DictConfig | None = None) -> InMemo
     return build_datamodule(cfg if cfg is not None else run_config(run_dir))
 
 
-def load_net(run_dir: str | Path, name: str, datamodule: InMemoryDataModule,
-             cfg: DictConfig | None = None) -> tuple[torch.nn.Module, int]:
+def load_net(
+    run_dir: str | Path, name: str, datamodule: InMemoryDataModule, cfg: DictConfig | None = None
+) -> tuple[torch.nn.Module, int]:
     """The network of ``checkpoints/<name>.ckpt`` (``initial``, ``best``, ``last``) in eval mode, and its epoch."""
     path = checkpoint_path(run_dir, name)
     weights, _, epoch = read_checkpoint(path)
@@ -115,7 +118,7 @@ def cross_entropy_check(
             net, row["checkpoint_epoch"] = load_net(run_dir, name, datamodule, cfg)
             if row["checkpoint_epoch"] == epoch:
                 row["probs"] = val_probabilities(net, datamodule, samples.val.index)
-                row["manual"] = recompute_mean_ce(row["probs"], samples.val.target)
+                row["manual"] = float(recompute_mean_ce(row["probs"], samples.val.target))
         rows.append(row)
     return rows
 

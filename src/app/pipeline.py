@@ -89,7 +89,9 @@ def build_module(cfg: DictConfig, datamodule: InMemoryDataModule) -> LossDiagMod
 def _instantiate_all(group: DictConfig | None) -> list[Any]:
     if not group:
         return []
-    return [instantiate(node) for node in group.values() if isinstance(node, DictConfig) and "_target_" in node]
+    return [
+        instantiate(node) for node in group.values() if isinstance(node, DictConfig) and "_target_" in node
+    ]
 
 
 def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
@@ -144,7 +146,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
             shown.optimizer.lr = lr
         log.info(
             "optimizer.lr=auto: %.6g (%g x %d / fan-in %d of the last linear layer)",
-            lr, REFERENCE_LR, REFERENCE_FAN_IN, last_linear_fan_in(model.net),
+            lr,
+            REFERENCE_LR,
+            REFERENCE_FAN_IN,
+            last_linear_fan_in(model.net),
         )
     for logger in trainer.loggers:
         logger.log_hyperparams(config)  # type: ignore[arg-type]  # hparams.yaml
@@ -167,7 +172,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     except SIGTERMException:
         # Lightning stops cleanly on SIGTERM (pre-emption) and would exit 0 as if the run had finished
-        message = f"stopped by SIGTERM in epoch {trainer.current_epoch}: continue it with `{resume_command(cfg)}`"
+        message = (
+            f"stopped by SIGTERM in epoch {trainer.current_epoch}: continue it with `{resume_command(cfg)}`"
+        )
         log.warning(message)
         print(message, file=sys.stderr)
         raise SystemExit(128 + signal.SIGTERM) from None

@@ -104,7 +104,11 @@ def claimed_here(path: str | Path) -> bool:
 
 def register_resolvers() -> None:
     """Make ``${unique_dir:...}``, ``${safe_dirname:...}`` and ``${run_suffix:...}`` available (idempotent)."""
-    for name, resolver in (("unique_dir", claim_unique_dir), ("safe_dirname", safe_dirname), ("run_suffix", run_suffix)):
+    for name, resolver in (
+        ("unique_dir", claim_unique_dir),
+        ("safe_dirname", safe_dirname),
+        ("run_suffix", run_suffix),
+    ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)
 

@@ -98,7 +98,6 @@ def _refuse_finished(run_dir: Path, extra: list[str]) -> None:
     """A complete run resumed with the same ``trainer.max_epochs`` would only rewrite its summary."""
     from omegaconf import OmegaConf
 
-
     summary = read_summary(run_dir)
     config = run_dir / CONFIG_FILE
     if not summary or summary.get("status") != COMPLETE or not config.is_file():

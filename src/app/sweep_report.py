@@ -137,7 +137,9 @@ def run_metrics(history: dict[str, list[float]]) -> dict[str, float]:
         out.update(best_val_acc=float(acc[best]), last_val_acc=_last(acc), epochs_to_best=float(best + 1))
     if np.isfinite(loss).any():
         lowest = int(np.nanargmin(loss))
-        out.update(min_val_loss=float(loss[lowest]), last_val_loss=_last(loss), epoch_min_val_loss=float(lowest + 1))
+        out.update(
+            min_val_loss=float(loss[lowest]), last_val_loss=_last(loss), epoch_min_val_loss=float(lowest + 1)
+        )
         if loss[lowest] > 0:
             out["rise_ratio"] = out["last_val_loss"] / float(loss[lowest])
     out["last_val_loss_bounded"] = _last(_column(history, "val/loss_bounded"))
@@ -191,7 +193,9 @@ def _is_setting(key: str) -> bool:
 
 def config_changes(config: dict[str, str], reference: dict[str, str]) -> str:
     """The settings of ``config`` that differ from ``reference``'s: ``key=value``, ``~key`` if it lacks one."""
-    keys = [k for k in config if _is_setting(k)] + [k for k in reference if _is_setting(k) and k not in config]
+    keys = [k for k in config if _is_setting(k)] + [
+        k for k in reference if _is_setting(k) and k not in config
+    ]
     parts = []
     for key in keys:
         if key not in config:
@@ -240,7 +244,9 @@ def recommendation(groups: Sequence[Group]) -> Recommendation | None:
     return None if reference is None else recommend(remedy_results(groups), reference.label)
 
 
-def mean_curve(histories: Sequence[dict[str, list[float]]], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def mean_curve(
+    histories: Sequence[dict[str, list[float]]], key: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(epochs, mean, std)`` of ``key`` over runs, per epoch, up to the shortest run."""
     columns = [_column(h, key) for h in histories]
     length = min((len(c) for c in columns), default=0)
@@ -267,7 +273,8 @@ def groups_table(groups: Sequence[Group]) -> str:
     """Groups as a markdown table: the swept parameters, ``n`` (seeds), then mean ± std per metric."""
     keys = list(groups[0].params) if groups else []
     rows = [
-        [*g.params.values(), str(len(g.runs)), *(_cell(g.mean[m], g.std[m], m) for m in METRICS)] for g in groups
+        [*g.params.values(), str(len(g.runs)), *(_cell(g.mean[m], g.std[m], m) for m in METRICS)]
+        for g in groups
     ]
     return markdown_table([*keys, "n", *METRICS], rows).rstrip("\n")
 
@@ -298,8 +305,15 @@ def markdown_report(groups: Sequence[Group], runs: Sequence[Run], sweep_dir: Pat
         parts += [recommendation_text(rec), ""]
     parts += [*(f"- `{name}`: {meaning}" for name, meaning in METRICS.items())]
     if len(groups) > 1:
-        parts += ["", f"What each group sets, as config keys that differ from the first group (`{groups[0].label}`):", ""]
-        parts += [f"- `{g.label}`: {c or 'the same settings'}" for g, c in zip(groups, group_changes(groups), strict=True)]
+        parts += [
+            "",
+            f"What each group sets, as config keys that differ from the first group (`{groups[0].label}`):",
+            "",
+        ]
+        parts += [
+            f"- `{g.label}`: {c or 'the same settings'}"
+            for g, c in zip(groups, group_changes(groups), strict=True)
+        ]
     problems = problem_lines(runs, sweep_dir)
     if problems:
         parts += ["", "## Failed or incomplete runs (not in the table)", "", *problems]
@@ -361,7 +375,9 @@ def load_run(run_dir: Path) -> Run:
     seed = str(OmegaConf.select(config, "seed", default=None))
     max_epochs = OmegaConf.select(config, "trainer.max_epochs", default=None)
     settings = flatten(OmegaConf.to_container(config, resolve=False))
-    run = Run(path=run_dir, params=params, seed=seed, status="incomplete", max_epochs=max_epochs, config=settings)
+    run = Run(
+        path=run_dir, params=params, seed=seed, status="incomplete", max_epochs=max_epochs, config=settings
+    )
     summary = read_summary(run_dir)
     if (run_dir / METRICS_CSV).is_file():
         run.history = read_history(run_dir)

@@ -16,4 +16,3 @@ def announce(log: logging.Logger, text: str) -> None:
         log.info(text)
     else:
         print(text, flush=True)
-

@@ -51,7 +51,10 @@ LAYOUT: dict[str, dict[str, list[Any]]] = {
     "train vs val": {
         "loss": ["Multiline", _exactly("train/loss", "val/loss")],
         "accuracy": ["Multiline", _exactly("train/acc", "val/acc")],
-        "bounded loss (every sample capped at loss/cap)": ["Multiline", _exactly("train/loss_bounded", "val/loss_bounded")],
+        "bounded loss (every sample capped at loss/cap)": [
+            "Multiline",
+            _exactly("train/loss_bounded", "val/loss_bounded"),
+        ],
     },
 }
 

@@ -67,7 +67,9 @@ class InMemoryDataModule(L.LightningDataModule):
             return
         data, val, self.class_names = self.load()
         if val is None:
-            train_idx, val_idx = stratified_split(data.y.numpy(), self.val_fraction, self.seed, self.class_names)
+            train_idx, val_idx = stratified_split(
+                data.y.numpy(), self.val_fraction, self.seed, self.class_names
+            )
             data, val = take(data, train_idx), take(data, val_idx)
         self.train = take(data, subsample(data.y.numpy(), self.train_size, self.seed))
         self.val = val
@@ -84,7 +86,9 @@ class InMemoryDataModule(L.LightningDataModule):
             raise RuntimeError("call setup() before asking for data")
         return self
 
-    def _batches(self, split: Split | None, batch_size: int, shuffle: bool, augment: str = "none") -> TensorBatches:
+    def _batches(
+        self, split: Split | None, batch_size: int, shuffle: bool, augment: str = "none"
+    ) -> TensorBatches:
         assert split is not None
         trainer = self.trainer
         replicas = trainer.world_size if trainer is not None else 1
@@ -135,7 +139,9 @@ class InMemoryDataModule(L.LightningDataModule):
         return int(self._require().train.x.shape[3])  # type: ignore[union-attr]
 
 
-def _augment(name: str, seed: int, replicas: int, rank: int, x: torch.Tensor, epoch: int, batch: int) -> torch.Tensor:
+def _augment(
+    name: str, seed: int, replicas: int, rank: int, x: torch.Tensor, epoch: int, batch: int
+) -> torch.Tensor:
     """:func:`augment_batch` for batch ``batch`` of this rank: every rank's batch gets its own stream."""
     return augment_batch(x, name, seed, epoch, batch * replicas + rank)
 
@@ -171,7 +177,9 @@ class ImageFolderDataModule(InMemoryDataModule):
 
     def load(self) -> tuple[Split, Split | None, list[str]]:
         if not self.root.is_dir():
-            raise UserError(f"data.root={self.root} is not a folder: point data.root at a folder of class subfolders")
+            raise UserError(
+                f"data.root={self.root} is not a folder: point data.root at a folder of class subfolders"
+            )
         split_dirs = (self.root / "train", self.root / "val")
         if all(d.is_dir() for d in split_dirs):
             class_names = find_classes(split_dirs[0])
@@ -181,7 +189,11 @@ class ImageFolderDataModule(InMemoryDataModule):
                     f"{split_dirs[0]} has classes {class_names} but {split_dirs[1]} has {val_classes}: "
                     "give both the same class subfolders"
                 )
-            return self._decode(split_dirs[0], class_names), self._decode(split_dirs[1], class_names), class_names
+            return (
+                self._decode(split_dirs[0], class_names),
+                self._decode(split_dirs[1], class_names),
+                class_names,
+            )
         class_names = find_classes(self.root)
         return self._decode(self.root, class_names), None, class_names
 
@@ -199,7 +211,9 @@ class ImageFolderDataModule(InMemoryDataModule):
         folder's own sorted class folders.
         """
         if not self.root.is_dir():
-            raise UserError(f"data.root={self.root} is not a folder: point data.root at a folder of class subfolders")
+            raise UserError(
+                f"data.root={self.root} is not a folder: point data.root at a folder of class subfolders"
+            )
         split_dirs = [self.root / "train", self.root / "val"]
         folders = split_dirs if all(d.is_dir() for d in split_dirs) else [self.root]
         found = sorted({c for folder in folders for c in find_classes(folder)})
@@ -220,4 +234,3 @@ class ImageFolderDataModule(InMemoryDataModule):
         self.class_names = names
         self.val = every
         self.train = take(every, [])
-

@@ -60,12 +60,18 @@ def stratified_split(
 def subsample(labels: np.ndarray, train_size: int | float | None, seed: int) -> np.ndarray:
     """Indices of a stratified, seeded subset: ``train_size`` samples (int) or that fraction (float)."""
     idx = np.arange(len(labels))
-    if train_size is None or train_size == len(labels) or (isinstance(train_size, float) and train_size >= 1.0):
+    if (
+        train_size is None
+        or train_size == len(labels)
+        or (isinstance(train_size, float) and train_size >= 1.0)
+    ):
         return idx
     n_classes = len(np.unique(labels))
     n = train_size if isinstance(train_size, int) else round(len(labels) * train_size)
     if n > len(labels):
-        raise UserError(f"data.train_size={train_size} is more than the {len(labels)} training samples: lower it")
+        raise UserError(
+            f"data.train_size={train_size} is more than the {len(labels)} training samples: lower it"
+        )
     if n < n_classes:
         raise UserError(
             f"data.train_size={train_size} gives fewer training samples than the {n_classes} classes: raise it"
@@ -85,4 +91,3 @@ def concatenate(splits: Sequence[Split]) -> Split:
     """One split holding all samples of ``splits`` in order (same image shape and scale)."""
     paths = [p for s in splits for p in s.paths] if all(s.paths for s in splits) else []
     return Split(torch.cat([s.x for s in splits]), torch.cat([s.y for s in splits]), paths, splits[0].scale)
-

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from src.functional.outputs import LOGGED_CALIBRATION_KEYS, Evaluation
+from src.functional.outputs import LOGGED_CALIBRATION_KEYS, Evaluation, stack
 
 
 def top_count(n: int, fraction: float) -> int:
@@ -22,79 +22,106 @@ def worst_indices(per_sample: np.ndarray, k: int) -> np.ndarray:
 
 
 def top_share(per_sample: torch.Tensor, fraction: float) -> torch.Tensor:
-    """Share of the total loss carried by the worst ``fraction`` of samples (at least one sample)."""
-    k = top_count(per_sample.numel(), fraction)
-    total = per_sample.sum()
-    worst = torch.topk(per_sample, k).values.sum()
-    return worst / total if total > 0 else torch.zeros((), dtype=per_sample.dtype, device=per_sample.device)
+    """Share of the total loss carried by the worst ``fraction`` of samples (at least one sample), per row of
+    ``per_sample`` (..., N): a tensor of shape ``per_sample.shape[:-1]`` (0 where the total is not positive)."""
+    k = top_count(per_sample.shape[-1], fraction)
+    total = per_sample.sum(-1)
+    worst = torch.topk(per_sample, k, dim=-1).values.sum(-1)
+    return torch.where(total > 0, worst / total, torch.zeros_like(total))
 
 
 def count_above_cap(per_sample: torch.Tensor, cap: float | torch.Tensor) -> torch.Tensor:
-    """How many samples the bounded loss caps (non-finite losses count as above the cap)."""
-    return (~(per_sample.double() <= torch.as_tensor(cap, dtype=torch.float64))).sum()
+    """How many samples (per row) the bounded loss caps (non-finite losses count as above the cap)."""
+    return (~(per_sample.double() <= torch.as_tensor(cap, dtype=torch.float64))).sum(-1)
 
 
-def loss_distribution(per_sample: torch.Tensor, cap: float | torch.Tensor) -> dict[str, torch.Tensor]:
-    """Median, p90, p99, max, worst-1% share of the total, and the count above the bounded cap.
+DISTRIBUTION_NAMES = ("loss_median", "loss_p90", "loss_p99", "loss_max", "loss_top1pct_share")
+
+
+def _sorted_distribution(ordered: torch.Tensor) -> torch.Tensor:
+    """:data:`DISTRIBUTION_NAMES` of rows of finite, ascending per-sample losses (R, n): (R, 5)."""
+    n = ordered.shape[-1]
+    position = torch.tensor([0.5, 0.9, 0.99], dtype=torch.float64) * (n - 1)
+    low = position.floor().long()
+    high = torch.clamp(low + 1, max=n - 1)
+    quantiles = ordered[:, low] + (ordered[:, high] - ordered[:, low]) * (position - low)
+    total = ordered.sum(-1)
+    worst = ordered[:, n - top_count(n, 0.01) :].sum(-1)
+    share = torch.where(total > 0, worst / total, torch.zeros_like(total))
+    return torch.cat([quantiles, ordered[:, -1:], share[:, None]], dim=1)
+
+
+def loss_distributions(per_sample: torch.Tensor, cap: float | torch.Tensor) -> dict[str, torch.Tensor]:
+    """Median, p90, p99, max, worst-1% share of the total, and the count above the bounded cap, for every row
+    of ``per_sample`` (..., N) (e.g. a block of epochs): float64 tensors of shape ``per_sample.shape[:-1]``.
 
     Non-finite values are left out of the quantiles (and counted above the cap). One sort gives them all:
     the quantiles interpolate linearly between order statistics, as ``torch.quantile`` does.
     """
-    values = per_sample.detach().double()
-    finite = values[torch.isfinite(values)]
+    values = per_sample.detach().double().cpu()
+    lead = values.shape[:-1]
+    values = values.reshape(-1, values.shape[-1])
     above = count_above_cap(values, cap).double()
-    names = ("loss_median", "loss_p90", "loss_p99", "loss_max", "loss_top1pct_share")
-    n = finite.numel()
-    if n == 0:
-        return {**dict.fromkeys(names, torch.tensor(float("nan"), dtype=torch.float64)), "n_above_cap": above}
-    ordered = finite.sort().values
-    position = torch.tensor([0.5, 0.9, 0.99], dtype=torch.float64) * (n - 1)
-    low = position.floor().long()
-    high = torch.clamp(low + 1, max=n - 1)
-    quantiles = ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-    total = ordered.sum()
-    worst = ordered[n - top_count(n, 0.01) :].sum()
-    share = worst / total if total > 0 else torch.zeros((), dtype=torch.float64)
-    return {**dict(zip(names, (*quantiles.unbind(), ordered[-1], share), strict=True)), "n_above_cap": above}
+    table = torch.full((len(values), len(DISTRIBUTION_NAMES)), float("nan"), dtype=torch.float64)
+    finite = torch.isfinite(values)
+    whole = finite.all(-1)
+    if values.shape[-1] and bool(whole.any()):  # the usual case: one sort for every row at once
+        table[whole] = _sorted_distribution(values[whole].sort(-1).values)
+    for row in (~whole).nonzero()[:, 0].tolist():  # rows with non-finite losses, one at a time
+        kept = values[row][finite[row]]
+        if kept.numel():
+            table[row] = _sorted_distribution(kept.sort().values[None])[0]
+    out = {name: table[:, i].reshape(lead) for i, name in enumerate(DISTRIBUTION_NAMES)}
+    return {**out, "n_above_cap": above.reshape(lead)}
 
 
-def loss_decomposition(loss: np.ndarray, correct: np.ndarray) -> dict[str, float]:
-    """Split the mean loss into the parts carried by correct and by wrong predictions.
+def loss_distribution(per_sample: torch.Tensor, cap: float | torch.Tensor) -> dict[str, torch.Tensor]:
+    """:func:`loss_distributions` of one set of per-sample losses (N,): scalar tensors."""
+    return loss_distributions(per_sample[None], cap)
+
+
+def loss_decomposition(loss: np.ndarray, correct: np.ndarray) -> dict[str, np.ndarray]:
+    """Split the mean loss into the parts carried by correct and by wrong predictions, per row of (..., N).
 
     ``loss_from_correct + loss_from_wrong`` equals the mean loss (each part is a sum over its samples
-    divided by *all* samples); ``share_from_wrong`` is the wrong part's fraction of the total.
+    divided by *all* samples); ``share_from_wrong`` is the wrong part's fraction of the total. Float64
+    arrays of the leading shape (0-d for one set of samples: ``float()`` them).
     """
     loss = np.asarray(loss, dtype=np.float64)
     correct = np.asarray(correct, dtype=bool)
-    n = max(len(loss), 1)
-    from_wrong = float(loss[~correct].sum() / n)
-    from_correct = float(loss[correct].sum() / n)
+    n = max(loss.shape[-1], 1)
+    from_wrong = np.where(correct, 0.0, loss).sum(-1) / n
+    from_correct = np.where(correct, loss, 0.0).sum(-1) / n
     total = from_wrong + from_correct
+    positive = total > 0
     return {
         "loss_from_correct": from_correct,
         "loss_from_wrong": from_wrong,
-        "share_from_wrong": from_wrong / total if total > 0 else 0.0,
-        "n_wrong": float((~correct).sum()),
+        "share_from_wrong": np.where(positive, from_wrong / np.where(positive, total, 1.0), 0.0),
+        "n_wrong": (~correct).sum(-1).astype(np.float64),
     }
 
 
-def recompute_mean_ce(probs: np.ndarray, target: np.ndarray) -> float:
-    """The seed's manual check: renormalise the saved probabilities, mean of ``-sum(onehot * log p)``."""
+def recompute_mean_ce(probs: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """The seed's manual check: renormalise the saved probabilities (..., N, C), mean of ``-sum(onehot * log p)``
+    per row (a 0-d array for one set: ``float()`` it)."""
     probs = np.asarray(probs, dtype=np.float64)
     probs = probs / probs.sum(axis=-1, keepdims=True)
-    onehot = np.eye(probs.shape[1])[np.asarray(target)]
+    onehot = np.eye(probs.shape[-1])[np.asarray(target)]
     with np.errstate(divide="ignore"):
-        return float(np.mean(np.sum(onehot * -np.log(probs), axis=-1, where=onehot > 0)))
+        return np.mean(np.sum(onehot * -np.log(probs), axis=-1, where=onehot > 0), axis=-1)
 
 
-def mean_where(values: np.ndarray, mask: np.ndarray) -> float:
-    """Mean of ``values[mask]`` in float64, nan when the mask is empty."""
-    picked = np.asarray(values, dtype=np.float64)[mask]
-    return float(picked.mean()) if picked.size else float("nan")
+def mean_where(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Mean of ``values`` where ``mask`` per row of (..., N), float64, nan where the mask is empty."""
+    count = np.asarray(mask).sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(mask, np.asarray(values, dtype=np.float64), 0.0).sum(-1) / count
 
 
-def correct_wrong_breakdown(ev: Evaluation, target: np.ndarray) -> dict[str, float]:
-    """:func:`loss_decomposition` plus mean confidence on wrong and mean p(true) on correct predictions."""
+def correct_wrong_breakdown(ev: Evaluation, target: np.ndarray) -> dict[str, np.ndarray]:
+    """:func:`loss_decomposition` plus mean confidence on wrong and mean p(true) on correct predictions
+    (per leading index of ``ev``; 0-d arrays for one evaluation)."""
     correct = ev.correct(target)
     return {
         **loss_decomposition(ev.loss, correct),
@@ -103,21 +130,33 @@ def correct_wrong_breakdown(ev: Evaluation, target: np.ndarray) -> dict[str, flo
     }
 
 
-def epoch_scalars(logits: torch.Tensor, target: torch.Tensor, ev: Evaluation) -> dict[str, float]:
-    """The per-epoch scalars logged under ``val/``: decomposition, confidence, recompute check, calibration."""
+def epoch_scalar_block(logits: torch.Tensor, target: torch.Tensor, ev: Evaluation) -> dict[str, np.ndarray]:
+    """The per-epoch scalars logged under ``val/`` for a block of epochs at once: decomposition, confidence,
+    recompute check, calibration; ``logits`` (E, N, C), ``target`` (N,), ``ev`` with a leading epoch axis.
+    Every value is a float64 array (E,).
+    """
     y = target.detach().cpu().numpy()
     parts = correct_wrong_breakdown(ev, y)
-    recomputed = recompute_mean_ce(logits.detach().double().cpu().softmax(1).numpy(), y)
-    mean_loss = float(np.mean(ev.loss, dtype=np.float64))
+    recomputed = recompute_mean_ce(logits.detach().double().cpu().softmax(-1).numpy(), y)
+    mean_loss = np.mean(ev.loss, axis=-1, dtype=np.float64)
     return {
         "loss_from_correct": parts["loss_from_correct"],
         "loss_from_wrong": parts["loss_from_wrong"],
         "loss_share_wrong": parts["share_from_wrong"],
         "n_wrong": parts["n_wrong"],
-        "loss_top5pct_share": float(top_share(torch.as_tensor(ev.loss, dtype=torch.float64), 0.05)),
+        "loss_top5pct_share": top_share(torch.as_tensor(ev.loss, dtype=torch.float64), 0.05).numpy(),
         "conf_wrong_mean": parts["conf_wrong_mean"],
         "p_true_correct_mean": parts["p_true_correct_mean"],
         "loss_recomputed": recomputed,
-        "loss_recompute_error": abs(recomputed - mean_loss),
-        **{k: float(ev.calibration[k]) for k in LOGGED_CALIBRATION_KEYS if k in ev.calibration},
+        "loss_recompute_error": np.abs(recomputed - mean_loss),
+        **{
+            k: np.asarray(ev.calibration[k], dtype=np.float64)
+            for k in LOGGED_CALIBRATION_KEYS
+            if k in ev.calibration
+        },
     }
+
+
+def epoch_scalars(logits: torch.Tensor, target: torch.Tensor, ev: Evaluation) -> dict[str, float]:
+    """:func:`epoch_scalar_block` of one epoch: ``logits`` (N, C), ``ev`` of that epoch."""
+    return {k: float(v[0]) for k, v in epoch_scalar_block(logits[None], target, stack([ev])).items()}

@@ -13,8 +13,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torchmetrics.functional.classification import multiclass_calibration_error
 
 from src.functional.jsonable import json_ready
 
@@ -25,60 +23,113 @@ CROSSFIT_SEED = 0  # the seeded random halves of the cross-fit
 # what a fitted temperature can be trusted for (see :func:`temperature_status`)
 
 
-def expected_calibration_error(probs: torch.Tensor, target: torch.Tensor, n_bins: int = N_BINS) -> float:
-    """ECE (L1, ``n_bins`` equal-width confidence bins) of class probabilities ``probs`` (N, C).
+def expected_calibration_errors(
+    probs: torch.Tensor, target: torch.Tensor, n_bins: int = N_BINS
+) -> torch.Tensor:
+    """ECE (L1, ``n_bins`` equal-width confidence bins) of class probabilities ``probs`` (..., N, C): one per
+    leading index (e.g. one per epoch), float32.
 
-    torchmetrics' ``MulticlassCalibrationError(n_bins, norm="l1")`` in its functional form (building
-    the Metric object costs ~100x more than the computation on a few hundred samples).
+    torchmetrics' ``multiclass_calibration_error(norm="l1")`` (its ``torch.bucketize`` binning, a confidence of
+    exactly 1 in a bin of its own), batched over the leading axes: the per-epoch diagnosis evaluates a block of
+    epochs at once, and one call per epoch would cost more than the computation. Tested against torchmetrics.
     """
-    return float(
-        multiclass_calibration_error(probs.float().cpu(), target.cpu(), probs.shape[1], n_bins=n_bins, norm="l1")
-    )
+    probs = probs.detach().float().cpu()
+    lead, (n, c) = probs.shape[:-2], probs.shape[-2:]
+    probs = probs.reshape(-1, n, c)
+    conf, pred = probs.max(-1)
+    acc = (pred == target.detach().cpu().reshape(-1, n)).to(conf.dtype)
+    boundaries = torch.linspace(0, 1, n_bins + 1, dtype=conf.dtype)
+    slots = n_bins + 1
+    index = (torch.bucketize(conf, boundaries, right=True) - 1) + slots * torch.arange(len(conf))[:, None]
+    index = index.reshape(-1)
+
+    def per_bin(values: torch.Tensor) -> torch.Tensor:
+        return (
+            torch.zeros(len(conf) * slots, dtype=conf.dtype)
+            .scatter_add_(0, index, values.reshape(-1))
+            .reshape(-1, slots)
+        )
+
+    count = per_bin(torch.ones_like(conf))
+    conf_bin = torch.nan_to_num(per_bin(conf) / count)
+    acc_bin = torch.nan_to_num(per_bin(acc) / count)
+    prop = count / count.sum(-1, keepdim=True)
+    return (torch.abs(acc_bin - conf_bin) * prop).sum(-1).reshape(lead)
+
+
+def expected_calibration_error(probs: torch.Tensor, target: torch.Tensor, n_bins: int = N_BINS) -> float:
+    """ECE of one set of class probabilities ``probs`` (N, C): :func:`expected_calibration_errors`."""
+    return float(expected_calibration_errors(probs, target, n_bins))
+
+
+def fit_temperatures(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    max_iter: int = 100,
+    tol: float = 1e-10,
+    start: float | torch.Tensor = 1.0,
+) -> torch.Tensor:
+    """The temperature minimising the NLL of ``softmax(logits / T)`` for every leading index of ``logits``
+    (..., N, C) (``target``: (..., N) or (N,)), clipped to ``[T_MIN, T_MAX]``; float64, shape ``logits.shape[:-2]``.
+
+    The NLL is convex in ``beta = 1 / T`` with closed-form derivatives (``E_p[z] - z_true`` and
+    ``Var_p[z]``), so a bracketed Newton solve (bisection when a step leaves the bracket) finds the
+    optimum in a few vectorised steps, without autograd. All problems step together; each stops moving once
+    it has converged, so its result does not depend on the others. ``T_MAX`` means the probabilities are no
+    better than uniform. ``start`` (e.g. the previous epoch's temperature) only changes how many steps it takes.
+    """
+    z = logits.detach().double().cpu()
+    lead, (n, c) = z.shape[:-2], z.shape[-2:]
+    z = z.reshape(-1, n, c)
+    y = target.detach().cpu().long().reshape(-1, n).expand(len(z), n)
+    z_true = z.gather(2, y[..., None])[..., 0]
+
+    def derivatives(beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        p = torch.softmax(beta[:, None, None] * z, dim=2)
+        mean_z = (p * z).sum(2)
+        return (mean_z - z_true).mean(1), ((p * z * z).sum(2) - mean_z**2).mean(1)
+
+    lo = torch.full((len(z),), 1.0 / T_MAX, dtype=torch.float64)
+    hi = torch.full((len(z),), 1.0 / T_MIN, dtype=torch.float64)
+    softest = derivatives(lo)[0] >= 0  # NLL already increasing at the softest temperature
+    sharpest = ~softest & (derivatives(hi)[0] <= 0)  # still decreasing at the sharpest one
+    start_t = torch.as_tensor(start, dtype=torch.float64).reshape(-1).expand(len(z))
+    beta = torch.where(start_t > 0, (1.0 / start_t).clamp(lo, hi), torch.ones_like(lo))
+    active = ~(softest | sharpest)
+    for _ in range(max_iter):
+        if not bool(active.any()):
+            break
+        grad, hess = derivatives(beta)
+        hi = torch.where(active & (grad > 0), beta, hi)
+        lo = torch.where(active & (grad <= 0), beta, lo)
+        step = torch.where(hess > 0, beta - grad / hess, torch.full_like(beta, math.nan))
+        # Newton inside the closed bracket, else bisect (closed: a converged step lands on the bracket's end)
+        new = torch.where((lo <= step) & (step <= hi), step, torch.sqrt(lo * hi))
+        done = (new - beta).abs() <= tol * beta
+        beta = torch.where(active, new, beta)
+        active &= ~done
+    t = (1.0 / beta).clamp(T_MIN, T_MAX)
+    t = torch.where(softest, T_MAX, torch.where(sharpest, T_MIN, t))
+    return t.reshape(lead)
 
 
 def fit_temperature(
     logits: torch.Tensor, target: torch.Tensor, max_iter: int = 100, tol: float = 1e-10, start: float = 1.0
 ) -> float:
-    """The temperature minimising the NLL of ``softmax(logits / T)``, clipped to ``[T_MIN, T_MAX]``.
+    """The temperature minimising the NLL of ``softmax(logits / T)`` of one (N, C) set: :func:`fit_temperatures`."""
+    return float(fit_temperatures(logits, target, max_iter, tol, start))
 
-    The NLL is convex in ``beta = 1 / T`` with closed-form derivatives (``E_p[z] - z_true`` and
-    ``Var_p[z]``), so a bracketed Newton solve (bisection when a step leaves the bracket) finds the
-    optimum in a few vectorised steps, without autograd: it runs every epoch. ``T_MAX`` means the
-    probabilities are no better than uniform. ``start`` (e.g. the previous epoch's temperature) only
-    changes how many steps it takes.
-    """
+
+def nlls(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of ``softmax(logits)`` (..., N, C) per leading index, in float64."""
     z = logits.detach().double().cpu()
-    z_true = z.gather(1, target.detach().cpu().long()[:, None])[:, 0]
-
-    def derivatives(beta: float) -> tuple[float, float]:
-        p = torch.softmax(beta * z, dim=1)
-        mean_z = (p * z).sum(1)
-        return float((mean_z - z_true).mean()), float(((p * z * z).sum(1) - mean_z**2).mean())
-
-    lo, hi = 1.0 / T_MAX, 1.0 / T_MIN
-    if derivatives(lo)[0] >= 0:  # NLL already increasing at the softest temperature
-        return T_MAX
-    if derivatives(hi)[0] <= 0:  # still decreasing at the sharpest one
-        return T_MIN
-    beta = min(max(1.0 / start, lo), hi) if start > 0 else 1.0
-    for _ in range(max_iter):
-        grad, hess = derivatives(beta)
-        if grad > 0:
-            hi = beta
-        else:
-            lo = beta
-        step = beta - grad / hess if hess > 0 else math.nan
-        new = step if lo < step < hi else math.sqrt(lo * hi)  # Newton inside the bracket, else bisect
-        if abs(new - beta) <= tol * beta:
-            beta = new
-            break
-        beta = new
-    return min(max(1.0 / beta, T_MIN), T_MAX)
+    y = target.detach().cpu().long().expand(z.shape[:-1])
+    return -torch.log_softmax(z, -1).gather(-1, y[..., None])[..., 0].mean(-1)
 
 
 def nll(logits: torch.Tensor, target: torch.Tensor, temperature: float = 1.0) -> float:
-    """Mean cross-entropy of ``softmax(logits / temperature)``, in float64."""
-    return float(F.cross_entropy(logits.double().cpu() / temperature, target.cpu()))
+    """Mean cross-entropy of ``softmax(logits / temperature)`` of one (N, C) set, in float64."""
+    return float(nlls(logits.detach().double() / temperature, target))
 
 
 def temperature_status(temperature: float, n_correct: int, n: int) -> str:
@@ -113,16 +164,21 @@ class CrossFit:
         return json_ready(asdict(self))
 
 
-def _crossfit_scaled(z: torch.Tensor, y: torch.Tensor, t: float, seed: int) -> tuple[torch.Tensor, tuple[float, ...]]:
-    """``z`` with each seeded random half divided by the temperature fitted on the other half; those two."""
-    n = z.shape[0]
+def _crossfit_scaled(
+    z: torch.Tensor, y: torch.Tensor, t: torch.Tensor, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``z`` (B, N, C) with each seeded random half of the N samples divided by the temperature fitted on the
+    other half (per leading index, starting from ``t``); and those temperatures, (B, 2)."""
+    n = z.shape[-2]
     perm = torch.from_numpy(np.random.default_rng(seed).permutation(n))
     halves = (perm[: n // 2], perm[n // 2 :])
     # each half's optimum is near the whole's: starting there, the Newton solve takes a few steps
-    t_halves = tuple(fit_temperature(z[h], y[h], start=t) for h in halves)
+    t_halves = torch.stack([fit_temperatures(z[:, h], y[h], start=t) for h in halves], dim=1)
     scaled = z.clone()
-    scaled[halves[0]] = z[halves[0]] / t_halves[1]  # each half scaled by the other half's temperature
-    scaled[halves[1]] = z[halves[1]] / t_halves[0]
+    scaled[:, halves[0]] = (
+        z[:, halves[0]] / t_halves[:, 1, None, None]
+    )  # scaled by the other half's temperature
+    scaled[:, halves[1]] = z[:, halves[1]] / t_halves[:, 0, None, None]
     return scaled, t_halves
 
 
@@ -145,12 +201,15 @@ def crossfit_temperature(
     y = target.detach().long().cpu()
     n = z.shape[0]
     if z.ndim != 2 or y.shape != (n,) or n < 2:
-        raise ValueError(f"need logits (N >= 2, C) and target (N,), got {tuple(z.shape)} and {tuple(y.shape)}")
+        raise ValueError(
+            f"need logits (N >= 2, C) and target (N,), got {tuple(z.shape)} and {tuple(y.shape)}"
+        )
     t = fit_temperature(z, y) if temperature is None else float(temperature)
-    scaled, t_halves = _crossfit_scaled(z, y, t, seed)
+    scaled, t_halves = _crossfit_scaled(z[None], y, torch.tensor([t], dtype=torch.float64), seed)
+    scaled = scaled[0]
     return CrossFit(
         temperature=t,
-        temperature_halves=t_halves,
+        temperature_halves=(float(t_halves[0, 0]), float(t_halves[0, 1])),
         nll_raw=nll(z, y),
         ece_raw=expected_calibration_error(z.softmax(1), y, n_bins),
         nll_scaled=nll(scaled, y),
@@ -160,29 +219,46 @@ def crossfit_temperature(
     )
 
 
+def calibration_summaries(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    n_bins: int = N_BINS,
+    start_temperature: float | torch.Tensor = 1.0,
+) -> dict[str, torch.Tensor]:
+    """For every leading index of ``logits`` (B, N, C) (e.g. a block of epochs; ``target``: (N,)), float64 (B,):
+
+    ``ece``, fitted ``temperature``, ``nll_temperature_scaled`` and ``ece_temperature_scaled`` (fitted and
+    scored on the same samples: what the per-epoch scalars show), and ``nll_crossfit`` / ``ece_crossfit``
+    (the same scaling scored out of sample, :func:`crossfit_temperature`: what the verdict uses)."""
+    z, y = logits.detach().double().cpu(), target.detach().long().cpu()
+    t = fit_temperatures(z, y, start=start_temperature)
+    scaled = z / t[:, None, None]
+    nan = torch.full_like(t, math.nan)
+    summary = {
+        "ece": expected_calibration_errors(z.softmax(-1), y, n_bins).double(),
+        "temperature": t,
+        "nll_temperature_scaled": nlls(scaled, y),
+        "ece_temperature_scaled": expected_calibration_errors(scaled.softmax(-1), y, n_bins).double(),
+        "nll_crossfit": nan,
+        "ece_crossfit": nan,
+    }
+    if len(y) >= 2:  # only the two cross-fitted numbers: the rest of CrossFit is computed above
+        crossfit, _ = _crossfit_scaled(z, y, t, CROSSFIT_SEED)
+        summary.update(
+            nll_crossfit=nlls(crossfit, y),
+            ece_crossfit=expected_calibration_errors(crossfit.softmax(-1), y, n_bins).double(),
+        )
+    return summary
+
+
 def calibration_summary(
     logits: torch.Tensor, target: torch.Tensor, n_bins: int = N_BINS, start_temperature: float = 1.0
 ) -> dict[str, float]:
-    """``ece``, fitted ``temperature``, ``nll_temperature_scaled`` and ``ece_temperature_scaled`` (fitted and
-    scored on the same samples: what the per-epoch scalars show), and ``nll_crossfit`` / ``ece_crossfit``
-    (the same scaling scored out of sample, :func:`crossfit_temperature`: what the verdict uses)."""
-    t = fit_temperature(logits, target, start=start_temperature)
-    scaled = logits.double() / t
-    summary = {
-        "ece": expected_calibration_error(logits.double().softmax(1), target, n_bins),
-        "temperature": t,
-        "nll_temperature_scaled": nll(logits, target, t),
-        "ece_temperature_scaled": expected_calibration_error(scaled.softmax(1), target, n_bins),
-        "nll_crossfit": math.nan,
-        "ece_crossfit": math.nan,
+    """:func:`calibration_summaries` of one (N, C) set of logits, as floats."""
+    return {
+        k: float(v[0])
+        for k, v in calibration_summaries(logits[None], target, n_bins, start_temperature).items()
     }
-    if len(target) >= 2:  # only the two cross-fitted numbers: the rest of CrossFit is computed above
-        z, y = logits.detach().double().cpu(), target.detach().long().cpu()
-        crossfit, _ = _crossfit_scaled(z, y, t, CROSSFIT_SEED)
-        summary.update(
-            nll_crossfit=nll(crossfit, y), ece_crossfit=expected_calibration_error(crossfit.softmax(1), y, n_bins)
-        )
-    return summary
 
 
 def reliability_bins(

@@ -41,5 +41,8 @@ def classification_report(pred: np.ndarray, target: np.ndarray, class_names: Seq
     report["accuracy"] = float((preds == targets).double().mean()) if total else 0.0
     report["macro avg"] = {**{k: float(v.mean()) for k, v in per_class.items()}, "support": total}
     weights = support / total if total else support
-    report["weighted avg"] = {**{k: float((v * weights).sum()) for k, v in per_class.items()}, "support": total}
+    report["weighted avg"] = {
+        **{k: float((v * weights).sum()) for k, v in per_class.items()},
+        "support": total,
+    }
     return report

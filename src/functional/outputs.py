@@ -7,8 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from src.functional.calibration import calibration_summary
-from src.functional.losses import per_sample_cross_entropy
+from src.functional.calibration import calibration_summaries
 
 # in-sample calibration: what the per-epoch ``val/`` scalars show
 LOGGED_CALIBRATION_KEYS = ("ece", "temperature", "nll_temperature_scaled", "ece_temperature_scaled")
@@ -42,34 +41,52 @@ class Evaluation:
     def __getitem__(self, i: int) -> Evaluation:
         """The ``i``-th entry along the leading (epoch/model) axis."""
         return Evaluation(
-            self.loss[i], self.p_true[i], self.pred[i], self.conf[i], {k: v[i] for k, v in self.calibration.items()}
+            self.loss[i],
+            self.p_true[i],
+            self.pred[i],
+            self.conf[i],
+            {k: v[i] for k, v in self.calibration.items()},
         )
+
+
+def evaluate_epochs(
+    logits: torch.Tensor, target: torch.Tensor, calibrate: bool = True, start_temperature: float = 1.0
+) -> Evaluation:
+    """Per-sample loss, p(true), prediction and confidence (and calibration if asked) for every leading index
+    of ``logits`` (E, N, C), e.g. a block of epochs of one split (``target``: (N,)): an :class:`Evaluation` with
+    a leading axis of E. One vectorised pass: evaluating epoch by epoch would cost E times the framework overhead.
+
+    ``loss`` is computed with a log-softmax, so it stays finite where ``p_true`` underflows.
+    ``start_temperature`` (e.g. the last fitted one) only speeds up the temperature fits.
+    """
+    logits = logits.detach().float().cpu()
+    target = target.detach().cpu().long()
+    log_probs = torch.log_softmax(logits, -1)
+    index = target.expand(logits.shape[:-1])[..., None]
+    probs = logits.double().softmax(-1)
+    conf, pred = probs.max(-1)
+    calibration = (
+        {
+            k: v.numpy()
+            for k, v in calibration_summaries(logits, target, start_temperature=start_temperature).items()
+        }
+        if calibrate
+        else {}
+    )
+    return Evaluation(
+        loss=(-log_probs.gather(-1, index)[..., 0]).numpy().astype(np.float32),
+        p_true=probs.gather(-1, index)[..., 0].numpy().astype(np.float32),
+        pred=pred.numpy().astype(np.int16),
+        conf=conf.numpy().astype(np.float32),
+        calibration=calibration,
+    )
 
 
 def evaluate_logits(
     logits: torch.Tensor, target: torch.Tensor, calibrate: bool = True, start_temperature: float = 1.0
 ) -> Evaluation:
-    """Per-sample loss, p(true), prediction and confidence from ``logits`` (N, C); calibration if asked.
-
-    ``start_temperature`` (the previous epoch's) only speeds up the temperature fit.
-    """
-    logits = logits.detach().float().cpu()
-    target = target.detach().cpu()
-    probs = logits.double().softmax(1)
-    conf, pred = probs.max(1)
-    p_true = probs.gather(1, target[:, None])[:, 0]
-    calibration = (
-        {k: np.asarray(v, dtype=np.float64) for k, v in calibration_summary(logits, target, start_temperature=start_temperature).items()}
-        if calibrate
-        else {}
-    )
-    return Evaluation(
-        loss=per_sample_cross_entropy(logits, target).numpy().astype(np.float32),
-        p_true=p_true.numpy().astype(np.float32),
-        pred=pred.numpy().astype(np.int16),
-        conf=conf.numpy().astype(np.float32),
-        calibration=calibration,
-    )
+    """:func:`evaluate_epochs` of one model's logits (N, C) on one split."""
+    return evaluate_epochs(logits[None], target, calibrate, start_temperature)[0]
 
 
 def stack(evaluations: list[Evaluation]) -> Evaluation:

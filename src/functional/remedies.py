@@ -51,7 +51,9 @@ def recommend(results: Sequence[RemedyResult], reference: str, window: float = A
         raise ValueError(f"no group {reference!r} among {', '.join(by_label)}")
     ref = by_label[reference]
     eligible = [
-        r for r in results if r.label != reference and within_window(r, ref, window) and math.isfinite(r.last_ce)
+        r
+        for r in results
+        if r.label != reference and within_window(r, ref, window) and math.isfinite(r.last_ce)
     ]
     best = min(eligible, key=lambda r: r.last_ce, default=None)
     choice = best if best is not None and math.isfinite(ref.last_ce) and best.last_ce < ref.last_ce else None

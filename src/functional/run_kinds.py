@@ -326,7 +326,11 @@ def classify_run(
 
     if acc_best_lower <= majority_rate + MAJORITY_MARGIN:
         kind, advice = "not_learning", ADVICE_NOT_LEARNING
-        best = f"the best val accuracy {acc[i_best]:.3f} (epoch {e_best})" if n_epochs > 1 else f"the accuracy {acc[0]:.3f}"
+        best = (
+            f"the best val accuracy {acc[i_best]:.3f} (epoch {e_best})"
+            if n_epochs > 1
+            else f"the accuracy {acc[0]:.3f}"
+        )
         reason = (
             f"{best} is not above the majority-class rate {majority_rate:.3f} by more than {MAJORITY_MARGIN:.2f} "
             f"(its one-sided 95% lower bound is {acc_best_lower:.3f} with {n} {'val ' if n_epochs > 1 else ''}samples)"
@@ -342,9 +346,7 @@ def classify_run(
     elif acc_last_lower <= majority_rate + MAJORITY_MARGIN:
         kind, advice = "not_learning", ADVICE_NOT_LEARNING
         predicted = np.unique(pred[i_last])
-        only = (
-            f"; it predicts only {class_names[int(predicted[0])]}" if len(predicted) == 1 else ""
-        )
+        only = f"; it predicts only {class_names[int(predicted[0])]}" if len(predicted) == 1 else ""
         reason = (
             f"the final val accuracy {acc[i_last]:.3f} (epoch {e_last}) is not above the majority-class rate "
             f"{majority_rate:.3f} by more than {MAJORITY_MARGIN:.2f} (its one-sided 95% lower bound is "

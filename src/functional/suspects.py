@@ -39,19 +39,20 @@ METHODS = ("aum", "aum_late", "confidence", "hard_to_learn", "forgetting", "loss
 
 
 def given_label_dynamics(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(p_given, margin)`` per sample, float32, on the logits' device, without gradients.
+    """``(p_given, margin)`` per sample, float32, on the logits' device, without gradients; ``logits`` (..., N, C)
+    (e.g. a block of epochs) and ``target`` (N,) give shape (..., N).
 
     ``margin`` is the given-label logit minus the largest other logit (Pleiss et al.): positive when the
     model predicts the given label, and unlike ``p_given`` it does not saturate at 0 or 1.
     """
     logits = logits.detach().float()
-    if logits.ndim != 2 or logits.shape[1] < 2:
+    if logits.ndim < 2 or logits.shape[-1] < 2:
         raise ValueError(f"logits must be (N, C) with C >= 2, got shape {tuple(logits.shape)}")
-    target = target.to(device=logits.device, dtype=torch.long).reshape(-1, 1)
-    given = logits.gather(1, target).squeeze(1)
-    p_given = torch.softmax(logits, dim=1).gather(1, target).squeeze(1)
-    others = logits.scatter(1, target, float("-inf"))
-    return p_given, given - others.amax(dim=1)
+    index = target.to(device=logits.device, dtype=torch.long).expand(logits.shape[:-1])[..., None]
+    given = logits.gather(-1, index)[..., 0]
+    p_given = torch.softmax(logits, dim=-1).gather(-1, index)[..., 0]
+    others = logits.scatter(-1, index, float("-inf"))
+    return p_given, given - others.amax(dim=-1)
 
 
 def _epochs(values: Array, name: str) -> np.ndarray:

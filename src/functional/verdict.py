@@ -70,7 +70,9 @@ class ModelNumbers:
     n_above_cap: int
     ece: float
     temperature: float  # fitted on all of the split's samples
-    temperature_status: str  # ok, at_bound or not_identifiable (src.functional.calibration.temperature_status)
+    temperature_status: (
+        str  # ok, at_bound or not_identifiable (src.functional.calibration.temperature_status)
+    )
     nll_crossfit: float  # NLL after temperature scaling, cross-fitted (no sample scored with its own fit)
     ece_crossfit: float  # ECE after temperature scaling, cross-fitted
 
@@ -161,7 +163,7 @@ class VerdictNumbers:
 def model_numbers(ev: Evaluation, target: np.ndarray, cap: float) -> ModelNumbers:
     """Where one evaluation's mean loss comes from (shares of the worst samples, wrong samples)."""
     correct = ev.correct(target)
-    parts = correct_wrong_breakdown(ev, target)
+    parts = {k: float(v) for k, v in correct_wrong_breakdown(ev, target).items()}
     loss = torch.from_numpy(ev.loss.astype(np.float64))
     return ModelNumbers(
         loss=float(loss.mean()),
@@ -237,7 +239,9 @@ def verdict_numbers(
     i_min = int(np.argmin(losses.mean(1)))  # as classify_run picks it
     last, at_min = evals[-1], evals[i_min]
     final = model_numbers(last, target, loss_cap)
-    m = final if i_min == len(evals) - 1 else model_numbers(at_min, target, loss_cap)  # frozen: sharing is safe
+    m = (
+        final if i_min == len(evals) - 1 else model_numbers(at_min, target, loss_cap)
+    )  # frozen: sharing is safe
     significant = history and run.rise_rel > RISE_THRESHOLD and run.rise_ci[0] > 0
     # which samples the rise comes from: per-sample change between the min-loss epoch and the end
     delta = (last.loss.astype(np.float64) - at_min.loss.astype(np.float64)) / len(target)

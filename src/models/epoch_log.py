@@ -19,12 +19,16 @@ def as_floats(values: Mapping[str, torch.Tensor | float]) -> dict[str, float]:
     tensors = {k: v for k, v in values.items() if torch.is_tensor(v)}
     out = {k: float(v) for k, v in values.items() if not torch.is_tensor(v)}
     if tensors:
-        stacked = torch.stack([v.detach().reshape(()).to(torch.float64) for v in tensors.values()]).cpu().tolist()
+        stacked = (
+            torch.stack([v.detach().reshape(()).to(torch.float64) for v in tensors.values()]).cpu().tolist()
+        )
         out.update(zip(tensors, stacked, strict=True))
     return out
 
 
-def log_epoch_metrics(trainer: L.Trainer, values: Mapping[str, torch.Tensor | float], epoch: int) -> dict[str, float]:
+def log_epoch_metrics(
+    trainer: L.Trainer, values: Mapping[str, torch.Tensor | float], epoch: int
+) -> dict[str, float]:
     """Send ``values`` (plus ``epoch``) to every logger of ``trainer`` at ``step=epoch``; returns them as floats.
 
     Loggers write on rank 0 only (their ``log_metrics`` is rank-zero-only), so every rank may call this.

@@ -37,7 +37,9 @@ STAGES = ("train", "val")
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
 
-def classification_metrics(logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> dict[str, torch.Tensor]:
+def classification_metrics(
+    logits: torch.Tensor, target: torch.Tensor, num_classes: int
+) -> dict[str, torch.Tensor]:
     """Accuracy (micro) and macro F1 of one epoch's gathered, de-duplicated records.
 
     torchmetrics' functional forms: the records are complete already, so there is no state to
@@ -106,7 +108,9 @@ class LossDiagModule(L.LightningModule):
             self.loss_cap.fill_(self.initial_cap(train.inputs(), train.y))
 
     # -- steps --------------------------------------------------------------------------------
-    def _forward_and_record(self, stage: str, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def _forward_and_record(
+        self, stage: str, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
         x, y, index = batch
         logits = self(x)
         self.recorder(stage).update(index, y, logits)
@@ -159,7 +163,9 @@ class LossDiagModule(L.LightningModule):
         self.val_acc_best.copy_(torch.maximum(self.val_acc_best, values["val/acc"]))
         values["val/acc_best"] = self.val_acc_best
         # for the checkpoints' monitor and the progress bar; the loggers get them below, at step=epoch
-        self.log_dict({k: values[k] for k in ("val/loss", "val/acc")}, prog_bar=True, logger=False, sync_dist=False)
+        self.log_dict(
+            {k: values[k] for k in ("val/loss", "val/acc")}, prog_bar=True, logger=False, sync_dist=False
+        )
         self.epoch_values.update(log_epoch_metrics(self.trainer, values, self.current_epoch))
 
     # -- optimisation -------------------------------------------------------------------------

@@ -31,7 +31,9 @@ def predict_logits(net: nn.Module, x: torch.Tensor, chunk: int = 2048) -> torch.
 
 def evaluate_net(net: nn.Module, splits: dict[str, LabelledTensors]) -> dict[str, Evaluation]:
     """``net``'s per-sample outputs on each split."""
-    return {name: evaluate_logits(predict_logits(net, split.inputs()), split.y) for name, split in splits.items()}
+    return {
+        name: evaluate_logits(predict_logits(net, split.inputs()), split.y) for name, split in splits.items()
+    }
 
 
 def evaluate_state(

@@ -88,7 +88,9 @@ def _zero_gradient_words(n: VerdictNumbers) -> list[str]:
         return []
     k, total = n.n_train_above_cap, n.n_train
     if k == 0:
-        return [f"No training sample is above the cap ({n.loss_cap:.3f}) at the end: every one still has a gradient."]
+        return [
+            f"No training sample is above the cap ({n.loss_cap:.3f}) at the end: every one still has a gradient."
+        ]
     text = (
         f"At the end, {k} of {plural(total, 'training sample')} ({pct(k / total)}) have a loss above the cap "
         f"({n.loss_cap:.3f}): the bounded loss gives them zero gradient, so training no longer learns from them."
@@ -253,8 +255,11 @@ def _scaling_words(n: VerdictNumbers) -> str:
     f, m = n.final, n.at_min or n.final
     r = n.scaling_removes
     if r is None:
-        bad = [label for label, v in ((f"epoch {n.min_epoch}", m), (f"epoch {n.last_epoch}", f))
-               if v.temperature_status != "ok"]
+        bad = [
+            label
+            for label, v in ((f"epoch {n.min_epoch}", m), (f"epoch {n.last_epoch}", f))
+            if v.temperature_status != "ok"
+        ]
         return (
             "Temperature scaling cannot tell whether the rise is over-confidence here: the temperature is not usable "
             f"at {' and '.join(bad) or 'one of the two epochs'} (see above)."
@@ -287,7 +292,11 @@ def _bounded_lines(n: VerdictNumbers) -> list[str]:
     text = (
         f"Capping every sample's loss at {n.loss_cap:.3f} (mean + k std of the untrained model's losses): "
         f"{loss_text(f.bounded)} at the end with {plural(f.n_above_cap, 'sample')} above the cap"
-        + (f", {loss_text(m.bounded)} at epoch {n.min_epoch} ({m.n_above_cap} above). " if n.shows_min else ". ")
+        + (
+            f", {loss_text(m.bounded)} at epoch {n.min_epoch} ({m.n_above_cap} above). "
+            if n.shows_min
+            else ". "
+        )
     )
     if not n.significant_rise:
         text += (
@@ -308,7 +317,9 @@ def _bounded_lines(n: VerdictNumbers) -> list[str]:
     return [text, *_zero_gradient_words(n)]
 
 
-def _next_lines(n: VerdictNumbers, reports: Sequence[str], figures: Sequence[str], tensorboard: bool) -> list[str]:
+def _next_lines(
+    n: VerdictNumbers, reports: Sequence[str], figures: Sequence[str], tensorboard: bool
+) -> list[str]:
     if n.history:
         lines = [
             "- `worst.csv`: the worst val samples with their loss at every epoch (and file paths for folder data).",
@@ -321,7 +332,9 @@ def _next_lines(n: VerdictNumbers, reports: Sequence[str], figures: Sequence[str
             lines.append("- TensorBoard (this folder): text `diagnosis` and the images `diagnosis/*`.")
     if reports:
         names = ", ".join(reports)
-        lines.append(f"- `reports/*.md`: per-class precision / recall / F1 of the {names} model{'s' if len(reports) > 1 else ''}.")
+        lines.append(
+            f"- `reports/*.md`: per-class precision / recall / F1 of the {names} model{'s' if len(reports) > 1 else ''}."
+        )
     if figures:
         lines.append("- `figures/`: " + ", ".join(f"`{name}.png`" for name in figures) + ".")
     lines += [
@@ -378,9 +391,7 @@ def summary_lines(n: VerdictNumbers, f: ModelNumbers) -> list[str]:
     todo = n.advice
     if todo:
         out.append(f"What to try: {todo}")
-    wrong = (
-        f"misclassified ones {pct(f.wrong_share)}" if f.n_wrong else "no sample is misclassified"
-    )
+    wrong = f"misclassified ones {pct(f.wrong_share)}" if f.n_wrong else "no sample is misclassified"
     worst = f"; worst p(true) {_p(n.extreme[0].p_true)}" if n.extreme else ""
     of = "the final loss" if n.history else "the loss"
     out.append(f"Worst 1% of samples carry {pct(f.top1_share)} of {of}, {wrong}{worst}.")

@@ -51,7 +51,9 @@ def _tiles(images: torch.Tensor) -> tuple[np.ndarray, int, int]:
     return tiles, tiles.shape[1], tiles.shape[2]
 
 
-def _fit_lines(fig: Figure, lines: Sequence[str], width_px: float, sizes: tuple[float, float]) -> tuple[float, list[str]]:
+def _fit_lines(
+    fig: Figure, lines: Sequence[str], width_px: float, sizes: tuple[float, float]
+) -> tuple[float, list[str]]:
     """One font size for all ``lines`` (the largest in ``sizes`` at which they fit ``width_px``), and the
     lines, any still too wide at the smallest size cut with an ellipsis, so no caption is ever clipped."""
     renderer = FigureCanvasAgg(fig).get_renderer()
@@ -74,7 +76,10 @@ def _fit_lines(fig: Figure, lines: Sequence[str], width_px: float, sizes: tuple[
 
 
 def worst_samples_figure(
-    images: torch.Tensor, captions: Sequence[str], columns: int = WORST_COLUMNS, title: str = "highest-loss val samples"
+    images: torch.Tensor,
+    captions: Sequence[str],
+    columns: int = WORST_COLUMNS,
+    title: str = "highest-loss val samples",
 ) -> Figure:
     """A grid of images ``(k, C, H, W)`` in [0, 1], each with its caption lines below it.
 
@@ -85,7 +90,9 @@ def worst_samples_figure(
     k = len(captions)
     cols = max(1, min(columns, k))
     rows = max(1, -(-k // cols))
-    tiles, th, tw = _tiles(images[:k]) if k else (np.zeros((0, TILE_PX, TILE_PX, 3), np.uint8), TILE_PX, TILE_PX)
+    tiles, th, tw = (
+        _tiles(images[:k]) if k else (np.zeros((0, TILE_PX, TILE_PX, 3), np.uint8), TILE_PX, TILE_PX)
+    )
     cell_w = max(tw, TILE_PX)
     fig = Figure(dpi=FIGURE_DPI)
     lines = [str(c).split("\n") for c in captions]
@@ -107,10 +114,8 @@ def worst_samples_figure(
         for j in range(len(lines[i])):
             y = 1 - (top + th + 4 + j * line_px) / height
             fig.text(x, y, next(it), ha="center", va="top", fontsize=size, color="black")
-    # one axes filling the figure, its image one pixel per figure pixel (an axes also lets notebooks show it)
-    ax = fig.add_axes((0, 0, 1, 1))
-    ax.imshow(grid, interpolation="nearest", aspect="auto")
-    ax.axis("off")
+    # the tiles and their white bands as one image, one pixel per figure pixel: no resampling to draw
+    fig.figimage(grid, xo=0, yo=0, origin="upper")
     fig.text(0.5, 1 - 8 / height, title, ha="center", va="top", fontsize=CAPTION_PT[0] + 1, weight="bold")
     return fig
 
@@ -136,16 +141,22 @@ def loss_distribution_figure(
     """
     fig = Figure(figsize=(5.6, 3.9), dpi=FIGURE_DPI)
     ax = fig.add_subplot()
-    finite_max = max((float(np.max(v[np.isfinite(v)])) for v in losses.values() if np.isfinite(v).any()), default=1.0)
+    finite_max = max(
+        (float(np.max(v[np.isfinite(v)])) for v in losses.values() if np.isfinite(v).any()), default=1.0
+    )
     bins = np.linspace(0, max(finite_max, 1e-6) * 1.001, 41)
-    spare = iter(c for c in ("tab:green", "tab:purple", "tab:orange", "tab:brown") if c not in MODEL_COLOURS.values())
+    spare = iter(
+        c for c in ("tab:green", "tab:purple", "tab:orange", "tab:brown") if c not in MODEL_COLOURS.values()
+    )
     for name, values in losses.items():
         colour = MODEL_COLOURS.get(name) or next(spare, "black")
         finite = values[np.isfinite(values)]
         mean = float(np.mean(values, dtype=np.float64))
         epoch = (epochs or {}).get(name)
         when = "" if epoch is None else (" (untrained)" if epoch < 0 else f" (epoch {epoch})")
-        label = f"{name}{when}: mean {mean:.3f}, max {float(np.max(finite)) if finite.size else float('nan'):.1f}"
+        label = (
+            f"{name}{when}: mean {mean:.3f}, max {float(np.max(finite)) if finite.size else float('nan'):.1f}"
+        )
         ax.hist(finite, bins=bins, histtype="step", linewidth=2, color=colour, label=label)
         ax.axvline(mean, color=colour, linestyle="--", linewidth=1.5)
     ax.set_yscale("log")
@@ -180,17 +191,29 @@ def log_figure(writer, tag: str, fig: Figure, step: int) -> np.ndarray:
     return image
 
 
-def reliability_figure(conf: np.ndarray, correct: np.ndarray, title: str = "", n_bins: int = N_BINS) -> Figure:
+def reliability_figure(
+    conf: np.ndarray, correct: np.ndarray, title: str = "", n_bins: int = N_BINS
+) -> Figure:
     """Reliability diagram: accuracy per confidence bin against the diagonal, with bin counts."""
     mean_conf, acc, count = reliability_bins(conf, correct, n_bins)
     edges = np.linspace(0, 1, n_bins + 1)
     fig = Figure(figsize=(4, 4), dpi=80)
     ax = fig.add_subplot()
     filled = count > 0
-    ax.bar(edges[:-1][filled], acc[filled], width=1 / n_bins, align="edge", edgecolor="black", label="accuracy")
+    ax.bar(
+        edges[:-1][filled], acc[filled], width=1 / n_bins, align="edge", edgecolor="black", label="accuracy"
+    )
     gap = mean_conf[filled] - acc[filled]
-    ax.bar(edges[:-1][filled], gap, bottom=acc[filled], width=1 / n_bins, align="edge", color="red", alpha=0.3,
-           label="gap to confidence")
+    ax.bar(
+        edges[:-1][filled],
+        gap,
+        bottom=acc[filled],
+        width=1 / n_bins,
+        align="edge",
+        color="red",
+        alpha=0.3,
+        label="gap to confidence",
+    )
     ax.plot([0, 1], [0, 1], "k--", linewidth=1)
     for left, a, n in zip(edges[:-1][filled], acc[filled], count[filled], strict=True):
         ax.text(left + 0.5 / n_bins, min(a, 0.93) + 0.02, str(int(n)), ha="center", fontsize=6)
@@ -260,8 +283,9 @@ def sweep_figure(groups: Sequence[tuple[str, CurveBand, CurveBand]], columns: in
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3, which="both")
     if groups:
-        ax_loss.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.2), ncol=min(4, len(groups)),
-                       frameon=False)
+        ax_loss.legend(
+            fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.2), ncol=min(4, len(groups)), frameon=False
+        )
     for i, ((label, loss, acc), colour) in enumerate(zip(groups, colours, strict=True)):
         r, c = divmod(i, cols)
         ax = fig.add_subplot(grid[1 + r, 2 * c : 2 * c + 2])
@@ -269,12 +293,18 @@ def sweep_figure(groups: Sequence[tuple[str, CurveBand, CurveBand]], columns: in
         finite = np.isfinite(loss.mean) if len(loss.epochs) else np.zeros(0, dtype=bool)
         if finite.any():
             ax.plot(loss.epochs, loss.mean, color=colour, linewidth=1.2)
-            ax.fill_between(loss.epochs, loss.mean - loss.std, loss.mean + loss.std, color=colour, alpha=0.2,
-                            linewidth=0)
+            ax.fill_between(
+                loss.epochs, loss.mean - loss.std, loss.mean + loss.std, color=colour, alpha=0.2, linewidth=0
+            )
             low = int(np.nanargmin(np.where(finite, loss.mean, np.nan)))
             last = int(np.flatnonzero(finite)[-1])
-            ax.plot([loss.epochs[low], loss.epochs[last]], [loss.mean[low], loss.mean[last]], "o", color="black",
-                    markersize=3)
+            ax.plot(
+                [loss.epochs[low], loss.epochs[last]],
+                [loss.mean[low], loss.mean[last]],
+                "o",
+                color="black",
+                markersize=3,
+            )
             if loss.mean[low] > 0:
                 ratio = loss.mean[last] / loss.mean[low]
                 title += (
@@ -293,10 +323,14 @@ def sweep_figure(groups: Sequence[tuple[str, CurveBand, CurveBand]], columns: in
             twin.tick_params(labelsize=6)
         ax.grid(alpha=0.3)
     if groups:
-        fig.text(0.5, grid[1, 0].get_position(fig).y1 + 0.06,
-                 "per group: val cross-entropy (solid, left axis, zoomed on the epochs from its minimum on; title: "
-                 "the mean curve's minimum, last value and ratio) and val accuracy (dashed, right axis, 0 to 1)",
-                 ha="center", fontsize=8)
+        fig.text(
+            0.5,
+            grid[1, 0].get_position(fig).y1 + 0.06,
+            "per group: val cross-entropy (solid, left axis, zoomed on the epochs from its minimum on; title: "
+            "the mean curve's minimum, last value and ratio) and val accuracy (dashed, right axis, 0 to 1)",
+            ha="center",
+            fontsize=8,
+        )
     fig.subplots_adjust(left=0.06, right=0.95, top=0.95, bottom=0.05)
     return fig
 
@@ -312,13 +346,17 @@ def _zoom_after_minimum(band: CurveBand, low: int) -> tuple[float, float]:
     return lo - 0.15 * span, hi + 0.15 * span
 
 
-def data_map_figure(confidence: np.ndarray, variability: np.ndarray, flagged: np.ndarray, title: str = "") -> Figure:
+def data_map_figure(
+    confidence: np.ndarray, variability: np.ndarray, flagged: np.ndarray, title: str = ""
+) -> Figure:
     """Dataset cartography (Swayamdipta et al. 2020): each training sample's mean p(given label) over the
     epochs against its standard deviation; flagged samples (likely label errors) in red."""
     fig = Figure(figsize=(5.5, 4.5), dpi=FIGURE_DPI)
     ax = fig.add_subplot()
     flagged = np.asarray(flagged, dtype=bool)
-    ax.scatter(variability[~flagged], confidence[~flagged], s=10, alpha=0.5, color="tab:blue", label="not flagged")
+    ax.scatter(
+        variability[~flagged], confidence[~flagged], s=10, alpha=0.5, color="tab:blue", label="not flagged"
+    )
     ax.scatter(variability[flagged], confidence[flagged], s=18, alpha=0.9, color="tab:red",
                label=f"flagged ({int(flagged.sum())})")  # fmt: skip
     ax.set(xlabel="variability (std of p(given label) over epochs)", ylabel="confidence (mean p(given label))",

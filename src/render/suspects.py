@@ -28,11 +28,24 @@ class SuspectRow:
     flagged: bool
 
 
-SUSPECT_COLUMNS = ("rank", "split", "index", "path", "given", "suspected", "score", "raw_score", "p_given", "flagged")
+SUSPECT_COLUMNS = (
+    "rank",
+    "split",
+    "index",
+    "path",
+    "given",
+    "suspected",
+    "score",
+    "raw_score",
+    "p_given",
+    "flagged",
+)
 
 
 def suspect_caption(row: SuspectRow) -> str:
-    return f"{row.split} #{row.index}\ngiven {row.given}\nmodel says {row.suspected}\np(given)={row.p_given:.2g}"
+    return (
+        f"{row.split} #{row.index}\ngiven {row.given}\nmodel says {row.suspected}\np(given)={row.p_given:.2g}"
+    )
 
 
 def _how() -> str:
@@ -61,8 +74,20 @@ def suspects_markdown(rows: Sequence[SuspectRow], shown: int = SHOWN) -> str:
         "",
         markdown_table(
             ["rank", "split", "index", "file", "given", "model says", "score", "p(given)", "flagged"],
-            [[r.rank, r.split, r.index, r.path or "-", r.given, r.suspected, r.score, r.p_given,
-              "yes" if r.flagged else ""] for r in rows[:shown]],
+            [
+                [
+                    r.rank,
+                    r.split,
+                    r.index,
+                    r.path or "-",
+                    r.given,
+                    r.suspected,
+                    r.score,
+                    r.p_given,
+                    "yes" if r.flagged else "",
+                ]
+                for r in rows[:shown]
+            ],
             digits=3,
         ),
     ]

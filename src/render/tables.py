@@ -63,14 +63,24 @@ def report_markdown(report: Report, title: str = "", digits: int = 2) -> str:
     lines = [f"## {title}", ""] if title else []
     lines += ["| | " + " | ".join(COLUMNS) + " |", "|---|" + "---:|" * len(COLUMNS)]
     for name, values in _rows(report):
-        lines.append(f"| {name} | " + " | ".join(_fmt(v, c, digits) for v, c in zip(values, COLUMNS, strict=True)) + " |")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(_fmt(v, c, digits) for v, c in zip(values, COLUMNS, strict=True))
+            + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def report_csv(report: Report) -> str:
     """The same table as CSV with full precision (empty cells where the seed's table is empty)."""
     rows = [
-        [name, *("" if v is None else (int(v) if c == "support" else repr(v)) for v, c in zip(values, COLUMNS, strict=True))]
+        [
+            name,
+            *(
+                "" if v is None else (int(v) if c == "support" else repr(v))
+                for v, c in zip(values, COLUMNS, strict=True)
+            ),
+        ]
         for name, values in _rows(report)
     ]
     return csv_text(["", *COLUMNS], rows)

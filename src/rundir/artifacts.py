@@ -154,8 +154,12 @@ def worst_figure(
         )
         for i in order
     ]
-    title = f"{len(order)} highest-loss val samples (of {len(ev.loss)})" + ("" if epoch is None else f", epoch {epoch}")
-    return worst_samples_figure(torch.stack([images[int(samples.val.index[i])] for i in order]), captions, title=title)
+    title = f"{len(order)} highest-loss val samples (of {len(ev.loss)})" + (
+        "" if epoch is None else f", epoch {epoch}"
+    )
+    return worst_samples_figure(
+        torch.stack([images[int(samples.val.index[i])] for i in order]), captions, title=title
+    )
 
 
 def write_diagnosis(
@@ -198,14 +202,17 @@ def write_diagnosis(
     header, rows = worst_rows(samples, final, worst_k, with_history=model is None)
     atomic_write_text(out / WORST_FILE, csv_text(header, rows))
     figures = {
-        "reliability": reliability_figure(final.conf, final.correct(samples.val.target), title="final model, val"),
+        "reliability": reliability_figure(
+            final.conf, final.correct(samples.val.target), title="final model, val"
+        ),
     }
     if val_images is not None and len(val_images) and worst_k > 0:
         final_epoch = samples.model_epoch.get(model) if model is not None else samples.epochs[-1]
         figures["worst_samples"] = worst_figure(samples, final, val_images, worst_k, final_epoch)
     if samples.models:
         figures["loss_distribution"] = loss_distribution_figure(
-            {name: s["val"].loss for name, s in samples.models.items() if "val" in s}, epochs=samples.model_epoch
+            {name: s["val"].loss for name, s in samples.models.items() if "val" in s},
+            epochs=samples.model_epoch,
         )
     for name, fig in figures.items():
         image = log_figure(writer, f"diagnosis/{name}", fig, step) if writer is not None else render(fig)

@@ -47,14 +47,15 @@ def net_state(module_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k[len("net.") :]: v for k, v in module_state.items() if k.startswith("net.")}
 
 
-
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], float, int]:
     """``(network weights, loss cap, epoch)`` from a checkpoint written by training; bad files -> UserError."""
     ckpt = load_checkpoint(path)
     state = ckpt["state_dict"]
     weights = net_state(state)
     if not weights:
-        raise UserError(f"ckpt_path={path} holds no ShallowNet weights (no 'net.*' keys): pick a src.train checkpoint")
+        raise UserError(
+            f"ckpt_path={path} holds no ShallowNet weights (no 'net.*' keys): pick a src.train checkpoint"
+        )
     cap = float(state.get("loss_cap", torch.tensor(math.nan)))
     return weights, cap, int(ckpt.get("epoch", -1))
 

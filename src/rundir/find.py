@@ -62,4 +62,3 @@ def remove_unfinished(folder: str | Path, log_name: str) -> bool:
         (folder / name).rmdir()
     folder.rmdir()
     return True
-

@@ -22,7 +22,9 @@ class Journal:
 
     def __init__(self, path: str | Path, fields: Mapping[str, tuple[str, tuple[int, ...]]]) -> None:
         self.path = Path(path)
-        self.dtype = np.dtype([("epoch", "<i8"), *((name, dt, shape) for name, (dt, shape) in fields.items())])
+        self.dtype = np.dtype(
+            [("epoch", "<i8"), *((name, dt, shape) for name, (dt, shape) in fields.items())]
+        )
 
     def append(self, epoch: int, arrays: Mapping[str, np.ndarray]) -> None:
         record = np.zeros((), dtype=self.dtype)

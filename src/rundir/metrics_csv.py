@@ -94,7 +94,9 @@ def read_history(run_dir: str | Path) -> dict[str, list[float]]:
             if not row.get("epoch"):
                 continue
             merged = by_epoch.setdefault(int(float(row["epoch"])), {})
-            merged.update({k: float(v) for k, v in row.items() if v not in ("", None) and k not in ("epoch", "step")})
+            merged.update(
+                {k: float(v) for k, v in row.items() if v not in ("", None) and k not in ("epoch", "step")}
+            )
     epochs = sorted(by_epoch)
     keys = sorted({k for values in by_epoch.values() for k in values})
     history: dict[str, list[float]] = {"epoch": [float(e) for e in epochs]}

@@ -51,7 +51,9 @@ def read_remedies_report(path: str | Path) -> list[RemedyResult]:
     ]
 
 
-def what_you_can_do_section(numbers: VerdictNumbers, out_dir: str | Path, suspects_file: str | None = None) -> str:
+def what_you_can_do_section(
+    numbers: VerdictNumbers, out_dir: str | Path, suspects_file: str | None = None
+) -> str:
     """:func:`what_you_can_do` for a verdict written into ``out_dir`` (a sweep's report one folder up is used)."""
     final = numbers.final
     return what_you_can_do(

@@ -115,7 +115,9 @@ class Samples:
         for split in SPLITS:
             info: SplitInfo | None = getattr(self, split)
             if info is not None:
-                arrays.update({f"{split}_index": info.index, f"{split}_target": info.target, f"{split}_path": info.path})
+                arrays.update(
+                    {f"{split}_index": info.index, f"{split}_target": info.target, f"{split}_path": info.path}
+                )
         if self.val_epochs:
             arrays.update(_flatten("val", self.history))
         if self.dynamics_epochs:
@@ -165,11 +167,15 @@ def load_samples(run_dir_or_file: str | Path) -> Samples:
     if path.is_dir():
         path = path / SAMPLES_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: is it a run folder written by src.train or src.evaluate?")
+        raise FileNotFoundError(
+            f"{path} does not exist: is it a run folder written by src.train or src.evaluate?"
+        )
     with np.load(path, allow_pickle=False) as data:
         arrays = {k: data[k] for k in data.files}
     splits = {
-        s: SplitInfo(arrays[f"{s}_index"], arrays[f"{s}_target"], arrays[f"{s}_path"]) if f"{s}_index" in arrays else None
+        s: SplitInfo(arrays[f"{s}_index"], arrays[f"{s}_target"], arrays[f"{s}_path"])
+        if f"{s}_index" in arrays
+        else None
         for s in SPLITS
     }
     samples = Samples(

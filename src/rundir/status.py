@@ -31,7 +31,9 @@ def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def write_summary(run_dir: str | Path, status: str, metrics: dict[str, float] | None = None, error: str | None = None) -> Path:
+def write_summary(
+    run_dir: str | Path, status: str, metrics: dict[str, float] | None = None, error: str | None = None
+) -> Path:
     """Atomically (re)write ``<run_dir>/metrics.json``; non-finite metrics become ``null`` (valid JSON)."""
     payload: dict[str, Any] = {"status": status}
     if metrics is not None:
