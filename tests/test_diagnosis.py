@@ -295,3 +295,55 @@ def test_bounded_runs_say_how_many_training_samples_get_no_gradient() -> None:
     small = diagnosis_texts(replace(n, objective="bounded", n_train=150, n_train_above_cap=1))[0]
     assert "1 of 150 training samples" in small and "large share" not in small
     assert "zero gradient" not in diagnosis_texts(replace(n, objective="standard", n_train=150, n_train_above_cap=34))[0]
+
+
+def _block(epochs: int = 6, n: int = 150, c: int = 10, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits of a block of epochs growing more confident, a few samples confidently wrong."""
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, c, (n,), generator=gen)
+    z = torch.randn(epochs, n, c, generator=gen) * 3
+    z[:, torch.arange(n), y] += torch.linspace(2, 14, epochs)[:, None]
+    z[:, :10] = torch.randn(epochs, 10, c, generator=gen) * 15
+    return z, y
+
+
+def test_batched_ece_is_torchmetrics_per_row() -> None:
+    from torchmetrics.functional.classification import multiclass_calibration_error
+
+    from src.functional.calibration import expected_calibration_errors
+
+    z, y = _block()
+    probs = z.softmax(-1)
+    probs[0, :5] = F.one_hot(y[:5], 10).float()  # confidence exactly 1: torchmetrics' bin of its own
+    batched = expected_calibration_errors(probs, y)
+    for e in range(len(z)):
+        expected = multiclass_calibration_error(probs[e], y, 10, n_bins=15, norm="l1")
+        assert batched[e] == pytest.approx(float(expected), abs=1e-7)
+
+
+def test_batched_temperature_fits_equal_one_at_a_time_and_converge_fast() -> None:
+    from src.functional.calibration import fit_temperatures
+
+    z, y = _block(epochs=10)
+    batched = fit_temperatures(z, y)
+    assert batched.tolist() == [fit_temperature(z[e], y) for e in range(len(z))]  # each problem on its own
+    # a converged Newton step lands on the bracket's end: accepted, not bisected away from (that took up to
+    # 43 steps on epoch 5 of this block; 12 are plenty for Newton from T = 1)
+    assert fit_temperatures(z, y, max_iter=12).tolist() == batched.tolist()
+    flat = torch.zeros(1, 30, 3)
+    assert fit_temperatures(torch.cat([flat, z[:1, :30, :3]]), y[:30] % 3)[0] == T_MAX  # clipped rows stay clipped
+
+
+def test_evaluate_epochs_is_evaluate_logits_per_epoch() -> None:
+    from src.functional.breakdown import epoch_scalar_block
+    from src.functional.outputs import evaluate_epochs
+
+    z, y = _block()
+    block = evaluate_epochs(z, y)
+    scalars = epoch_scalar_block(z, y, block)
+    for e in range(len(z)):
+        one = evaluate_logits(z[e], y)
+        for name in ("loss", "p_true", "pred", "conf"):
+            np.testing.assert_array_equal(getattr(block[e], name), getattr(one, name), err_msg=name)
+        assert {k: float(v) for k, v in block[e].calibration.items()} == {k: float(v) for k, v in one.calibration.items()}
+        assert {k: float(v[e]) for k, v in scalars.items()} == epoch_scalars(z[e], y, one)

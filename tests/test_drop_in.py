@@ -52,9 +52,11 @@ def blobs(n: int, seed: int, flip: float = 0.1) -> TensorDataset:
     return TensorDataset(x, y)
 
 
-def fit(tmp_path: Path, model: L.LightningModule, epochs: int = 12, **loaders) -> LossDiagnosis:
+def fit(
+    tmp_path: Path, model: L.LightningModule, epochs: int = 12, options: dict | None = None, **loaders
+) -> LossDiagnosis:
     torch.manual_seed(0)
-    diagnosis = LossDiagnosis(output_dir=tmp_path / "diagnosis", figures_every_n_epochs=5)
+    diagnosis = LossDiagnosis(output_dir=tmp_path / "diagnosis", **{"figures_every_n_epochs": 5, **(options or {})})
     trainer = L.Trainer(
         max_epochs=epochs,
         logger=TensorBoardLogger(tmp_path, name="", version=""),
@@ -103,6 +105,28 @@ def test_foreign_module_gets_the_whole_diagnosis(tmp_path: Path) -> None:
     assert [h.step for h in events.Histograms("val/loss_per_sample")] == list(range(epochs))
     assert [s.step for s in events.Scalars("val/ece")] == list(range(epochs))
     assert "train/loss_per_sample" not in tags["histograms"]  # its training_step returns no logits
+
+
+def test_blocks_of_epochs_log_what_epoch_by_epoch_logs(tmp_path: Path) -> None:
+    """The per-epoch diagnosis is evaluated in blocks; the block size changes when values are written, not what."""
+    epochs, outputs = 7, {}
+    for name, every in (("each", 1), ("blocks", 3)):
+        run = tmp_path / name
+        torch.manual_seed(0)  # the same initial weights
+        fit(run, MLP(), epochs, {"flush_every_n_epochs": every, "flush_every_s": 1e9, "figures_every_n_epochs": 3})
+        events = EventAccumulator(str(run), size_guidance={"histograms": 0, "scalars": 0, "images": 0}).Reload()
+        scalars = {tag: sorted((s.step, s.value) for s in events.Scalars(tag)) for tag in events.Tags()["scalars"]}
+        images = [i.step for i in events.Images("val/reliability")]
+        outputs[name] = scalars, images, load_samples(run / "diagnosis")
+    (each, each_images, each_samples), (blocks, block_images, block_samples) = outputs["each"], outputs["blocks"]
+    assert {"val/ece", "val/temperature", "val/loss_p99", "val/loss_from_wrong"} <= set(each)
+    assert blocks == each
+    assert [step for step, _ in each["val/temperature"]] == list(range(epochs))
+    assert each_images == block_images == [2, 5, 6]  # every 3 epochs and the last
+    assert block_samples.epochs == each_samples.epochs == list(range(epochs))
+    np.testing.assert_array_equal(block_samples.history.loss, each_samples.history.loss)
+    for key, values in each_samples.history.calibration.items():
+        np.testing.assert_array_equal(block_samples.history.calibration[key], values, err_msg=key)
 
 
 def test_a_forward_that_returns_no_logits_is_one_line(tmp_path: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -44,13 +43,25 @@ def test_huge_learning_rate_from_the_command_line(tmp_path: Path) -> None:
     assert "no checkpoint had been saved yet" in error and "lower optimizer.lr (it was 1e+20)" in error
 
 
-def test_loss_histograms_skip_non_finite_values(tmp_path: Path) -> None:
+def test_loss_histograms_and_tails_skip_non_finite_values(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from src.functional.breakdown import loss_distributions
+
     logits = torch.tensor([[2.0, 0.0], [float("nan"), 0.0], [float("inf"), 0.0], [0.0, 3.0], [1.0, 1.0]])
     ce = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 0, 1, 1, 0]), reduction="none")
+    clean = ce.nan_to_num(nan=0.5, posinf=0.5)
+    # a block of epochs: one with NaN/inf losses (its own path) and a clean one (the vectorised path)
+    logged = loss_distributions(torch.stack([ce, clean]), 1.0)
+    assert logged["n_above_cap"].tolist() == [2, 0]  # the NaN and the inf loss
+    finite = ce[torch.isfinite(ce)].double()
+    assert logged["loss_max"][0] == finite.max() and logged["loss_median"][0] == finite.median()
+    assert logged["loss_max"][1] == clean.double().max()
     tb = TensorBoardLogger(tmp_path, name="", version="")
-    trainer = SimpleNamespace(global_rank=0, loggers=[tb], current_epoch=3, sanity_checking=False)
-    logged = LossDiagnosis(tmp_path)._log_distribution(trainer, "val", ce, 1.0)
+    LossDiagnosis._log_histograms(tb.experiment, {"val": ce.numpy(), "train": clean.numpy()}, 3)
     tb.experiment.flush()
-    assert logged["val/n_above_cap"] == 2  # the NaN and the inf loss
-    assert torch.isfinite(logged["val/loss_max"])
-    assert list(tmp_path.glob("events.out.tfevents.*"))
+    events = EventAccumulator(str(tmp_path), size_guidance={"histograms": 0})
+    events.Reload()
+    (val,) = events.Histograms("val/loss_per_sample")
+    assert val.step == 3 and val.histogram_value.num == 3  # the three finite losses
+    assert events.Histograms("train/loss_per_sample")[0].histogram_value.num == 5
