@@ -114,8 +114,10 @@ def worst_samples_figure(
         for j in range(len(lines[i])):
             y = 1 - (top + th + 4 + j * line_px) / height
             fig.text(x, y, next(it), ha="center", va="top", fontsize=size, color="black")
-    # the tiles and their white bands as one image, one pixel per figure pixel: no resampling to draw
-    fig.figimage(grid, xo=0, yo=0, origin="upper")
+    # one axes filling the figure, its image one pixel per figure pixel (an axes also lets notebooks show it)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(grid, interpolation="nearest", aspect="auto")
+    ax.axis("off")
     fig.text(0.5, 1 - 8 / height, title, ha="center", va="top", fontsize=CAPTION_PT[0] + 1, weight="bold")
     return fig
 
