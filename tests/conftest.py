@@ -39,7 +39,9 @@ def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
     return _make
 
 
-def run_module(module: str, *args: str, cwd: Path = ROOT, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_module(
+    module: str, *args: str, cwd: Path = ROOT, timeout: float = 300
+) -> subprocess.CompletedProcess:
     """Run ``python -m <module> <args>`` as the user would; returns the completed process."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.run(

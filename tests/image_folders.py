@@ -11,7 +11,9 @@ from PIL import Image
 COLOURS = [(220, 40, 40), (40, 200, 60), (50, 60, 220), (210, 200, 40), (170, 50, 190)]
 
 
-def write_image_folder(root: Path, counts: dict[str, int], size: int = 12, seed: int = 0, noise: float = 40.0) -> int:
+def write_image_folder(
+    root: Path, counts: dict[str, int], size: int = 12, seed: int = 0, noise: float = 40.0
+) -> int:
     """Write ``counts[name]`` PNG images into ``root/<name>/`` for each class; returns how many were written.
 
     Class ``c`` is colour ``COLOURS[c]`` in the top half (its complement below) with Gaussian noise, so the
@@ -28,6 +30,8 @@ def write_image_folder(root: Path, counts: dict[str, int], size: int = 12, seed:
             img[: size // 2] = colour
             img[size // 2 :] = 255 - colour
             img += rng.normal(0, noise, img.shape)
-            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / name / f"{name}_{seed}_{i}.png")
+            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(
+                root / name / f"{name}_{seed}_{i}.png"
+            )
             total += 1
     return total

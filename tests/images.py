@@ -17,7 +17,12 @@ CLASSES = ("golden_retriever_puppy", "maine_coon_cat", "red_panda", "axolotl")
 def pattern(class_id: int, size: int, rng: np.random.Generator) -> np.ndarray:
     """One ``(size, size, 3)`` uint8 image: a class colour, a class stripe direction, noise."""
     yy, xx = np.mgrid[0:size, 0:size] / size
-    stripes = [np.sin(8 * np.pi * xx), np.sin(8 * np.pi * yy), np.sin(8 * np.pi * (xx + yy)), np.sin(8 * np.pi * (xx - yy))]
+    stripes = [
+        np.sin(8 * np.pi * xx),
+        np.sin(8 * np.pi * yy),
+        np.sin(8 * np.pi * (xx + yy)),
+        np.sin(8 * np.pi * (xx - yy)),
+    ]
     colour = np.array([[0.9, 0.6, 0.2], [0.4, 0.4, 0.5], [0.8, 0.2, 0.1], [0.9, 0.6, 0.7]])[class_id % 4]
     shade = 0.5 + 0.2 * stripes[class_id % 4] + rng.normal(0, 0.45, (size, size))
     image = shade[..., None] * colour[None, None, :] + rng.normal(0, 0.2, (size, size, 3))

@@ -55,8 +55,14 @@ def assert_one_line_error(proc, *needles: str) -> str:
 @pytest.mark.parametrize(
     ("override", "needles"),
     [
-        ("loss=bouned", ["loss=bouned is not an option", "bounded, focal, gce, label_smoothing, phuber, standard",
-                          "did you mean loss=bounded"]),
+        (
+            "loss=bouned",
+            [
+                "loss=bouned is not an option",
+                "bounded, focal, gce, label_smoothing, phuber, standard",
+                "did you mean loss=bounded",
+            ],
+        ),
         ("loss.kk=1", ["unknown config key 'loss.kk'", "+loss.kk="]),
         ("seed=[", ["cannot parse the command-line override"]),
     ],
@@ -97,7 +103,9 @@ def test_bad_values(make_cfg, override: str, match: str) -> None:
 
 
 def folder_cfg(make_cfg, root: Path, *overrides: str):
-    return make_cfg("data=folder", f"data.root={root}", "data.train_size=null", "data.image_size=8", *overrides)
+    return make_cfg(
+        "data=folder", f"data.root={root}", "data.train_size=null", "data.image_size=8", *overrides
+    )
 
 
 @pytest.mark.parametrize(
@@ -141,7 +149,9 @@ def test_corrupt_truncated_and_non_image_files_are_skipped_and_counted(
         dm = build_datamodule(folder_cfg(make_cfg, root))
     assert len(dm.train) + len(dm.val) == 8
     messages = [r.getMessage() for r in caplog.records]
-    assert any("skipped 2 unreadable image(s)" in m and "corrupt.jpg" in m and "truncated.png" in m for m in messages)
+    assert any(
+        "skipped 2 unreadable image(s)" in m and "corrupt.jpg" in m and "truncated.png" in m for m in messages
+    )
     assert any("ignored 1 non-image file(s)" in m and "notes.txt" in m for m in messages)
 
     with pytest.raises(UserError, match=r"cannot read image .*corrupt.jpg.*set data.on_bad_image=skip"):
@@ -174,12 +184,13 @@ def test_checkpoint_of_another_model_shape(make_cfg, tmp_path: Path) -> None:
     model = build_module(cfg, build_datamodule(cfg))
     ckpt = tmp_path / "other.ckpt"
     torch.save({"state_dict": model.state_dict()}, ckpt)
-    with pytest.raises(UserError, match=r"belongs to another model shape \(net.conv1.weight is \(4, 1, 3, 3\) there"):
+    with pytest.raises(
+        UserError, match=r"belongs to another model shape \(net.conv1.weight is \(4, 1, 3, 3\) there"
+    ):
         train(make_cfg(f"ckpt_path={ckpt}"))
     not_a_ckpt = write_image(tmp_path / "img.png")
     with pytest.raises(UserError, match=r"cannot be read as a checkpoint"):
         train(make_cfg(f"ckpt_path={not_a_ckpt}"))
-
 
 
 def test_weights_only_checkpoint_cannot_be_resumed(make_cfg, tmp_path: Path) -> None:

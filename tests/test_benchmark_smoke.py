@@ -28,10 +28,16 @@ def test_benchmark_writes_json_and_markdown_tables(tmp_path: Path) -> None:
     finally:
         torch.use_deterministic_algorithms(deterministic)
     cases = {(r.dataset, r.case) for r in rows}
-    assert cases == {("digits", c) for c in CASES if c != "naive_imagefolder"} | {("folder", c) for c in CASES}
+    assert cases == {("digits", c) for c in CASES if c != "naive_imagefolder"} | {
+        ("folder", c) for c in CASES
+    }
     data = json.loads((tmp_path / "out" / "train_speed.json").read_text())
     assert {r["case"] for r in data["rows"]} == set(CASES)
-    assert all(r["epoch_ms"] > 0 and r["cpu_ms"] > 0 and len(run["epoch_s"]) == 2 for r in data["rows"] for run in data["runs"])
+    assert all(
+        r["epoch_ms"] > 0 and r["cpu_ms"] > 0 and len(run["epoch_s"]) == 2
+        for r in data["rows"]
+        for run in data["runs"]
+    )
     ratios = data["ratios"]["folder threads=1"]
     assert {"c/a", "c/b", "c/d", "naive/c", "c/b cpu", "naive/c cpu"} <= set(ratios)
     table = (tmp_path / "out" / "train_speed.md").read_text()

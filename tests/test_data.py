@@ -76,7 +76,9 @@ def _write_folder(root: Path, classes: dict[str, int], size: tuple[int, int] = (
 @pytest.mark.parametrize("channels", [1, 3])
 def test_image_folder_decodes_once_and_splits(tmp_path: Path, channels: int) -> None:
     _write_folder(tmp_path, {"cats": 8, "dogs": 8, "pandas": 8})
-    dm = ImageFolderDataModule(root=str(tmp_path), image_size=16, channels=channels, val_fraction=0.25, seed=0)
+    dm = ImageFolderDataModule(
+        root=str(tmp_path), image_size=16, channels=channels, val_fraction=0.25, seed=0
+    )
     dm.setup()
     assert dm.class_names == ["cats", "dogs", "pandas"]
     assert (dm.depth, dm.height, dm.width, dm.num_classes) == (channels, 16, 16, 3)
@@ -133,6 +135,8 @@ def test_a_real_trainer_reshuffles_every_epoch(make_cfg) -> None:
     trainer = build_trainer(cfg, callbacks=[probe])
     trainer.fit(build_module(cfg, dm), datamodule=dm)
     n = len(dm.train)
-    expected = {e: torch.randperm(n, generator=torch.Generator().manual_seed(7 + e)).tolist() for e in range(3)}
+    expected = {
+        e: torch.randperm(n, generator=torch.Generator().manual_seed(7 + e)).tolist() for e in range(3)
+    }
     assert probe.orders == expected
     assert len({tuple(o) for o in probe.orders.values()}) == 3

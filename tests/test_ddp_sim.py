@@ -50,11 +50,21 @@ def test_ddp_sim_matches_single_process(make_cfg, tmp_path: Path) -> None:
     train(make_cfg(*COMMON, "data.batch_size=30"))
     ddp, single = read_history(run), read_history(tmp_path)
     assert ddp["epoch"] == single["epoch"] == [0.0, 1.0]
-    for key in ("train/loss", "train/acc", "val/loss", "val/acc", "val/f1_macro", "loss/cap", "val/loss_bounded"):
+    for key in (
+        "train/loss",
+        "train/acc",
+        "val/loss",
+        "val/acc",
+        "val/f1_macro",
+        "loss/cap",
+        "val/loss_bounded",
+    ):
         assert ddp[key] == pytest.approx(single[key], rel=1e-4, abs=1e-6), key
     # training dynamics: every training sample once per epoch (the padded repeat dropped), as one process
     got, want = load_samples(run), load_samples(tmp_path)
     assert got.dynamics_epochs == want.dynamics_epochs == [0, 1]
     np.testing.assert_array_equal(got.train.index, want.train.index)
     for name in ("train_p_given", "train_margin"):
-        np.testing.assert_allclose(np.stack(getattr(got, name)), np.stack(getattr(want, name)), rtol=1e-3, atol=2e-3)
+        np.testing.assert_allclose(
+            np.stack(getattr(got, name)), np.stack(getattr(want, name)), rtol=1e-3, atol=2e-3
+        )

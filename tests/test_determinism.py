@@ -20,7 +20,9 @@ def _run(make_cfg, out: Path, seed: int) -> tuple[dict, torch.Tensor, dict]:
     trainer = build_trainer(cfg)
     trainer.fit(model, datamodule=datamodule)
     per_sample = model.epoch_records("val").cross_entropy
-    state = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    state = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)[
+        "state_dict"
+    ]
     return read_history(out), per_sample, state
 
 

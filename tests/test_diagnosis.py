@@ -103,7 +103,9 @@ def test_ece_matches_a_hand_binned_computation() -> None:
 def test_classification_report_matches_sklearn() -> None:
     rng = np.random.default_rng(0)
     target = rng.integers(0, 4, 300)
-    pred = np.where((rng.random(300) < 0.6) & (target != 3), target, rng.integers(0, 3, 300))  # 3 never predicted
+    pred = np.where(
+        (rng.random(300) < 0.6) & (target != 3), target, rng.integers(0, 3, 300)
+    )  # 3 never predicted
     names = ["cat", "dog", "panda", "owl"]
     ours = classification_report(pred, target, names)
     ref = sk_report(target, pred, labels=[0, 1, 2, 3], target_names=names, output_dict=True, zero_division=0)
@@ -154,11 +156,13 @@ def test_verdict_when_val_loss_rises_with_flat_accuracy(tmp_path: Path) -> None:
     assert n.min_epoch == int(np.argmin(means)) == 1
     assert n.last_loss == pytest.approx(means[-1])
     assert n.verdict == "phenomenon" and n.significant_rise and n.acc_change == 0
-    assert diag.markdown.splitlines()[2].startswith("**Verdict: phenomenon.** Val loss fell, then rose significantly")
+    assert diag.markdown.splitlines()[2].startswith(
+        "**Verdict: phenomenon.** Val loss fell, then rose significantly"
+    )
     assert n.final.wrong_share == pytest.approx(
         hist.loss[-1][:10].astype(np.float64).sum() / hist.loss[-1].astype(np.float64).sum()
     )
-    assert n.extreme[0].p_true == pytest.approx(float(hist.p_true[-1][: 10].min()))
+    assert n.extreme[0].p_true == pytest.approx(float(hist.p_true[-1][:10].min()))
     assert f"{n.extreme[0].p_true:.3g}" in diag.markdown
     assert "over-confident" in diag.markdown
 
@@ -182,13 +186,18 @@ def test_verdict_says_accuracy_fell_when_it_did() -> None:
     diag = diagnose(samples)
     assert diag.numbers.verdict == "overfitting" and diag.numbers.significant_rise
     assert diag.numbers.acc_change_ci[1] < 0
-    assert "**Verdict: overfitting.** Val loss rose significantly and accuracy fell significantly" in diag.markdown
+    assert (
+        "**Verdict: overfitting.** Val loss rose significantly and accuracy fell significantly"
+        in diag.markdown
+    )
 
 
 def test_samples_roundtrip_and_epoch_scalars(tmp_path: Path) -> None:
     logits, y = _overconfident(n=50, c=3)
     ev = evaluate_logits(logits.float(), y)
-    samples = Samples(["x", "y", "z"], 1.5, SplitInfo.create(range(50), y.numpy(), [f"img{i}.png" for i in range(50)]))
+    samples = Samples(
+        ["x", "y", "z"], 1.5, SplitInfo.create(range(50), y.numpy(), [f"img{i}.png" for i in range(50)])
+    )
     samples.add_epoch(0, ev)
     samples.add_epoch(1, ev)
     samples.train = SplitInfo.create(range(50), y.numpy())
@@ -203,7 +212,9 @@ def test_samples_roundtrip_and_epoch_scalars(tmp_path: Path) -> None:
     assert back.model_epoch == {"initial": -1, "last": 1}
     assert back.history.calibration["ece"][0] == pytest.approx(float(ev.calibration["ece"]))
     scalars = epoch_scalars(logits, y, ev)
-    assert scalars["loss_from_correct"] + scalars["loss_from_wrong"] == pytest.approx(float(ev.loss.mean()), rel=1e-5)
+    assert scalars["loss_from_correct"] + scalars["loss_from_wrong"] == pytest.approx(
+        float(ev.loss.mean()), rel=1e-5
+    )
     assert scalars["loss_recompute_error"] < 1e-5
     with pytest.raises(FileNotFoundError):
         load_samples(tmp_path / "nope")
@@ -231,11 +242,15 @@ def test_evaluate_uses_the_run_config_with_command_line_changes(tmp_path) -> Non
     assert OmegaConf.to_container(tweaked.data) == {"root": "/animals", "image_size": 16, "val_fraction": 0.3}
     replaced = with_run_config(here, ckpt, ["data=folder", "seed=0"])
     assert OmegaConf.to_container(replaced) == OmegaConf.to_container(here)
-    assert with_run_config(here, tmp_path / "elsewhere" / "x.ckpt", []) is here  # no run config: as configured
+    assert (
+        with_run_config(here, tmp_path / "elsewhere" / "x.ckpt", []) is here
+    )  # no run config: as configured
 
 
 def _one_model(logits: torch.Tensor, target: torch.Tensor, epoch: int = 4) -> Samples:
-    samples = Samples(classes=list("abc"), loss_cap=2.0, val=SplitInfo.create(range(len(target)), target.numpy()))
+    samples = Samples(
+        classes=list("abc"), loss_cap=2.0, val=SplitInfo.create(range(len(target)), target.numpy())
+    )
     ev = evaluate_logits(logits, target)
     samples.add_epoch(epoch, ev)
     samples.models["best"] = {"val": ev}
@@ -294,7 +309,10 @@ def test_bounded_runs_say_how_many_training_samples_get_no_gradient() -> None:
     assert "That is a large share" in text
     small = diagnosis_texts(replace(n, objective="bounded", n_train=150, n_train_above_cap=1))[0]
     assert "1 of 150 training samples" in small and "large share" not in small
-    assert "zero gradient" not in diagnosis_texts(replace(n, objective="standard", n_train=150, n_train_above_cap=34))[0]
+    assert (
+        "zero gradient"
+        not in diagnosis_texts(replace(n, objective="standard", n_train=150, n_train_above_cap=34))[0]
+    )
 
 
 def _block(epochs: int = 6, n: int = 150, c: int = 10, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -331,7 +349,9 @@ def test_batched_temperature_fits_equal_one_at_a_time_and_converge_fast() -> Non
     # 43 steps on epoch 5 of this block; 12 are plenty for Newton from T = 1)
     assert fit_temperatures(z, y, max_iter=12).tolist() == batched.tolist()
     flat = torch.zeros(1, 30, 3)
-    assert fit_temperatures(torch.cat([flat, z[:1, :30, :3]]), y[:30] % 3)[0] == T_MAX  # clipped rows stay clipped
+    assert (
+        fit_temperatures(torch.cat([flat, z[:1, :30, :3]]), y[:30] % 3)[0] == T_MAX
+    )  # clipped rows stay clipped
 
 
 def test_evaluate_epochs_is_evaluate_logits_per_epoch() -> None:
@@ -345,5 +365,7 @@ def test_evaluate_epochs_is_evaluate_logits_per_epoch() -> None:
         one = evaluate_logits(z[e], y)
         for name in ("loss", "p_true", "pred", "conf"):
             np.testing.assert_array_equal(getattr(block[e], name), getattr(one, name), err_msg=name)
-        assert {k: float(v) for k, v in block[e].calibration.items()} == {k: float(v) for k, v in one.calibration.items()}
+        assert {k: float(v) for k, v in block[e].calibration.items()} == {
+            k: float(v) for k, v in one.calibration.items()
+        }
         assert {k: float(v[e]) for k, v in scalars.items()} == epoch_scalars(z[e], y, one)

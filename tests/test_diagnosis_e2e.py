@@ -91,7 +91,9 @@ def test_training_run_writes_every_diagnosis_output(make_cfg, tmp_path: Path) ->
     tags = events.Tags()
     for name in PER_EPOCH:
         assert len(events.Scalars(f"val/{name}")) == EPOCHS, name
-    assert [e.step for e in events.Images("val/reliability")] == [e.step for e in events.Images("val/worst_samples")]
+    assert [e.step for e in events.Images("val/reliability")] == [
+        e.step for e in events.Images("val/worst_samples")
+    ]
     assert len(events.Images("val/reliability")) == 2  # epochs 9 and 19
     for name in ("reliability", "worst_samples", "loss_distribution"):
         assert f"diagnosis/{name}" in tags["images"]
@@ -104,7 +106,9 @@ def test_training_run_writes_every_diagnosis_output(make_cfg, tmp_path: Path) ->
     samples = load_samples(run)
     assert samples.epochs == list(range(EPOCHS))
     assert list(samples.models) == list(MODELS)
-    best_epoch = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)["epoch"]
+    best_epoch = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)[
+        "epoch"
+    ]
     assert samples.model_epoch == {"initial": -1, "best": best_epoch, "last": EPOCHS - 1}
     np.testing.assert_array_equal(samples.models["last"]["val"].pred, samples.history.pred[-1])
     assert len(samples.models["initial"]["train"].loss) == len(samples.train.target) == 150
@@ -117,7 +121,9 @@ def test_training_run_writes_every_diagnosis_output(make_cfg, tmp_path: Path) ->
 
     checked = _check_verdict_matches_records(run)
     lo = int(np.argmin(checked["means"]))
-    assert checked["means"][-1] > 1.05 * checked["means"][lo] and checked["acc"][-1] >= checked["acc"][lo] - 0.02
+    assert (
+        checked["means"][-1] > 1.05 * checked["means"][lo] and checked["acc"][-1] >= checked["acc"][lo] - 0.02
+    )
     assert checked["text"].splitlines()[2].startswith("**Verdict: phenomenon.**")
     # what to do about it, with this run's own best epoch and fitted temperature (src/render/remedies.py)
     numbers = json.loads((run / "diagnosis.json").read_text())
@@ -158,7 +164,11 @@ def test_checkpoint_that_does_not_fit_the_data_is_a_user_error(tmp_path: Path) -
 def test_evaluate_cli_missing_checkpoint_is_one_line_error(tmp_path: Path) -> None:
     proc = run_module("src.evaluate", f"ckpt_path={tmp_path}/nope.ckpt", f"hydra.run.dir={tmp_path}/eval")
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: ckpt_path={tmp_path}/nope.ckpt does not exist")
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"error: ckpt_path={tmp_path}/nope.ckpt does not exist")
+    )
     assert not (tmp_path / "eval").exists()  # a failed evaluation leaves no folder behind
 
 
@@ -175,8 +185,10 @@ def test_folder_data_run_records_file_paths(make_cfg, tmp_path: Path) -> None:
     run = Path(cfg.paths.output_dir)
     samples = load_samples(run)
     assert samples.classes == ["cats", "dogs", "pandas"]
-    assert all(Path(p).is_file() and Path(p).parent.name == samples.classes[t]
-               for p, t in zip(samples.val.path, samples.val.target, strict=True))
+    assert all(
+        Path(p).is_file() and Path(p).parent.name == samples.classes[t]
+        for p, t in zip(samples.val.path, samples.val.target, strict=True)
+    )
     worst = (run / "worst.csv").read_text().splitlines()[1].split(",")
     assert Path(worst[2]).is_file() and worst[2] in samples.val.path
     assert f"`{worst[2]}`" in (run / "diagnosis.md").read_text()  # "open the worst images"

@@ -39,9 +39,34 @@ def test_deduplicate_keeps_each_index_once_sorted() -> None:
 def test_sample_recorder_gathers_and_deduplicates() -> None:
     rec = SampleRecorder()
     rec.update(torch.tensor([2, 0]), torch.tensor([1, 0]), torch.tensor([[0.0, 1.0], [1.0, 0.0]]))
-    rec.update(torch.tensor([1, 2]), torch.tensor([1, 1]), torch.tensor([[0.0, 2.0], [0.0, 1.0]]))  # 2 is padding
+    rec.update(
+        torch.tensor([1, 2]), torch.tensor([1, 1]), torch.tensor([[0.0, 2.0], [0.0, 1.0]])
+    )  # 2 is padding
     out = rec.compute()
     assert out.index.tolist() == [0, 1, 2]
     assert out.target.tolist() == [0, 1, 1]
     assert torch.allclose(out.logits[1], torch.tensor([0.0, 2.0]))
-    assert torch.allclose(out.cross_entropy, torch.nn.functional.cross_entropy(out.logits, out.target, reduction="none"))
+    assert torch.allclose(
+        out.cross_entropy, torch.nn.functional.cross_entropy(out.logits, out.target, reduction="none")
+    )
+
+
+def test_equal_width_histograms_are_numpy_histograms_per_row() -> None:
+    import numpy as np
+
+    from src.functional.breakdown import equal_width_histograms
+
+    rng = np.random.default_rng(0)
+    values = rng.exponential(1.0, (5, 150))
+    values[1, 3], values[3, 0] = np.nan, np.inf  # left out
+    values[2] = 2.0  # one value: numpy's range value +- 0.5
+    values[4] = np.nan  # nothing to count
+    h = equal_width_histograms(values, 64)
+    for row in range(4):
+        finite = values[row][np.isfinite(values[row])]
+        counts, edges = np.histogram(finite, bins=64)
+        np.testing.assert_array_equal(h["counts"][row], counts)
+        np.testing.assert_allclose(h["edges"][row], edges)
+        assert h["num"][row] == finite.size and h["sum"][row] == pytest.approx(finite.sum())
+        assert h["min"][row] == finite.min() and h["max"][row] == finite.max()
+    assert h["num"][4] == 0 and h["counts"][4].sum() == 0

@@ -56,7 +56,9 @@ def fit(
     tmp_path: Path, model: L.LightningModule, epochs: int = 12, options: dict | None = None, **loaders
 ) -> LossDiagnosis:
     torch.manual_seed(0)
-    diagnosis = LossDiagnosis(output_dir=tmp_path / "diagnosis", **{"figures_every_n_epochs": 5, **(options or {})})
+    diagnosis = LossDiagnosis(
+        output_dir=tmp_path / "diagnosis", **{"figures_every_n_epochs": 5, **(options or {})}
+    )
     trainer = L.Trainer(
         max_epochs=epochs,
         logger=TensorBoardLogger(tmp_path, name="", version=""),
@@ -79,7 +81,14 @@ def test_foreign_module_gets_the_whole_diagnosis(tmp_path: Path) -> None:
     out = tmp_path / "diagnosis"
 
     numbers = json.loads((out / "diagnosis.json").read_text())
-    assert numbers["verdict"] in {"phenomenon", "overfitting", "no_rise", "inconclusive", "not_learning", "partial_collapse"}
+    assert numbers["verdict"] in {
+        "phenomenon",
+        "overfitting",
+        "no_rise",
+        "inconclusive",
+        "not_learning",
+        "partial_collapse",
+    }
     assert numbers["n_epochs"] == epochs and numbers["n_samples"] == 150
 
     markdown = (out / "diagnosis.md").read_text()
@@ -93,8 +102,12 @@ def test_foreign_module_gets_the_whole_diagnosis(tmp_path: Path) -> None:
     np.testing.assert_array_equal(samples.val.target, blobs(150, 1).tensors[1].numpy())
     # the models: initial (before the first step) and last; no checkpoint callback, so no best
     assert set(samples.models) == {"initial", "last"}
-    assert samples.models["last"]["val"].loss.mean() == pytest.approx(samples.history.loss[-1].mean(), rel=1e-5)
-    assert samples.models["initial"]["val"].loss.mean() == pytest.approx(np.log(3), abs=0.3)  # untrained: ~uniform
+    assert samples.models["last"]["val"].loss.mean() == pytest.approx(
+        samples.history.loss[-1].mean(), rel=1e-5
+    )
+    assert samples.models["initial"]["val"].loss.mean() == pytest.approx(
+        np.log(3), abs=0.3
+    )  # untrained: ~uniform
     assert samples.models["last"]["val"].correct(samples.val.target).mean() > 0.6
     assert (out / "reports" / "last.md").is_file() and (out / "worst.csv").is_file()
     assert (out / "figures" / "reliability.png").is_file()
@@ -113,12 +126,24 @@ def test_blocks_of_epochs_log_what_epoch_by_epoch_logs(tmp_path: Path) -> None:
     for name, every in (("each", 1), ("blocks", 3)):
         run = tmp_path / name
         torch.manual_seed(0)  # the same initial weights
-        fit(run, MLP(), epochs, {"flush_every_n_epochs": every, "flush_every_s": 1e9, "figures_every_n_epochs": 3})
-        events = EventAccumulator(str(run), size_guidance={"histograms": 0, "scalars": 0, "images": 0}).Reload()
-        scalars = {tag: sorted((s.step, s.value) for s in events.Scalars(tag)) for tag in events.Tags()["scalars"]}
+        fit(
+            run,
+            MLP(),
+            epochs,
+            {"flush_every_n_epochs": every, "flush_every_s": 1e9, "figures_every_n_epochs": 3},
+        )
+        events = EventAccumulator(
+            str(run), size_guidance={"histograms": 0, "scalars": 0, "images": 0}
+        ).Reload()
+        scalars = {
+            tag: sorted((s.step, s.value) for s in events.Scalars(tag)) for tag in events.Tags()["scalars"]
+        }
         images = [i.step for i in events.Images("val/reliability")]
         outputs[name] = scalars, images, load_samples(run / "diagnosis")
-    (each, each_images, each_samples), (blocks, block_images, block_samples) = outputs["each"], outputs["blocks"]
+    (each, each_images, each_samples), (blocks, block_images, block_samples) = (
+        outputs["each"],
+        outputs["blocks"],
+    )
     assert {"val/ece", "val/temperature", "val/loss_p99", "val/loss_from_wrong"} <= set(each)
     assert blocks == each
     assert [step for step, _ in each["val/temperature"]] == list(range(epochs))
@@ -140,7 +165,9 @@ def test_a_forward_that_returns_no_logits_is_one_line(tmp_path: Path) -> None:
         def validation_step(self, batch, batch_idx: int) -> None:
             self(batch[0])
 
-    with pytest.raises(UserError, match=r"forward\(x\) to return logits of shape \(batch, classes\), got \(\d+, 3, 1\)"):
+    with pytest.raises(
+        UserError, match=r"forward\(x\) to return logits of shape \(batch, classes\), got \(\d+, 3, 1\)"
+    ):
         fit(tmp_path, Images(), epochs=1)
 
 
@@ -156,5 +183,7 @@ def test_batches_that_are_not_pairs_are_one_line(tmp_path: Path) -> None:
         def validation_step(self, batch, batch_idx: int) -> None:
             self(batch["x"])
 
-    with pytest.raises(UserError, match=r"needs val batches \(x, y\) or \(x, y, index\) of tensors, got dict"):
+    with pytest.raises(
+        UserError, match=r"needs val batches \(x, y\) or \(x, y, index\) of tensors, got dict"
+    ):
         fit(tmp_path, DictMLP(), epochs=1, val=DataLoader(Dicts(), batch_size=4))

@@ -21,12 +21,16 @@ def _fake_run(tmp_path: Path, data: dict, choices: dict) -> Path:
     run = tmp_path / "run"
     (run / ".hydra").mkdir(parents=True)
     OmegaConf.save(OmegaConf.create({"data": data, "seed": 3}), run / ".hydra" / "config.yaml")
-    OmegaConf.save(OmegaConf.create({"hydra": {"runtime": {"choices": choices}}}), run / ".hydra" / "hydra.yaml")
+    OmegaConf.save(
+        OmegaConf.create({"hydra": {"runtime": {"choices": choices}}}), run / ".hydra" / "hydra.yaml"
+    )
     return run / "checkpoints" / "last.ckpt"
 
 
 def test_the_run_groups_are_added_to_the_command_line(tmp_path: Path) -> None:
-    ckpt = _fake_run(tmp_path, {"root": "/animals"}, {"data": "folder", "model": "shallownet", "loss": "bounded"})
+    ckpt = _fake_run(
+        tmp_path, {"root": "/animals"}, {"data": "folder", "model": "shallownet", "loss": "bounded"}
+    )
     argv, added = with_run_groups([f"ckpt_path={ckpt}", "data.root=/other"])
     assert added == ["data=folder", "model=shallownet", "loss=bounded"] and argv[-3:] == added
     argv, added = with_run_groups([f"ckpt_path={ckpt}", "data=digits", "+loss.k=2"])

@@ -48,7 +48,8 @@ def test_bounded_values_and_gradients() -> None:
 def test_standard_objective_is_mean_cross_entropy() -> None:
     logits = torch.randn(5, 4)
     target = torch.randint(0, 4, (5,))
-    assert torch.allclose(objective(per_sample_cross_entropy(logits, target), "standard", 1.0),
-                          F.cross_entropy(logits, target))
+    assert torch.allclose(
+        objective(per_sample_cross_entropy(logits, target), "standard", 1.0), F.cross_entropy(logits, target)
+    )
     with pytest.raises(ValueError, match="unknown loss"):
         objective(torch.ones(2), "bouned", 1.0)

@@ -4,7 +4,9 @@ import torch
 from src.models.shallownet import ShallowNet
 
 
-@pytest.mark.parametrize(("width", "height", "depth", "classes"), [(8, 8, 1, 10), (32, 32, 3, 3), (20, 12, 3, 5)])
+@pytest.mark.parametrize(
+    ("width", "height", "depth", "classes"), [(8, 8, 1, 10), (32, 32, 3, 3), (20, 12, 3, 5)]
+)
 def test_shallownet_shapes(width: int, height: int, depth: int, classes: int) -> None:
     net = ShallowNet(width=width, height=height, depth=depth, classes=classes)
     out = net(torch.randn(4, depth, height, width))

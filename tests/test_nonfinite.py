@@ -22,7 +22,9 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(make_cfg, tmp_path
         "+callbacks.poison._target_=tests.probes.PoisonWeights",
         "+callbacks.poison.epoch=1",
     )
-    with pytest.raises(UserError, match=r"training loss became NaN/inf in epoch 1, step 0 of that epoch") as err:
+    with pytest.raises(
+        UserError, match=r"training loss became NaN/inf in epoch 1, step 0 of that epoch"
+    ) as err:
         train(cfg)
     assert "last.ckpt" in str(err.value) and "lower optimizer.lr" in str(err.value)
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
@@ -36,7 +38,9 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(make_cfg, tmp_path
 @pytest.mark.slow
 def test_huge_learning_rate_from_the_command_line(tmp_path: Path) -> None:
     # SGD with lr=1e6 stays finite on this model (losses ~1e6); 1e20 overflows in the first steps
-    proc = run_module("src.train", "debug=fast", "optimizer.lr=1e20", "~callbacks.progress_bar", f"hydra.run.dir={tmp_path}")
+    proc = run_module(
+        "src.train", "debug=fast", "optimizer.lr=1e20", "~callbacks.progress_bar", f"hydra.run.dir={tmp_path}"
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     error = proc.stderr.strip().splitlines()[-1]
     assert error.startswith("error: training loss became NaN/inf in epoch 0, step 1"), proc.stderr[-1500:]
@@ -58,7 +62,9 @@ def test_loss_histograms_and_tails_skip_non_finite_values(tmp_path: Path) -> Non
     assert logged["loss_max"][0] == finite.max() and logged["loss_median"][0] == finite.median()
     assert logged["loss_max"][1] == clean.double().max()
     tb = TensorBoardLogger(tmp_path, name="", version="")
-    LossDiagnosis._log_histograms(tb.experiment, {"val": ce.numpy(), "train": clean.numpy()}, 3)
+    LossDiagnosis._log_histograms(
+        tb.experiment, {"val": ([3], ce.numpy()[None]), "train": ([3], clean.numpy()[None])}
+    )
     tb.experiment.flush()
     events = EventAccumulator(str(tmp_path), size_guidance={"histograms": 0})
     events.Reload()

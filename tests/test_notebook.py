@@ -39,7 +39,9 @@ def test_notebook_is_stored_without_outputs_parameterised_at_the_top_and_in_the_
     nb = nbformat.read(NOTEBOOK, as_version=4)
     nbformat.validate(nb)
     code = _code_cells(nb)
-    assert all(c.outputs == [] and c.execution_count is None for c in code), "strip the outputs before committing"
+    assert all(c.outputs == [] and c.execution_count is None for c in code), (
+        "strip the outputs before committing"
+    )
     assert code[0].source.strip().startswith("RUN_DIR = None")
     assert "parameters" in code[0].metadata.get("tags", [])
     # the analysis lives in src/, the notebook only calls it
@@ -79,7 +81,9 @@ def test_notebook_runs_headless_against_a_tiny_run(make_cfg, tmp_path: Path, mon
     monkeypatch.setenv(RUN_DIR_ENV, str(run))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    NotebookClient(nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+    NotebookClient(
+        nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
+    ).execute()
 
     outputs = [o for c in _code_cells(nb) for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]

@@ -22,7 +22,9 @@ def test_decoded_images_are_contiguous_nchw(tmp_path: Path) -> None:
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
         for i in range(3):
-            Image.fromarray(rng.integers(0, 255, (5, 7, 3), dtype=np.uint8)).save(tmp_path / name / f"{i}.png")
+            Image.fromarray(rng.integers(0, 255, (5, 7, 3), dtype=np.uint8)).save(
+                tmp_path / name / f"{i}.png"
+            )
     x, y, _ = decode_folder(tmp_path, ["a", "b"], image_size=4, channels=3)
     assert x.shape == (6, 3, 4, 4) and y.tolist() == [0, 0, 0, 1, 1, 1]
     assert x.dtype == torch.uint8  # 4x less memory than float32; converted per batch

@@ -25,14 +25,24 @@ from src.rundir.samples import FIELDS, load_samples
 from tests.conftest import ROOT
 
 EPOCHS = 3
-OVERRIDES = ("loss=bounded", f"trainer.max_epochs={EPOCHS}", "data.train_size=60", "callbacks.diagnosis.figures_every_n_epochs=2")
+OVERRIDES = (
+    "loss=bounded",
+    f"trainer.max_epochs={EPOCHS}",
+    "data.train_size=60",
+    "callbacks.diagnosis.figures_every_n_epochs=2",
+)
 
 
 def run_train(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     """``python -m src.train`` started in ``cwd`` (where ``outputs/`` goes), this checkout's code, output captured."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "src.train", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "src.train", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -70,7 +80,10 @@ def test_plain_default_run_keeps_just_the_time(tmp_path: Path) -> None:
     assert run_suffix("") == ""
     assert run_suffix("loss=bounded") == "_loss=bounded"
     several = "callbacks.diagnosis.worst_k=8,data.train_size=60,loss=bounded,optimizer.weight_decay=0.001,trainer.max_epochs=30"
-    assert run_suffix(several) == "_c.d.worst_k=8,d.train_size=60,loss=bounded,o.weight_decay=0.001,t.max_epochs=30"
+    assert (
+        run_suffix(several)
+        == "_c.d.worst_k=8,d.train_size=60,loss=bounded,o.weight_decay=0.001,t.max_epochs=30"
+    )
     long = run_suffix(",".join(f"optimizer.param_{i}=0.{i}" for i in range(30)))
     assert len(long.encode()) <= 101 and long.startswith("_o.param_0=0.0,o.param_1=0.1,")
     assert run_suffix("data.root=/a/b") == "_data.root=_a_b"  # one folder, never a path
@@ -87,7 +100,10 @@ def test_run_folder_paths_are_quoted_for_hydra() -> None:
     from src.app.cli import quote_paths
 
     argv = ["ckpt_path=outputs/runs/d/10-00-00_loss=bounded,seed=1/checkpoints/best.ckpt", "loss=bounded"]
-    assert quote_paths(argv) == ["ckpt_path='outputs/runs/d/10-00-00_loss=bounded,seed=1/checkpoints/best.ckpt'", "loss=bounded"]
+    assert quote_paths(argv) == [
+        "ckpt_path='outputs/runs/d/10-00-00_loss=bounded,seed=1/checkpoints/best.ckpt'",
+        "loss=bounded",
+    ]
     untouched = ["data.root=/a,/b", "ckpt_path='x=y'", "seed=1"]
     assert quote_paths(untouched) == untouched
 
@@ -107,7 +123,9 @@ def test_every_scalar_histogram_image_and_text_is_at_an_epoch(events) -> None:
         assert [h.step for h in events.Histograms(tag)] == epochs, tag
     assert [i.step for i in events.Images("val/worst_samples")] == [1, 2]  # every 2 epochs and the last
     last = EPOCHS - 1
-    for tag in [t for t in tags["images"] if t.startswith("diagnosis/")] + [t for t in tags["tensors"] if "text" in t]:
+    for tag in [t for t in tags["images"] if t.startswith("diagnosis/")] + [
+        t for t in tags["tensors"] if "text" in t
+    ]:
         steps = [e.step for e in (events.Images(tag) if tag in tags["images"] else events.Tensors(tag))]
         assert steps == [last], (tag, steps)
 
@@ -130,10 +148,23 @@ def _hparams(events: EventAccumulator) -> tuple[dict, list[str]]:
 def test_hparams_are_what_a_person_compares(events) -> None:
     values, metrics = _hparams(events)
     assert len(values) <= 25, sorted(values)
-    assert values["loss"] == "bounded" and values["trainer.max_epochs"] == EPOCHS and values["data.train_size"] == 60
+    assert (
+        values["loss"] == "bounded"
+        and values["trainer.max_epochs"] == EPOCHS
+        and values["data.train_size"] == 60
+    )
     assert values["callbacks.diagnosis.figures_every_n_epochs"] == 2  # every override
-    for key in ("data", "image_size", "train_samples", "model", "optimizer", "optimizer.lr", "optimizer.weight_decay",
-                "loss.k", "seed"):
+    for key in (
+        "data",
+        "image_size",
+        "train_samples",
+        "model",
+        "optimizer",
+        "optimizer.lr",
+        "optimizer.weight_decay",
+        "loss.k",
+        "seed",
+    ):
         assert key in values, (key, sorted(values))
     assert values["data"] == "digits" and values["image_size"] == "1x8x8" and values["train_samples"] == 60
     assert values["optimizer"] == "sgd" and values["optimizer.lr"] == pytest.approx(0.1)
@@ -142,9 +173,15 @@ def test_hparams_are_what_a_person_compares(events) -> None:
     # the metrics the HParams tab compares are scalar tags the run wrote, at its last epoch
     assert metrics == list(HPARAM_METRICS)
     history = read_history(events.path)
-    assert events.Scalars("hparams/val_loss_min")[-1].value == pytest.approx(min(history["val/loss"]), rel=1e-6)
-    assert events.Scalars("hparams/val_acc_best")[-1].value == pytest.approx(max(history["val/acc"]), rel=1e-6)
-    assert events.Scalars("hparams/val_loss_last")[-1].value == pytest.approx(history["val/loss"][-1], rel=1e-6)
+    assert events.Scalars("hparams/val_loss_min")[-1].value == pytest.approx(
+        min(history["val/loss"]), rel=1e-6
+    )
+    assert events.Scalars("hparams/val_acc_best")[-1].value == pytest.approx(
+        max(history["val/acc"]), rel=1e-6
+    )
+    assert events.Scalars("hparams/val_loss_last")[-1].value == pytest.approx(
+        history["val/loss"][-1], rel=1e-6
+    )
     assert events.Scalars("hparams/val_ece_last")[-1].value == pytest.approx(history["val/ece"][-1], rel=1e-6)
     assert [s.step for s in events.Scalars("hparams/val_acc_last")] == [EPOCHS - 1]
 
@@ -154,13 +191,25 @@ def test_hparams_without_hydra_are_curated_and_bounded(make_cfg) -> None:
 
     from src.app.hparams import MAX_HPARAMS, curated_hparams, override_hparams, run_hparams
 
-    given = ["data=folder", "data.root=/somewhere/pets", "loss=bounded", "optimizer=adam", "optimizer.lr=0.01"]
+    given = [
+        "data=folder",
+        "data.root=/somewhere/pets",
+        "loss=bounded",
+        "optimizer=adam",
+        "optimizer.lr=0.01",
+    ]
     cfg = make_cfg(*given)
     dm = SimpleNamespace(depth=3, height=32, width=32, train=range(120))
     values = curated_hparams(cfg, dm, {})  # outside Hydra: options named by what they build
     assert values["data"] == "ImageFolderDataModule:pets" and values["optimizer"] == "Adam"
     assert values["image_size"] == "3x32x32" and values["train_samples"] == 120 and values["loss.k"] == 3.0
-    hidden = ["~callbacks.diagnosis", "hydra.run.dir=/z", "model._target_=a.B", "ckpt_path=x.ckpt", "launcher=joblib"]
+    hidden = [
+        "~callbacks.diagnosis",
+        "hydra.run.dir=/z",
+        "model._target_=a.B",
+        "ckpt_path=x.ckpt",
+        "launcher=joblib",
+    ]
     overrides = override_hparams(cfg, [*given, *hidden])
     assert overrides == {
         "data": "folder",
@@ -183,7 +232,9 @@ def test_custom_scalars_layout_tells_the_story(events) -> None:
 
     [layout_event] = events.Tensors("custom_scalars__config__")
     layout = layout_pb2.Layout.FromString(layout_event.tensor_proto.string_val[0])
-    charts = {chart.title: list(chart.multiline.tag) for category in layout.category for chart in category.chart}
+    charts = {
+        chart.title: list(chart.multiline.tag) for category in layout.category for chart in category.chart
+    }
     assert [c.title for c in layout.category] == list(LAYOUT)
     first = layout.category[0]
     titles = [chart.title for chart in first.chart]
@@ -208,12 +259,23 @@ def test_console_says_each_thing_once_and_ends_with_verdict_and_run_folder(user_
     repeated = [line for line, n in Counter(everything).items() if n > 1]
     assert not repeated, repeated
     assert len(everything) <= 12, everything
-    for noise in ("litlogger", "Tip", "deprecated", "INFO", "GPU available", "sync_dist", "logging interval", "\r"):
+    for noise in (
+        "litlogger",
+        "Tip",
+        "deprecated",
+        "INFO",
+        "GPU available",
+        "sync_dist",
+        "logging interval",
+        "\r",
+    ):
         assert not [line for line in everything if noise in line], (noise, everything)
     progress = [i for i, line in enumerate(lines) if line.startswith("epoch ")]
     assert len(progress) == 1, lines  # one progress line: the last epoch
     (at,) = progress
-    assert lines[at].startswith(f"epoch {EPOCHS - 1} ({EPOCHS}/{EPOCHS} done): val/loss ")  # epochs from 0, as TensorBoard
+    assert lines[at].startswith(
+        f"epoch {EPOCHS - 1} ({EPOCHS}/{EPOCHS} done): val/loss "
+    )  # epochs from 0, as TensorBoard
     assert any(line.startswith("data: ") for line in lines[:at])  # what is trained on, before training
     relative = run.relative_to(run.parents[3])
     assert lines[-1].startswith(f"Run folder: {relative}"), lines[-1]
@@ -229,7 +291,9 @@ def test_console_says_each_thing_once_and_ends_with_verdict_and_run_folder(user_
 # -- 7. files ---------------------------------------------------------------------------------------
 def test_run_rejected_before_any_work_leaves_no_folder(tmp_path: Path) -> None:
     proc = run_train(tmp_path, "loss.k=-1")
-    assert proc.returncode == 2 and proc.stderr.strip().startswith("error: loss.k=-1 must be > 0"), proc.stderr
+    assert proc.returncode == 2 and proc.stderr.strip().startswith("error: loss.k=-1 must be > 0"), (
+        proc.stderr
+    )
     leftovers = [p for p in tmp_path.rglob("*") if p.is_file() or p.parent.name == "runs"]
     assert not leftovers, leftovers
 
@@ -239,7 +303,10 @@ def readme_samples_table(readme: str) -> list[dict[str, str]]:
     section = readme.split("### `samples.npz`", 1)[1].split("\n#", 1)[0]
     rows = [line for line in section.splitlines() if line.startswith("|")]
     header = [cell.strip() for cell in rows[0].strip("|").split("|")]
-    return [dict(zip(header, (cell.strip() for cell in row.strip("|").split("|")), strict=True)) for row in rows[2:]]
+    return [
+        dict(zip(header, (cell.strip() for cell in row.strip("|").split("|")), strict=True))
+        for row in rows[2:]
+    ]
 
 
 def _code(cell: str) -> list[str]:
@@ -293,7 +360,9 @@ def test_readme_samples_table_is_what_load_samples_gives(user_run) -> None:
                 assert got.shape == shape and np.array_equal(got, stored[key]), (key, attr)
     assert documented == set(stored), set(stored) ^ documented
     history = read_history(run)
-    assert [float(v.mean(dtype=np.float64)) for v in stored["val_loss"]] == pytest.approx(history["val/loss"], rel=1e-5)
+    assert [float(v.mean(dtype=np.float64)) for v in stored["val_loss"]] == pytest.approx(
+        history["val/loss"], rel=1e-5
+    )
 
 
 # -- 5. figures that read at card size --------------------------------------------------------------
@@ -301,7 +370,9 @@ CARD_PX = 400  # about the width TensorBoard's image card shows a figure at
 
 
 @pytest.mark.parametrize("shape", [(1, 8, 8), (3, 32, 32), (3, 300, 200)])
-def test_worst_sample_captions_are_never_clipped_and_legible_at_card_size(shape: tuple[int, int, int]) -> None:
+def test_worst_sample_captions_are_never_clipped_and_legible_at_card_size(
+    shape: tuple[int, int, int],
+) -> None:
     import torch
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
@@ -323,14 +394,18 @@ def test_worst_sample_captions_are_never_clipped_and_legible_at_card_size(shape:
     assert len(lines) == 4 * WORST_TILES
     boxes = [t.get_window_extent(renderer) for t in lines]
     for text, box in zip(lines, boxes, strict=True):
-        assert box.x0 >= 0 and box.x1 <= width and box.y0 >= 0 and box.y1 <= height, text.get_text()  # in the figure
+        assert box.x0 >= 0 and box.x1 <= width and box.y0 >= 0 and box.y1 <= height, (
+            text.get_text()
+        )  # in the figure
         assert box.width <= TILE_PX, text.get_text()  # within its tile's column
         # legible where TensorBoard shows it: at least ~9 px high on a CARD_PX-wide card
         assert text.get_fontsize() * FIGURE_DPI / 72 * CARD_PX / width >= 9, (text.get_fontsize(), width)
     assert min(t.get_fontsize() for t in lines) >= CAPTION_PT[1]
     for i, a in enumerate(boxes):  # no caption line overlaps another
         assert not any(a.overlaps(b) for b in boxes[i + 1 :]), lines[i].get_text()
-    assert any(t.get_text().endswith("\u2026") for t in lines)  # the long class name was shortened, not clipped
+    assert any(
+        t.get_text().endswith("\u2026") for t in lines
+    )  # the long class name was shortened, not clipped
     assert {t.get_text() for t in lines} >= {"loss 26.1", "p(true) 3.2e-12", "true: cat", "pred: cat"}
 
 
@@ -338,8 +413,14 @@ def test_loss_distribution_is_one_chart_with_every_model() -> None:
     from src.render.figures import loss_distribution_figure
 
     rng = np.random.default_rng(0)
-    losses = {name: rng.exponential(scale, 200) for name, scale in (("initial", 2.3), ("best", 0.3), ("last", 0.4))}
+    losses = {
+        name: rng.exponential(scale, 200) for name, scale in (("initial", 2.3), ("best", 0.3), ("last", 0.4))
+    }
     fig = loss_distribution_figure(losses, epochs={"initial": -1, "best": 7, "last": 99})
     assert len(fig.axes) == 1
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
-    assert [label.split(":")[0] for label in labels] == ["initial (untrained)", "best (epoch 7)", "last (epoch 99)"]
+    assert [label.split(":")[0] for label in labels] == [
+        "initial (untrained)",
+        "best (epoch 7)",
+        "last (epoch 99)",
+    ]

@@ -64,12 +64,29 @@ def fabricated_sweep(sweep: Path, focal_acc: float) -> None:
     }
     for seed in (0, 1):
         shift = 0.01 * seed
-        make_run(sweep, ["remedy=cross_entropy", f"seed={seed}"], [0.5] + [0.92] * 5, [v + shift for v in rise],
-                 ece=[0.1] * EPOCHS, config=configs["cross_entropy"])
-        make_run(sweep, ["remedy=focal", f"seed={seed}"], [0.5] + [focal_acc] * 5, [v + shift for v in flat],
-                 ece=[0.05] * EPOCHS, config=configs["focal"])
-        make_run(sweep, ["remedy=bounded", f"seed={seed}"], [0.5] + [0.70] * 5, [0.2] * EPOCHS,
-                 config=configs["bounded"])
+        make_run(
+            sweep,
+            ["remedy=cross_entropy", f"seed={seed}"],
+            [0.5] + [0.92] * 5,
+            [v + shift for v in rise],
+            ece=[0.1] * EPOCHS,
+            config=configs["cross_entropy"],
+        )
+        make_run(
+            sweep,
+            ["remedy=focal", f"seed={seed}"],
+            [0.5] + [focal_acc] * 5,
+            [v + shift for v in flat],
+            ece=[0.05] * EPOCHS,
+            config=configs["focal"],
+        )
+        make_run(
+            sweep,
+            ["remedy=bounded", f"seed={seed}"],
+            [0.5] + [0.70] * 5,
+            [0.2] * EPOCHS,
+            config=configs["bounded"],
+        )
 
 
 def test_report_ranks_remedies_and_recommends(tmp_path: Path) -> None:
@@ -80,14 +97,20 @@ def test_report_ranks_remedies_and_recommends(tmp_path: Path) -> None:
     assert [g.label for g in groups] == ["remedy=bounded", "remedy=cross_entropy", "remedy=focal"]
     ce = groups[1]
     assert ce.mean["rise_ratio"] == pytest.approx(np.mean([0.45 / 0.3, 0.46 / 0.31]))
-    assert ce.mean["min_val_loss"] == pytest.approx(0.305) and ce.mean["last_val_loss"] == pytest.approx(0.455)
+    assert ce.mean["min_val_loss"] == pytest.approx(0.305) and ce.mean["last_val_loss"] == pytest.approx(
+        0.455
+    )
     assert "**Recommendation: `remedy=focal`**" in markdown
     # what each group sets, against the first group (bounded)
     assert "- `remedy=focal`: loss.gamma=3.0, loss.name=focal" in markdown  # yaml.safe_dump sorted the keys
     assert "- `remedy=cross_entropy`: loss.name=standard" in markdown
     with (sweep / "report.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert [r["remedy"] for r in rows] == ["bounded", "cross_entropy", "focal"]  # one row per group, first column
+    assert [r["remedy"] for r in rows] == [
+        "bounded",
+        "cross_entropy",
+        "focal",
+    ]  # one row per group, first column
     assert next(iter(rows[0])) == "remedy"
     assert rows[2]["changes"] == "loss.gamma=3.0, loss.name=focal" and rows[0]["changes"] == ""
     assert float(rows[2]["rise_ratio_mean"]) == pytest.approx(1.0)
@@ -97,7 +120,9 @@ def test_report_ranks_remedies_and_recommends(tmp_path: Path) -> None:
     # the same report read back for a run's diagnosis
     remedies = read_remedies_report(sweep / "report.csv")
     assert [r.label for r in remedies] == ["remedy=bounded", "remedy=cross_entropy", "remedy=focal"]
-    assert remedies[2].last_ce == pytest.approx(0.285) and remedies[1].rise_ratio == pytest.approx(ce.mean["rise_ratio"])
+    assert remedies[2].last_ce == pytest.approx(0.285) and remedies[1].rise_ratio == pytest.approx(
+        ce.mean["rise_ratio"]
+    )
 
 
 def test_report_says_none_when_no_remedy_keeps_the_accuracy(tmp_path: Path) -> None:
@@ -175,7 +200,9 @@ def test_remedies_experiment_sweeps_every_remedy_over_three_seeds() -> None:
         }
         for remedy, (loss, param, weight_decay, augment) in expected.items():
             c = compose("train", overrides=[f"remedy={remedy}"])
-            assert (c.loss.name, c.optimizer.weight_decay, c.data.augment) == (loss, weight_decay, augment), remedy
+            assert (c.loss.name, c.optimizer.weight_decay, c.data.augment) == (loss, weight_decay, augment), (
+                remedy
+            )
             if param is not None:
                 assert c.loss[param[0]] == param[1], remedy
             assert c.optimizer.lr == "auto" and c.seed == 0
@@ -204,7 +231,9 @@ def test_remedies_multirun_and_report_through_the_command_line(tmp_path: Path) -
     assert len(jobs) == 2 and "remedy=cross_entropy,seed=0" in jobs[0] and "remedy=focal,seed=0" in jobs[1]
     for job in jobs:
         history = read_history(sweep / job)
-        assert len([v for v in history["val/loss"] if math.isfinite(v)]) == 3  # CE logged whatever is optimised
+        assert (
+            len([v for v in history["val/loss"] if math.isfinite(v)]) == 3
+        )  # CE logged whatever is optimised
         assert all(math.isfinite(v) for v in history["val/loss_bounded"] if not math.isnan(v))
         log = (sweep / job / "train.log").read_text()
         assert "augment=flip_crop" in log and "optimizer.lr=auto: 0.1 " in log

@@ -43,8 +43,12 @@ def make_run(
     header = ["epoch", "step", "val/acc", "val/loss", "val/loss_bounded", *(["val/ece"] if ece else [])]
     rows = [",".join(header)]
     for epoch, (acc, loss) in enumerate(zip(val_acc, val_loss, strict=True)):
-        rows.append(",".join(map(str, [epoch, epoch * 2 + 1, acc, loss, loss / 2, *([ece[epoch]] if ece else [])])))
-        rows.append(f"{epoch},{epoch * 2 + 1}" + "," * (len(header) - 2))  # a train-only row, as Lightning writes
+        rows.append(
+            ",".join(map(str, [epoch, epoch * 2 + 1, acc, loss, loss / 2, *([ece[epoch]] if ece else [])]))
+        )
+        rows.append(
+            f"{epoch},{epoch * 2 + 1}" + "," * (len(header) - 2)
+        )  # a train-only row, as Lightning writes
     (run / "csv").mkdir()
     (run / "csv" / "metrics.csv").write_text("\n".join(rows) + "\n")
     if status:
@@ -66,7 +70,10 @@ def test_recorded_run_writes_complete_or_failed(tmp_path: Path) -> None:
     with recorded_run(tmp_path / "ok") as outcome:
         assert read_summary(tmp_path / "ok") == {"status": "running"}
         outcome.metrics = {"val/acc": 0.5, "val/loss": math.inf}
-    assert read_summary(tmp_path / "ok") == {"status": "complete", "metrics": {"val/acc": 0.5, "val/loss": None}}
+    assert read_summary(tmp_path / "ok") == {
+        "status": "complete",
+        "metrics": {"val/acc": 0.5, "val/loss": None},
+    }
     with pytest.raises(RuntimeError), recorded_run(tmp_path / "bad"):
         raise RuntimeError("loss is nan")
     assert read_summary(tmp_path / "bad") == {"status": "failed", "error": "RuntimeError: loss is nan"}
@@ -74,16 +81,31 @@ def test_recorded_run_writes_complete_or_failed(tmp_path: Path) -> None:
 
 def test_parse_overrides_and_swept_keys() -> None:
     params = parse_overrides(
-        ["loss=bounded", "+tag=a=b", "~callbacks.progress_bar", "launcher=joblib", "hydra.x=1",
-         "hparams_search=optuna", "ckpt_path='/run/checkpoints/last.ckpt'"]  # a resumed job stays in its group
+        [
+            "loss=bounded",
+            "+tag=a=b",
+            "~callbacks.progress_bar",
+            "launcher=joblib",
+            "hydra.x=1",
+            "hparams_search=optuna",
+            "ckpt_path='/run/checkpoints/last.ckpt'",
+        ]  # a resumed job stays in its group
     )
     assert params == {"loss": "bounded", "tag": "a=b", "callbacks.progress_bar": ""}
-    sets = [{"loss": "a", "seed": "0", "debug": "fast"}, {"loss": "b", "seed": "1", "debug": "fast"}, {"loss": "a", "debug": "fast"}]
+    sets = [
+        {"loss": "a", "seed": "0", "debug": "fast"},
+        {"loss": "b", "seed": "1", "debug": "fast"},
+        {"loss": "a", "debug": "fast"},
+    ]
     assert swept_keys(sets) == ["loss", "seed"]
 
 
 def test_run_metrics_and_mean_std() -> None:
-    history = {"val/acc": [0.5, 0.8, 0.8, 0.7], "val/loss": [1.0, 0.4, 0.6, math.nan], "val/loss_bounded": [0.3, 0.2, 0.1, 0.2]}
+    history = {
+        "val/acc": [0.5, 0.8, 0.8, 0.7],
+        "val/loss": [1.0, 0.4, 0.6, math.nan],
+        "val/loss_bounded": [0.3, 0.2, 0.1, 0.2],
+    }
     m = run_metrics(history)
     assert (m["best_val_acc"], m["last_val_acc"], m["epochs_to_best"]) == (0.8, 0.7, 2.0)
     assert (m["min_val_loss"], m["last_val_loss"], m["epoch_min_val_loss"]) == (0.4, 0.6, 2.0)
@@ -114,7 +136,10 @@ def test_report_on_hand_made_sweep(tmp_path: Path) -> None:
     assert "| bounded | 1 | 0.6000 |" in markdown and "n/a" in markdown
     statuses = {r.path.name: (r.status, r.reason) for r in runs}
     assert statuses["loss=bounded,seed=1"] == ("incomplete", "1 of 2 epochs logged")
-    assert statuses["loss=bounded,seed=2"][0] == "incomplete" and "'running'" in statuses["loss=bounded,seed=2"][1]
+    assert (
+        statuses["loss=bounded,seed=2"][0] == "incomplete"
+        and "'running'" in statuses["loss=bounded,seed=2"][1]
+    )
     assert statuses["loss=bounded,seed=3"][0] == "failed"
     assert markdown.count("\n- `loss=bounded,seed=") == 3
     csv_lines = (sweep / "report.csv").read_text().splitlines()

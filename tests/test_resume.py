@@ -209,7 +209,9 @@ def test_resume_refuses_a_finished_run_unless_it_trains_longer(tmp_path: Path) -
     from src.errors import UserError
 
     run = _fake_run(tmp_path / "run", status="complete")
-    with pytest.raises(UserError, match=r"already finished its 2 epochs: add trainer.max_epochs=<more than 2>"):
+    with pytest.raises(
+        UserError, match=r"already finished its 2 epochs: add trainer.max_epochs=<more than 2>"
+    ):
         expand_resume([f"resume={run}"])
     assert expand_resume([f"resume={run}", "trainer.max_epochs=4"])[-3] == "trainer.max_epochs=4"
 

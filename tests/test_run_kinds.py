@@ -314,7 +314,9 @@ def test_calibration_summary_records_the_cross_fitted_numbers_but_logs_only_the_
     logits, target = calibrated_logits(n=400)
     summary = calibration_summary(logits * 4, target)
     cf = crossfit_temperature(logits * 4, target)
-    assert summary["nll_crossfit"] == pytest.approx(cf.nll_scaled) and summary["ece_crossfit"] == pytest.approx(cf.ece_scaled)
+    assert summary["nll_crossfit"] == pytest.approx(cf.nll_scaled) and summary[
+        "ece_crossfit"
+    ] == pytest.approx(cf.ece_scaled)
     # scored out of sample, the scaled NLL cannot beat the in-sample optimum
     assert summary["nll_crossfit"] >= summary["nll_temperature_scaled"]
     ev = evaluate_logits(logits.float(), target)
@@ -336,4 +338,6 @@ def test_learned_then_lost_is_not_learning_not_a_partial_collapse():
     json.dumps(r.to_dict(), allow_nan=False)  # the unbounded rise is null, not Infinity
     # the same run without the collapse at the end: a rise from a minimum of 0 is said in words
     r = run(loss, np.tile(target, (4, 1)), target, n_classes=3, initial_loss=1.1)
-    assert r.kind == "phenomenon" and "unbounded share (its minimum is 0" in r.reason and "inf" not in r.reason
+    assert (
+        r.kind == "phenomenon" and "unbounded share (its minimum is 0" in r.reason and "inf" not in r.reason
+    )

@@ -61,7 +61,10 @@ def kind_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path,
     commands = {kind: [*args, f"hydra.run.dir={base / kind}"] for kind, args in RUNS.items()}
     write_image_folder(base / "train_imgs", FOLDER_CLASSES, size=8, seed=0)
     commands["folder"] = [
-        "data=folder", f"data.root={base / 'train_imgs'}", "data.image_size=8", "trainer.max_epochs=3",
+        "data=folder",
+        f"data.root={base / 'train_imgs'}",
+        "data.image_size=8",
+        "trainer.max_epochs=3",
         f"hydra.run.dir={base / 'folder'}",
     ]
     done = _run_concurrently("src.train", commands)
@@ -91,7 +94,9 @@ def test_each_kind_of_run_is_the_verdict_everywhere(kind_runs, kind: str) -> Non
     samples = load_samples(run_dir)
     means = samples.history.loss.astype(np.float64).mean(1)
     assert numbers["n_samples"] == len(samples.val.target) == 449
-    assert numbers["min_loss"] == pytest.approx(means.min()) and numbers["last_loss"] == pytest.approx(means[-1])
+    assert numbers["min_loss"] == pytest.approx(means.min()) and numbers["last_loss"] == pytest.approx(
+        means[-1]
+    )
     initial = samples.models["initial"]["val"].loss.astype(np.float64).mean()
     assert numbers["initial_loss"] == pytest.approx(initial)
     lo, hi = numbers["rise_ci"]
@@ -118,7 +123,9 @@ def test_default_run_numbers_are_unchanged(kind_runs) -> None:
 def test_collapse_names_the_classes_and_the_samples_without_gradient(kind_runs) -> None:
     run_dir, _ = kind_runs["partial_collapse"]
     numbers = json.loads((run_dir / "diagnosis.json").read_text())
-    assert numbers["collapsed_classes"] and set(numbers["collapsed_classes"]) <= set(numbers["unlearned_classes"])
+    assert numbers["collapsed_classes"] and set(numbers["collapsed_classes"]) <= set(
+        numbers["unlearned_classes"]
+    )
     samples = load_samples(run_dir)
     above = int((samples.models["last"]["train"].loss > samples.loss_cap).sum())
     assert numbers["objective"] == "bounded" and numbers["n_train_above_cap"] == above > 0
@@ -165,8 +172,15 @@ def test_evaluating_a_folder_run_on_another_folder_takes_every_image(kind_runs, 
     assert sorted(samples.val.path) == sorted(str(p) for p in (tmp_path / "new_imgs").rglob("*.png"))
     assert samples.train is None and samples.classes == list(FOLDER_CLASSES)
     text = (out / "diagnosis.md").read_text()
-    assert "every image counts and there is no train/val split" in text and "every image of" in done["new"].stdout
-    for absent in ("epoch", "val/worst_samples", "initial"):  # one model: no history, no files it did not write
+    assert (
+        "every image counts and there is no train/val split" in text
+        and "every image of" in done["new"].stdout
+    )
+    for absent in (
+        "epoch",
+        "val/worst_samples",
+        "initial",
+    ):  # one model: no history, no files it did not write
         assert absent not in text.split("## What to look at next")[1], absent
     assert "nan" not in text
     header = (out / "worst.csv").read_text().splitlines()[0]

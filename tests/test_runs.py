@@ -17,7 +17,9 @@ from src.rundir.metrics_csv import METRICS_CSV
 from src.rundir.samples import SAMPLES_FILE
 
 
-def _fake_run(path: Path, mtime: float, samples: bool = True, metrics: bool = True, finished: bool = True) -> Path:
+def _fake_run(
+    path: Path, mtime: float, samples: bool = True, metrics: bool = True, finished: bool = True
+) -> Path:
     path.mkdir(parents=True)
     if finished:
         (path / "diagnosis.md").write_text("# Diagnosis")
@@ -76,7 +78,9 @@ def test_value_at_epoch() -> None:
 
 
 def test_markdown_table_layout() -> None:
-    text = markdown_table(["model", "loss", "path"], [["best", 0.123456, ""], ["last", math.nan, "a|b"]], digits=3)
+    text = markdown_table(
+        ["model", "loss", "path"], [["best", 0.123456, ""], ["last", math.nan, "a|b"]], digits=3
+    )
     assert text.splitlines() == [
         "| model | loss | path |",
         "|---|---|---|",
@@ -88,8 +92,12 @@ def test_markdown_table_layout() -> None:
 
 
 def test_curves_figure_plots_each_logged_metric_and_names_missing_ones() -> None:
-    history = {"epoch": [0.0, 1.0, 2.0], "train/loss": [3.0, 2.0, 1.0], "val/loss": [2.0, 1.5, 1.8],
-               "val/acc": [math.nan, math.nan, math.nan]}
+    history = {
+        "epoch": [0.0, 1.0, 2.0],
+        "train/loss": [3.0, 2.0, 1.0],
+        "val/loss": [2.0, 1.5, 1.8],
+        "val/acc": [math.nan, math.nan, math.nan],
+    }
     fig = curves_figure(history, {"loss": ["train/loss", "val/loss"], "accuracy": ["val/acc", "train/acc"]})
     loss_ax, acc_ax = fig.axes
     assert [line.get_label() for line in loss_ax.lines] == ["train/loss", "val/loss"]

@@ -34,14 +34,23 @@ def folder_with_moved_images(root: Path, per_class: int = 44, moved_per_class: i
 
 
 def test_rank_suspects_merges_the_splits_by_quantile() -> None:
-    margin = np.array([[2.0, -1.0, 0.5, -3.0], [2.0, -2.0, 1.0, -3.0]])  # sample 3 never learned, 1 below 0 too
+    margin = np.array(
+        [[2.0, -1.0, 0.5, -3.0], [2.0, -2.0, 1.0, -3.0]]
+    )  # sample 3 never learned, 1 below 0 too
     ranked = rank_suspects(margin, np.array([0.9, 0.1, 0.6, 0.01]), np.array([0, 1, 0, 2]),
                            np.array([0.2, 0.9]), np.array([1, 0]), np.array([0, 0]))  # fmt: skip
     assert list(zip(ranked.split, ranked.where, strict=True)) == [
         ("train", 3), ("val", 0), ("train", 1), ("val", 1), ("train", 2), ("train", 0)
     ]  # fmt: skip
     assert ranked.score.tolist() == [1.0, 1.0, 0.75, 0.5, 0.5, 0.25]  # quantiles within each split
-    assert ranked.flagged.tolist() == [True, True, True, False, False, False]  # AUM < 0; val: model says another
+    assert ranked.flagged.tolist() == [
+        True,
+        True,
+        True,
+        False,
+        False,
+        False,
+    ]  # AUM < 0; val: model says another
     assert ranked.top("train", 2).tolist() == [3, 1]
 
 

@@ -43,7 +43,9 @@ def basic_sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]
     return sweep, proc
 
 
-GOOD = [{"loss": loss, "seed": seed, "optimizer.lr": "0.1"} for loss in ("standard", "bounded") for seed in "01"]
+GOOD = [
+    {"loss": loss, "seed": seed, "optimizer.lr": "0.1"} for loss in ("standard", "bounded") for seed in "01"
+]
 BAD = [{**params, "optimizer.lr": "-1"} for params in GOOD]
 
 
@@ -89,16 +91,30 @@ def test_report_groups_seeds_and_lists_failures(basic_sweep) -> None:
 
     with (sweep / "report.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert [(r["loss"], r["optimizer.lr"], r["n"]) for r in rows] == [("standard", "0.1", "2"), ("bounded", "0.1", "2")]
+    assert [(r["loss"], r["optimizer.lr"], r["n"]) for r in rows] == [
+        ("standard", "0.1", "2"),
+        ("bounded", "0.1", "2"),
+    ]
     for row in rows:
         # check the seed aggregation against what each run itself reported at its end (metrics.json)
-        finals = [read_summary(job_dir(sweep, loss=row["loss"], seed=s, **{"optimizer.lr": "0.1"}))["metrics"] for s in "01"]
-        for column, metric in [("best_val_acc", "val/acc_best"), ("last_val_acc", "val/acc"), ("last_val_loss", "val/loss")]:
+        finals = [
+            read_summary(job_dir(sweep, loss=row["loss"], seed=s, **{"optimizer.lr": "0.1"}))["metrics"]
+            for s in "01"
+        ]
+        for column, metric in [
+            ("best_val_acc", "val/acc_best"),
+            ("last_val_acc", "val/acc"),
+            ("last_val_loss", "val/loss"),
+        ]:
             values = [f[metric] for f in finals]
             assert float(row[f"{column}_mean"]) == pytest.approx(np.mean(values), rel=1e-6)
             assert float(row[f"{column}_std"]) == pytest.approx(np.std(values, ddof=1), rel=1e-6, abs=1e-9)
-        histories = [read_history(job_dir(sweep, loss=row["loss"], seed=s, **{"optimizer.lr": "0.1"})) for s in "01"]
-        assert float(row["min_val_loss_mean"]) == pytest.approx(np.mean([min(h["val/loss"]) for h in histories]))
+        histories = [
+            read_history(job_dir(sweep, loss=row["loss"], seed=s, **{"optimizer.lr": "0.1"})) for s in "01"
+        ]
+        assert float(row["min_val_loss_mean"]) == pytest.approx(
+            np.mean([min(h["val/loss"]) for h in histories])
+        )
         # callbacks=none: no diagnosis callback, so no val/ece: the report says n/a instead of failing
         # (its aggregation of val/ece is checked in test_experiments.py, on a sweep with the diagnosis)
         assert not any("val/ece" in h for h in histories)
@@ -134,7 +150,9 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path: Path) -> None
     proc = multirun(sweep, "launcher=joblib", "hydra.launcher.n_jobs=2", "loss=standard,bounded")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Joblib.Parallel(n_jobs=2" in proc.stdout + proc.stderr
-    assert f"Sweep folder: {sweep} (2 complete)\nCompare its runs: python -m src.report {sweep}" in proc.stdout
+    assert (
+        f"Sweep folder: {sweep} (2 complete)\nCompare its runs: python -m src.report {sweep}" in proc.stdout
+    )
     # `launcher=...` is not part of the folder names; the jobs ran in other processes than the sweep's
     dirs = [job_dir(sweep, loss=loss) for loss in ("standard", "bounded")]
     assert all(read_summary(d)["status"] == "complete" for d in dirs)
@@ -160,7 +178,9 @@ def test_submitit_slurm_writes_the_sbatch_script(tmp_path: Path, monkeypatch: py
     bin_dir, script = tmp_path / "bin", tmp_path / "submitted.sh"
     bin_dir.mkdir()
     (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")
-    (bin_dir / "sbatch").write_text('#!/bin/sh\ncp "$1" "$SBATCH_CAPTURE"\necho "sbatch: test stand-in" >&2\nexit 1\n')
+    (bin_dir / "sbatch").write_text(
+        '#!/bin/sh\ncp "$1" "$SBATCH_CAPTURE"\necho "sbatch: test stand-in" >&2\nexit 1\n'
+    )
     for tool in bin_dir.iterdir():
         tool.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
@@ -169,7 +189,14 @@ def test_submitit_slurm_writes_the_sbatch_script(tmp_path: Path, monkeypatch: py
     proc = multirun(tmp_path / "sweep", *overrides, "hydra.launcher.timeout_min=30", "loss=standard,bounded")
     assert proc.returncode == 1 and "sbatch: test stand-in" in proc.stderr
     lines = script.read_text().splitlines()
-    for option in ["--array=0-1%2", "--partition=gpu", "--gpus-per-node=1", "--cpus-per-task=4", "--time=30", "--mem=8GB"]:
+    for option in [
+        "--array=0-1%2",
+        "--partition=gpu",
+        "--gpus-per-node=1",
+        "--cpus-per-task=4",
+        "--time=30",
+        "--mem=8GB",
+    ]:
         assert f"#SBATCH {option}" in lines
     assert any(line.startswith("srun ") and "-m submitit.core._submit" in line for line in lines)
 
@@ -183,7 +210,9 @@ def test_launcher_configs_compose() -> None:
     joblib = _hydra_cfg("launcher=joblib")
     assert joblib.hydra.launcher._target_.endswith("JoblibLauncher")
     assert joblib.threads == 1 and joblib.hydra.job.env_set.OMP_NUM_THREADS == "1"
-    slurm = _hydra_cfg("launcher=submitit_slurm", "hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=1")
+    slurm = _hydra_cfg(
+        "launcher=submitit_slurm", "hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=1"
+    )
     launcher = slurm.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.partition, launcher.gpus_per_node, launcher.timeout_min) == ("gpu", 1, 60)

@@ -47,7 +47,9 @@ def test_standard_and_bounded_are_unchanged() -> None:
     target = torch.tensor([2, 1])
     ce = F.cross_entropy(logits, target, reduction="none")
     assert torch.equal(training_loss(logits, target, "standard", 1.0), ce.mean())
-    assert torch.equal(training_loss(logits, target, "bounded", 2.0), torch.minimum(ce, torch.tensor(2.0)).mean())
+    assert torch.equal(
+        training_loss(logits, target, "bounded", 2.0), torch.minimum(ce, torch.tensor(2.0)).mean()
+    )
     training_loss(logits, target, "bounded", 2.0).backward()
     assert torch.equal(logits.grad[0], torch.zeros(3))  # capped: exactly no gradient, as before
     assert set(LOSS_NAMES) == {"standard", "bounded", *OBJECTIVES}
@@ -70,7 +72,9 @@ def test_an_objective_run_logs_cross_entropy_and_the_bounded_view(make_cfg, tmp_
         logits = module(dm.val.inputs())
     ce = F.cross_entropy(logits, dm.val.y, reduction="none")
     assert module.epoch_values["val/loss"] == pytest.approx(ce.mean().item(), rel=1e-5)
-    assert module.epoch_values["val/loss"] != pytest.approx(OBJECTIVES["gce"].fn(logits, dm.val.y, 0.5).mean().item())
+    assert module.epoch_values["val/loss"] != pytest.approx(
+        OBJECTIVES["gce"].fn(logits, dm.val.y, 0.5).mean().item()
+    )
     capped = torch.minimum(ce, module.loss_cap).mean().item()
     assert module.epoch_values["val/loss_bounded"] == pytest.approx(capped, rel=1e-5)
 
@@ -78,11 +82,17 @@ def test_an_objective_run_logs_cross_entropy_and_the_bounded_view(make_cfg, tmp_
 @pytest.mark.parametrize(
     ("overrides", "needle"),
     [
-        (("loss=focal", "loss.gamma=-1"), "loss.gamma for focal must be >= 0, got -1: fix loss.gamma (default 2)"),
+        (
+            ("loss=focal", "loss.gamma=-1"),
+            "loss.gamma for focal must be >= 0, got -1: fix loss.gamma (default 2)",
+        ),
         (("loss=gce", "loss.q=0"), "loss.q for gce must be in (0, 1], got 0"),
         (("loss=phuber", "loss.tau=1"), "loss.tau for phuber must be > 1"),
         (("loss=label_smoothing", "loss.epsilon=1"), "loss.epsilon for label_smoothing must be in [0, 1)"),
-        (("loss.name=hinge",), "loss.name='hinge' is unknown: use loss=<one of standard, bounded, label_smoothing"),
+        (
+            ("loss.name=hinge",),
+            "loss.name='hinge' is unknown: use loss=<one of standard, bounded, label_smoothing",
+        ),
         (("data.augment=rotate",), "data.augment='rotate' is unknown: use one of none, flip_crop"),
         (("optimizer.lr=fast",), "optimizer.lr='fast' must be a number"),
     ],
@@ -155,7 +165,11 @@ def test_default_settings_learn_on_a_generated_rgb_folder(tmp_path: Path) -> Non
     root = make_image_folder(tmp_path / "images", 150, noise=0.6)
     run = tmp_path / "run"
     proc = run_module(
-        "src.train", "data=folder", f"data.root={root}", "trainer.max_epochs=10", "callbacks=none",
+        "src.train",
+        "data=folder",
+        f"data.root={root}",
+        "trainer.max_epochs=10",
+        "callbacks=none",
         f"hydra.run.dir={run}",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -18,14 +18,18 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.utilities import move_data_to_device
-from tensorboard.compat.proto.summary_pb2 import Summary
-from torch.utils.tensorboard.summary import histogram
+from tensorboard.compat.proto.summary_pb2 import HistogramProto, Summary
 
 from src.callbacks.console import announce
 from src.callbacks.tensorboard import tensorboard_writer
 from src.errors import UserError
-from src.functional.breakdown import epoch_scalar_block, loss_distributions, worst_indices
-from src.functional.losses import loss_cap_from_initial
+from src.functional.breakdown import (
+    epoch_scalar_block,
+    equal_width_histograms,
+    loss_distributions,
+    worst_indices,
+)
+from src.functional.losses import loss_cap_from_initial, per_sample_cross_entropy
 from src.functional.outputs import Evaluation, evaluate_epochs, evaluate_logits
 from src.functional.suspects import given_label_dynamics
 from src.models.epoch_log import log_epoch_metrics
@@ -396,7 +400,7 @@ class LossDiagnosis(L.Callback):
         cap = self.loss_cap(pl_module)
         self.samples.loss_cap = cap
         values: dict[int, dict[str, float]] = {}
-        losses: dict[int, dict[str, np.ndarray]] = {}
+        losses: dict[str, tuple[list[int], np.ndarray]] = {}  # per stage: (epochs, per-sample losses (E, N))
         last_val: tuple[int, Evaluation] | None = None
         if self._pending["val"]:
             epochs = [e for e, _ in self._pending["val"]]
@@ -409,35 +413,33 @@ class LossDiagnosis(L.Callback):
             }
             for i, epoch in enumerate(epochs):
                 values.setdefault(epoch, {}).update({f"val/{k}": float(v[i]) for k, v in scalars.items()})
-                losses.setdefault(epoch, {})["val"] = ev.loss[i]
                 self.samples.add_epoch(epoch, ev[i])
                 self._journal.append(epoch, evaluation_record(ev[i]))
             last_val = epochs[-1], ev[len(epochs) - 1]
+            losses["val"] = epochs, ev.loss
         if self._pending["train"]:
             epochs = [e for e, _ in self._pending["train"]]
             logits = torch.stack([z for _, z in self._pending["train"]])
             target = self._targets["train"]
-            ce = -torch.log_softmax(logits, -1).gather(-1, target.expand(logits.shape[:-1])[..., None])[
-                ..., 0
-            ]
+            ce = per_sample_cross_entropy(logits, target)
             scalars = loss_distributions(ce, cap)
             p_given, margin = (t.numpy().astype(np.float16) for t in given_label_dynamics(logits, target))
             for i, epoch in enumerate(epochs):
                 values.setdefault(epoch, {}).update({f"train/{k}": float(v[i]) for k, v in scalars.items()})
-                losses.setdefault(epoch, {})["train"] = ce[i].numpy()
                 assert self._dynamics_journal is not None
                 self._dynamics_journal.append(epoch, {"p_given": p_given[i], "margin": margin[i]})
                 self._pending_dynamics.append((epoch, p_given[i], margin[i]))
+            losses["train"] = epochs, ce.numpy()
         writer = tensorboard_writer(trainer) if self.histograms else None
         for epoch in sorted(values):
             self.epoch_values.update(log_epoch_metrics(trainer, values[epoch], epoch))
-            if writer is not None:
-                self._log_histograms(writer, losses[epoch], epoch)
+        if writer is not None:
+            self._log_histograms(writer, losses)
         self._logged_through = max(values)
         self._pending = {stage: [] for stage in STAGES}
         recorded = len(self.samples.epochs)
         if self.write_every_n_epochs and recorded - self._saved_at >= self.write_every_n_epochs:
-            self.samples.save(self.output_dir / SAMPLES_FILE)
+            self.samples.save(self.output_dir / SAMPLES_FILE, durable=False)
             self._saved_at = recorded
         if last_val is not None and self._figures_due(trainer) and last_val[0] == trainer.current_epoch:
             epoch, ev = last_val
@@ -484,18 +486,31 @@ class LossDiagnosis(L.Callback):
         self._pending_figures = []
 
     @staticmethod
-    def _log_histograms(writer: Any, losses: Mapping[str, np.ndarray], epoch: int) -> None:
-        """``<stage>/loss_per_sample`` of one epoch, every stage in one event (64 equal bins: a linear axis shows
-        the tail, and the stock exponential buckets cost twice as much)."""
-        summaries = [
-            histogram(f"{stage}/loss_per_sample", finite, bins=64)
-            for stage, loss in losses.items()
-            if (finite := loss[np.isfinite(loss)]).size
-        ]
-        if summaries:
-            writer.file_writer.add_summary(
-                Summary(value=[v for s in summaries for v in s.value]), global_step=epoch
-            )
+    def _log_histograms(writer: Any, blocks: Mapping[str, tuple[list[int], np.ndarray]]) -> None:
+        """``<stage>/loss_per_sample`` for a block of epochs (``{stage: (epochs, losses (E, N))}``), one event per
+        epoch holding every stage. 64 equal-width bins (a linear axis shows the tail; TensorBoard's stock
+        exponential buckets cost twice as much), counted for the whole block at once."""
+        values: dict[int, list[Summary.Value]] = {}
+        for stage, (epochs, losses) in blocks.items():
+            h = equal_width_histograms(losses, bins=64)
+            for i, epoch in enumerate(epochs):
+                if not h["num"][i]:
+                    continue
+                proto = HistogramProto(
+                    min=h["min"][i],
+                    max=h["max"][i],
+                    num=h["num"][i],
+                    sum=h["sum"][i],
+                    sum_squares=h["sum_squares"][i],
+                    # right bin limits, after an empty bin that carries the left edge (as TensorBoard's own)
+                    bucket_limit=h["edges"][i].tolist(),
+                    bucket=[0.0, *h["counts"][i].tolist()],
+                )
+                values.setdefault(epoch, []).append(
+                    Summary.Value(tag=f"{stage}/loss_per_sample", histo=proto)
+                )
+        for epoch in sorted(values):
+            writer.file_writer.add_summary(Summary(value=values[epoch]), global_step=epoch)
 
     # -- what the data can tell ------------------------------------------------------------------
     @staticmethod

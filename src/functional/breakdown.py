@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from src.functional.outputs import LOGGED_CALIBRATION_KEYS, Evaluation, stack
+from src.functional.softmax import class_softmax
 
 
 def top_count(n: int, fraction: float) -> int:
@@ -137,7 +138,7 @@ def epoch_scalar_block(logits: torch.Tensor, target: torch.Tensor, ev: Evaluatio
     """
     y = target.detach().cpu().numpy()
     parts = correct_wrong_breakdown(ev, y)
-    recomputed = recompute_mean_ce(logits.detach().double().cpu().softmax(-1).numpy(), y)
+    recomputed = recompute_mean_ce(class_softmax(logits.detach().double().cpu()).numpy(), y)
     mean_loss = np.mean(ev.loss, axis=-1, dtype=np.float64)
     return {
         "loss_from_correct": parts["loss_from_correct"],
@@ -160,3 +161,38 @@ def epoch_scalar_block(logits: torch.Tensor, target: torch.Tensor, ev: Evaluatio
 def epoch_scalars(logits: torch.Tensor, target: torch.Tensor, ev: Evaluation) -> dict[str, float]:
     """:func:`epoch_scalar_block` of one epoch: ``logits`` (N, C), ``ev`` of that epoch."""
     return {k: float(v[0]) for k, v in epoch_scalar_block(logits[None], target, stack([ev])).items()}
+
+
+def equal_width_histograms(per_sample: np.ndarray, bins: int) -> dict[str, np.ndarray]:
+    """Histograms of every row of ``per_sample`` (E, N) in ``bins`` equal-width bins between the row's finite
+    minimum and maximum (``numpy.histogram``'s bins, its last one closed; non-finite values left out), at once.
+
+    Returns ``edges`` (E, bins + 1), ``counts`` (E, bins) and per row ``min``, ``max``, ``num``, ``sum``,
+    ``sum_squares`` of the finite values (a row without any: zeros).
+    """
+    values = np.asarray(per_sample, dtype=np.float64)
+    values = values.reshape(-1, values.shape[-1])
+    finite = np.isfinite(values)
+    num = finite.sum(-1)
+    lo = np.where(finite, values, np.inf).min(-1, initial=np.inf)
+    hi = np.where(finite, values, -np.inf).max(-1, initial=-np.inf)
+    lo, hi = np.where(num > 0, lo, 0.0), np.where(num > 0, hi, 0.0)
+    flat = lo == hi  # as numpy.histogram: a single value gets the range value +- 0.5
+    first, last = np.where(flat, lo - 0.5, lo), np.where(flat, hi + 0.5, hi)
+    edges = first[:, None] + (last - first)[:, None] * np.linspace(0.0, 1.0, bins + 1)[None]
+    clean = np.where(finite, values, first[:, None])
+    index = np.clip(
+        ((clean - first[:, None]) * (bins / (last - first))[:, None]).astype(np.int64), 0, bins - 1
+    )
+    rows = np.arange(len(values))[:, None] * bins
+    counts = np.bincount((index + rows).ravel(), weights=finite.ravel(), minlength=len(values) * bins)
+    kept = np.where(finite, values, 0.0)
+    return {
+        "edges": edges,
+        "counts": counts.reshape(len(values), bins),
+        "min": lo,
+        "max": hi,
+        "num": num,
+        "sum": kept.sum(-1),
+        "sum_squares": (kept * kept).sum(-1),
+    }

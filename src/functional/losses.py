@@ -14,9 +14,9 @@ The other objectives (label smoothing, focal, PHuber-CE, GCE) live in :mod:`src.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from src.functional.objectives import OBJECTIVES
+from src.functional.softmax import class_log_softmax
 
 # objectives of the per-sample cross-entropy alone (see :func:`objective`)
 CE_LOSS_NAMES: tuple[str, ...] = ("standard", "bounded")
@@ -25,8 +25,10 @@ LOSS_NAMES: tuple[str, ...] = (*CE_LOSS_NAMES, *OBJECTIVES)
 
 
 def per_sample_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of every sample (no reduction), computed in float32 at least."""
-    return F.cross_entropy(logits.float(), target, reduction="none")
+    """Cross-entropy of every sample (no reduction), computed in float32 at least: logits (..., N, C) and
+    target (N,) give (..., N) (e.g. a block of epochs at once)."""
+    index = target.to(device=logits.device, dtype=torch.long).expand(logits.shape[:-1])[..., None]
+    return -class_log_softmax(logits.float()).gather(-1, index)[..., 0]
 
 
 def bound_losses(per_sample: torch.Tensor, cap: torch.Tensor | float) -> torch.Tensor:

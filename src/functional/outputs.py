@@ -8,6 +8,8 @@ import numpy as np
 import torch
 
 from src.functional.calibration import calibration_summaries
+from src.functional.losses import per_sample_cross_entropy
+from src.functional.softmax import class_softmax
 
 # in-sample calibration: what the per-epoch ``val/`` scalars show
 LOGGED_CALIBRATION_KEYS = ("ece", "temperature", "nll_temperature_scaled", "ece_temperature_scaled")
@@ -61,9 +63,8 @@ def evaluate_epochs(
     """
     logits = logits.detach().float().cpu()
     target = target.detach().cpu().long()
-    log_probs = torch.log_softmax(logits, -1)
     index = target.expand(logits.shape[:-1])[..., None]
-    probs = logits.double().softmax(-1)
+    probs = class_softmax(logits.double())
     conf, pred = probs.max(-1)
     calibration = (
         {
@@ -74,7 +75,7 @@ def evaluate_epochs(
         else {}
     )
     return Evaluation(
-        loss=(-log_probs.gather(-1, index)[..., 0]).numpy().astype(np.float32),
+        loss=per_sample_cross_entropy(logits, target).numpy().astype(np.float32),
         p_true=probs.gather(-1, index)[..., 0].numpy().astype(np.float32),
         pred=pred.numpy().astype(np.int16),
         conf=conf.numpy().astype(np.float32),

@@ -33,6 +33,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from src.functional.softmax import class_softmax
+
 Array = np.ndarray | torch.Tensor | Sequence[float] | Sequence[Sequence[float]]
 
 METHODS = ("aum", "aum_late", "confidence", "hard_to_learn", "forgetting", "loss")
@@ -50,7 +52,7 @@ def given_label_dynamics(logits: torch.Tensor, target: torch.Tensor) -> tuple[to
         raise ValueError(f"logits must be (N, C) with C >= 2, got shape {tuple(logits.shape)}")
     index = target.to(device=logits.device, dtype=torch.long).expand(logits.shape[:-1])[..., None]
     given = logits.gather(-1, index)[..., 0]
-    p_given = torch.softmax(logits, dim=-1).gather(-1, index)[..., 0]
+    p_given = class_softmax(logits).gather(-1, index)[..., 0]
     others = logits.scatter(-1, index, float("-inf"))
     return p_given, given - others.amax(dim=-1)
 

@@ -42,5 +42,5 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    return atomic_write(path, lambda handle: handle.write(data))
+def atomic_write_bytes(path: str | Path, data: bytes | memoryview, durable: bool = True) -> Path:
+    return atomic_write(path, lambda handle: handle.write(data), durable)

@@ -130,11 +130,12 @@ class Samples:
                 arrays.update(_flatten(f"model_{split}", stack(evals)))
         return arrays
 
-    def save(self, path: str | Path) -> Path:
-        """Write atomically (a reader never sees a half-written file)."""
+    def save(self, path: str | Path, durable: bool = True) -> Path:
+        """Write atomically (a reader never sees a half-written file); ``durable=False`` skips the fsync
+        (for the rewrites during training: a machine crash loses at most the latest)."""
         buffer = io.BytesIO()
         np.savez(buffer, **self.to_arrays())
-        return atomic_write_bytes(path, buffer.getvalue())
+        return atomic_write_bytes(path, buffer.getvalue(), durable)
 
 
 def _flatten(prefix: str, ev: Evaluation) -> dict[str, np.ndarray]:
