@@ -21,7 +21,16 @@ from src.rundir.status import read_summary
 from tests.conftest import ROOT, run_module
 
 EPOCHS = 6
-OVERRIDES = ["debug=fast", f"trainer.max_epochs={EPOCHS}", "~callbacks.progress_bar"]
+# last.ckpt after every epoch, and the diagnosis logged every third epoch: a checkpoint the kill leaves
+# behind may hold epochs the diagnosis had not logged yet (they travel in the checkpoint)
+OVERRIDES = [
+    "debug=fast",
+    f"trainer.max_epochs={EPOCHS}",
+    "~callbacks.progress_bar",
+    "callbacks.last_checkpoint.every_s=0",
+    "callbacks.diagnosis.flush_every_n_epochs=3",
+    "callbacks.diagnosis.flush_every_s=1000",
+]
 
 
 def _env() -> dict[str, str]:
@@ -237,3 +246,27 @@ def test_resume_refuses_to_stretch_a_learning_rate_schedule(tmp_path: Path) -> N
     with pytest.raises(UserError, match=r"learning-rate schedule planned for its own trainer\.max_epochs"):
         expand_resume([f"resume={run}", "trainer.max_epochs=4"])
     assert expand_resume([f"resume={run}"])[-1].startswith("ckpt_path=")  # plain resume still works
+
+
+@pytest.mark.parametrize(("every_s", "seen"), [(0.0, [None, 0, 1, 2, 3]), (1e9, [None, 0, 0, 0, 0])])
+def test_last_checkpoint_is_throttled_but_has_the_first_and_last_epoch(tmp_path: Path, every_s, seen) -> None:
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    from src.callbacks.last_checkpoint import LastCheckpoint
+    from tests.test_drop_in import MLP, blobs
+
+    last = tmp_path / "last.ckpt"
+    epochs: list[int | None] = []
+
+    class Probe(L.Callback):  # what last.ckpt holds when each epoch starts
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            epochs.append(torch.load(last, weights_only=False)["epoch"] if last.is_file() else None)
+
+    trainer = L.Trainer(
+        max_epochs=5, callbacks=[Probe(), LastCheckpoint(str(tmp_path), every_s=every_s)], logger=False,
+        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", devices=1,
+    )  # fmt: skip
+    trainer.fit(MLP(), DataLoader(blobs(64, 0), batch_size=32), DataLoader(blobs(32, 1), batch_size=32))
+    assert epochs == seen
+    assert torch.load(last, weights_only=False)["epoch"] == 4  # the last epoch is always saved

@@ -47,6 +47,11 @@ class ResumableCSVLogger(Logger):
         """The run's config is in ``.hydra/config.yaml``; nothing to add here."""
 
     @rank_zero_only
+    def finalize(self, status: str) -> None:
+        if self._csv is not None:
+            self._csv.close()
+
+    @rank_zero_only
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         if self._csv is None:
             self._csv = MetricsCSV(Path(self.log_dir) / "metrics.csv")

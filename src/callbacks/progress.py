@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
@@ -16,6 +17,25 @@ from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from src.callbacks.console import announce
 
 log = logging.getLogger(__name__)
+PROGRESS_KEYS = ("val/loss", "val/acc")  # the two numbers the story is about, first on every line
+
+
+def with_epoch_values(metrics: dict[str, Any], pl_module: L.LightningModule) -> dict[str, Any]:
+    """The progress bar's metrics plus the module's ``val/loss`` and ``val/acc`` from its ``epoch_values``
+    (``LossDiagModule`` sends every epoch value to the loggers, not through ``self.log``: only ``val/acc``,
+    which the best checkpoint monitors, goes through it)."""
+    values = getattr(pl_module, "epoch_values", None)
+    if isinstance(values, dict):
+        shown = {k: values[k] for k in PROGRESS_KEYS if isinstance(values.get(k), float)}
+        metrics = {**shown, **{k: v for k, v in metrics.items() if k not in shown}}
+    return metrics
+
+
+class ProgressBarWithEpochValues(TQDMProgressBar):
+    """Lightning's tqdm bar showing :func:`with_epoch_values`."""
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        return with_epoch_values(super().get_metrics(trainer, pl_module), pl_module)
 
 
 class EpochLines(ProgressBar):
@@ -42,14 +62,13 @@ class EpochLines(ProgressBar):
         done, total = trainer.current_epoch + 1, trainer.max_epochs
         if done % self.every_n_epochs and done != total:
             return
-        shown = ", ".join(
-            f"{k} {v:.4f}" for k, v in self.get_metrics(trainer, pl_module).items() if isinstance(v, float)
-        )
+        metrics = with_epoch_values(self.get_metrics(trainer, pl_module), pl_module)
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
         announce(log, f"epoch {trainer.current_epoch} ({done}/{total} done): {shown}")
 
 
 def progress_bar(refresh_rate: int = 10, every_n_epochs: int = 10) -> ProgressBar:
     """tqdm (``refresh_rate`` steps) when stdout is a terminal, else :class:`EpochLines` (``every_n_epochs``)."""
     if sys.stdout.isatty():
-        return TQDMProgressBar(refresh_rate=refresh_rate)
+        return ProgressBarWithEpochValues(refresh_rate=refresh_rate)
     return EpochLines(every_n_epochs=every_n_epochs)

@@ -6,10 +6,11 @@ de-duplicated per-sample records, so ``train/*`` and ``val/*`` use the same defi
 standard and the bounded cross-entropy are logged whatever is optimised, and multi-process runs count
 every sample exactly once.
 
-Logging: only what Lightning itself consumes goes through ``self.log``: ``val/acc``, which the
-checkpoints monitor, and ``val/loss`` + ``val/acc`` for the progress bar, with ``logger=False``. Every
-epoch value (those two included) was already gathered, so it goes to the loggers once per epoch, at
-``step=epoch``, with :func:`src.models.epoch_log.log_epoch_metrics` (each ``self.log`` costs ~0.2-1 ms).
+Logging: only what Lightning itself consumes goes through ``self.log``: ``val/acc``, which the best
+checkpoint monitors, with ``logger=False``. Every epoch value (that one included) was already gathered,
+so it goes to the loggers once per epoch, at ``step=epoch``, with
+:func:`src.models.epoch_log.log_epoch_metrics` (each ``self.log`` costs ~0.2-1 ms); the progress bar
+shows ``val/loss`` and ``val/acc`` from :attr:`epoch_values` (:mod:`src.callbacks.progress`).
 """
 
 from __future__ import annotations
@@ -162,10 +163,9 @@ class LossDiagModule(L.LightningModule):
         values = self.epoch_summary("val")
         self.val_acc_best.copy_(torch.maximum(self.val_acc_best, values["val/acc"]))
         values["val/acc_best"] = self.val_acc_best
-        # for the checkpoints' monitor and the progress bar; the loggers get them below, at step=epoch
-        self.log_dict(
-            {k: values[k] for k in ("val/loss", "val/acc")}, prog_bar=True, logger=False, sync_dist=False
-        )
+        # for the best checkpoint's monitor (the progress bar shows val/loss and val/acc from epoch_values); the
+        # loggers get every value below, at step=epoch
+        self.log("val/acc", values["val/acc"], prog_bar=True, logger=False, sync_dist=False)
         self.epoch_values.update(log_epoch_metrics(self.trainer, values, self.current_epoch))
 
     # -- optimisation -------------------------------------------------------------------------

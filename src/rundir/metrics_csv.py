@@ -47,8 +47,15 @@ class MetricsCSV:
         self.path = Path(path)
         self.fieldnames: list[str] = []
         self._started = False
+        self._handle: Any = None  # kept open for appends; closed before any rewrite
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
 
     def _rewrite(self, rows: list[dict[str, Any]]) -> None:
+        self.close()
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=self.fieldnames, restval="")
         writer.writeheader()
@@ -64,6 +71,7 @@ class MetricsCSV:
             self.fieldnames = fieldnames
             self._rewrite(kept)
         else:
+            self.close()
             self.path.unlink(missing_ok=True)
 
     def append(self, record: Mapping[str, float]) -> None:
@@ -75,8 +83,11 @@ class MetricsCSV:
             self.fieldnames = sorted({*self.fieldnames, *row})
             self._rewrite([*rows, row])
             return
-        with self.path.open("a") as handle:  # values are plain numbers: no quoting needed
-            handle.write(",".join(row.get(k, "") for k in self.fieldnames) + "\n")
+        if self._handle is None:
+            self._handle = self.path.open("a")
+        # values are plain numbers: no quoting needed; flushed per row, so a reader or a kill sees whole rows
+        self._handle.write(",".join(row.get(k, "") for k in self.fieldnames) + "\n")
+        self._handle.flush()
 
 
 def read_history(run_dir: str | Path) -> dict[str, list[float]]:
