@@ -67,7 +67,7 @@ def fit_temperatures(
     logits: torch.Tensor,
     target: torch.Tensor,
     max_iter: int = 100,
-    tol: float = 1e-10,
+    tol: float = 1e-6,
     start: float | torch.Tensor = 1.0,
 ) -> torch.Tensor:
     """The temperature minimising the NLL of ``softmax(logits / T)`` for every leading index of ``logits``
@@ -88,9 +88,9 @@ def fit_temperatures(
     z = z.transpose(1, 2).contiguous()
 
     def derivatives(beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        p = torch.softmax(beta[:, None, None] * z, dim=1)
-        mean_z = (p * z).sum(1)
-        return (mean_z - z_true).mean(1), ((p * z * z).sum(1) - mean_z**2).mean(1)
+        pz = torch.softmax(beta[:, None, None] * z, dim=1).mul_(z)
+        mean_z = pz.sum(1)
+        return (mean_z - z_true).mean(1), ((pz.mul_(z)).sum(1) - mean_z**2).mean(1)
 
     lo = torch.full((len(z),), 1.0 / T_MAX, dtype=torch.float64)
     hi = torch.full((len(z),), 1.0 / T_MIN, dtype=torch.float64)
@@ -117,7 +117,7 @@ def fit_temperatures(
 
 
 def fit_temperature(
-    logits: torch.Tensor, target: torch.Tensor, max_iter: int = 100, tol: float = 1e-10, start: float = 1.0
+    logits: torch.Tensor, target: torch.Tensor, max_iter: int = 100, tol: float = 1e-6, start: float = 1.0
 ) -> float:
     """The temperature minimising the NLL of ``softmax(logits / T)`` of one (N, C) set: :func:`fit_temperatures`."""
     return float(fit_temperatures(logits, target, max_iter, tol, start))
