@@ -19,6 +19,7 @@ from src.functional.breakdown import (
 )
 from src.functional.calibration import (
     T_MAX,
+    T_MIN,
     calibration_summary,
     expected_calibration_error,
     fit_temperature,
@@ -348,10 +349,12 @@ def test_batched_temperature_fits_equal_one_at_a_time_and_converge_fast() -> Non
     # a converged Newton step lands on the bracket's end: accepted, not bisected away from (that took up to
     # 43 steps on epoch 5 of this block; 12 are plenty for Newton from T = 1)
     assert fit_temperatures(z, y, max_iter=12).tolist() == batched.tolist()
-    flat = torch.zeros(1, 30, 3)
-    assert (
-        fit_temperatures(torch.cat([flat, z[:1, :30, :3]]), y[:30] % 3)[0] == T_MAX
-    )  # clipped rows stay clipped
+    # optima beyond the bounds, next to an interior one: worse than uniform -> T_MAX, all right -> T_MIN
+    interior, labels = _overconfident(n=30, c=3)
+    wrong = F.one_hot((labels + 1) % 3, 3).double()[None] * 5
+    right = F.one_hot(labels, 3).double()[None] * 5
+    fitted = fit_temperatures(torch.cat([wrong, right, interior[None]]), labels)
+    assert fitted[0] == T_MAX and fitted[1] == T_MIN and T_MIN < fitted[2] < T_MAX
 
 
 def test_evaluate_epochs_is_evaluate_logits_per_epoch() -> None:

@@ -1,8 +1,8 @@
 """Stop a run whose training loss turns non-finite, before the bad weights reach a checkpoint.
 
-Per step this costs two tensor ops (no ``.item()``, no device sync): the first non-finite step of
-the epoch is remembered in a tensor. It is looked at once per epoch, before validation (so before
-``ModelCheckpoint`` saves) and at the end of the training epoch.
+Per step this costs a list append (no tensor op, no ``.item()``, no device sync): the epoch's losses are
+looked at together once per epoch, before validation (so before ``ModelCheckpoint`` saves) and at the
+end of the training epoch.
 """
 
 from __future__ import annotations
@@ -30,31 +30,41 @@ class NonFiniteLossGuard(L.Callback):
     """
 
     def __init__(self) -> None:
-        self._first_bad: torch.Tensor | None = None
+        self._losses: list[torch.Tensor] | None = None  # this epoch's training losses
+        self._batches: list[int] = []  # and their batch indices
         self._epoch_start_step = 0
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._first_bad = torch.full((), -1, dtype=torch.long, device=pl_module.device)
+        self._losses, self._batches = [], []
         self._epoch_start_step = trainer.global_step
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if self._first_bad is None or not torch.is_tensor(loss):
+        if self._losses is None or not torch.is_tensor(loss):
             return
-        first = self._first_bad
-        self._first_bad = torch.where(first.lt(0) & ~torch.isfinite(loss.detach()), batch_idx, first)
+        self._losses.append(loss.detach().reshape(()))
+        self._batches.append(batch_idx)
+
+    def _first_bad(self, device: torch.device) -> torch.Tensor:
+        """The first batch index of this epoch whose loss was NaN/inf, or -1 (a 0-d tensor on ``device``)."""
+        if not self._losses:
+            return torch.full((), -1, dtype=torch.long, device=device)
+        bad = ~torch.isfinite(torch.stack(self._losses).float())
+        index = torch.tensor(self._batches, device=bad.device)
+        first = torch.where(bad, index, torch.iinfo(torch.long).max).min()
+        return torch.where(bad.any(), first, -1).to(device)
 
     def _check(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._first_bad is None:
+        if self._losses is None:
             return
-        flags = pl_module.all_gather(self._first_bad).flatten()
+        flags = pl_module.all_gather(self._first_bad(pl_module.device)).flatten()
         bad = flags[flags >= 0]
         if bad.numel() == 0:
             return
         step = int(bad.min())
-        self._first_bad = None
+        self._losses = None
         raise UserError(self.message(trainer, step))
 
     def message(self, trainer: L.Trainer, step: int) -> str:

@@ -20,6 +20,8 @@ from src.functional.softmax import class_log_softmax, class_softmax
 N_BINS = 15
 # the fitted temperature is clipped to this range: a model no better than uniform guessing drives T to infinity
 T_MIN, T_MAX = 0.01, 100.0
+# Newton steps before the fit looks at the bounds (an interior optimum takes fewer: the look is then skipped)
+BOUND_CHECK_AFTER = 12
 CROSSFIT_SEED = 0  # the seeded random halves of the cross-fit
 # what a fitted temperature can be trusted for (see :func:`temperature_status`)
 
@@ -94,12 +96,18 @@ def fit_temperatures(
 
     lo = torch.full((len(z),), 1.0 / T_MAX, dtype=torch.float64)
     hi = torch.full((len(z),), 1.0 / T_MIN, dtype=torch.float64)
-    softest = derivatives(lo)[0] >= 0  # NLL already increasing at the softest temperature
-    sharpest = ~softest & (derivatives(hi)[0] <= 0)  # still decreasing at the sharpest one
+    bounds = lo.clone(), hi.clone()
+    softest = sharpest = torch.zeros(len(z), dtype=torch.bool)
     start_t = torch.as_tensor(start, dtype=torch.float64).reshape(-1).expand(len(z))
     beta = torch.where(start_t > 0, (1.0 / start_t).clamp(lo, hi), torch.ones_like(lo))
-    active = ~(softest | sharpest)
-    for _ in range(max_iter):
+    active = torch.ones(len(z), dtype=torch.bool)
+    for iteration in range(max_iter):
+        if iteration == BOUND_CHECK_AFTER and bool(active.any()):
+            # still moving: the optimum may lie beyond a bound (all predictions right, or worse than uniform),
+            # where the bracket only shrinks towards it; one look at both bounds settles those
+            softest = active & (derivatives(bounds[0])[0] >= 0)  # NLL already increasing at the softest T
+            sharpest = active & ~softest & (derivatives(bounds[1])[0] <= 0)  # still decreasing at the sharpest
+            active &= ~(softest | sharpest)
         if not bool(active.any()):
             break
         grad, hess = derivatives(beta)
