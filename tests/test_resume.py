@@ -270,3 +270,40 @@ def test_last_checkpoint_is_throttled_but_has_the_first_and_last_epoch(tmp_path:
     trainer.fit(MLP(), DataLoader(blobs(64, 0), batch_size=32), DataLoader(blobs(32, 1), batch_size=32))
     assert epochs == seen
     assert torch.load(last, weights_only=False)["epoch"] == 4  # the last epoch is always saved
+
+
+@pytest.mark.parametrize(("mode", "saved", "score"), [("max", [0, 1, 4], 0.9), ("min", [0], 0.5)])
+def test_best_checkpoint_reads_the_module_epoch_values(tmp_path: Path, mode, saved, score) -> None:
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    from src.callbacks.best_checkpoint import BestCheckpoint
+    from tests.test_drop_in import MLP, blobs
+
+    accs = [0.5, 0.7, 0.6, 0.7, 0.9]  # a tie (epoch 3) is not an improvement
+    best = tmp_path / "best.ckpt"
+    seen: list[int] = []
+
+    class Module(MLP):  # no self.log: the value is only in epoch_values, as LossDiagModule keeps it
+        epoch_values: dict[str, float] = {}
+
+        def on_validation_epoch_end(self) -> None:
+            if not self.trainer.sanity_checking:
+                self.epoch_values = {"val/acc": accs[self.current_epoch]}
+
+    class Probe(L.Callback):  # which epoch best.ckpt holds after each validation
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            seen.append(torch.load(best, weights_only=False)["epoch"])
+
+    callback = BestCheckpoint(str(tmp_path), mode=mode)
+    trainer = L.Trainer(
+        max_epochs=len(accs), callbacks=[Probe(), callback], logger=False,
+        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", devices=1,
+    )  # fmt: skip
+    trainer.fit(Module(), DataLoader(blobs(64, 0), batch_size=32), DataLoader(blobs(32, 1), batch_size=32))
+    assert sorted(set(seen)) == saved and seen[-1] == saved[-1]
+    assert callback.best_model_score == score and callback.best_model_path == str(best)
+    assert trainer.checkpoint_callback is callback
+    restored = BestCheckpoint(str(tmp_path), mode=mode)
+    restored.load_state_dict(torch.load(best, weights_only=False)["callbacks"][callback.state_key])
+    assert restored.best_model_score == score  # a resumed run compares against the best so far

@@ -101,7 +101,7 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
     kwargs: dict[str, Any] = {
         "callbacks": callbacks,
         "logger": loggers or False,
-        "enable_checkpointing": any(isinstance(c, L.pytorch.callbacks.ModelCheckpoint) for c in callbacks),
+        "enable_checkpointing": any(isinstance(c, L.pytorch.callbacks.Checkpoint) for c in callbacks),
         "enable_progress_bar": has_progress_bar,
         "plugins": [AtomicCheckpointIO()],
     }

@@ -106,7 +106,9 @@ def fit_temperatures(
             # still moving: the optimum may lie beyond a bound (all predictions right, or worse than uniform),
             # where the bracket only shrinks towards it; one look at both bounds settles those
             softest = active & (derivatives(bounds[0])[0] >= 0)  # NLL already increasing at the softest T
-            sharpest = active & ~softest & (derivatives(bounds[1])[0] <= 0)  # still decreasing at the sharpest
+            sharpest = (
+                active & ~softest & (derivatives(bounds[1])[0] <= 0)
+            )  # still decreasing at the sharpest
             active &= ~(softest | sharpest)
         if not bool(active.any()):
             break
