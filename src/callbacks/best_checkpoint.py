@@ -58,7 +58,7 @@ class BestCheckpoint(Checkpoint):
             return
         path = self.dirpath / f"{self.filename}.ckpt"
         self.best_model_score, self.best_model_path = value, str(path)
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)  # the whole state: a resume may start from it
 
     def state_dict(self) -> dict[str, Any]:
         return {
