@@ -417,7 +417,7 @@ class LossDiagnosis(L.Callback):
             for i, epoch in enumerate(epochs):
                 values.setdefault(epoch, {}).update({f"val/{k}": float(v[i]) for k, v in scalars.items()})
                 self.samples.add_epoch(epoch, ev[i])
-                self._journal.append(epoch, evaluation_record(ev[i]))
+            self._journal.append_many(epochs, evaluation_record(ev))
             last_val = epochs[-1], ev[len(epochs) - 1]
             losses["val"] = epochs, ev.loss
         if self._pending["train"]:
@@ -429,9 +429,9 @@ class LossDiagnosis(L.Callback):
             p_given, margin = (t.numpy().astype(np.float16) for t in given_label_dynamics(logits, target))
             for i, epoch in enumerate(epochs):
                 values.setdefault(epoch, {}).update({f"train/{k}": float(v[i]) for k, v in scalars.items()})
-                assert self._dynamics_journal is not None
-                self._dynamics_journal.append(epoch, {"p_given": p_given[i], "margin": margin[i]})
                 self._pending_dynamics.append((epoch, p_given[i], margin[i]))
+            assert self._dynamics_journal is not None
+            self._dynamics_journal.append_many(epochs, {"p_given": p_given, "margin": margin})
             losses["train"] = epochs, ce.numpy()
         writer = tensorboard_writer(trainer) if self.histograms else None
         for epoch in sorted(values):

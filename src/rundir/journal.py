@@ -27,13 +27,17 @@ class Journal:
         )
 
     def append(self, epoch: int, arrays: Mapping[str, np.ndarray]) -> None:
-        record = np.zeros((), dtype=self.dtype)
-        record["epoch"] = epoch
+        self.append_many([epoch], {name: np.asarray(values)[None] for name, values in arrays.items()})
+
+    def append_many(self, epochs: list[int], arrays: Mapping[str, np.ndarray]) -> None:
+        """One record per epoch of ``epochs``; ``arrays[name]`` holds them along its first axis. One write."""
+        records = np.zeros(len(epochs), dtype=self.dtype)
+        records["epoch"] = epochs
         for name, values in arrays.items():
-            record[name] = values
+            records[name] = values
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("ab") as handle:
-            handle.write(record.tobytes())
+            handle.write(records.tobytes())
 
     def read(self) -> list[tuple[int, dict[str, np.ndarray]]]:
         """Every complete record, in file order."""
@@ -71,8 +75,16 @@ def val_journal(path: str | Path, n: int) -> Journal:
 
 
 def evaluation_record(ev: Evaluation) -> dict[str, np.ndarray]:
+    """The journal fields of ``ev`` (one epoch, or several along a leading axis)."""
     record = {name: getattr(ev, name) for name in EVALUATION_FIELDS}
-    record["calibration"] = np.asarray([float(ev.calibration.get(k, np.nan)) for k in CALIBRATION_KEYS])
+    lead = np.shape(ev.loss)[:-1]
+    record["calibration"] = np.stack(
+        [
+            np.broadcast_to(np.asarray(ev.calibration.get(k, np.nan), dtype=np.float64), lead)
+            for k in CALIBRATION_KEYS
+        ],
+        axis=-1,
+    )
     return record
 
 
