@@ -187,3 +187,41 @@ def test_batches_that_are_not_pairs_are_one_line(tmp_path: Path) -> None:
         UserError, match=r"needs val batches \(x, y\) or \(x, y, index\) of tensors, got dict"
     ):
         fit(tmp_path, DictMLP(), epochs=1, val=DataLoader(Dicts(), batch_size=4))
+
+
+def test_epochs_not_yet_logged_travel_in_the_checkpoint(tmp_path: Path) -> None:
+    """Resumed from a checkpoint taken before the diagnosis logged its epochs, a run still logs and records them."""
+    import shutil
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def trainer(run: Path, epochs: int, callbacks: list) -> L.Trainer:
+        return L.Trainer(
+            max_epochs=epochs, callbacks=callbacks, logger=TensorBoardLogger(run, name="", version=""),
+            enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", devices=1,
+        )  # fmt: skip
+
+    def loaders() -> tuple[DataLoader, DataLoader]:
+        return DataLoader(blobs(96, 0), batch_size=32), DataLoader(blobs(60, 1), batch_size=32)
+
+    options = {"flush_every_n_epochs": 4, "flush_every_s": 1e9, "figures_every_n_epochs": 0}
+    clean = tmp_path / "clean"
+    torch.manual_seed(0)
+    every = ModelCheckpoint(dirpath=clean / "ckpt", filename="{epoch}", save_top_k=-1, every_n_epochs=1)
+    trainer(clean, 6, [LossDiagnosis(clean / "diagnosis", **options), every]).fit(MLP(), *loaders())
+    checkpoint = torch.load(clean / "ckpt" / "epoch=2.ckpt", weights_only=False)
+    state = next(v for k, v in checkpoint["callbacks"].items() if k.startswith("LossDiagnosis"))
+    assert state["logged_through"] == -1 and state["pending"]["val"]["epochs"] == [0, 1, 2]  # nothing logged yet
+
+    resumed = tmp_path / "resumed"
+    shutil.copytree(clean / "diagnosis", resumed / "diagnosis")  # what the first attempt left (all 6 epochs)
+    torch.manual_seed(0)
+    trainer(resumed, 6, [LossDiagnosis(resumed / "diagnosis", **options)]).fit(
+        MLP(), *loaders(), ckpt_path=clean / "ckpt" / "epoch=2.ckpt"
+    )
+    got, want = load_samples(resumed / "diagnosis"), load_samples(clean / "diagnosis")
+    assert got.epochs == want.epochs == list(range(6))
+    np.testing.assert_allclose(got.history.loss, want.history.loss, rtol=1e-5, atol=1e-6)
+    events = EventAccumulator(str(resumed), size_guidance={"scalars": 0, "histograms": 0}).Reload()
+    assert sorted({s.step for s in events.Scalars("val/ece")}) == list(range(6))  # epochs 0-2 from the checkpoint
+    assert sorted({h.step for h in events.Histograms("val/loss_per_sample")}) == list(range(6))

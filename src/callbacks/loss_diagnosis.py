@@ -356,9 +356,18 @@ class LossDiagnosis(L.Callback):
             log.warning("LossDiagnosis: could not record the last epochs after the failure: %s", err)
 
     def state_dict(self) -> dict[str, Any]:
+        # each stage's pending logits as one stacked tensor: a checkpoint pays per stored tensor
+        pending = {
+            stage: {
+                "epochs": [e for e, _ in items],
+                "logits": torch.stack([z for _, z in items]) if items else None,
+            }
+            for stage, items in self._pending.items()
+        }
         return {
             "logged_through": self._logged_through,
-            "pending": {k: list(v) for k, v in self._pending.items()},
+            "pending": pending,
+            "pending_figures": list(self._pending_figures),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -383,7 +392,10 @@ class LossDiagnosis(L.Callback):
         state, before = self._resume_state, self._resumed_at
         if state is not None:
             before = int(state["logged_through"]) + 1
-            restored = {stage: list(state["pending"].get(stage, [])) for stage in STAGES}
+            restored = {stage: [] for stage in STAGES}
+            for stage, block in state["pending"].items():
+                if block["logits"] is not None:
+                    restored[stage] = list(zip(block["epochs"], block["logits"].unbind(0), strict=True))
             for stage in STAGES:  # the checkpoint's pending epochs come first
                 self._pending[stage] = [*restored[stage], *self._pending[stage]]
             self._pending_figures = [*state.get("pending_figures", []), *self._pending_figures]
