@@ -26,7 +26,7 @@ if __name__ == "__mp_main__":  # such a spawned process
 def main(cfg: DictConfig) -> float | None:
     def task() -> float | None:
         from src.app.console import discard_if_rejected, finished, quiet_lightning
-        from src.errors import UserError
+        from src.errors import user_error_cause
         from src.rundir.status import recorded_run
 
         try:
@@ -39,9 +39,12 @@ def main(cfg: DictConfig) -> float | None:
 
                 quiet_lightning()
                 outcome.metrics = metrics = train(cfg)
-        except UserError:
+        except Exception as err:
+            cause = user_error_cause(err)  # also one raised inside hydra.utils.instantiate
+            if cause is None:
+                raise
             discard_if_rejected(cfg.paths.output_dir)
-            raise
+            raise cause from None
         finished(cfg.paths.output_dir)
         metric = cfg.get("optimized_metric")
         return metrics.get(metric) if metric else None

@@ -79,6 +79,21 @@ def test_user_errors_from_the_command_line_are_one_line(tmp_path: Path) -> None:
     assert_one_line_error(proc, "has no .hydra/overrides.yaml")
 
 
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("callbacks.checkpoint.mode=avg", "callbacks.checkpoint.mode=avg is not one of max, min"),
+        ("callbacks.last_checkpoint.every_s=-1", "callbacks.last_checkpoint.every_s=-1 must be >= 0"),
+        ("callbacks.diagnosis.flush_every_n_epochs=0", "flush_every_n_epochs >= 1"),
+    ],
+)
+def test_bad_callback_values_are_one_line_and_leave_no_run(override: str, needle: str, tmp_path: Path) -> None:
+    """Raised inside hydra.utils.instantiate (which wraps them): still one line, exit 2, no run folder left."""
+    proc = run_module("src.train", override, cwd=tmp_path)
+    assert_one_line_error(proc, needle)
+    assert not list(tmp_path.glob("outputs/runs/*/*")), "a rejected run left its folder"
+
+
 def test_full_error_env_gives_the_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
     proc = run_module("src.train", "loss=bouned", f"hydra.run.dir={tmp_path}")

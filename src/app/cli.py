@@ -20,7 +20,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException, Ove
 
 from src.app.resolvers import in_multirun
 from src.app.resume import override_key, quote
-from src.errors import UserError
+from src.errors import UserError, user_error_cause
 
 # config keys whose values are folders or files. A run folder's name holds "=" (``10-26-53_loss=bounded``),
 # which Hydra's override syntax would read as syntax: such values are quoted before Hydra parses them
@@ -38,7 +38,13 @@ def run_task(task: Callable[[], T]) -> T:
     Hydra then marks only this job failed and runs the others (``SystemExit`` would end the sweep).
     """
     try:
-        return task()
+        try:
+            return task()
+        except Exception as err:  # a UserError raised while Hydra instantiates a config node arrives wrapped
+            cause = user_error_cause(err)
+            if cause is None or cause is err:
+                raise
+            raise cause from None
     except UserError as err:
         if in_multirun():
             log.error("error: %s", err)

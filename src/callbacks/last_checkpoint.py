@@ -26,7 +26,9 @@ class LastCheckpoint(ModelCheckpoint):
 
     def __init__(self, dirpath: str, filename: str = "last", every_s: float = 1.0) -> None:
         if float(every_s) < 0:
-            raise UserError(f"last_checkpoint.every_s must be >= 0 (0: every epoch), got {every_s}")
+            raise UserError(
+                f"callbacks.last_checkpoint.every_s={every_s} must be >= 0 (0: after every epoch)"
+            )
         super().__init__(
             dirpath=dirpath,
             filename=filename,

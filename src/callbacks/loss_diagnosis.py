@@ -58,6 +58,8 @@ FIGURE_TIME_SHARE = 0.1
 # per-sample loss histogram bins: enough for a few hundred to thousands of samples, and every byte of an event
 # costs (TensorBoard's writer checksums events in pure Python without TensorFlow: ~0.1 ms per KB)
 HISTOGRAM_BINS = 32
+# pending logits are flushed before they exceed this (large val sets, many classes): memory and checkpoint size
+MAX_PENDING_BYTES = 64 * 2**20
 
 
 class LossDiagnosis(L.Callback):
@@ -97,7 +99,7 @@ class LossDiagnosis(L.Callback):
         save_initial_checkpoint: bool = True,
         histograms: bool = True,
         k: float = 3.0,
-        flush_every_n_epochs: int = 10,
+        flush_every_n_epochs: int = 25,
         flush_every_s: float = 2.0,
     ) -> None:
         if not str(output_dir):
@@ -306,9 +308,11 @@ class LossDiagnosis(L.Callback):
         pending = max(len(self._pending["val"]), len(self._pending["train"]))
         if not pending:
             return False
+        held = sum(z.numel() * z.element_size() for items in self._pending.values() for _, z in items)
         return (
             pending >= self.flush_every_n_epochs
             or time.monotonic() - self._last_flush >= self.flush_every_s
+            or held >= MAX_PENDING_BYTES
             or self._figures_due(trainer)
         )
 

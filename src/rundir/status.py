@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from src.errors import user_error_cause
 from src.rundir.atomic import atomic_write_text
 from src.rundir.paths import SUMMARY_FILE
 
@@ -61,6 +62,7 @@ def recorded_run(run_dir: str | Path) -> Iterator[RunOutcome]:
     try:
         yield outcome
     except BaseException as err:
-        write_summary(run_dir, FAILED, error=f"{type(err).__name__}: {err}")
+        shown = user_error_cause(err) or err  # a config node's UserError, not Hydra's wrapper around it
+        write_summary(run_dir, FAILED, error=f"{type(shown).__name__}: {shown}")
         raise
     write_summary(run_dir, COMPLETE, metrics=outcome.metrics)
