@@ -17,5 +17,5 @@ def user_error_cause(err: BaseException) -> UserError | None:
         if isinstance(current, UserError):
             return current
         seen.add(id(current))
-        current = current.__cause__ or current.__context__
+        current = current.__cause__  # explicit chaining only: an error raised while handling one is its own
     return None

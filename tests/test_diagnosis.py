@@ -372,3 +372,18 @@ def test_evaluate_epochs_is_evaluate_logits_per_epoch() -> None:
             k: float(v) for k, v in one.calibration.items()
         }
         assert {k: float(v[e]) for k, v in scalars.items()} == epoch_scalars(z[e], y, one)
+
+
+def test_batched_calibration_without_usable_samples_is_nan() -> None:
+    from src.functional.breakdown import loss_distributions
+    from src.functional.calibration import expected_calibration_errors, fit_temperatures
+
+    z, y = _block(epochs=2)
+    broken = z.clone()
+    broken[0, 0, 0] = float("nan")  # NaN logits have no temperature (not a clipped one)
+    fitted = fit_temperatures(broken, y)
+    assert torch.isnan(fitted[0]) and fitted[1] == fit_temperature(z[1], y)
+    none = torch.zeros(0, dtype=torch.long)
+    assert torch.isnan(fit_temperatures(torch.zeros(2, 0, 3), none)).all()
+    assert torch.isnan(expected_calibration_errors(torch.zeros(2, 0, 3), none)).all()
+    assert torch.isnan(loss_distributions(torch.zeros(2, 0), 1.0)["loss_median"]).all()

@@ -190,38 +190,43 @@ def test_batches_that_are_not_pairs_are_one_line(tmp_path: Path) -> None:
 
 
 def test_epochs_not_yet_logged_travel_in_the_checkpoint(tmp_path: Path) -> None:
-    """Resumed from a checkpoint taken before the diagnosis logged its epochs, a run still logs and records them."""
+    """Resumed (twice) from checkpoints taken before the diagnosis logged its latest epochs, a run still logs and
+    records every epoch."""
     import shutil
 
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    def trainer(run: Path, epochs: int, callbacks: list) -> L.Trainer:
-        return L.Trainer(
-            max_epochs=epochs, callbacks=callbacks, logger=TensorBoardLogger(run, name="", version=""),
-            enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", devices=1,
-        )  # fmt: skip
+    def fit_run(run: Path, flush_every: int, ckpt_path: Path | None = None, diagnosis_from: Path | None = None) -> None:
+        if diagnosis_from is not None:  # what the interrupted attempt left in its folder
+            shutil.copytree(diagnosis_from, run / "diagnosis")
+        options = {"flush_every_n_epochs": flush_every, "flush_every_s": 1e9, "figures_every_n_epochs": 0}
+        every = ModelCheckpoint(dirpath=run / "ckpt", filename="{epoch}", save_top_k=-1, every_n_epochs=1)
+        torch.manual_seed(0)
+        L.Trainer(
+            max_epochs=6, callbacks=[LossDiagnosis(run / "diagnosis", **options), every],
+            logger=TensorBoardLogger(run, name="", version=""), enable_progress_bar=False,
+            enable_model_summary=False, accelerator="cpu", devices=1,
+        ).fit(MLP(), DataLoader(blobs(96, 0), batch_size=32), DataLoader(blobs(60, 1), batch_size=32),
+              ckpt_path=ckpt_path)  # fmt: skip
 
-    def loaders() -> tuple[DataLoader, DataLoader]:
-        return DataLoader(blobs(96, 0), batch_size=32), DataLoader(blobs(60, 1), batch_size=32)
+    def state(ckpt: Path) -> dict:
+        callbacks = torch.load(ckpt, weights_only=False)["callbacks"]
+        return next(v for k, v in callbacks.items() if k.startswith("LossDiagnosis"))
 
-    options = {"flush_every_n_epochs": 4, "flush_every_s": 1e9, "figures_every_n_epochs": 0}
-    clean = tmp_path / "clean"
-    torch.manual_seed(0)
-    every = ModelCheckpoint(dirpath=clean / "ckpt", filename="{epoch}", save_top_k=-1, every_n_epochs=1)
-    trainer(clean, 6, [LossDiagnosis(clean / "diagnosis", **options), every]).fit(MLP(), *loaders())
-    checkpoint = torch.load(clean / "ckpt" / "epoch=2.ckpt", weights_only=False)
-    state = next(v for k, v in checkpoint["callbacks"].items() if k.startswith("LossDiagnosis"))
-    assert state["logged_through"] == -1 and state["pending"]["val"]["epochs"] == [0, 1, 2]  # nothing logged yet
-
-    resumed = tmp_path / "resumed"
-    shutil.copytree(clean / "diagnosis", resumed / "diagnosis")  # what the first attempt left (all 6 epochs)
-    torch.manual_seed(0)
-    trainer(resumed, 6, [LossDiagnosis(resumed / "diagnosis", **options)]).fit(
-        MLP(), *loaders(), ckpt_path=clean / "ckpt" / "epoch=2.ckpt"
-    )
-    got, want = load_samples(resumed / "diagnosis"), load_samples(clean / "diagnosis")
-    assert got.epochs == want.epochs == list(range(6))
-    np.testing.assert_allclose(got.history.loss, want.history.loss, rtol=1e-5, atol=1e-6)
-    events = EventAccumulator(str(resumed), size_guidance={"scalars": 0, "histograms": 0}).Reload()
-    assert sorted({s.step for s in events.Scalars("val/ece")}) == list(range(6))  # epochs 0-2 from the checkpoint
-    assert sorted({h.step for h in events.Histograms("val/loss_per_sample")}) == list(range(6))
+    clean, once, twice = tmp_path / "clean", tmp_path / "once", tmp_path / "twice"
+    fit_run(clean, 2)  # logs after epochs 1, 3 and 5
+    assert state(clean / "ckpt" / "epoch=2.ckpt")["logged_through"] == 1
+    assert state(clean / "ckpt" / "epoch=2.ckpt")["pending"]["val"]["epochs"] == [2]
+    fit_run(once, 10, clean / "ckpt" / "epoch=2.ckpt", clean / "diagnosis")  # logs only at the end
+    # saved before this run logged anything: it still holds what the first attempt had not logged
+    assert state(once / "ckpt" / "epoch=3.ckpt")["logged_through"] == 1
+    assert state(once / "ckpt" / "epoch=3.ckpt")["pending"]["val"]["epochs"] == [2, 3]
+    fit_run(twice, 10, once / "ckpt" / "epoch=3.ckpt", once / "diagnosis")
+    want = load_samples(clean / "diagnosis")
+    for run in (once, twice):
+        got = load_samples(run / "diagnosis")
+        assert got.epochs == want.epochs == list(range(6)), run.name
+        np.testing.assert_allclose(got.history.loss, want.history.loss, rtol=1e-5, atol=1e-6, err_msg=run.name)
+    events = EventAccumulator(str(once), size_guidance={"scalars": 0, "histograms": 0}).Reload()
+    assert sorted({s.step for s in events.Scalars("val/ece")}) == list(range(2, 6))  # epoch 2 from the checkpoint
+    assert sorted({h.step for h in events.Histograms("val/loss_per_sample")}) == list(range(2, 6))

@@ -291,9 +291,10 @@ def test_best_checkpoint_reads_the_module_epoch_values(tmp_path: Path, mode, sav
             if not self.trainer.sanity_checking:
                 self.epoch_values = {"val/acc": accs[self.current_epoch]}
 
-    class Probe(L.Callback):  # which epoch best.ckpt holds after each validation
-        def on_train_epoch_end(self, trainer, pl_module) -> None:
-            seen.append(torch.load(best, weights_only=False)["epoch"])
+    class Probe(L.Callback):  # which epoch best.ckpt holds when each epoch starts
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            if best.is_file():
+                seen.append(torch.load(best, weights_only=False)["epoch"])
 
     callback = BestCheckpoint(str(tmp_path), mode=mode)
     trainer = L.Trainer(
@@ -301,9 +302,26 @@ def test_best_checkpoint_reads_the_module_epoch_values(tmp_path: Path, mode, sav
         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", devices=1,
     )  # fmt: skip
     trainer.fit(Module(), DataLoader(blobs(64, 0), batch_size=32), DataLoader(blobs(32, 1), batch_size=32))
+    seen.append(torch.load(best, weights_only=False)["epoch"])
     assert sorted(set(seen)) == saved and seen[-1] == saved[-1]
     assert callback.best_model_score == score and callback.best_model_path == str(best)
     assert trainer.checkpoint_callback is callback
     restored = BestCheckpoint(str(tmp_path), mode=mode)
     restored.load_state_dict(torch.load(best, weights_only=False)["callbacks"][callback.state_key])
     assert restored.best_model_score == score  # a resumed run compares against the best so far
+
+
+def test_best_checkpoint_monitor_typo_is_one_line(tmp_path: Path) -> None:
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    from src.callbacks.best_checkpoint import BestCheckpoint
+    from src.errors import UserError
+    from tests.test_drop_in import MLP, blobs
+
+    trainer = L.Trainer(
+        max_epochs=1, callbacks=[BestCheckpoint(str(tmp_path), monitor="val/accc")], logger=False,
+        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", devices=1,
+    )  # fmt: skip
+    with pytest.raises(UserError, match=r"callbacks.checkpoint.monitor=val/accc is not a value .*val_loss"):
+        trainer.fit(MLP(), DataLoader(blobs(64, 0), batch_size=32), DataLoader(blobs(32, 1), batch_size=32))

@@ -22,8 +22,9 @@ MODES = ("max", "min")
 
 
 class BestCheckpoint(Checkpoint):
-    """Save ``<dirpath>/<filename>.ckpt`` after each validation whose ``monitor`` beats every earlier one
-    (strictly: ``mode="max"`` higher, ``"min"`` lower). ``best_model_path`` and ``best_model_score`` name
+    """Save ``<dirpath>/<filename>.ckpt`` at the end of each training epoch whose validation's ``monitor`` beats
+    every earlier one (strictly: ``mode="max"`` higher, ``"min"`` lower); a ``monitor`` the module does not
+    report is a one-line error at the first validation. ``best_model_path`` and ``best_model_score`` name
     it, as ``ModelCheckpoint``'s do; a resumed run keeps them (they are in the checkpoint)."""
 
     def __init__(
@@ -37,24 +38,40 @@ class BestCheckpoint(Checkpoint):
         self.mode = mode
         self.best_model_score: float | None = None
         self.best_model_path = ""
+        self._latest: float | None = None  # the monitored value of this epoch's validation
 
-    def _value(self, trainer: L.Trainer, pl_module: L.LightningModule) -> float | None:
+    def _value(self, trainer: L.Trainer, pl_module: L.LightningModule) -> float:
         values = getattr(pl_module, "epoch_values", None)
         if isinstance(values, dict) and self.monitor in values:
             return float(values[self.monitor])
         logged = trainer.callback_metrics.get(self.monitor)
-        return float(logged) if logged is not None else None
+        if logged is None:
+            known = sorted({*(values or {}), *trainer.callback_metrics})
+            raise UserError(
+                f"callbacks.checkpoint.monitor={self.monitor} is not a value the module reports after validation: "
+                f"use one of {', '.join(known) or '(none)'}"
+            )
+        return float(logged)
 
     def _better(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
         if self.best_model_score is None:
             return True
         return value > self.best_model_score if self.mode == "max" else value < self.best_model_score
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or trainer.state.fn != "fit":
-            return
-        value = self._value(trainer, pl_module)
-        if value is None or not math.isfinite(value) or not self._better(value):
+        if not trainer.sanity_checking and trainer.state.fn == "fit":
+            self._latest = self._value(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # at the end of the training epoch, as ModelCheckpoint does: after every other callback's epoch end and
+        # the epoch's scheduler step, so the checkpoint is the finished epoch
+        value, self._latest = self._latest, None
+        better = value is not None and self._better(value)
+        if not trainer.strategy.reduce_boolean_decision(
+            better, all=True
+        ):  # every process agrees, or none saves
             return
         path = self.dirpath / f"{self.filename}.ckpt"
         self.best_model_score, self.best_model_path = value, str(path)

@@ -3,7 +3,7 @@
 A checkpoint costs ~2-3 ms (Lightning gathers the loops', callbacks' and optimizer's state; torch
 serialises it). That is noise for an epoch of seconds and 10-15% of an epoch of the 150-digit default
 run. Saving at the end of every epoch that ends at least ``every_s`` seconds after the last save (and
-always after the first and the last epoch, and when training is told to stop) bounds both: a kill loses
+always after the first and the last epoch (``max_epochs`` or ``max_steps``), and when training is told to stop) bounds both: a kill loses
 at most ``every_s`` seconds of training plus one epoch.
 """
 
@@ -41,7 +41,9 @@ class LastCheckpoint(ModelCheckpoint):
         self._saved_at: float | None = None
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        last = trainer.max_epochs is not None and 0 < trainer.max_epochs <= trainer.current_epoch + 1
+        last = (trainer.max_epochs is not None and 0 < trainer.max_epochs <= trainer.current_epoch + 1) or (
+            0 < trainer.max_steps <= trainer.global_step
+        )
         now = time.monotonic()
         if self._saved_at is None or now - self._saved_at >= self.every_s or last or trainer.should_stop:
             super().on_train_epoch_end(trainer, pl_module)

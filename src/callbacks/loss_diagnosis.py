@@ -140,7 +140,9 @@ class LossDiagnosis(L.Callback):
         self._targets: dict[str, torch.Tensor] = {}  # each split's labels, in record order
         self._logged_through = -1  # the last epoch whose diagnosis went to the loggers and journals
         self._restored = False  # a resumed run's journals were read back
-        self._resume_state: dict[str, Any] | None = None  # load_state_dict's, until the first flush uses it
+        self._journal_before: int | None = (
+            None  # from the checkpoint's state: the journals keep epochs before it
+        )
         self._resumed_at: int | None = None  # the epoch a resumed run starts at
         self._last_flush = time.monotonic()
         self._saved_at = 0  # how many val epochs samples.npz held when last written
@@ -375,13 +377,22 @@ class LossDiagnosis(L.Callback):
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._resume_state = dict(state_dict)
+        """Take the checkpoint's not-yet-logged epochs back at once, so a checkpoint this run saves before its
+        first flush still holds them (a second resume then finds them)."""
+        self._logged_through = int(state_dict["logged_through"])
+        self._journal_before = self._logged_through + 1  # the journals keep the epochs logged before
+        for stage, block in state_dict["pending"].items():
+            if block["logits"] is not None:
+                restored = list(zip(block["epochs"], block["logits"].unbind(0), strict=True))
+                self._pending[stage] = [*restored, *self._pending[stage]]
+        self._pending_figures = [*state_dict.get("pending_figures", []), *self._pending_figures]
 
     def _open_journals(self, trainer: L.Trainer) -> None:
         """The val and dynamics journals; a resumed run first reads back the epochs it keeps.
 
         With this callback's checkpoint state, the journals hold the epochs through ``logged_through`` and the
-        checkpoint the pending ones after it; without (an older checkpoint), every epoch before the resumed one.
+        checkpoint (already back in ``_pending``, see :meth:`load_state_dict`) the ones after it; without (an older
+        checkpoint), every epoch before the resumed one.
         """
         assert self.samples is not None and self._journal is None
         self._journal = val_journal(self.output_dir / VAL_JOURNAL, len(self.samples.val.index))
@@ -393,16 +404,7 @@ class LossDiagnosis(L.Callback):
             for journal in journals:
                 journal.reset()
             return
-        state, before = self._resume_state, self._resumed_at
-        if state is not None:
-            before = int(state["logged_through"]) + 1
-            restored = {stage: [] for stage in STAGES}
-            for stage, block in state["pending"].items():
-                if block["logits"] is not None:
-                    restored[stage] = list(zip(block["epochs"], block["logits"].unbind(0), strict=True))
-            for stage in STAGES:  # the checkpoint's pending epochs come first
-                self._pending[stage] = [*restored[stage], *self._pending[stage]]
-            self._pending_figures = [*state.get("pending_figures", []), *self._pending_figures]
+        before = self._journal_before if self._journal_before is not None else self._resumed_at
         for epoch, record in self._journal.restore(before_epoch=before):
             self.samples.add_epoch(epoch, record_evaluation(record))
         if self._dynamics_journal is not None:

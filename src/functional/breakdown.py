@@ -5,6 +5,8 @@ Pure and vectorised (numpy/torch, no Lightning); works on one model's outputs on
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -61,7 +63,7 @@ def loss_distributions(per_sample: torch.Tensor, cap: float | torch.Tensor) -> d
     """
     values = per_sample.detach().double().cpu()
     lead = values.shape[:-1]
-    values = values.reshape(-1, values.shape[-1])
+    values = values.reshape(math.prod(lead), values.shape[-1])
     above = count_above_cap(values, cap).double()
     table = torch.full((len(values), len(DISTRIBUTION_NAMES)), float("nan"), dtype=torch.float64)
     finite = torch.isfinite(values)
@@ -78,7 +80,7 @@ def loss_distributions(per_sample: torch.Tensor, cap: float | torch.Tensor) -> d
 
 def loss_distribution(per_sample: torch.Tensor, cap: float | torch.Tensor) -> dict[str, torch.Tensor]:
     """:func:`loss_distributions` of one set of per-sample losses (N,): scalar tensors."""
-    return loss_distributions(per_sample[None], cap)
+    return {k: v[0] for k, v in loss_distributions(per_sample[None], cap).items()}
 
 
 def loss_decomposition(loss: np.ndarray, correct: np.ndarray) -> dict[str, np.ndarray]:
@@ -171,7 +173,7 @@ def equal_width_histograms(per_sample: np.ndarray, bins: int) -> dict[str, np.nd
     ``sum_squares`` of the finite values (a row without any: zeros).
     """
     values = np.asarray(per_sample, dtype=np.float64)
-    values = values.reshape(-1, values.shape[-1])
+    values = values.reshape(math.prod(values.shape[:-1]), values.shape[-1])
     finite = np.isfinite(values)
     num = finite.sum(-1)
     lo = np.where(finite, values, np.inf).min(-1, initial=np.inf)

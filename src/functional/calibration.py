@@ -32,13 +32,16 @@ def expected_calibration_errors(
     """ECE (L1, ``n_bins`` equal-width confidence bins) of class probabilities ``probs`` (..., N, C): one per
     leading index (e.g. one per epoch), float32.
 
-    torchmetrics' ``multiclass_calibration_error(norm="l1")`` (its ``torch.bucketize`` binning, a confidence of
-    exactly 1 in a bin of its own), batched over the leading axes: the per-epoch diagnosis evaluates a block of
+    torchmetrics' ``multiclass_calibration_error(norm="l1")`` on probabilities (its ``torch.bucketize`` binning, a
+    confidence of exactly 1 in a bin of its own; torchmetrics would re-softmax inputs outside [0, 1], this does
+    not), batched over the leading axes: the per-epoch diagnosis evaluates a block of
     epochs at once, and one call per epoch would cost more than the computation. Tested against torchmetrics.
     """
     probs = probs.detach().float().cpu()
     lead, (n, c) = probs.shape[:-2], probs.shape[-2:]
-    probs = probs.reshape(-1, n, c)
+    if n == 0:
+        return torch.full(lead, math.nan)
+    probs = probs.reshape(math.prod(lead), n, c)
     conf, pred = probs.max(-1)
     acc = (pred == target.detach().cpu().reshape(-1, n)).to(conf.dtype)
     boundaries = torch.linspace(0, 1, n_bins + 1, dtype=conf.dtype)
@@ -83,32 +86,39 @@ def fit_temperatures(
     """
     z = logits.detach().double().cpu()
     lead, (n, c) = z.shape[:-2], z.shape[-2:]
-    z = z.reshape(-1, n, c)
-    y = target.detach().cpu().long().reshape(-1, n).expand(len(z), n)
+    rows = math.prod(lead)
+    if rows == 0 or n == 0:
+        return torch.full(lead, math.nan, dtype=torch.float64)
+    z = z.reshape(rows, n, c)
+    y = target.detach().cpu().long().reshape(-1, n).expand(rows, n)
     z_true = z.gather(2, y[..., None])[..., 0]
     # classes on the middle axis, samples contiguous: torch's softmax over a short last axis is ~5x slower
     z = z.transpose(1, 2).contiguous()
+    finite = torch.isfinite(z).flatten(1).all(1)  # a row with NaN/inf logits has no temperature (NaN)
 
     def derivatives(beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pz = torch.softmax(beta[:, None, None] * z, dim=1).mul_(z)
         mean_z = pz.sum(1)
         return (mean_z - z_true).mean(1), ((pz.mul_(z)).sum(1) - mean_z**2).mean(1)
 
-    lo = torch.full((len(z),), 1.0 / T_MAX, dtype=torch.float64)
-    hi = torch.full((len(z),), 1.0 / T_MIN, dtype=torch.float64)
+    lo = torch.full((rows,), 1.0 / T_MAX, dtype=torch.float64)
+    hi = torch.full((rows,), 1.0 / T_MIN, dtype=torch.float64)
     bounds = lo.clone(), hi.clone()
-    softest = sharpest = torch.zeros(len(z), dtype=torch.bool)
-    start_t = torch.as_tensor(start, dtype=torch.float64).reshape(-1).expand(len(z))
+    softest = sharpest = torch.zeros(rows, dtype=torch.bool)
+
+    def beyond_bounds(which: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows of ``which`` whose NLL still rises at the softest T (optimum above ``T_MAX``), and those where
+        it still falls at the sharpest (optimum below ``T_MIN``: every prediction right)."""
+        soft = which & (derivatives(bounds[0])[0] >= 0)
+        return soft, which & ~soft & (derivatives(bounds[1])[0] <= 0)
+
+    start_t = torch.as_tensor(start, dtype=torch.float64).reshape(-1).expand(rows)
     beta = torch.where(start_t > 0, (1.0 / start_t).clamp(lo, hi), torch.ones_like(lo))
-    active = torch.ones(len(z), dtype=torch.bool)
+    active = finite.clone()
     for iteration in range(max_iter):
         if iteration == BOUND_CHECK_AFTER and bool(active.any()):
-            # still moving: the optimum may lie beyond a bound (all predictions right, or worse than uniform),
-            # where the bracket only shrinks towards it; one look at both bounds settles those
-            softest = active & (derivatives(bounds[0])[0] >= 0)  # NLL already increasing at the softest T
-            sharpest = (
-                active & ~softest & (derivatives(bounds[1])[0] <= 0)
-            )  # still decreasing at the sharpest
+            # still moving: the optimum may lie beyond a bound, where the bracket only shrinks towards it
+            softest, sharpest = beyond_bounds(active)
             active &= ~(softest | sharpest)
         if not bool(active.any()):
             break
@@ -121,9 +131,16 @@ def fit_temperatures(
         done = (new - beta).abs() <= tol * beta
         beta = torch.where(active, new, beta)
         active &= ~done
+    # settled within tol of a bound without the look above: the bound itself when the optimum lies beyond it
+    near = (
+        finite & ~(softest | sharpest) & ((beta <= bounds[0] * (1 + tol)) | (beta >= bounds[1] * (1 - tol)))
+    )
+    if bool(near.any()):
+        soft, sharp = beyond_bounds(near)
+        softest, sharpest = softest | soft, sharpest | sharp
     t = (1.0 / beta).clamp(T_MIN, T_MAX)
     t = torch.where(softest, T_MAX, torch.where(sharpest, T_MIN, t))
-    return t.reshape(lead)
+    return torch.where(finite, t, math.nan).reshape(lead)
 
 
 def fit_temperature(
