@@ -22,8 +22,7 @@ PROGRESS_KEYS = ("val/loss", "val/acc")  # the two numbers the story is about, f
 
 def with_epoch_values(metrics: dict[str, Any], pl_module: L.LightningModule) -> dict[str, Any]:
     """The progress bar's metrics plus the module's ``val/loss`` and ``val/acc`` from its ``epoch_values``
-    (``LossDiagModule`` sends every epoch value to the loggers, not through ``self.log``: only ``val/acc``,
-    which the best checkpoint monitors, goes through it)."""
+    (``LossDiagModule`` sends every epoch value to the loggers and keeps it there, nothing through ``self.log``)."""
     values = getattr(pl_module, "epoch_values", None)
     if isinstance(values, dict):
         shown = {k: values[k] for k in PROGRESS_KEYS if isinstance(values.get(k), float)}
