@@ -82,11 +82,13 @@ class LossDiagnosis(L.Callback):
     - a TensorBoard logger for histograms and figures, any Lightning logger for the scalars;
     - the trainer's ``checkpoint_callback`` for the best model.
 
-    Per validation epoch it logs ``val/`` scalars (loss tail, correct/wrong breakdown, calibration) and
+    For every validation epoch it logs ``val/`` scalars (loss tail, correct/wrong breakdown, calibration) and
     ``val/loss_per_sample`` histograms (``train/`` too when the training step returns logits), one logger
-    write per epoch at ``step=epoch``. Every ``figures_every_n_epochs`` epochs (and the last) it draws a
-    reliability diagram and the worst val images. At the end of fit it evaluates the initial, best and
-    last weights on the val (and, with indexed batches, train) loader and writes the run's files.
+    write per epoch at ``step=epoch``; it evaluates them in blocks of epochs (``flush_every_n_epochs`` or
+    ``flush_every_s``, whichever comes first), so they reach the loggers a little later than the epoch.
+    Every ``figures_every_n_epochs`` epochs (and the last) it draws a reliability diagram and the worst val
+    images. At the end of fit it evaluates the initial, best and last weights on the val (and, with indexed
+    batches, train) loader and writes the run's files.
     """
 
     def __init__(
