@@ -201,41 +201,30 @@ def single_training_rows(
     parts = {"train": tr, "val": va, "all": np.arange(len(y))}
     val = S.val_scores(run.held_logits[run.best_epoch(epochs)], y[va]).suspect
     seconds = float(run.seconds[epochs - 1])
-    rows = [
-        Row(
+
+    def row(name: str, train_score: np.ndarray, val_score: np.ndarray) -> Row:
+        return Row(
             seed,
             epochs,
             lr,
             name,
             1,
             seconds,
-            metrics(merged(len(y), [(tr, score), (va, val)]), moved, parts),
+            metrics(merged(len(y), [(tr, train_score), (va, val_score)]), moved, parts),
         )
-        for name, score in train_methods(run, epochs).items()
-    ]
+
+    rows = [row(name, score, val) for name, score in train_methods(run, epochs).items()]
     # how else the val images could be scored from the same run (train images: AUM)
-    val_p = np.stack([S.val_scores(run.held_logits[e], y[va]).p_given for e in range(epochs)])
+    per_epoch = [S.val_scores(run.held_logits[e], y[va]) for e in range(epochs)]
+    val_p = np.stack([scores.p_given for scores in per_epoch])
     variants = {
         "val: best-model p_given": val,
         "val: mean p_given over epochs": 1 - val_p.mean(axis=0),
         "val: last-epoch p_given": 1 - val_p[-1],
-        "val: AUM over epochs": -np.stack(
-            [S.val_scores(run.held_logits[e], y[va]).margin for e in range(epochs)]
-        ).mean(axis=0),
+        "val: AUM over epochs": -np.stack([scores.margin for scores in per_epoch]).mean(axis=0),
     }
     aum = -S.aum(run.margin[:epochs])
-    for name, score in variants.items():
-        rows.append(
-            Row(
-                seed,
-                epochs,
-                lr,
-                name,
-                1,
-                seconds,
-                metrics(merged(len(y), [(tr, aum), (va, score)]), moved, parts),
-            )
-        )
+    rows += [row(name, aum, score) for name, score in variants.items()]
     return rows
 
 
