@@ -62,6 +62,7 @@ class NonFiniteLossGuard(L.Callback):
         flags = pl_module.all_gather(self._first_bad(pl_module.device)).flatten()
         bad = flags[flags >= 0]
         if bad.numel() == 0:
+            self._losses, self._batches = [], []  # checked: the next check looks only at later steps
             return
         step = int(bad.min())
         self._losses = None

@@ -17,6 +17,12 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from src.errors import UserError
 
 
+def is_last_epoch(trainer: L.Trainer) -> bool:
+    """Whether the epoch now ending is the run's last: ``max_epochs`` reached, or ``max_steps``."""
+    by_epochs = trainer.max_epochs is not None and 0 < trainer.max_epochs <= trainer.current_epoch + 1
+    return by_epochs or 0 < trainer.max_steps <= trainer.global_step
+
+
 class LastCheckpoint(ModelCheckpoint):
     """Lightning's ``ModelCheckpoint`` for ``last.ckpt`` (no monitor, one file), throttled to ``every_s``.
 
@@ -41,10 +47,12 @@ class LastCheckpoint(ModelCheckpoint):
         self._saved_at: float | None = None
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        last = (trainer.max_epochs is not None and 0 < trainer.max_epochs <= trainer.current_epoch + 1) or (
-            0 < trainer.max_steps <= trainer.global_step
-        )
         now = time.monotonic()
-        if self._saved_at is None or now - self._saved_at >= self.every_s or last or trainer.should_stop:
+        if (
+            self._saved_at is None
+            or now - self._saved_at >= self.every_s
+            or is_last_epoch(trainer)
+            or trainer.should_stop
+        ):
             super().on_train_epoch_end(trainer, pl_module)
             self._saved_at = now

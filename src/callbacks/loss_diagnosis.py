@@ -21,6 +21,7 @@ from lightning.pytorch.utilities import move_data_to_device
 from tensorboard.compat.proto.summary_pb2 import HistogramProto, Summary
 
 from src.callbacks.console import announce
+from src.callbacks.last_checkpoint import is_last_epoch
 from src.callbacks.tensorboard import tensorboard_writer
 from src.errors import UserError
 from src.functional.breakdown import (
@@ -141,7 +142,7 @@ class LossDiagnosis(L.Callback):
         self._pending: dict[str, list[tuple[int, torch.Tensor]]] = {stage: [] for stage in STAGES}
         self._targets: dict[str, torch.Tensor] = {}  # each split's labels, in record order
         self._logged_through = -1  # the last epoch whose diagnosis went to the loggers and journals
-        self._restored = False  # a resumed run's journals were read back
+        self._collect_images = False  # this val epoch's inputs are kept for the figures
         self._journal_before: int | None = (
             None  # from the checkpoint's state: the journals keep epochs before it
         )
@@ -221,6 +222,7 @@ class LossDiagnosis(L.Callback):
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start_epoch("val")
         self._figure_images = {}
+        self._collect_images = self._figures_due(trainer) and trainer.global_rank == 0
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -248,7 +250,7 @@ class LossDiagnosis(L.Callback):
             return
         x, y, index = self._unpack(batch, "val", trainer.world_size)
         index = self._record("val", index, y, self._logits(pl_module, outputs, x, len(y)))
-        if self._figures_due(trainer) and x.ndim == 4 and trainer.global_rank == 0:
+        if self._collect_images and x.ndim == 4:
             self._figure_images.update(zip(index.tolist(), x.detach().float().cpu(), strict=True))
 
     # -- the bounded loss's cap and the initial weights -----------------------------------------
@@ -291,9 +293,8 @@ class LossDiagnosis(L.Callback):
 
     # -- every epoch ----------------------------------------------------------------------------
     def _figures_due(self, trainer: L.Trainer) -> bool:
-        epoch = trainer.current_epoch + 1
-        last = trainer.max_epochs is not None and 0 < trainer.max_epochs <= epoch
-        return self.figures_every_n_epochs > 0 and (epoch % self.figures_every_n_epochs == 0 or last)
+        every = self.figures_every_n_epochs
+        return every > 0 and ((trainer.current_epoch + 1) % every == 0 or is_last_epoch(trainer))
 
     # Every epoch only keeps the gathered logits (``_keep``); ``_flush`` evaluates the pending epochs as one
     # vectorised block and sends each epoch's values to the loggers at step = epoch. Per epoch, the evaluation
@@ -305,7 +306,8 @@ class LossDiagnosis(L.Callback):
     def _keep(self, trainer: L.Trainer, stage: str, rec: SampleRecords) -> None:
         if trainer.global_rank != 0:
             return
-        self._targets.setdefault(stage, rec.target.detach().cpu())
+        if stage not in self._targets:
+            self._targets[stage] = rec.target.detach().cpu()
         self._pending[stage].append((trainer.current_epoch, rec.logits.detach().float().cpu()))
 
     def _flush_due(self, trainer: L.Trainer) -> bool:
@@ -576,18 +578,20 @@ class LossDiagnosis(L.Callback):
         recorder, offset = SampleRecorder().to(pl_module.device), 0
         was_training = pl_module.training
         pl_module.eval()
-        with torch.no_grad():
-            for batch in loader:
-                x, y, index = self._unpack(
-                    move_data_to_device(batch, pl_module.device), stage, trainer.world_size
-                )
-                if index is None:
-                    if stage == "train":
-                        return None  # a shuffled train order cannot be told apart without an index
-                    index = torch.arange(offset, offset + len(y), device=y.device)
-                    offset += len(y)
-                recorder.update(index, y, self._logits(pl_module, None, x, len(y)))
-        pl_module.train(was_training)
+        try:
+            with torch.no_grad():
+                for batch in loader:
+                    x, y, index = self._unpack(
+                        move_data_to_device(batch, pl_module.device), stage, trainer.world_size
+                    )
+                    if index is None:
+                        if stage == "train":
+                            return None  # a shuffled train order cannot be told apart without an index
+                        index = torch.arange(offset, offset + len(y), device=y.device)
+                        offset += len(y)
+                    recorder.update(index, y, self._logits(pl_module, None, x, len(y)))
+        finally:
+            pl_module.train(was_training)  # also after the early return and an error
         return recorder.compute()
 
     def _inputs(self, loader: Any, stage: str, wanted: set[int]) -> dict[int, torch.Tensor]:

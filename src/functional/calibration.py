@@ -23,7 +23,6 @@ T_MIN, T_MAX = 0.01, 100.0
 # Newton steps before the fit looks at the bounds (an interior optimum takes fewer: the look is then skipped)
 BOUND_CHECK_AFTER = 12
 CROSSFIT_SEED = 0  # the seeded random halves of the cross-fit
-# what a fitted temperature can be trusted for (see :func:`temperature_status`)
 
 
 def expected_calibration_errors(
@@ -254,8 +253,10 @@ def calibration_summaries(
     target: torch.Tensor,
     n_bins: int = N_BINS,
     start_temperature: float | torch.Tensor = 1.0,
+    probs: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """For every leading index of ``logits`` (B, N, C) (e.g. a block of epochs; ``target``: (N,)), float64 (B,):
+    """For every leading index of ``logits`` (B, N, C) (e.g. a block of epochs; ``target``: (N,)), float64 (B,);
+    ``probs``: their softmax, when the caller has it already (it is the expensive part of the raw ECE):
 
     ``ece``, fitted ``temperature``, ``nll_temperature_scaled`` and ``ece_temperature_scaled`` (fitted and
     scored on the same samples: what the per-epoch scalars show), and ``nll_crossfit`` / ``ece_crossfit``
@@ -265,7 +266,7 @@ def calibration_summaries(
     scaled = z / t[:, None, None]
     nan = torch.full_like(t, math.nan)
     summary = {
-        "ece": expected_calibration_errors(class_softmax(z), y, n_bins).double(),
+        "ece": expected_calibration_errors(class_softmax(z) if probs is None else probs, y, n_bins).double(),
         "temperature": t,
         "nll_temperature_scaled": nlls(scaled, y),
         "ece_temperature_scaled": expected_calibration_errors(class_softmax(scaled), y, n_bins).double(),

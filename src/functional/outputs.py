@@ -69,7 +69,9 @@ def evaluate_epochs(
     calibration = (
         {
             k: v.numpy()
-            for k, v in calibration_summaries(logits, target, start_temperature=start_temperature).items()
+            for k, v in calibration_summaries(
+                logits, target, start_temperature=start_temperature, probs=probs
+            ).items()
         }
         if calibrate
         else {}

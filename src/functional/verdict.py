@@ -29,7 +29,6 @@ from src.functional.jsonable import json_ready
 from src.functional.losses import bound_losses
 from src.functional.outputs import Evaluation
 from src.functional.run_kinds import (
-    KINDS,
     LEVEL,
     MAJORITY_MARGIN,
     N_RESAMPLES,
@@ -42,7 +41,6 @@ FORMAT_VERSION = 1  # of diagnosis.json
 EXTREME_RATIO = 10.0  # a sample whose loss is this many times the mean is called an extreme outlier
 FEW_SHARE = 0.05  # "a few samples": at most this share of them
 LARGE_ZERO_GRADIENT_SHARE = 0.05  # bounded loss: this share of training samples above the cap is called large
-VERDICTS = (*KINDS, "single_evaluation")
 ADVICE_NOT_LEARNING_ONE_MODEL = (
     "If this is not the data the model was trained on, check that its class folders are the run's classes "
     "(same names, same labels) and that the images look like the training images."
@@ -165,6 +163,7 @@ def model_numbers(ev: Evaluation, target: np.ndarray, cap: float) -> ModelNumber
     correct = ev.correct(target)
     parts = {k: float(v) for k, v in correct_wrong_breakdown(ev, target).items()}
     loss = torch.from_numpy(ev.loss.astype(np.float64))
+    temperature = _calib(ev, "temperature")
     return ModelNumbers(
         loss=float(loss.mean()),
         acc=float(correct.mean()),
@@ -182,8 +181,8 @@ def model_numbers(ev: Evaluation, target: np.ndarray, cap: float) -> ModelNumber
         bounded=float(bound_losses(loss, cap).mean()),
         n_above_cap=int(count_above_cap(loss, cap)),
         ece=_calib(ev, "ece"),
-        temperature=_calib(ev, "temperature"),
-        temperature_status=temperature_status(_calib(ev, "temperature"), int(correct.sum()), len(loss)),
+        temperature=temperature,
+        temperature_status=temperature_status(temperature, int(correct.sum()), len(loss)),
         nll_crossfit=_calib(ev, "nll_crossfit"),
         ece_crossfit=_calib(ev, "ece_crossfit"),
     )
@@ -247,6 +246,7 @@ def verdict_numbers(
     delta = (last.loss.astype(np.float64) - at_min.loss.astype(np.float64)) / len(target)
     order = worst_indices(last.loss, max(final.top5_n, n_extreme))  # one sort for both lists below
     worst5 = order[: final.top5_n]
+    from_worst5 = float(delta[worst5].sum())
     wrong = ~last.correct(target)
     extreme = tuple(
         ExtremeSample(
@@ -316,9 +316,9 @@ def verdict_numbers(
         scaling_removes=removes,
         final=final,
         at_min=m if history else None,
-        rise_from_worst5=float(delta[worst5].sum()) if history else None,
+        rise_from_worst5=from_worst5 if history else None,
         rise_from_wrong=float(delta[wrong].sum()) if history else None,
-        rise_from_rest=float(delta.sum() - delta[worst5].sum()) if history else None,
+        rise_from_rest=float(delta.sum()) - from_worst5 if history else None,
         extreme=extreme,
     )
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from src.functional.calibration import T_MAX, T_MIN
 from src.functional.remedies import ACC_WINDOW, Recommendation, RemedyResult, recommend
+from src.render.tables import markdown_table
 
 # what each remedy of conf/remedy/ changes, in words (remedy=<name>)
 REMEDY_WORDS: dict[str, str] = {
@@ -57,16 +58,18 @@ def recommendation_text(rec: Recommendation, window: float = ACC_WINDOW) -> str:
 
 def remedies_table(results: Sequence[RemedyResult]) -> str:
     """A short markdown table of a remedies sweep: last val accuracy, last val CE and the rise."""
-    lines = [
-        "| remedy | seeds | last val acc | last val CE | rise last/min |",
-        "|---|---|---|---|---|",
-    ]
-    for r in results:
-        lines.append(
-            f"| `{r.label}` | {r.n} | {_mean_std(r.last_acc, r.last_acc_std)} | "
-            f"{_mean_std(r.last_ce, r.last_ce_std)} | {r.rise_ratio:.2f}x |"
+    header = ("remedy", "seeds", "last val acc", "last val CE", "rise last/min")
+    rows = [
+        (
+            f"`{r.label}`",
+            r.n,
+            _mean_std(r.last_acc, r.last_acc_std),
+            _mean_std(r.last_ce, r.last_ce_std),
+            f"{r.rise_ratio:.2f}x",
         )
-    return "\n".join(lines)
+        for r in results
+    ]
+    return markdown_table(header, rows).rstrip("\n")
 
 
 def what_you_can_do(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from src.functional.suspects import TRAIN_SCORE, VAL_SCORE
 from src.render.diagnosis import plural
@@ -28,18 +28,7 @@ class SuspectRow:
     flagged: bool
 
 
-SUSPECT_COLUMNS = (
-    "rank",
-    "split",
-    "index",
-    "path",
-    "given",
-    "suspected",
-    "score",
-    "raw_score",
-    "p_given",
-    "flagged",
-)
+SUSPECT_COLUMNS = tuple(f.name for f in fields(SuspectRow))  # suspects.csv's header
 
 
 def suspect_caption(row: SuspectRow) -> str:

@@ -28,10 +28,8 @@ WORST_FILE = Path("worst.csv")
 # classification reports (<model>.md / .csv) and PNG figures
 REPORTS_DIR = Path("reports")
 FIGURES_DIR = Path("figures")
-# checkpoints: best (val/acc), last (every epoch, what resume= continues), initial (untrained weights)
+# checkpoints: best (val/acc), last (what resume= continues), initial (untrained weights)
 CHECKPOINTS_DIR = Path("checkpoints")
-LAST_CKPT = CHECKPOINTS_DIR / "last.ckpt"
-INITIAL_CKPT = CHECKPOINTS_DIR / "initial.ckpt"
 # what Hydra saved of the run's configuration
 CONFIG_FILE = Path(".hydra") / "config.yaml"
 OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
@@ -52,6 +50,11 @@ def report_path(run_dir: str | Path, model: str, suffix: str) -> Path:
 def checkpoint_path(run_dir: str | Path, name: str) -> Path:
     """``<run>/checkpoints/<name>.ckpt`` (``initial``, ``best``, ``last``)."""
     return Path(run_dir) / CHECKPOINTS_DIR / f"{name}.ckpt"
+
+
+# relative to a run folder (``Path("") / x`` is ``x``)
+LAST_CKPT = checkpoint_path("", "last")
+INITIAL_CKPT = checkpoint_path("", "initial")
 
 
 def figure_path(run_dir: str | Path, name: str) -> Path:
