@@ -75,6 +75,8 @@ class LossDiagnosis(L.Callback):
 
     **What it uses when present** (all optional):
 
+    - ``epoch_records(stage)`` on the module, returning this epoch's gathered ``SampleRecords`` (index, target,
+      logits) of ``"train"`` / ``"val"`` (``LossDiagModule`` has it): then the callback records nothing per step;
     - ``outputs["logits"]`` returned by ``validation_step`` / ``training_step`` (else val logits come from
       re-running ``forward`` on the batch; train records need them, and an ``index`` in the train batch);
     - a ``loss_cap`` tensor on the module (the bounded loss's cap); otherwise the cap is ``mean + k * std``
@@ -96,7 +98,7 @@ class LossDiagnosis(L.Callback):
         self,
         output_dir: str | Path,
         worst_k: int = 16,
-        write_every_n_epochs: int = 5,
+        write_every_n_epochs: int = 50,
         figures_every_n_epochs: int = 25,
         reports: bool = True,
         save_initial_checkpoint: bool = True,
@@ -143,6 +145,7 @@ class LossDiagnosis(L.Callback):
         self._targets: dict[str, torch.Tensor] = {}  # each split's labels, in record order
         self._logged_through = -1  # the last epoch whose diagnosis went to the loggers and journals
         self._collect_images = False  # this val epoch's inputs are kept for the figures
+        self._module_records = False  # the module gathers the records (see setup)
         self._journal_before: int | None = (
             None  # from the checkpoint's state: the journals keep epochs before it
         )
@@ -164,6 +167,8 @@ class LossDiagnosis(L.Callback):
             raise UserError(f"LossDiagnosis needs {type(pl_module).__name__}.forward(x) returning logits")
         for recorder in self.recorders.values():
             recorder.to(pl_module.device)
+        # a module that gathers the per-sample records itself (LossDiagModule): use its, record nothing per step
+        self._module_records = callable(getattr(pl_module, "epoch_records", None))
 
     def _unpack(
         self, batch: Any, stage: str, world_size: int
@@ -203,13 +208,26 @@ class LossDiagnosis(L.Callback):
         self, stage: str, index: torch.Tensor | None, y: torch.Tensor, logits: torch.Tensor
     ) -> torch.Tensor:
         """Record one batch; a batch without ``index`` gets its positions in the loader order. Returns the index."""
-        if index is None:
-            start = self._offset[stage]
-            index = torch.arange(start, start + len(y), device=y.device)
-            self._offset[stage] = start + len(y)
+        index = self._record_index(stage, index, len(y), y.device)
         self.recorders[stage].update(index, y, logits)
         self._seen[stage] = True
         return index
+
+    def _record_index(
+        self, stage: str, index: torch.Tensor | None, n: int, device: torch.device
+    ) -> torch.Tensor:
+        """``index``, or for a batch without one its positions in this epoch's loader order."""
+        if index is None:
+            start = self._offset[stage]
+            index = torch.arange(start, start + n, device=device)
+            self._offset[stage] = start + n
+        return index
+
+    def _epoch_records(self, pl_module: L.LightningModule, stage: str) -> SampleRecords:
+        """This epoch's gathered records of ``stage`` (on every rank: it syncs); the module's when it keeps them."""
+        if self._module_records:
+            return pl_module.epoch_records(stage)  # type: ignore[operator]
+        return self.recorders[stage].compute()
 
     def _start_epoch(self, stage: str) -> None:
         self.recorders[stage].reset()
@@ -227,6 +245,9 @@ class LossDiagnosis(L.Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        if self._module_records:
+            self._seen["train"] = True
+            return
         if not self._train_indexed:
             return
         x, y, index = self._unpack(batch, "train", trainer.world_size)
@@ -248,8 +269,15 @@ class LossDiagnosis(L.Callback):
     ) -> None:
         if trainer.sanity_checking or dataloader_idx != 0:
             return
-        x, y, index = self._unpack(batch, "val", trainer.world_size)
-        index = self._record("val", index, y, self._logits(pl_module, outputs, x, len(y)))
+        if self._module_records:
+            self._seen["val"] = True
+            if not self._collect_images:
+                return
+            x, y, index = self._unpack(batch, "val", trainer.world_size)
+            index = self._record_index("val", index, len(y), y.device)
+        else:
+            x, y, index = self._unpack(batch, "val", trainer.world_size)
+            index = self._record("val", index, y, self._logits(pl_module, outputs, x, len(y)))
         if self._collect_images and x.ndim == 4:
             self._figure_images.update(zip(index.tolist(), x.detach().float().cpu(), strict=True))
 
@@ -324,7 +352,7 @@ class LossDiagnosis(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._train_indexed and self._seen["train"]:
-            rec = self.recorders["train"].compute()  # every rank: it syncs
+            rec = self._epoch_records(pl_module, "train")
             if self._train_info is None and trainer.global_rank == 0:
                 self._train_info = self._split_info(trainer, rec, "train")
             self._keep(trainer, "train", rec)
@@ -335,7 +363,7 @@ class LossDiagnosis(L.Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not self._seen["val"]:
             return
-        rec = self.recorders["val"].compute()  # every rank: it syncs
+        rec = self._epoch_records(pl_module, "val")
         if trainer.global_rank != 0:
             return
         if self.samples is None:
