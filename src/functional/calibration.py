@@ -22,6 +22,8 @@ N_BINS = 15
 T_MIN, T_MAX = 0.01, 100.0
 # Newton steps before the fit looks at the bounds (an interior optimum takes fewer: the look is then skipped)
 BOUND_CHECK_AFTER = 12
+# the float32 steps that start each fit (see fit_temperatures): at most this many, to this relative tolerance
+ROUGH_STEPS, ROUGH_TOL = 12, 1e-5
 CROSSFIT_SEED = 0  # the seeded random halves of the cross-fit
 
 
@@ -37,12 +39,19 @@ def expected_calibration_errors(
     epochs at once, and one call per epoch would cost more than the computation. Tested against torchmetrics.
     """
     probs = probs.detach().float().cpu()
-    lead, (n, c) = probs.shape[:-2], probs.shape[-2:]
+    conf, pred = probs.max(-1)
+    return binned_calibration_errors(conf, pred == target.detach().cpu(), n_bins)
+
+
+def binned_calibration_errors(conf: torch.Tensor, correct: torch.Tensor, n_bins: int = N_BINS) -> torch.Tensor:
+    """:func:`expected_calibration_errors` from each sample's confidence ``conf`` (..., N) (the largest class
+    probability, binned in float32) and whether its prediction is ``correct`` (..., N): one per leading index."""
+    conf = conf.detach().float().cpu()
+    lead, n = conf.shape[:-1], conf.shape[-1]
     if n == 0:
         return torch.full(lead, math.nan)
-    probs = probs.reshape(math.prod(lead), n, c)
-    conf, pred = probs.max(-1)
-    acc = (pred == target.detach().cpu().reshape(-1, n)).to(conf.dtype)
+    conf = conf.reshape(-1, n)
+    acc = correct.detach().cpu().expand(*lead, n).reshape(-1, n).to(conf.dtype)
     boundaries = torch.linspace(0, 1, n_bins + 1, dtype=conf.dtype)
     slots = n_bins + 1
     index = (torch.bucketize(conf, boundaries, right=True) - 1) + slots * torch.arange(len(conf))[:, None]
@@ -67,6 +76,54 @@ def expected_calibration_error(probs: torch.Tensor, target: torch.Tensor, n_bins
     return float(expected_calibration_errors(probs, target, n_bins))
 
 
+def _nll_derivatives(
+    z: torch.Tensor, z_true: torch.Tensor, beta: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """First and second derivative in ``beta`` of the mean NLL of ``softmax(beta * z)``: ``E_p[z] - z_true`` and
+    ``Var_p[z]`` averaged over the samples. ``z`` (rows, C, N) holds each sample's logits less their largest
+    (so ``exp`` never overflows and the largest term is 1), ``z_true`` (rows, N) the true class's."""
+    e = torch.exp(beta[:, None, None] * z)
+    total = e.sum(1)
+    ez = e.mul_(z)
+    mean_z = ez.sum(1).div_(total)
+    mean_z2 = ez.mul_(z).sum(1).div_(total)
+    return (mean_z - z_true).mean(1), (mean_z2 - mean_z * mean_z).mean(1)
+
+
+def _newton_step(
+    z: torch.Tensor,
+    z_true: torch.Tensor,
+    beta: torch.Tensor,
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    active: torch.Tensor,
+    tol: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One bracketed Newton step of the ``active`` rows: Newton inside the closed bracket ``[lo, hi]``, else
+    bisection (closed: a converged step lands on the bracket's end). Returns ``beta, lo, hi, active``."""
+    grad, hess = _nll_derivatives(z, z_true, beta)
+    hi = torch.where(active & (grad > 0), beta, hi)
+    lo = torch.where(active & (grad <= 0), beta, lo)
+    step = torch.where(hess > 0, beta - grad / hess, torch.full_like(beta, math.nan))
+    new = torch.where((lo <= step) & (step <= hi), step, torch.sqrt(lo * hi))
+    done = (new - beta).abs() <= tol * beta
+    return torch.where(active, new, beta), lo, hi, active & ~done
+
+
+def _bracketed_newton(
+    z: torch.Tensor, z_true: torch.Tensor, beta: torch.Tensor, active: torch.Tensor, tol: float, max_iter: int
+) -> torch.Tensor:
+    """``beta`` after up to ``max_iter`` :func:`_newton_step` s in ``z``'s dtype, bracket ``[1/T_MAX, 1/T_MIN]``."""
+    lo = torch.full_like(beta, 1.0 / T_MAX)
+    hi = torch.full_like(beta, 1.0 / T_MIN)
+    active = active.clone()
+    for _ in range(max_iter):
+        if not bool(active.any()):
+            break
+        beta, lo, hi, active = _newton_step(z, z_true, beta, lo, hi, active, tol)
+    return beta
+
+
 def fit_temperatures(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -89,16 +146,14 @@ def fit_temperatures(
     if rows == 0 or n == 0:
         return torch.full(lead, math.nan, dtype=torch.float64)
     z = z.reshape(rows, n, c)
+    finite = torch.isfinite(z).flatten(1).all(1)  # a row with NaN/inf logits has no temperature (NaN)
+    # every sample's logits less their largest: with beta > 0 the softmax needs no other shift, and the
+    # derivatives (differences of logits) are the same
+    z = z - z.amax(-1, keepdim=True)
     y = target.detach().cpu().long().reshape(-1, n).expand(rows, n)
     z_true = z.gather(2, y[..., None])[..., 0]
-    # classes on the middle axis, samples contiguous: torch's softmax over a short last axis is ~5x slower
+    # classes on the middle axis, samples contiguous: reductions over a short last axis are ~5x slower
     z = z.transpose(1, 2).contiguous()
-    finite = torch.isfinite(z).flatten(1).all(1)  # a row with NaN/inf logits has no temperature (NaN)
-
-    def derivatives(beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pz = torch.softmax(beta[:, None, None] * z, dim=1).mul_(z)
-        mean_z = pz.sum(1)
-        return (mean_z - z_true).mean(1), ((pz.mul_(z)).sum(1) - mean_z**2).mean(1)
 
     lo = torch.full((rows,), 1.0 / T_MAX, dtype=torch.float64)
     hi = torch.full((rows,), 1.0 / T_MIN, dtype=torch.float64)
@@ -108,11 +163,15 @@ def fit_temperatures(
     def beyond_bounds(which: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows of ``which`` whose NLL still rises at the softest T (optimum above ``T_MAX``), and those where
         it still falls at the sharpest (optimum below ``T_MIN``: every prediction right)."""
-        soft = which & (derivatives(bounds[0])[0] >= 0)
-        return soft, which & ~soft & (derivatives(bounds[1])[0] <= 0)
+        soft = which & (_nll_derivatives(z, z_true, bounds[0])[0] >= 0)
+        return soft, which & ~soft & (_nll_derivatives(z, z_true, bounds[1])[0] <= 0)
 
     start_t = torch.as_tensor(start, dtype=torch.float64).reshape(-1).expand(rows)
     beta = torch.where(start_t > 0, (1.0 / start_t).clamp(lo, hi), torch.ones_like(lo))
+    # float32 steps (half the cost of float64 ones) get near the optimum; the float64 steps below then take
+    # one or two to settle to ``tol``, so the result is the float64 optimum whatever the float32 path did
+    rough = _bracketed_newton(z.float(), z_true.float(), beta.float(), finite, ROUGH_TOL, ROUGH_STEPS)
+    beta = torch.where(torch.isfinite(rough), rough.double(), beta).clamp(lo, hi)
     active = finite.clone()
     for iteration in range(max_iter):
         if iteration == BOUND_CHECK_AFTER and bool(active.any()):
@@ -121,15 +180,7 @@ def fit_temperatures(
             active &= ~(softest | sharpest)
         if not bool(active.any()):
             break
-        grad, hess = derivatives(beta)
-        hi = torch.where(active & (grad > 0), beta, hi)
-        lo = torch.where(active & (grad <= 0), beta, lo)
-        step = torch.where(hess > 0, beta - grad / hess, torch.full_like(beta, math.nan))
-        # Newton inside the closed bracket, else bisect (closed: a converged step lands on the bracket's end)
-        new = torch.where((lo <= step) & (step <= hi), step, torch.sqrt(lo * hi))
-        done = (new - beta).abs() <= tol * beta
-        beta = torch.where(active, new, beta)
-        active &= ~done
+        beta, lo, hi, active = _newton_step(z, z_true, beta, lo, hi, active, tol)
     # settled within tol of a bound without the look above: the bound itself when the optimum lies beyond it
     near = (
         finite & ~(softest | sharpest) & ((beta <= bounds[0] * (1 + tol)) | (beta >= bounds[1] * (1 - tol)))
@@ -193,22 +244,38 @@ class CrossFit:
         return json_ready(asdict(self))
 
 
-def _crossfit_scaled(
+def _crossfit_halves(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cross-fit's two seeded random halves of ``n`` sample positions."""
+    perm = torch.from_numpy(np.random.default_rng(seed).permutation(n))
+    return perm[: n // 2], perm[n // 2 :]
+
+
+def _crossfit_temperatures(
     z: torch.Tensor, y: torch.Tensor, t: torch.Tensor, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``z`` (B, N, C) with each seeded random half of the N samples divided by the temperature fitted on the
-    other half (per leading index, starting from ``t``); and those temperatures, (B, 2)."""
-    n = z.shape[-2]
-    perm = torch.from_numpy(np.random.default_rng(seed).permutation(n))
-    halves = (perm[: n // 2], perm[n // 2 :])
+    """Per sample of ``z`` (B, N, C), the temperature fitted on the other seeded random half of the samples
+    (per leading index, starting from ``t``), (B, N); and each half's temperature, (B, 2)."""
+    halves = _crossfit_halves(z.shape[-2], seed)
     # each half's optimum is near the whole's: starting there, the Newton solve takes a few steps
     t_halves = torch.stack([fit_temperatures(z[:, h], y[h], start=t) for h in halves], dim=1)
-    scaled = z.clone()
-    scaled[:, halves[0]] = (
-        z[:, halves[0]] / t_halves[:, 1, None, None]
-    )  # scaled by the other half's temperature
-    scaled[:, halves[1]] = z[:, halves[1]] / t_halves[:, 0, None, None]
-    return scaled, t_halves
+    per_sample = torch.empty(z.shape[:-1], dtype=z.dtype)
+    per_sample[:, halves[0]] = t_halves[:, 1, None]  # each half scaled by the other half's temperature
+    per_sample[:, halves[1]] = t_halves[:, 0, None]
+    return per_sample, t_halves
+
+
+def _scaled_scores(
+    z: torch.Tensor, z_true: torch.Tensor, correct: torch.Tensor, temperature: torch.Tensor, n_bins: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """NLL (float64) and ECE of ``softmax(z / temperature)`` per leading index. ``z`` (B, C, N): classes on the
+    middle axis (reductions over a short last axis are ~5x slower); ``z_true`` (B, N) the true class's logit;
+    ``correct`` (B, N) whether the prediction is right (a temperature never changes it); ``temperature`` (B, 1) or
+    (B, N). Only the log-sum-exp is computed: NLL = lse - z_true, confidence = exp(max - lse)."""
+    z = z / temperature[:, None, :]
+    top = z.amax(1)
+    lse = torch.exp(z - top[:, None, :]).sum(1).log_().add_(top)
+    nll_ = (lse - z_true / temperature).mean(-1)
+    return nll_, binned_calibration_errors(torch.exp(top - lse), correct, n_bins).double()
 
 
 def crossfit_temperature(
@@ -234,8 +301,8 @@ def crossfit_temperature(
             f"need logits (N >= 2, C) and target (N,), got {tuple(z.shape)} and {tuple(y.shape)}"
         )
     t = fit_temperature(z, y) if temperature is None else float(temperature)
-    scaled, t_halves = _crossfit_scaled(z[None], y, torch.tensor([t], dtype=torch.float64), seed)
-    scaled = scaled[0]
+    per_sample, t_halves = _crossfit_temperatures(z[None], y, torch.tensor([t], dtype=torch.float64), seed)
+    scaled = z / per_sample[0, :, None]
     return CrossFit(
         temperature=t,
         temperature_halves=(float(t_halves[0, 0]), float(t_halves[0, 1])),
@@ -263,21 +330,23 @@ def calibration_summaries(
     (the same scaling scored out of sample, :func:`crossfit_temperature`: what the verdict uses)."""
     z, y = logits.detach().double().cpu(), target.detach().long().cpu()
     t = fit_temperatures(z, y, start=start_temperature)
-    scaled = z / t[:, None, None]
+    z_true = z.gather(-1, y.expand(z.shape[:-1])[..., None])[..., 0]
+    correct = z.argmax(-1) == y
+    by_class = z.transpose(-1, -2).contiguous()
+    nll_scaled, ece_scaled = _scaled_scores(by_class, z_true, correct, t[:, None], n_bins)
     nan = torch.full_like(t, math.nan)
     summary = {
         "ece": expected_calibration_errors(class_softmax(z) if probs is None else probs, y, n_bins).double(),
         "temperature": t,
-        "nll_temperature_scaled": nlls(scaled, y),
-        "ece_temperature_scaled": expected_calibration_errors(class_softmax(scaled), y, n_bins).double(),
+        "nll_temperature_scaled": nll_scaled,
+        "ece_temperature_scaled": ece_scaled,
         "nll_crossfit": nan,
         "ece_crossfit": nan,
     }
     if len(y) >= 2:  # only the two cross-fitted numbers: the rest of CrossFit is computed above
-        crossfit, _ = _crossfit_scaled(z, y, t, CROSSFIT_SEED)
-        summary.update(
-            nll_crossfit=nlls(crossfit, y),
-            ece_crossfit=expected_calibration_errors(class_softmax(crossfit), y, n_bins).double(),
+        per_sample, _ = _crossfit_temperatures(z, y, t, CROSSFIT_SEED)
+        summary["nll_crossfit"], summary["ece_crossfit"] = _scaled_scores(
+            by_class, z_true, correct, per_sample, n_bins
         )
     return summary
 
