@@ -109,10 +109,11 @@ def recompute_mean_ce(probs: np.ndarray, target: np.ndarray) -> np.ndarray:
     """The seed's manual check: renormalise the saved probabilities (..., N, C), mean of ``-sum(onehot * log p)``
     per row (a 0-d array for one set: ``float()`` it)."""
     probs = np.asarray(probs, dtype=np.float64)
-    probs = probs / probs.sum(axis=-1, keepdims=True)
-    onehot = np.eye(probs.shape[-1])[np.asarray(target)]
+    index = np.broadcast_to(np.asarray(target), probs.shape[:-1])[..., None]
+    # sum(onehot * -log p) has one non-zero term: the true class's (taken alone, not computed for every class)
+    p_true = np.take_along_axis(probs, index, axis=-1)[..., 0] / probs.sum(axis=-1)
     with np.errstate(divide="ignore"):
-        return np.mean(np.sum(onehot * -np.log(probs), axis=-1, where=onehot > 0), axis=-1)
+        return np.mean(-np.log(p_true), axis=-1)
 
 
 def mean_where(values: np.ndarray, mask: np.ndarray) -> np.ndarray:

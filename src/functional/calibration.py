@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -25,6 +26,8 @@ BOUND_CHECK_AFTER = 12
 # the float32 steps that start each fit (see fit_temperatures): at most this many, to this relative tolerance
 ROUGH_STEPS, ROUGH_TOL = 12, 1e-5
 CROSSFIT_SEED = 0  # the seeded random halves of the cross-fit
+# calibration_summaries' keys after "ece" and "temperature"
+SCALED_KEYS = ("nll_temperature_scaled", "ece_temperature_scaled", "nll_crossfit", "ece_crossfit")
 
 
 def expected_calibration_errors(
@@ -99,12 +102,16 @@ def _newton_step(
     active: torch.Tensor,
     tol: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One bracketed Newton step of the ``active`` rows: Newton inside the closed bracket ``[lo, hi]``, else
-    bisection (closed: a converged step lands on the bracket's end). Returns ``beta, lo, hi, active``."""
+    """One bracketed Newton step of the ``active`` rows in ``log(beta)`` (a scale: from ``T = 1`` it takes about half
+    the steps of Newton in ``beta``, which overshoots and then creeps up), inside the closed bracket ``[lo, hi]``,
+    else bisection in ``log(beta)`` (closed: a converged step lands on the bracket's end). Returns
+    ``beta, lo, hi, active``."""
     grad, hess = _nll_derivatives(z, z_true, beta)
     hi = torch.where(active & (grad > 0), beta, hi)
     lo = torch.where(active & (grad <= 0), beta, lo)
-    step = torch.where(hess > 0, beta - grad / hess, torch.full_like(beta, math.nan))
+    # d/du and d2/du2 of the NLL at u = log(beta) are beta * grad and beta * (grad + beta * hess)
+    curvature = grad + beta * hess
+    step = torch.where(curvature > 0, beta * torch.exp(-grad / curvature), torch.full_like(beta, math.nan))
     new = torch.where((lo <= step) & (step <= hi), step, torch.sqrt(lo * hi))
     done = (new - beta).abs() <= tol * beta
     return torch.where(active, new, beta), lo, hi, active & ~done
@@ -124,6 +131,38 @@ def _bracketed_newton(
     return beta
 
 
+class _ClassMajor(NamedTuple):
+    """Logits prepared once for the temperature fits and the scaled scores of a block (rows = leading index).
+
+    ``z`` (rows, C, N): each sample's logits less their largest (with T > 0 the softmax needs no other shift,
+    and the NLL's derivatives, differences of logits, are the same), classes on the middle axis with the
+    samples contiguous (reductions over a short last axis are ~5x slower); ``z_true`` (rows, N) the true
+    class's entry of ``z``; ``finite`` (rows, N) whether a sample's logits are all finite; ``pred`` (rows, N) the
+    predicted class (taken before the transpose: an argmax over the middle axis is ~8x slower).
+    """
+
+    z: torch.Tensor
+    z_true: torch.Tensor
+    finite: torch.Tensor
+    pred: torch.Tensor
+
+    @classmethod
+    def of(cls, logits: torch.Tensor, target: torch.Tensor) -> _ClassMajor:
+        z = logits.detach().double().cpu()
+        n = z.shape[-2]
+        z = z.reshape(-1, n, z.shape[-1])
+        finite = torch.isfinite(z).all(-1)
+        z = z - z.amax(-1, keepdim=True)
+        y = target.detach().cpu().long().reshape(-1, n).expand(len(z), n)
+        return cls(z.transpose(1, 2).contiguous(), z.gather(2, y[..., None])[..., 0], finite, z.argmax(-1))
+
+    def samples(self, index: torch.Tensor) -> _ClassMajor:
+        """The same rows, only the samples at ``index``."""
+        return _ClassMajor(
+            self.z[:, :, index].contiguous(), self.z_true[:, index], self.finite[:, index], self.pred[:, index]
+        )
+
+
 def fit_temperatures(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -135,26 +174,23 @@ def fit_temperatures(
     (..., N, C) (``target``: (..., N) or (N,)), clipped to ``[T_MIN, T_MAX]``; float64, shape ``logits.shape[:-2]``.
 
     The NLL is convex in ``beta = 1 / T`` with closed-form derivatives (``E_p[z] - z_true`` and
-    ``Var_p[z]``), so a bracketed Newton solve (bisection when a step leaves the bracket) finds the
-    optimum in a few vectorised steps, without autograd. All problems step together; each stops moving once
+    ``Var_p[z]``), so a bracketed Newton solve (in ``log(beta)``; bisection when a step leaves the bracket) finds
+    the optimum in a few vectorised steps, without autograd. All problems step together; each stops moving once
     it has converged, so its result does not depend on the others. ``T_MAX`` means the probabilities are no
-    better than uniform. ``start`` (e.g. the previous epoch's temperature) only changes how many steps it takes.
+    better than uniform; a row with NaN/inf logits has no temperature (NaN). ``start`` (e.g. the previous
+    epoch's temperature) only changes how many steps it takes.
     """
-    z = logits.detach().double().cpu()
-    lead, (n, c) = z.shape[:-2], z.shape[-2:]
-    rows = math.prod(lead)
-    if rows == 0 or n == 0:
+    lead, n = logits.shape[:-2], logits.shape[-2]
+    if math.prod(lead) == 0 or n == 0:
         return torch.full(lead, math.nan, dtype=torch.float64)
-    z = z.reshape(rows, n, c)
-    finite = torch.isfinite(z).flatten(1).all(1)  # a row with NaN/inf logits has no temperature (NaN)
-    # every sample's logits less their largest: with beta > 0 the softmax needs no other shift, and the
-    # derivatives (differences of logits) are the same
-    z = z - z.amax(-1, keepdim=True)
-    y = target.detach().cpu().long().reshape(-1, n).expand(rows, n)
-    z_true = z.gather(2, y[..., None])[..., 0]
-    # classes on the middle axis, samples contiguous: reductions over a short last axis are ~5x slower
-    z = z.transpose(1, 2).contiguous()
+    return _fit(_ClassMajor.of(logits, target), start, max_iter, tol).reshape(lead)
 
+
+def _fit(prepared: _ClassMajor, start: float | torch.Tensor, max_iter: int = 100, tol: float = 1e-6) -> torch.Tensor:
+    """:func:`fit_temperatures` of prepared logits, (rows,)."""
+    z, z_true = prepared.z, prepared.z_true
+    rows = len(z)
+    finite = prepared.finite.all(-1)
     lo = torch.full((rows,), 1.0 / T_MAX, dtype=torch.float64)
     hi = torch.full((rows,), 1.0 / T_MIN, dtype=torch.float64)
     bounds = lo.clone(), hi.clone()
@@ -190,7 +226,7 @@ def fit_temperatures(
         softest, sharpest = softest | soft, sharpest | sharp
     t = (1.0 / beta).clamp(T_MIN, T_MAX)
     t = torch.where(softest, T_MAX, torch.where(sharpest, T_MIN, t))
-    return torch.where(finite, t, math.nan).reshape(lead)
+    return torch.where(finite, t, math.nan)
 
 
 def fit_temperature(
@@ -251,31 +287,28 @@ def _crossfit_halves(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _crossfit_temperatures(
-    z: torch.Tensor, y: torch.Tensor, t: torch.Tensor, seed: int
+    prepared: _ClassMajor, t: torch.Tensor, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per sample of ``z`` (B, N, C), the temperature fitted on the other seeded random half of the samples
-    (per leading index, starting from ``t``), (B, N); and each half's temperature, (B, 2)."""
-    halves = _crossfit_halves(z.shape[-2], seed)
+    """Per sample, the temperature fitted on the other seeded random half of the samples (per row, starting from
+    the whole's ``t``), (rows, N); and each half's temperature, (rows, 2)."""
+    halves = _crossfit_halves(prepared.z.shape[-1], seed)
     # each half's optimum is near the whole's: starting there, the Newton solve takes a few steps
-    t_halves = torch.stack([fit_temperatures(z[:, h], y[h], start=t) for h in halves], dim=1)
-    per_sample = torch.empty(z.shape[:-1], dtype=z.dtype)
+    t_halves = torch.stack([_fit(prepared.samples(h), start=t) for h in halves], dim=1)
+    per_sample = torch.empty(prepared.z_true.shape, dtype=torch.float64)
     per_sample[:, halves[0]] = t_halves[:, 1, None]  # each half scaled by the other half's temperature
     per_sample[:, halves[1]] = t_halves[:, 0, None]
     return per_sample, t_halves
 
 
 def _scaled_scores(
-    z: torch.Tensor, z_true: torch.Tensor, correct: torch.Tensor, temperature: torch.Tensor, n_bins: int
+    prepared: _ClassMajor, correct: torch.Tensor, temperature: torch.Tensor, n_bins: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """NLL (float64) and ECE of ``softmax(z / temperature)`` per leading index. ``z`` (B, C, N): classes on the
-    middle axis (reductions over a short last axis are ~5x slower); ``z_true`` (B, N) the true class's logit;
-    ``correct`` (B, N) whether the prediction is right (a temperature never changes it); ``temperature`` (B, 1) or
-    (B, N). Only the log-sum-exp is computed: NLL = lse - z_true, confidence = exp(max - lse)."""
-    z = z / temperature[:, None, :]
-    top = z.amax(1)
-    lse = torch.exp(z - top[:, None, :]).sum(1).log_().add_(top)
-    nll_ = (lse - z_true / temperature).mean(-1)
-    return nll_, binned_calibration_errors(torch.exp(top - lse), correct, n_bins).double()
+    """NLL (float64) and ECE of ``softmax(logits / temperature)`` per row; ``correct`` (rows, N) whether the
+    prediction is right (a temperature never changes it); ``temperature`` (rows, 1) or (rows, N). Only the
+    log-sum-exp is computed: NLL = lse - z_true and, the largest shifted logit being 0, confidence = exp(-lse)."""
+    lse = torch.exp(prepared.z / temperature[:, None, :]).sum(1).log_()
+    nll_ = (lse - prepared.z_true / temperature).mean(-1)
+    return nll_, binned_calibration_errors(torch.exp(-lse), correct, n_bins).double()
 
 
 def crossfit_temperature(
@@ -301,7 +334,9 @@ def crossfit_temperature(
             f"need logits (N >= 2, C) and target (N,), got {tuple(z.shape)} and {tuple(y.shape)}"
         )
     t = fit_temperature(z, y) if temperature is None else float(temperature)
-    per_sample, t_halves = _crossfit_temperatures(z[None], y, torch.tensor([t], dtype=torch.float64), seed)
+    per_sample, t_halves = _crossfit_temperatures(
+        _ClassMajor.of(z, y), torch.tensor([t], dtype=torch.float64), seed
+    )
     scaled = z / per_sample[0, :, None]
     return CrossFit(
         temperature=t,
@@ -323,31 +358,33 @@ def calibration_summaries(
     probs: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """For every leading index of ``logits`` (B, N, C) (e.g. a block of epochs; ``target``: (N,)), float64 (B,);
-    ``probs``: their softmax, when the caller has it already (it is the expensive part of the raw ECE):
+    ``probs``: their softmax, when the caller has it already (saves a pass for the raw ECE):
 
     ``ece``, fitted ``temperature``, ``nll_temperature_scaled`` and ``ece_temperature_scaled`` (fitted and
     scored on the same samples: what the per-epoch scalars show), and ``nll_crossfit`` / ``ece_crossfit``
     (the same scaling scored out of sample, :func:`crossfit_temperature`: what the verdict uses)."""
-    z, y = logits.detach().double().cpu(), target.detach().long().cpu()
-    t = fit_temperatures(z, y, start=start_temperature)
-    z_true = z.gather(-1, y.expand(z.shape[:-1])[..., None])[..., 0]
-    correct = z.argmax(-1) == y
-    by_class = z.transpose(-1, -2).contiguous()
-    nll_scaled, ece_scaled = _scaled_scores(by_class, z_true, correct, t[:, None], n_bins)
-    nan = torch.full_like(t, math.nan)
+    y = target.detach().long().cpu()
+    lead, n = logits.shape[:-2], logits.shape[-2]
+    if n == 0:
+        nan = torch.full(lead, math.nan, dtype=torch.float64)
+        return dict.fromkeys(("ece", "temperature", *SCALED_KEYS), nan)
+    prepared = _ClassMajor.of(logits, y)
+    t = _fit(prepared, start_temperature)
+    # the largest shifted logit is 0: the prediction is where it is, the raw confidence 1 / sum(exp)
+    correct = prepared.pred == y
+    raw_conf = torch.exp(prepared.z).sum(1).reciprocal_() if probs is None else probs.detach().amax(-1)
+    nll_scaled, ece_scaled = _scaled_scores(prepared, correct, t[:, None], n_bins)
     summary = {
-        "ece": expected_calibration_errors(class_softmax(z) if probs is None else probs, y, n_bins).double(),
+        "ece": binned_calibration_errors(raw_conf, correct, n_bins).double(),
         "temperature": t,
         "nll_temperature_scaled": nll_scaled,
         "ece_temperature_scaled": ece_scaled,
-        "nll_crossfit": nan,
-        "ece_crossfit": nan,
+        "nll_crossfit": torch.full_like(t, math.nan),
+        "ece_crossfit": torch.full_like(t, math.nan),
     }
-    if len(y) >= 2:  # only the two cross-fitted numbers: the rest of CrossFit is computed above
-        per_sample, _ = _crossfit_temperatures(z, y, t, CROSSFIT_SEED)
-        summary["nll_crossfit"], summary["ece_crossfit"] = _scaled_scores(
-            by_class, z_true, correct, per_sample, n_bins
-        )
+    if n >= 2:  # only the two cross-fitted numbers: the rest of CrossFit is computed above
+        per_sample, _ = _crossfit_temperatures(prepared, t, CROSSFIT_SEED)
+        summary["nll_crossfit"], summary["ece_crossfit"] = _scaled_scores(prepared, correct, per_sample, n_bins)
     return summary
 
 
