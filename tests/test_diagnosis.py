@@ -349,6 +349,8 @@ def test_batched_temperature_fits_equal_one_at_a_time_and_converge_fast() -> Non
     # a converged Newton step lands on the bracket's end: accepted, not bisected away from (that took up to
     # 43 steps on epoch 5 of this block; 12 are plenty for Newton from T = 1)
     assert fit_temperatures(z, y, max_iter=12).tolist() == batched.tolist()
+    # the float32 steps get near the optimum: two float64 steps settle it (Newton from T = 1 alone takes ~6)
+    assert fit_temperatures(z, y, max_iter=2).tolist() == batched.tolist()
     # optima beyond the bounds, next to an interior one: worse than uniform -> T_MAX, all right -> T_MIN
     interior, labels = _overconfident(n=30, c=3)
     wrong = F.one_hot((labels + 1) % 3, 3).double()[None] * 5
