@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from src.callbacks import LossDiagnosis
 from src.errors import UserError
+from src.functional.run_kinds import at_lowest_so_far, mean_losses
 from src.rundir.samples import load_samples
 
 
@@ -152,6 +153,11 @@ def test_blocks_of_epochs_log_what_epoch_by_epoch_logs(tmp_path: Path) -> None:
     np.testing.assert_array_equal(block_samples.history.loss, each_samples.history.loss)
     for key, values in each_samples.history.calibration.items():
         np.testing.assert_array_equal(block_samples.history.calibration[key], values, err_msg=key)
+    # cross-fitted calibration (what the verdict reads): the epochs at the lowest val loss so far, and the last
+    history = each_samples.history
+    lowest = at_lowest_so_far(mean_losses(history.loss))
+    assert np.isfinite(history.calibration["nll_crossfit"]).tolist() == [*lowest[:-1], True]
+    assert not lowest.all() and np.isfinite(history.calibration["ece_crossfit"][int(np.argmin(mean_losses(history.loss)))])
 
 
 def test_a_forward_that_returns_no_logits_is_one_line(tmp_path: Path) -> None:
@@ -227,6 +233,9 @@ def test_epochs_not_yet_logged_travel_in_the_checkpoint(tmp_path: Path) -> None:
         got = load_samples(run / "diagnosis")
         assert got.epochs == want.epochs == list(range(6)), run.name
         np.testing.assert_allclose(got.history.loss, want.history.loss, rtol=1e-5, atol=1e-6, err_msg=run.name)
+        for key in ("nll_crossfit", "ece_crossfit"):  # the same epochs cross-fitted as in the uninterrupted run
+            np.testing.assert_allclose(got.history.calibration[key], want.history.calibration[key], rtol=1e-5,
+                                       equal_nan=True, err_msg=f"{run.name} {key}")  # fmt: skip
     events = EventAccumulator(str(once), size_guidance={"scalars": 0, "histograms": 0}).Reload()
     assert sorted({s.step for s in events.Scalars("val/ece")}) == list(range(2, 6))  # epoch 2 from the checkpoint
     assert sorted({h.step for h in events.Histograms("val/loss_per_sample")}) == list(range(2, 6))

@@ -341,3 +341,34 @@ def test_learned_then_lost_is_not_learning_not_a_partial_collapse():
     assert (
         r.kind == "phenomenon" and "unbounded share (its minimum is 0" in r.reason and "inf" not in r.reason
     )
+
+
+def test_the_min_loss_epoch_is_always_among_the_lowest_so_far():
+    """The per-epoch diagnosis cross-fits only these epochs (and the last): the verdict's min epoch must be one."""
+    mean = np.array([2.0, 1.0, 1.5, 1.0, np.nan, 0.5, 0.7])
+    assert rk.at_lowest_so_far(mean).tolist() == [True, True, False, True, True, True, False]
+    # a block after epochs whose lowest mean was 0.9: only the epochs below it (or NaN) qualify
+    assert rk.at_lowest_so_far(mean, lowest_before=0.9).tolist() == [False] * 4 + [True, True, False]
+    gen = np.random.default_rng(0)
+    for _ in range(50):
+        losses = gen.gamma(2.0, size=(30, 40)).astype(np.float32)
+        mean = rk.mean_losses(losses)
+        split = int(gen.integers(1, 30))  # two blocks, the second after the first's lowest
+        chosen = np.concatenate([
+            rk.at_lowest_so_far(mean[:split]), rk.at_lowest_so_far(mean[split:], float(mean[:split].min()))
+        ])  # fmt: skip
+        assert chosen[int(np.argmin(rk.mean_losses(losses)))]
+
+
+def test_calibration_summaries_cross_fit_only_the_rows_asked_for():
+    from src.functional.calibration import calibration_summaries
+
+    logits, target = calibrated_logits(n=300)
+    block = torch.stack([logits * s for s in (1.0, 2.0, 4.0)])
+    every = calibration_summaries(block, target)
+    some = calibration_summaries(block, target, crossfit=torch.tensor([False, True, False]))
+    for key, values in every.items():
+        if key.endswith("_crossfit"):
+            assert torch.isnan(some[key][[0, 2]]).all() and some[key][1] == values[1], key
+        else:
+            assert torch.equal(some[key], values), key

@@ -9,6 +9,7 @@ loss histograms and scalars in your TensorBoard logger, and at the end of ``fit`
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,6 +33,7 @@ from src.functional.breakdown import (
 )
 from src.functional.losses import loss_cap_from_initial, per_sample_cross_entropy
 from src.functional.outputs import Evaluation, evaluate_epochs, evaluate_logits
+from src.functional.run_kinds import at_lowest_so_far, mean_losses
 from src.functional.suspects import given_label_dynamics
 from src.models.epoch_log import log_epoch_metrics
 from src.models.recorder import SampleRecorder, SampleRecords
@@ -152,6 +154,9 @@ class LossDiagnosis(L.Callback):
         self._resumed_at: int | None = None  # the epoch a resumed run starts at
         self._last_flush = time.monotonic()
         self._saved_at = 0  # how many val epochs samples.npz held when last written
+        self._lowest_val_loss = math.inf  # the lowest mean val loss of the epochs evaluated so far
+        # the latest evaluated val epoch's (epoch, logits) while it has no cross-fitted calibration (see _flush)
+        self._uncrossfitted_last: tuple[int, torch.Tensor] | None = None
         self.samples: Samples | None = None
         self.initial: dict[str, torch.Tensor] | None = None
         self.diagnosis: Diagnosis | None = None
@@ -379,6 +384,7 @@ class LossDiagnosis(L.Callback):
         # before any callback's on_fit_end (e.g. the HParams summary reads the logged history)
         if trainer.global_rank == 0:
             self._flush(trainer, pl_module)
+            self._crossfit_last()
             self._draw_figures(trainer, now=True)
 
     def on_exception(
@@ -389,6 +395,7 @@ class LossDiagnosis(L.Callback):
             return
         try:
             self._flush(trainer, pl_module)
+            self._crossfit_last()
             self._draw_figures(trainer, now=True)
         except Exception as err:
             log.warning("LossDiagnosis: could not record the last epochs after the failure: %s", err)
@@ -406,6 +413,7 @@ class LossDiagnosis(L.Callback):
             "logged_through": self._logged_through,
             "pending": pending,
             "pending_figures": list(self._pending_figures),
+            "uncrossfitted_last": self._uncrossfitted_last,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -418,6 +426,7 @@ class LossDiagnosis(L.Callback):
                 restored = list(zip(block["epochs"], block["logits"].unbind(0), strict=True))
                 self._pending[stage] = [*restored, *self._pending[stage]]
         self._pending_figures = [*state_dict.get("pending_figures", []), *self._pending_figures]
+        self._uncrossfitted_last = state_dict.get("uncrossfitted_last")
 
     def _open_journals(self, trainer: L.Trainer) -> None:
         """The val and dynamics journals; a resumed run first reads back the epochs it keeps.
@@ -439,6 +448,8 @@ class LossDiagnosis(L.Callback):
         before = self._journal_before if self._journal_before is not None else self._resumed_at
         for epoch, record in self._journal.restore(before_epoch=before):
             self.samples.add_epoch(epoch, record_evaluation(record))
+        if self.samples.val_epochs:
+            self._lowest_val_loss = float(np.nanmin(mean_losses(self.samples.history.loss), initial=math.inf))
         if self._dynamics_journal is not None:
             restored_dynamics = self._dynamics_journal.restore(before_epoch=before)
             self._pending_dynamics += [(e, r["p_given"], r["margin"]) for e, r in restored_dynamics]
@@ -459,7 +470,13 @@ class LossDiagnosis(L.Callback):
             epochs = [e for e, _ in self._pending["val"]]
             logits = torch.stack([z for _, z in self._pending["val"]])
             target = self._targets["val"]
-            ev = evaluate_epochs(logits, target)
+            # the cross-fitted calibration (two more temperature fits per epoch) only where the verdict may read
+            # it: the epochs at the lowest val loss so far, and the last one (_crossfit_last, at the end)
+            mean = mean_losses(per_sample_cross_entropy(logits, target).numpy())
+            crossfit = at_lowest_so_far(mean, self._lowest_val_loss)
+            self._lowest_val_loss = float(np.fmin.reduce(mean, initial=self._lowest_val_loss))
+            ev = evaluate_epochs(logits, target, crossfit=torch.from_numpy(crossfit))
+            self._uncrossfitted_last = None if crossfit[-1] else (epochs[-1], logits[-1].clone())
             scalars = {
                 **epoch_scalar_block(logits, target, ev),
                 **loss_distributions(torch.from_numpy(ev.loss), cap),
@@ -504,6 +521,18 @@ class LossDiagnosis(L.Callback):
             )
             self._figure_images = {}
             self._draw_figures(trainer)
+
+    def _crossfit_last(self) -> None:
+        """Give the last evaluated val epoch its cross-fitted calibration, when training ends (a flush before
+        cannot know which epoch will be the last): in ``samples`` and, as a newer record of it, in the journal."""
+        if self._uncrossfitted_last is None or self.samples is None or self._journal is None:
+            return
+        epoch, logits = self._uncrossfitted_last
+        self._uncrossfitted_last = None
+        if self.samples.epochs and self.samples.epochs[-1] == epoch:
+            ev = evaluate_logits(logits, self._targets["val"])
+            self.samples.val_epochs[-1] = ev
+            self._journal.append(epoch, evaluation_record(ev))
 
     def _draw_figures(self, trainer: L.Trainer, now: bool = False) -> None:
         """Draw the pending figure epochs' reliability diagram and worst-samples grid into TensorBoard.

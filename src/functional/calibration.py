@@ -156,6 +156,10 @@ class _ClassMajor(NamedTuple):
         y = target.detach().cpu().long().reshape(-1, n).expand(len(z), n)
         return cls(z.transpose(1, 2).contiguous(), z.gather(2, y[..., None])[..., 0], finite, z.argmax(-1))
 
+    def rows(self, which: torch.Tensor) -> _ClassMajor:
+        """Only the rows where ``which`` (bool) is true."""
+        return _ClassMajor(*(field[which] for field in self))
+
     def samples(self, index: torch.Tensor) -> _ClassMajor:
         """The same rows, only the samples at ``index``."""
         return _ClassMajor(
@@ -356,13 +360,16 @@ def calibration_summaries(
     n_bins: int = N_BINS,
     start_temperature: float | torch.Tensor = 1.0,
     probs: torch.Tensor | None = None,
+    crossfit: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """For every leading index of ``logits`` (B, N, C) (e.g. a block of epochs; ``target``: (N,)), float64 (B,);
     ``probs``: their softmax, when the caller has it already (saves a pass for the raw ECE):
 
     ``ece``, fitted ``temperature``, ``nll_temperature_scaled`` and ``ece_temperature_scaled`` (fitted and
     scored on the same samples: what the per-epoch scalars show), and ``nll_crossfit`` / ``ece_crossfit``
-    (the same scaling scored out of sample, :func:`crossfit_temperature`: what the verdict uses)."""
+    (the same scaling scored out of sample, :func:`crossfit_temperature`: what the verdict uses) for the rows
+    where ``crossfit`` (bool (B,); default: every row) is true, NaN elsewhere: two more temperature fits per row,
+    which a caller that reads them only for a few rows need not pay for."""
     y = target.detach().long().cpu()
     lead, n = logits.shape[:-2], logits.shape[-2]
     if n == 0:
@@ -382,9 +389,12 @@ def calibration_summaries(
         "nll_crossfit": torch.full_like(t, math.nan),
         "ece_crossfit": torch.full_like(t, math.nan),
     }
-    if n >= 2:  # only the two cross-fitted numbers: the rest of CrossFit is computed above
-        per_sample, _ = _crossfit_temperatures(prepared, t, CROSSFIT_SEED)
-        summary["nll_crossfit"], summary["ece_crossfit"] = _scaled_scores(prepared, correct, per_sample, n_bins)
+    rows = torch.ones(len(t), dtype=torch.bool) if crossfit is None else crossfit.detach().cpu().bool().reshape(-1)
+    if n >= 2 and bool(rows.any()):  # only the two cross-fitted numbers: the rest of CrossFit is computed above
+        some = prepared.rows(rows)
+        per_sample, _ = _crossfit_temperatures(some, t[rows], CROSSFIT_SEED)
+        nll_cf, ece_cf = _scaled_scores(some, correct[rows], per_sample, n_bins)
+        summary["nll_crossfit"][rows], summary["ece_crossfit"][rows] = nll_cf, ece_cf
     return summary
 
 

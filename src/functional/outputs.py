@@ -52,14 +52,19 @@ class Evaluation:
 
 
 def evaluate_epochs(
-    logits: torch.Tensor, target: torch.Tensor, calibrate: bool = True, start_temperature: float = 1.0
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    calibrate: bool = True,
+    start_temperature: float = 1.0,
+    crossfit: torch.Tensor | None = None,
 ) -> Evaluation:
     """Per-sample loss, p(true), prediction and confidence (and calibration if asked) for every leading index
     of ``logits`` (E, N, C), e.g. a block of epochs of one split (``target``: (N,)): an :class:`Evaluation` with
     a leading axis of E. One vectorised pass: evaluating epoch by epoch would cost E times the framework overhead.
 
     ``loss`` is computed with a log-softmax, so it stays finite where ``p_true`` underflows.
-    ``start_temperature`` (e.g. the last fitted one) only speeds up the temperature fits.
+    ``start_temperature`` (e.g. the last fitted one) only speeds up the temperature fits. ``crossfit`` (bool (E,);
+    default: every epoch) says which epochs get the cross-fitted calibration (NaN for the others).
     """
     logits = logits.detach().float().cpu()
     target = target.detach().cpu().long()
@@ -70,7 +75,7 @@ def evaluate_epochs(
         {
             k: v.numpy()
             for k, v in calibration_summaries(
-                logits, target, start_temperature=start_temperature, probs=probs
+                logits, target, start_temperature=start_temperature, probs=probs, crossfit=crossfit
             ).items()
         }
         if calibrate

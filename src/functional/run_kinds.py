@@ -264,6 +264,19 @@ def _check_inputs(
             raise ValueError(f"{name} has labels outside [0, {n_classes})")
 
 
+def mean_losses(loss: np.ndarray) -> np.ndarray:
+    """Each epoch's mean per-sample loss (float64) of ``loss`` (..., N): what the min-loss epoch is picked by."""
+    return np.asarray(loss, dtype=np.float64).mean(-1)
+
+
+def at_lowest_so_far(mean_loss: np.ndarray, lowest_before: float = math.inf) -> np.ndarray:
+    """Which epochs of ``mean_loss`` (E,) (in order, after epochs whose lowest mean was ``lowest_before``) have a mean
+    at most every mean before them (or NaN): the candidates for the min-loss epoch, which is one of them."""
+    mean_loss = np.asarray(mean_loss, dtype=np.float64)
+    before = np.fmin.accumulate(np.concatenate([[lowest_before], mean_loss]))[:-1]  # fmin: NaN never wins
+    return (mean_loss <= before) | np.isnan(mean_loss)
+
+
 def classify_run(
     loss: np.ndarray,
     pred: np.ndarray,
@@ -284,7 +297,7 @@ def classify_run(
     epochs = [int(e) for e in epochs]
 
     correct = (pred == target[None, :]).astype(np.float64)
-    mean_loss = loss.mean(1)
+    mean_loss = mean_losses(loss)
     acc = correct.mean(1)
     i_min, i_last = int(np.argmin(mean_loss)), n_epochs - 1  # argmin: first epoch on ties
     i_best = int(np.argmax(acc))

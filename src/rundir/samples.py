@@ -22,8 +22,10 @@ key                         shape      meaning
 ``val_conf``                (E, N)     probability of the predicted class (float32)
 ``val_<calib>``             (E,)       ``ece``, ``temperature``, ``nll_temperature_scaled``,
                                        ``ece_temperature_scaled`` (temperature fitted and scored on the
-                                       same samples, as the ``val/`` scalars), ``nll_crossfit``,
-                                       ``ece_crossfit`` (scored out of sample, as the verdict) of each epoch
+                                       same samples, as the ``val/`` scalars) of each epoch; ``nll_crossfit``,
+                                       ``ece_crossfit`` (scored out of sample, as the verdict) of the epochs
+                                       the verdict may read (at the lowest val loss so far, and the last),
+                                       NaN for the others
 ``train_index/target/path`` (Nt,)      as for val, for the training split
 ``models``                  (M,) str   evaluated models, e.g. ``initial``, ``best``, ``last``
 ``model_epoch``             (M,)       epoch the model's weights come from (-1: before training)
