@@ -160,6 +160,41 @@ def test_blocks_of_epochs_log_what_epoch_by_epoch_logs(tmp_path: Path) -> None:
     assert not lowest.all() and np.isfinite(history.calibration["ece_crossfit"][int(np.argmin(mean_losses(history.loss)))])
 
 
+def test_a_block_is_in_the_event_file_when_it_is_logged(tmp_path: Path) -> None:
+    """The writer is flushed after each block: TensorBoard shows it at once, and the writer thread does not
+    checksum the block's events beside the next epochs' training."""
+    seen: dict[int, tuple[int, list[int]]] = {}
+    flushes: list[int] = []
+
+    class ReadEvents(L.Callback):  # runs after LossDiagnosis's epoch end, which logs every third epoch
+        def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            writer = trainer.logger.experiment
+            flush = writer.flush
+            writer.flush = lambda: (flushes.append(trainer.current_epoch), flush())[1]
+
+        def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            events = EventAccumulator(str(tmp_path), size_guidance={"histograms": 0}).Reload()
+            tags = events.Tags()["histograms"]
+            seen[trainer.current_epoch] = (
+                len(flushes), [h.step for h in events.Histograms("val/loss_per_sample")] if tags else []
+            )
+
+    class Quiet(MLP):  # no self.log: Lightning itself would flush the loggers after every logged value
+        def validation_step(self, batch, batch_idx: int) -> None:
+            self(batch[0])
+
+    options = {"flush_every_n_epochs": 3, "flush_every_s": 1e9, "figures_every_n_epochs": 0}
+    torch.manual_seed(0)
+    L.Trainer(
+        max_epochs=4, logger=TensorBoardLogger(tmp_path, name="", version=""), enable_checkpointing=False,
+        callbacks=[LossDiagnosis(tmp_path / "diagnosis", **options), ReadEvents()], enable_progress_bar=False,
+        enable_model_summary=False, accelerator="cpu", devices=1,
+    ).fit(Quiet(), DataLoader(blobs(96, 0), batch_size=32), DataLoader(blobs(60, 1), batch_size=32))  # fmt: skip
+    assert seen[1] == (0, [])  # not evaluated yet
+    assert seen[2] == (1, [0, 1, 2])  # evaluated, logged, flushed
+    assert flushes[:2] == [2, 4]  # and the last block when training ends (the epoch counter has moved on)
+
+
 def test_a_forward_that_returns_no_logits_is_one_line(tmp_path: Path) -> None:
     class Images(MLP):  # forward returns (N, C, 1): not logits
         def forward(self, x: torch.Tensor) -> torch.Tensor:
