@@ -78,6 +78,7 @@ def fit(
 
 def test_foreign_module_gets_the_whole_diagnosis(tmp_path: Path) -> None:
     epochs = 12
+    torch.manual_seed(0)  # the initial weights (torch's start-up seed differs per process)
     fit(tmp_path, MLP(), epochs)
     out = tmp_path / "diagnosis"
 
