@@ -122,8 +122,11 @@ def test_foreign_module_gets_the_whole_diagnosis(tmp_path: Path) -> None:
     assert "train/loss_per_sample" not in tags["histograms"]  # its training_step returns no logits
 
 
-def test_blocks_of_epochs_log_what_epoch_by_epoch_logs(tmp_path: Path) -> None:
+def test_blocks_of_epochs_log_what_epoch_by_epoch_logs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The per-epoch diagnosis is evaluated in blocks; the block size changes when values are written, not what."""
+    from src.callbacks import loss_diagnosis
+
+    monkeypatch.setattr(loss_diagnosis, "FIGURE_TIME_SHARE", 1e9)  # figures drawn when their block is evaluated
     epochs, outputs = 7, {}
     for name, every in (("each", 1), ("blocks", 3)):
         run = tmp_path / name
@@ -132,7 +135,7 @@ def test_blocks_of_epochs_log_what_epoch_by_epoch_logs(tmp_path: Path) -> None:
             run,
             MLP(),
             epochs,
-            {"flush_every_n_epochs": every, "flush_every_s": 1e9, "figures_every_n_epochs": 3},
+            {"flush_every_n_epochs": every, "flush_every_s": 1e9, "figures_every_n_epochs": 2},
         )
         events = EventAccumulator(
             str(run), size_guidance={"histograms": 0, "scalars": 0, "images": 0}
@@ -140,7 +143,7 @@ def test_blocks_of_epochs_log_what_epoch_by_epoch_logs(tmp_path: Path) -> None:
         scalars = {
             tag: sorted((s.step, s.value) for s in events.Scalars(tag)) for tag in events.Tags()["scalars"]
         }
-        images = [i.step for i in events.Images("val/reliability")]
+        images = [(i.step, i.encoded_image_string) for i in events.Images("val/reliability")]
         outputs[name] = scalars, images, load_samples(run / "diagnosis")
     (each, each_images, each_samples), (blocks, block_images, block_samples) = (
         outputs["each"],
@@ -149,7 +152,8 @@ def test_blocks_of_epochs_log_what_epoch_by_epoch_logs(tmp_path: Path) -> None:
     assert {"val/ece", "val/temperature", "val/loss_p99", "val/loss_from_wrong"} <= set(each)
     assert blocks == each
     assert [step for step, _ in each["val/temperature"]] == list(range(epochs))
-    assert each_images == block_images == [2, 5, 6]  # every 3 epochs and the last
+    # every 2 epochs and the last; in blocks of 3, epochs 1 and 3 are drawn when their block is evaluated
+    assert [step for step, _ in each_images] == [1, 3, 5, 6] and block_images == each_images
     assert block_samples.epochs == each_samples.epochs == list(range(epochs))
     np.testing.assert_array_equal(block_samples.history.loss, each_samples.history.loss)
     for key, values in each_samples.history.calibration.items():

@@ -32,7 +32,7 @@ from src.functional.breakdown import (
     worst_indices,
 )
 from src.functional.losses import loss_cap_from_initial, per_sample_cross_entropy
-from src.functional.outputs import Evaluation, evaluate_epochs, evaluate_logits
+from src.functional.outputs import evaluate_epochs, evaluate_logits
 from src.functional.run_kinds import at_lowest_so_far, mean_losses
 from src.functional.suspects import given_label_dynamics
 from src.models.epoch_log import log_epoch_metrics
@@ -106,7 +106,7 @@ class LossDiagnosis(L.Callback):
         save_initial_checkpoint: bool = True,
         histograms: bool = True,
         k: float = 3.0,
-        flush_every_n_epochs: int = 25,
+        flush_every_n_epochs: int = 50,
         flush_every_s: float = 2.0,
     ) -> None:
         if not str(output_dir):
@@ -334,8 +334,8 @@ class LossDiagnosis(L.Callback):
     # (temperature fits, ECE, loss tails) costs ~10x the framework overhead of a few hundred samples' worth of
     # computation; a block of ten costs about what one epoch did. A flush happens every
     # ``flush_every_n_epochs`` epochs or ``flush_every_s`` seconds (so a slow run's TensorBoard is never
-    # behind), when figures are due, and when training ends or fails. Pending epochs travel in the
-    # checkpoints (``state_dict``), so a resumed run logs and records them too.
+    # behind), and when training ends or fails; a figure epoch only keeps its worst samples' inputs until then.
+    # Pending epochs and figures travel in the checkpoints (``state_dict``), so a resumed run logs and records them.
     def _keep(self, trainer: L.Trainer, stage: str, rec: SampleRecords) -> None:
         if trainer.global_rank != 0:
             return
@@ -352,7 +352,6 @@ class LossDiagnosis(L.Callback):
             pending >= self.flush_every_n_epochs
             or time.monotonic() - self._last_flush >= self.flush_every_s
             or held >= MAX_PENDING_BYTES
-            or self._figures_due(trainer)
         )
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -379,6 +378,17 @@ class LossDiagnosis(L.Callback):
                 objective=self._objective(pl_module),
             )
         self._keep(trainer, "val", rec)
+        if self._collect_images:
+            self._keep_figure_images(trainer.current_epoch, rec)
+
+    def _keep_figure_images(self, epoch: int, rec: SampleRecords) -> None:
+        """At a figure epoch, keep the inputs of its worst val samples (by this epoch's loss, as the evaluation will
+        rank them) until the epoch's block is evaluated and its figures drawn (see :meth:`_draw_figures`)."""
+        assert self.samples is not None
+        losses = per_sample_cross_entropy(rec.logits, rec.target).cpu().numpy()
+        worst = {int(self.samples.val.index[i]) for i in worst_indices(losses, min(self.worst_k, WORST_TILES))}
+        self._pending_figures.append((epoch, {i: x for i, x in self._figure_images.items() if i in worst}))
+        self._figure_images = {}
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # before any callback's on_fit_end (e.g. the HParams summary reads the logged history)
@@ -465,7 +475,6 @@ class LossDiagnosis(L.Callback):
         self.samples.loss_cap = cap
         values: dict[int, dict[str, float]] = {}
         losses: dict[str, tuple[list[int], np.ndarray]] = {}  # per stage: (epochs, per-sample losses (E, N))
-        last_val: tuple[int, Evaluation] | None = None
         if self._pending["val"]:
             epochs = [e for e, _ in self._pending["val"]]
             logits = torch.stack([z for _, z in self._pending["val"]])
@@ -485,7 +494,6 @@ class LossDiagnosis(L.Callback):
                 values.setdefault(epoch, {}).update({f"val/{k}": float(v[i]) for k, v in scalars.items()})
                 self.samples.add_epoch(epoch, ev[i])
             self._journal.append_many(epochs, evaluation_record(ev))
-            last_val = epochs[-1], ev[len(epochs) - 1]
             losses["val"] = epochs, ev.loss
         if self._pending["train"]:
             epochs = [e for e, _ in self._pending["train"]]
@@ -516,16 +524,7 @@ class LossDiagnosis(L.Callback):
         if self.write_every_n_epochs and recorded - self._saved_at >= self.write_every_n_epochs:
             self.samples.save(self.output_dir / SAMPLES_FILE, durable=False)
             self._saved_at = recorded
-        if last_val is not None and self._figures_due(trainer) and last_val[0] == trainer.current_epoch:
-            epoch, ev = last_val
-            worst = {
-                int(self.samples.val.index[i]) for i in worst_indices(ev.loss, min(self.worst_k, WORST_TILES))
-            }
-            self._pending_figures.append(
-                (epoch, {i: x for i, x in self._figure_images.items() if i in worst})
-            )
-            self._figure_images = {}
-            self._draw_figures(trainer)
+        self._draw_figures(trainer)
 
     def _crossfit_last(self) -> None:
         """Give the last evaluated val epoch its cross-fitted calibration, when training ends (a flush before
@@ -550,12 +549,11 @@ class LossDiagnosis(L.Callback):
         if writer is None or self.samples is None:
             self._pending_figures = []
             return
-        if not self._pending_figures or not (
-            now or self._draw_s <= FIGURE_TIME_SHARE * (time.monotonic() - self._drawn_at)
-        ):
+        ready = [(epoch, images) for epoch, images in self._pending_figures if epoch <= self._logged_through]
+        if not ready or not (now or self._draw_s <= FIGURE_TIME_SHARE * (time.monotonic() - self._drawn_at)):
             return
         start = time.monotonic()
-        for epoch, images in self._pending_figures:
+        for epoch, images in ready:
             ev = self.samples.val_epochs[self.samples.epochs.index(epoch)]
             fig = reliability_figure(
                 ev.conf, ev.correct(self.samples.val.target), title=f"val, epoch {epoch}"
@@ -568,9 +566,9 @@ class LossDiagnosis(L.Callback):
                     worst_figure(self.samples, ev, images, self.worst_k, epoch),
                     epoch,
                 )
-        self._draw_s = (time.monotonic() - start) / len(self._pending_figures)
+        self._draw_s = (time.monotonic() - start) / len(ready)
         self._drawn_at = time.monotonic()
-        self._pending_figures = []
+        self._pending_figures = [(e, images) for e, images in self._pending_figures if e > self._logged_through]
 
     @staticmethod
     def _log_histograms(writer: Any, blocks: Mapping[str, tuple[list[int], np.ndarray]]) -> None:
