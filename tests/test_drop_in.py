@@ -200,6 +200,26 @@ def test_a_block_is_in_the_event_file_when_it_is_logged(tmp_path: Path) -> None:
     assert flushes[:2] == [2, 4]  # and the last block when training ends (the epoch counter has moved on)
 
 
+def test_each_epoch_is_one_tensorboard_event_even_with_the_stock_logger(tmp_path: Path) -> None:
+    """Lightning's TensorBoardLogger writes one event per scalar; the diagnosis writes each epoch's scalars and
+    histograms as one event (TensorBoard reads its values like separate ones)."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    epochs = 3
+    fit(tmp_path, MLP(), epochs, {"figures_every_n_epochs": 0})
+    (path,) = tmp_path.glob("events.out.tfevents.*")
+    diagnosis_events = [
+        (event.step, {v.tag for v in event.summary.value})
+        for event in EventFileLoader(str(path)).Load()
+        if any(v.tag == "val/ece" for v in event.summary.value)
+    ]
+    assert [step for step, _ in diagnosis_events] == list(range(epochs))
+    for _, tags in diagnosis_events:
+        assert {"val/ece", "val/temperature", "val/loss_p99", "val/loss_per_sample"} <= tags
+    events = EventAccumulator(str(tmp_path), size_guidance={"histograms": 0, "scalars": 0}).Reload()
+    assert [s.step for s in events.Scalars("val/loss_from_wrong")] == list(range(epochs))
+
+
 def test_a_forward_that_returns_no_logits_is_one_line(tmp_path: Path) -> None:
     class Images(MLP):  # forward returns (N, C, 1): not logits
         def forward(self, x: torch.Tensor) -> torch.Tensor:

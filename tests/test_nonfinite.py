@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.compat.proto.summary_pb2 import Summary
 
 from src.callbacks import LossDiagnosis
 from src.errors import UserError
@@ -62,9 +63,10 @@ def test_loss_histograms_and_tails_skip_non_finite_values(tmp_path: Path) -> Non
     assert logged["loss_max"][0] == finite.max() and logged["loss_median"][0] == finite.median()
     assert logged["loss_max"][1] == clean.double().max()
     tb = TensorBoardLogger(tmp_path, name="", version="")
-    LossDiagnosis._log_histograms(
-        tb.experiment, {"val": ([3], ce.numpy()[None]), "train": ([3], clean.numpy()[None])}
-    )
+    (histograms,) = LossDiagnosis._histogram_values(
+        {"val": ([3], ce.numpy()[None]), "train": ([3], clean.numpy()[None])}
+    ).values()
+    tb.experiment.file_writer.add_summary(Summary(value=histograms), global_step=3)
     tb.experiment.flush()
     events = EventAccumulator(str(tmp_path), size_guidance={"histograms": 0})
     events.Reload()

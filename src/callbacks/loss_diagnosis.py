@@ -23,7 +23,7 @@ from tensorboard.compat.proto.summary_pb2 import HistogramProto, Summary
 
 from src.callbacks.console import announce
 from src.callbacks.last_checkpoint import is_last_epoch
-from src.callbacks.tensorboard import tensorboard_writer
+from src.callbacks.tensorboard import scalar_values, tensorboard_logger, tensorboard_writer
 from src.errors import UserError
 from src.functional.breakdown import (
     epoch_scalar_block,
@@ -508,12 +508,18 @@ class LossDiagnosis(L.Callback):
             assert self._dynamics_journal is not None
             self._dynamics_journal.append_many(epochs, {"p_given": p_given, "margin": margin})
             losses["train"] = epochs, ce.numpy()
-        writer = tensorboard_writer(trainer)
+        # TensorBoard gets one event per epoch holding its scalars and histograms (Lightning's stock logger would
+        # write one per scalar), the other loggers the scalars through their log_metrics
+        tensorboard = tensorboard_logger(trainer)
+        writer = tensorboard.experiment if tensorboard is not None else None
+        others = [logger for logger in trainer.loggers if logger is not tensorboard]
+        histograms = self._histogram_values(losses) if writer is not None and self.histograms else {}
         for epoch in sorted(values):
-            self.epoch_values.update(log_epoch_metrics(trainer, values[epoch], epoch))
+            self.epoch_values.update(log_epoch_metrics(trainer, values[epoch], epoch, loggers=others))
+            if writer is not None:
+                summary = Summary(value=[*scalar_values(values[epoch]), *histograms.get(epoch, [])])
+                writer.file_writer.add_summary(summary, global_step=epoch)
         if writer is not None:
-            if self.histograms:
-                self._log_histograms(writer, losses)
             # TensorBoard's writer thread checksums every event byte in Python. Left to work through the block
             # beside training, it holds the GIL in turns with the training loop and slows the next epochs by more
             # than this wait (~0.5 ms per epoch on the default run); and TensorBoard shows the block at once
@@ -571,10 +577,10 @@ class LossDiagnosis(L.Callback):
         self._pending_figures = [(e, images) for e, images in self._pending_figures if e > self._logged_through]
 
     @staticmethod
-    def _log_histograms(writer: Any, blocks: Mapping[str, tuple[list[int], np.ndarray]]) -> None:
-        """``<stage>/loss_per_sample`` for a block of epochs (``{stage: (epochs, losses (E, N))}``), one event per
-        epoch holding every stage. :data:`HISTOGRAM_BINS` equal-width bins (a linear axis shows the tail; TensorBoard's stock
-        exponential buckets cost twice as much), counted for the whole block at once."""
+    def _histogram_values(blocks: Mapping[str, tuple[list[int], np.ndarray]]) -> dict[int, list[Summary.Value]]:
+        """``<stage>/loss_per_sample`` for a block of epochs (``{stage: (epochs, losses (E, N))}``), by epoch: every
+        stage's histogram of that epoch. :data:`HISTOGRAM_BINS` equal-width bins (a linear axis shows the tail;
+        TensorBoard's stock exponential buckets cost twice as much), counted for the whole block at once."""
         values: dict[int, list[Summary.Value]] = {}
         for stage, (epochs, losses) in blocks.items():
             h = equal_width_histograms(losses, bins=HISTOGRAM_BINS)
@@ -594,8 +600,7 @@ class LossDiagnosis(L.Callback):
                 values.setdefault(epoch, []).append(
                     Summary.Value(tag=f"{stage}/loss_per_sample", histo=proto)
                 )
-        for epoch in sorted(values):
-            writer.file_writer.add_summary(Summary(value=values[epoch]), global_step=epoch)
+        return values
 
     # -- what the data can tell ------------------------------------------------------------------
     @staticmethod

@@ -16,6 +16,7 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.compat.proto.summary_pb2 import Summary
 
 from src.rundir.metrics_csv import read_history
 
@@ -59,14 +60,27 @@ LAYOUT: dict[str, dict[str, list[Any]]] = {
 }
 
 
-def tensorboard_writer(trainer: L.Trainer) -> Any:
-    """The ``SummaryWriter`` of the trainer's TensorBoard logger on rank 0, else ``None``."""
+def tensorboard_logger(trainer: L.Trainer) -> TensorBoardLogger | None:
+    """The trainer's (first) TensorBoard logger on rank 0, else ``None``."""
     if trainer.global_rank != 0:
         return None
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            return logger.experiment
-    return None
+    return next((logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)), None)
+
+
+def tensorboard_writer(trainer: L.Trainer) -> Any:
+    """The ``SummaryWriter`` of the trainer's TensorBoard logger on rank 0, else ``None``."""
+    logger = tensorboard_logger(trainer)
+    return logger.experiment if logger is not None else None
+
+
+def scalar_values(metrics: Mapping[str, Any]) -> list[Summary.Value]:
+    """Numeric ``metrics`` (but ``epoch``, which the step already is) as TensorBoard scalar values, to be written
+    together as one event (a ``Summary`` holding many values reads like separate scalars)."""
+    return [
+        Summary.Value(tag=key, simple_value=float(value))
+        for key, value in metrics.items()
+        if key != "epoch" and isinstance(value, int | float) and not isinstance(value, bool)
+    ]
 
 
 def hparam_value(value: Any) -> bool | int | float | str:

@@ -14,16 +14,14 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from tensorboard.compat.proto.summary_pb2 import Summary
 
+from src.callbacks.tensorboard import scalar_values
+
 
 class EpochTensorBoardLogger(TensorBoardLogger):
     """``TensorBoardLogger`` whose ``log_metrics`` writes one event per call (``epoch`` is not plotted)."""
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        values = [
-            Summary.Value(tag=key, simple_value=float(value))
-            for key, value in metrics.items()
-            if key != "epoch" and isinstance(value, int | float) and not isinstance(value, bool)
-        ]
+        values = scalar_values(metrics)
         if values:
             self.experiment.file_writer.add_summary(Summary(value=values), global_step=step)

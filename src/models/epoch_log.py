@@ -8,10 +8,11 @@ epoch with ``step=epoch``, one device-to-host copy for all of them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import Logger
 
 
 def as_floats(values: Mapping[str, torch.Tensor | float]) -> dict[str, float]:
@@ -27,15 +28,20 @@ def as_floats(values: Mapping[str, torch.Tensor | float]) -> dict[str, float]:
 
 
 def log_epoch_metrics(
-    trainer: L.Trainer, values: Mapping[str, torch.Tensor | float], epoch: int
+    trainer: L.Trainer,
+    values: Mapping[str, torch.Tensor | float],
+    epoch: int,
+    loggers: Sequence[Logger] | None = None,
 ) -> dict[str, float]:
-    """Send ``values`` (plus ``epoch``) to every logger of ``trainer`` at ``step=epoch``; returns them as floats.
+    """Send ``values`` (plus ``epoch``) to every logger of ``trainer`` (or only to ``loggers``) at ``step=epoch``;
+    returns them as floats.
 
     Loggers write on rank 0 only (their ``log_metrics`` is rank-zero-only), so every rank may call this.
     """
     floats = as_floats(values)
-    if trainer.loggers and not trainer.sanity_checking:
+    loggers = trainer.loggers if loggers is None else loggers
+    if loggers and not trainer.sanity_checking:
         record = {**floats, "epoch": float(epoch)}
-        for logger in trainer.loggers:
+        for logger in loggers:
             logger.log_metrics(record, step=epoch)
     return floats
