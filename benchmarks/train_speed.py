@@ -18,7 +18,8 @@ generated folder of 32x32 RGB PNGs in 3 classes) it times, with the same Shallow
   checkpoints, progress bar, determinism, or everything: ``v_bare``), to see what each part costs.
 
 Every epoch is a training pass plus a validation pass (loss and accuracy). The per-epoch time is the
-mean over the epochs after ``--warmup`` and before the last, of all ``--repeats`` (cases are interleaved,
+mean over the epochs after ``--warmup`` and before the last, of all ``--repeats`` (``--digits-repeats`` for the two
+fast digits datasets, where a few milliseconds of background load move a ratio most; cases are interleaved,
 so background load hits them alike). The mean, not the median: the diagnosis does part of its work every
 few epochs (a block of epochs evaluated at once, figures every 25 epochs), and a median would leave that
 out. The last epoch is left out because its end holds the end-of-fit work (reports, final figures), which
@@ -352,7 +353,7 @@ def markdown(rows: Sequence[Row], ratio: dict[str, dict[str, float]], meta: dict
         "",
         f"{meta['machine']}; torch {meta['torch']}, lightning {meta['lightning']}; "
         f"{meta['epochs']} epochs, mean after {meta['warmup']} warm-up epochs (the last excluded), {meta['repeats']} interleaved "
-        f"repeat(s); load average {meta['load_before']} before, {meta['load_after']} after.",
+        f"repeat(s) ({meta.get('digits_repeats', meta['repeats'])} for digits); load average {meta['load_before']} before, {meta['load_after']} after.",
         "",
         "| dataset | threads | case | wall ms/epoch (mean) | wall p25-p75 | CPU ms/epoch | wall / b | CPU / b "
         "| whole run (s) |",
@@ -393,6 +394,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=52, help="epochs per run (all cases; 52 holds two of the figure epochs)")
     p.add_argument("--warmup", type=int, default=3, help="epochs left out of the per-epoch mean")
     p.add_argument("--repeats", type=int, default=2, help="interleaved repeats of every case")
+    p.add_argument("--digits-repeats", type=int, default=6, help="repeats on the (fast) digits datasets")
     p.add_argument("--threads", default=None, help="comma list of torch thread counts (default: the config's)")
     p.add_argument("--folder-images", type=int, default=3000, help="images in the generated folder")
     p.add_argument("--digits-train-size", type=int, default=None, help="override the digits training subset (150)")
@@ -428,6 +430,7 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
         "epochs": args.epochs,
         "warmup": args.warmup,
         "repeats": args.repeats,
+        "digits_repeats": args.digits_repeats,
         "load_before": _load(),
         "overrides": list(args.overrides),
     }
@@ -439,8 +442,11 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
         warm = [f"trainer.max_epochs={args.warmup + 2}", *dataset_overrides("digits", folder)]
         run_plain(compose(warm), threads_list[0], "a_dataloader")
         run_project(warm, Path(tmp) / "warm-up", log)
-        for repeat in range(args.repeats):
+        total = max(args.repeats, args.digits_repeats if any(d.startswith("digits") for d in datasets) else 0)
+        for repeat in range(total):
             for dataset in datasets:
+                if repeat >= (args.digits_repeats if dataset.startswith("digits") else args.repeats):
+                    continue
                 data = dataset_overrides(dataset, folder)
                 if dataset.startswith("digits") and args.digits_train_size is not None:
                     data = [*data, f"data.train_size={args.digits_train_size}"]
@@ -457,7 +463,7 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
                             epoch_s, cpu_s, whole = run_plain(compose(overrides), threads, case)
                         runs.append(Run(dataset, case, threads, repeat, epoch_s, cpu_s, whole))
                         print(
-                            f"[{repeat + 1}/{args.repeats}] {dataset:11s} threads={threads} {case:18s} "
+                            f"[{repeat + 1}/{total}] {dataset:11s} threads={threads} {case:18s} "
                             f"{1000 * statistics.fmean(_steady(epoch_s, args.warmup)):8.1f} ms/epoch ({1000 * statistics.fmean(_steady(cpu_s, args.warmup)):6.1f} "
                             f"CPU)  {whole:6.2f} s",
                             flush=True,

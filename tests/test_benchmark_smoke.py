@@ -19,6 +19,7 @@ def test_benchmark_writes_json_and_markdown_tables(tmp_path: Path) -> None:
                 "--epochs=2",
                 "--warmup=1",
                 "--repeats=1",
+                "--digits-repeats=2",
                 "--folder-images=24",
                 "--digits-train-size=40",
                 f"--cache={tmp_path / 'cache'}",
@@ -38,6 +39,8 @@ def test_benchmark_writes_json_and_markdown_tables(tmp_path: Path) -> None:
         for r in data["rows"]
         for run in data["runs"]
     )
+    repeats = {(run["dataset"], run["case"]): run["repeat"] + 1 for run in data["runs"]}
+    assert repeats[("digits", "c_project")] == 2 and repeats[("folder", "c_project")] == 1
     ratios = data["ratios"]["folder threads=1"]
     assert {"c/a", "c/b", "c/d", "naive/c", "c/b cpu", "naive/c cpu"} <= set(ratios)
     table = (tmp_path / "out" / "train_speed.md").read_text()

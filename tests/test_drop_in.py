@@ -220,6 +220,28 @@ def test_each_epoch_is_one_tensorboard_event_even_with_the_stock_logger(tmp_path
     assert [s.step for s in events.Scalars("val/loss_from_wrong")] == list(range(epochs))
 
 
+def test_pending_logits_over_the_memory_cap_are_evaluated_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from src.callbacks import loss_diagnosis
+
+    logged: list[int] = []
+
+    class Watch(L.Callback):  # after LossDiagnosis's epoch end
+        def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            logged.append(diagnosis._logged_through)
+
+    held_per_epoch = 60 * 3 * 4  # val logits, float32 (its training_step returns no logits: no train records)
+    monkeypatch.setattr(loss_diagnosis, "MAX_PENDING_BYTES", 2 * held_per_epoch)
+    diagnosis = LossDiagnosis(tmp_path, flush_every_n_epochs=100, flush_every_s=1e9, figures_every_n_epochs=0)
+    torch.manual_seed(0)
+    L.Trainer(
+        max_epochs=5, logger=False, enable_checkpointing=False, callbacks=[diagnosis, Watch()],
+        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", devices=1,
+    ).fit(MLP(), DataLoader(blobs(96, 0), batch_size=32), DataLoader(blobs(60, 1), batch_size=32))  # fmt: skip
+    assert logged == [-1, 1, 1, 3, 3]  # every second epoch: two epochs' logits reach the cap
+
+
 def test_a_forward_that_returns_no_logits_is_one_line(tmp_path: Path) -> None:
     class Images(MLP):  # forward returns (N, C, 1): not logits
         def forward(self, x: torch.Tensor) -> torch.Tensor:

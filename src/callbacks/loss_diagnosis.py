@@ -347,7 +347,7 @@ class LossDiagnosis(L.Callback):
         pending = max(len(self._pending["val"]), len(self._pending["train"]))
         if not pending:
             return False
-        held = sum(z.numel() * z.element_size() for items in self._pending.values() for _, z in items)
+        held = sum(len(items) * items[0][1].nbytes for items in self._pending.values() if items)  # same shape each
         return (
             pending >= self.flush_every_n_epochs
             or time.monotonic() - self._last_flush >= self.flush_every_s

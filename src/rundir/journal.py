@@ -58,7 +58,9 @@ class Journal:
         return ordered
 
     def reset(self) -> None:
-        atomic_write_bytes(self.path, b"")
+        """Empty the journal (one an earlier attempt left in the folder); a journal not written yet stays absent."""
+        if self.path.exists():
+            atomic_write_bytes(self.path, b"")
 
 
 # -- the two journals of a run ------------------------------------------------------------------
