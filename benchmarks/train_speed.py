@@ -20,8 +20,8 @@ generated folder of 32x32 RGB PNGs in 3 classes) it times, with the same Shallow
 Every epoch is a training pass plus a validation pass (loss and accuracy). The per-epoch time is the
 mean over the epochs after ``--warmup`` and before the last, of all ``--repeats`` (``--digits-repeats`` for the two
 fast digits datasets, where a few milliseconds of background load move a ratio most; cases are interleaved,
-so background load hits them alike). The mean, not the median: the diagnosis does part of its work every
-few epochs (a block of epochs evaluated at once, figures every 25 epochs), and a median would leave that
+so background load hits them alike). The mean, not the median: the diagnosis does part of its work once per
+block of epochs (50 evaluated at once; the default 52 epochs hold one block), and a median would leave that
 out. The last epoch is left out because its end holds the end-of-fit work (reports, final figures), which
 the whole-run time (data loading included, imports excluded; median over repeats) shows. Results go to ``<out>/train_speed.json`` and ``<out>/train_speed.md``.
 """
@@ -391,7 +391,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.train_speed", description=__doc__.split("\n\n")[0])
     p.add_argument("--datasets", default=",".join(DATASETS), help=f"comma list from {', '.join(DATASETS)}")
     p.add_argument("--cases", default=",".join(CASES), help=f"comma list from {', '.join(ALL_CASES)}")
-    p.add_argument("--epochs", type=int, default=52, help="epochs per run (all cases; 52 holds two of the figure epochs)")
+    p.add_argument("--epochs", type=int, default=52, help="epochs per run (all cases; 52 holds one block of the diagnosis and two figure epochs)")
     p.add_argument("--warmup", type=int, default=3, help="epochs left out of the per-epoch mean")
     p.add_argument("--repeats", type=int, default=2, help="interleaved repeats of every case")
     p.add_argument("--digits-repeats", type=int, default=6, help="repeats on the (fast) digits datasets")
