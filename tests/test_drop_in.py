@@ -126,6 +126,14 @@ def test_blocks_of_epochs_log_what_epoch_by_epoch_logs(tmp_path: Path, monkeypat
     """The per-epoch diagnosis is evaluated in blocks; the block size changes when values are written, not what."""
     from src.callbacks import loss_diagnosis
 
+    class Pictures(MLP):  # 4x4 one-channel "images": the worst-samples grids are drawn too
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x.flatten(1))
+
+    def pictures(n: int, seed: int) -> TensorDataset:
+        x, y = blobs(n, seed).tensors
+        return TensorDataset(x.view(n, 1, 4, 4), y)
+
     monkeypatch.setattr(loss_diagnosis, "FIGURE_TIME_SHARE", 1e9)  # figures drawn when their block is evaluated
     epochs, outputs = 7, {}
     for name, every in (("each", 1), ("blocks", 3)):
@@ -133,9 +141,11 @@ def test_blocks_of_epochs_log_what_epoch_by_epoch_logs(tmp_path: Path, monkeypat
         torch.manual_seed(0)  # the same initial weights
         fit(
             run,
-            MLP(),
+            Pictures(),
             epochs,
             {"flush_every_n_epochs": every, "flush_every_s": 1e9, "figures_every_n_epochs": 2},
+            train=DataLoader(pictures(240, 0), batch_size=32),
+            val=DataLoader(pictures(150, 1), batch_size=64),
         )
         events = EventAccumulator(
             str(run), size_guidance={"histograms": 0, "scalars": 0, "images": 0}
@@ -143,7 +153,10 @@ def test_blocks_of_epochs_log_what_epoch_by_epoch_logs(tmp_path: Path, monkeypat
         scalars = {
             tag: sorted((s.step, s.value) for s in events.Scalars(tag)) for tag in events.Tags()["scalars"]
         }
-        images = [(i.step, i.encoded_image_string) for i in events.Images("val/reliability")]
+        images = [
+            (tag, i.step, i.encoded_image_string) for tag in ("val/reliability", "val/worst_samples")
+            for i in events.Images(tag)
+        ]  # fmt: skip
         outputs[name] = scalars, images, load_samples(run / "diagnosis")
     (each, each_images, each_samples), (blocks, block_images, block_samples) = (
         outputs["each"],
@@ -153,7 +166,9 @@ def test_blocks_of_epochs_log_what_epoch_by_epoch_logs(tmp_path: Path, monkeypat
     assert blocks == each
     assert [step for step, _ in each["val/temperature"]] == list(range(epochs))
     # every 2 epochs and the last; in blocks of 3, epochs 1 and 3 are drawn when their block is evaluated
-    assert [step for step, _ in each_images] == [1, 3, 5, 6] and block_images == each_images
+    for tag in ("val/reliability", "val/worst_samples"):
+        assert [step for t, step, _ in each_images if t == tag] == [1, 3, 5, 6], tag
+    assert block_images == each_images
     assert block_samples.epochs == each_samples.epochs == list(range(epochs))
     np.testing.assert_array_equal(block_samples.history.loss, each_samples.history.loss)
     for key, values in each_samples.history.calibration.items():

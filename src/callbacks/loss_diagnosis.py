@@ -55,8 +55,8 @@ from src.rundir.suspects import rank_run, wanted_images
 
 log = logging.getLogger(__name__)
 STAGES = ("train", "val")
-# mid-run figures are drawn as they fall due while that takes at most this share of the time since the last
-# drawing; otherwise when training ends (see LossDiagnosis._draw_figures)
+# mid-run figures are drawn when their block is evaluated while that takes at most this share of the time since
+# the last drawing; otherwise when training ends (see LossDiagnosis._draw_figures)
 FIGURE_TIME_SHARE = 0.1
 # per-sample loss histogram bins: enough for a few hundred to thousands of samples, and every byte of an event
 # costs (TensorBoard's writer checksums events in pure Python without TensorFlow: ~0.1 ms per KB)
@@ -155,7 +155,9 @@ class LossDiagnosis(L.Callback):
         self._last_flush = time.monotonic()
         self._saved_at = 0  # how many val epochs samples.npz held when last written
         self._lowest_val_loss = math.inf  # the lowest mean val loss of the epochs evaluated so far
-        # the latest evaluated val epoch's (epoch, logits) while it has no cross-fitted calibration (see _flush)
+        # the latest evaluated val epoch's (epoch, logits) while it has no cross-fitted calibration (see _flush):
+        # one epoch held beside the pending block; not in the checkpoints (a run resumed after its last val epoch
+        # leaves that epoch without them)
         self._uncrossfitted_last: tuple[int, torch.Tensor] | None = None
         self.samples: Samples | None = None
         self.initial: dict[str, torch.Tensor] | None = None
@@ -245,7 +247,7 @@ class LossDiagnosis(L.Callback):
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start_epoch("val")
         self._figure_images = {}
-        self._collect_images = self._figures_due(trainer) and trainer.global_rank == 0
+        self._collect_images = self._figures_due(trainer) and tensorboard_writer(trainer) is not None
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -347,7 +349,8 @@ class LossDiagnosis(L.Callback):
         pending = max(len(self._pending["val"]), len(self._pending["train"]))
         if not pending:
             return False
-        held = sum(len(items) * items[0][1].nbytes for items in self._pending.values() if items)  # same shape each
+        # every pending epoch of a stage has the same shape
+        held = sum(len(items) * items[0][1].nbytes for items in self._pending.values() if items)
         return (
             pending >= self.flush_every_n_epochs
             or time.monotonic() - self._last_flush >= self.flush_every_s
@@ -385,8 +388,12 @@ class LossDiagnosis(L.Callback):
         """At a figure epoch, keep the inputs of its worst val samples (by this epoch's loss, as the evaluation will
         rank them) until the epoch's block is evaluated and its figures drawn (see :meth:`_draw_figures`)."""
         assert self.samples is not None
-        losses = per_sample_cross_entropy(rec.logits, rec.target).cpu().numpy()
-        worst = {int(self.samples.val.index[i]) for i in worst_indices(losses, min(self.worst_k, WORST_TILES))}
+        # what the evaluation will rank: this epoch's kept CPU float32 logits
+        _, logits = self._pending["val"][-1]
+        losses = per_sample_cross_entropy(logits, self._targets["val"]).numpy()
+        worst = {
+            int(self.samples.val.index[i]) for i in worst_indices(losses, min(self.worst_k, WORST_TILES))
+        }
         self._pending_figures.append((epoch, {i: x for i, x in self._figure_images.items() if i in worst}))
         self._figure_images = {}
 
@@ -423,7 +430,6 @@ class LossDiagnosis(L.Callback):
             "logged_through": self._logged_through,
             "pending": pending,
             "pending_figures": list(self._pending_figures),
-            "uncrossfitted_last": self._uncrossfitted_last,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -436,7 +442,6 @@ class LossDiagnosis(L.Callback):
                 restored = list(zip(block["epochs"], block["logits"].unbind(0), strict=True))
                 self._pending[stage] = [*restored, *self._pending[stage]]
         self._pending_figures = [*state_dict.get("pending_figures", []), *self._pending_figures]
-        self._uncrossfitted_last = state_dict.get("uncrossfitted_last")
 
     def _open_journals(self, trainer: L.Trainer) -> None:
         """The val and dynamics journals; a resumed run first reads back the epochs it keeps.
@@ -516,7 +521,7 @@ class LossDiagnosis(L.Callback):
         histograms = self._histogram_values(losses) if writer is not None and self.histograms else {}
         for epoch in sorted(values):
             self.epoch_values.update(log_epoch_metrics(trainer, values[epoch], epoch, loggers=others))
-            if writer is not None:
+            if writer is not None and not trainer.sanity_checking:  # as log_epoch_metrics
                 summary = Summary(value=[*scalar_values(values[epoch]), *histograms.get(epoch, [])])
                 writer.file_writer.add_summary(summary, global_step=epoch)
         if writer is not None:
@@ -547,8 +552,8 @@ class LossDiagnosis(L.Callback):
     def _draw_figures(self, trainer: L.Trainer, now: bool = False) -> None:
         """Draw the pending figure epochs' reliability diagram and worst-samples grid into TensorBoard.
 
-        Drawing takes ~0.1-0.2 s per epoch whatever the model. A run whose epochs take longer gets its
-        figures as they fall due; a run whose figures would take more than :data:`FIGURE_TIME_SHARE` of its
+        Drawing takes ~0.1-0.2 s per epoch whatever the model. A run whose epochs take longer gets its figures
+        when their block is evaluated; a run whose figures would take more than :data:`FIGURE_TIME_SHARE` of its
         training time gets them when training ends (``now``), at the same steps: the same images, later.
         """
         writer = tensorboard_writer(trainer)
@@ -574,10 +579,14 @@ class LossDiagnosis(L.Callback):
                 )
         self._draw_s = (time.monotonic() - start) / len(ready)
         self._drawn_at = time.monotonic()
-        self._pending_figures = [(e, images) for e, images in self._pending_figures if e > self._logged_through]
+        self._pending_figures = [
+            (e, images) for e, images in self._pending_figures if e > self._logged_through
+        ]
 
     @staticmethod
-    def _histogram_values(blocks: Mapping[str, tuple[list[int], np.ndarray]]) -> dict[int, list[Summary.Value]]:
+    def _histogram_values(
+        blocks: Mapping[str, tuple[list[int], np.ndarray]],
+    ) -> dict[int, list[Summary.Value]]:
         """``<stage>/loss_per_sample`` for a block of epochs (``{stage: (epochs, losses (E, N))}``), by epoch: every
         stage's histogram of that epoch. :data:`HISTOGRAM_BINS` equal-width bins (a linear axis shows the tail;
         TensorBoard's stock exponential buckets cost twice as much), counted for the whole block at once."""

@@ -46,7 +46,9 @@ def expected_calibration_errors(
     return binned_calibration_errors(conf, pred == target.detach().cpu(), n_bins)
 
 
-def binned_calibration_errors(conf: torch.Tensor, correct: torch.Tensor, n_bins: int = N_BINS) -> torch.Tensor:
+def binned_calibration_errors(
+    conf: torch.Tensor, correct: torch.Tensor, n_bins: int = N_BINS
+) -> torch.Tensor:
     """:func:`expected_calibration_errors` from each sample's confidence ``conf`` (..., N) (the largest class
     probability, binned in float32) and whether its prediction is ``correct`` (..., N): one per leading index."""
     conf = conf.detach().float().cpu()
@@ -163,7 +165,10 @@ class _ClassMajor(NamedTuple):
     def samples(self, index: torch.Tensor) -> _ClassMajor:
         """The same rows, only the samples at ``index``."""
         return _ClassMajor(
-            self.z[:, :, index].contiguous(), self.z_true[:, index], self.finite[:, index], self.pred[:, index]
+            self.z[:, :, index].contiguous(),
+            self.z_true[:, index],
+            self.finite[:, index],
+            self.pred[:, index],
         )
 
 
@@ -190,7 +195,9 @@ def fit_temperatures(
     return _fit(_ClassMajor.of(logits, target), start, max_iter, tol).reshape(lead)
 
 
-def _fit(prepared: _ClassMajor, start: float | torch.Tensor, max_iter: int = 100, tol: float = 1e-6) -> torch.Tensor:
+def _fit(
+    prepared: _ClassMajor, start: float | torch.Tensor, max_iter: int = 100, tol: float = 1e-6
+) -> torch.Tensor:
     """:func:`fit_temperatures` of prepared logits, (rows,)."""
     z, z_true = prepared.z, prepared.z_true
     rows = len(z)
@@ -373,8 +380,9 @@ def calibration_summaries(
     y = target.detach().long().cpu()
     lead, n = logits.shape[:-2], logits.shape[-2]
     if n == 0:
-        nan = torch.full(lead, math.nan, dtype=torch.float64)
-        return dict.fromkeys(("ece", "temperature", *SCALED_KEYS), nan)
+        return {
+            k: torch.full(lead, math.nan, dtype=torch.float64) for k in ("ece", "temperature", *SCALED_KEYS)
+        }
     prepared = _ClassMajor.of(logits, y)
     t = _fit(prepared, start_temperature)
     # the largest shifted logit is 0: the prediction is where it is, the raw confidence 1 / sum(exp)
@@ -389,8 +397,14 @@ def calibration_summaries(
         "nll_crossfit": torch.full_like(t, math.nan),
         "ece_crossfit": torch.full_like(t, math.nan),
     }
-    rows = torch.ones(len(t), dtype=torch.bool) if crossfit is None else crossfit.detach().cpu().bool().reshape(-1)
-    if n >= 2 and bool(rows.any()):  # only the two cross-fitted numbers: the rest of CrossFit is computed above
+    rows = (
+        torch.ones(len(t), dtype=torch.bool)
+        if crossfit is None
+        else crossfit.detach().cpu().bool().reshape(-1)
+    )
+    if n >= 2 and bool(
+        rows.any()
+    ):  # only the two cross-fitted numbers: the rest of CrossFit is computed above
         some = prepared.rows(rows)
         per_sample, _ = _crossfit_temperatures(some, t[rows], CROSSFIT_SEED)
         nll_cf, ece_cf = _scaled_scores(some, correct[rows], per_sample, n_bins)
