@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from src.functional.jsonable import json_ready
-from src.functional.softmax import class_log_softmax, class_softmax
+from src.functional.softmax import class_log_softmax
 
 N_BINS = 15
 # the fitted temperature is clipped to this range: a model no better than uniform guessing drives T to infinity
@@ -177,7 +177,6 @@ def fit_temperatures(
     target: torch.Tensor,
     max_iter: int = 100,
     tol: float = 1e-6,
-    start: float | torch.Tensor = 1.0,
 ) -> torch.Tensor:
     """The temperature minimising the NLL of ``softmax(logits / T)`` for every leading index of ``logits``
     (..., N, C) (``target``: (..., N) or (N,)), clipped to ``[T_MIN, T_MAX]``; float64, shape ``logits.shape[:-2]``.
@@ -186,19 +185,19 @@ def fit_temperatures(
     ``Var_p[z]``), so a bracketed Newton solve (in ``log(beta)``; bisection when a step leaves the bracket) finds
     the optimum in a few vectorised steps, without autograd. All problems step together; each stops moving once
     it has converged, so its result does not depend on the others. ``T_MAX`` means the probabilities are no
-    better than uniform; a row with NaN/inf logits has no temperature (NaN). ``start`` (e.g. the previous
-    epoch's temperature) only changes how many steps it takes.
+    better than uniform; a row with NaN/inf logits has no temperature (NaN).
     """
     lead, n = logits.shape[:-2], logits.shape[-2]
     if math.prod(lead) == 0 or n == 0:
         return torch.full(lead, math.nan, dtype=torch.float64)
-    return _fit(_ClassMajor.of(logits, target), start, max_iter, tol).reshape(lead)
+    return _fit(_ClassMajor.of(logits, target), max_iter=max_iter, tol=tol).reshape(lead)
 
 
 def _fit(
-    prepared: _ClassMajor, start: float | torch.Tensor, max_iter: int = 100, tol: float = 1e-6
+    prepared: _ClassMajor, start: float | torch.Tensor = 1.0, max_iter: int = 100, tol: float = 1e-6
 ) -> torch.Tensor:
-    """:func:`fit_temperatures` of prepared logits, (rows,)."""
+    """:func:`fit_temperatures` of prepared logits, (rows,); ``start`` (a temperature near the optimum, e.g. the
+    whole set's for a half) only changes how many steps it takes."""
     z, z_true = prepared.z, prepared.z_true
     rows = len(z)
     finite = prepared.finite.all(-1)
@@ -241,22 +240,16 @@ def _fit(
 
 
 def fit_temperature(
-    logits: torch.Tensor, target: torch.Tensor, max_iter: int = 100, tol: float = 1e-6, start: float = 1.0
+    logits: torch.Tensor, target: torch.Tensor, max_iter: int = 100, tol: float = 1e-6
 ) -> float:
     """The temperature minimising the NLL of ``softmax(logits / T)`` of one (N, C) set: :func:`fit_temperatures`."""
-    return float(fit_temperatures(logits, target, max_iter, tol, start))
-
-
-def nlls(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of ``softmax(logits)`` (..., N, C) per leading index, in float64."""
-    z = logits.detach().double().cpu()
-    y = target.detach().cpu().long().expand(z.shape[:-1])
-    return -class_log_softmax(z).gather(-1, y[..., None])[..., 0].mean(-1)
+    return float(fit_temperatures(logits, target, max_iter, tol))
 
 
 def nll(logits: torch.Tensor, target: torch.Tensor, temperature: float = 1.0) -> float:
     """Mean cross-entropy of ``softmax(logits / temperature)`` of one (N, C) set, in float64."""
-    return float(nlls(logits.detach().double() / temperature, target))
+    z = logits.detach().double().cpu() / temperature
+    return float(-class_log_softmax(z).gather(-1, target.detach().cpu().long()[:, None]).mean())
 
 
 def temperature_status(temperature: float, n_correct: int, n: int) -> str:
@@ -344,19 +337,20 @@ def crossfit_temperature(
         raise ValueError(
             f"need logits (N >= 2, C) and target (N,), got {tuple(z.shape)} and {tuple(y.shape)}"
         )
-    t = fit_temperature(z, y) if temperature is None else float(temperature)
-    per_sample, t_halves = _crossfit_temperatures(
-        _ClassMajor.of(z, y), torch.tensor([t], dtype=torch.float64), seed
-    )
-    scaled = z / per_sample[0, :, None]
+    prepared = _ClassMajor.of(z, y)
+    correct = prepared.pred == y
+    t = float(_fit(prepared)[0]) if temperature is None else float(temperature)
+    per_sample, t_halves = _crossfit_temperatures(prepared, torch.tensor([t], dtype=torch.float64), seed)
+    nll_raw, ece_raw = _scaled_scores(prepared, correct, torch.ones(1, 1, dtype=torch.float64), n_bins)
+    nll_scaled, ece_scaled = _scaled_scores(prepared, correct, per_sample, n_bins)
     return CrossFit(
         temperature=t,
         temperature_halves=(float(t_halves[0, 0]), float(t_halves[0, 1])),
-        nll_raw=nll(z, y),
-        ece_raw=expected_calibration_error(class_softmax(z), y, n_bins),
-        nll_scaled=nll(scaled, y),
-        ece_scaled=expected_calibration_error(class_softmax(scaled), y, n_bins),
-        status=temperature_status(t, int((z.argmax(1) == y).sum()), n),
+        nll_raw=float(nll_raw[0]),
+        ece_raw=float(ece_raw[0]),
+        nll_scaled=float(nll_scaled[0]),
+        ece_scaled=float(ece_scaled[0]),
+        status=temperature_status(t, int(correct.sum()), n),
         n_samples=n,
     )
 
@@ -365,7 +359,6 @@ def calibration_summaries(
     logits: torch.Tensor,
     target: torch.Tensor,
     n_bins: int = N_BINS,
-    start_temperature: float | torch.Tensor = 1.0,
     probs: torch.Tensor | None = None,
     crossfit: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
@@ -384,7 +377,7 @@ def calibration_summaries(
             k: torch.full(lead, math.nan, dtype=torch.float64) for k in ("ece", "temperature", *SCALED_KEYS)
         }
     prepared = _ClassMajor.of(logits, y)
-    t = _fit(prepared, start_temperature)
+    t = _fit(prepared)
     # the largest shifted logit is 0: the prediction is where it is, the raw confidence 1 / sum(exp)
     correct = prepared.pred == y
     raw_conf = torch.exp(prepared.z).sum(1).reciprocal_() if probs is None else probs.detach().amax(-1)
@@ -412,14 +405,9 @@ def calibration_summaries(
     return summary
 
 
-def calibration_summary(
-    logits: torch.Tensor, target: torch.Tensor, n_bins: int = N_BINS, start_temperature: float = 1.0
-) -> dict[str, float]:
+def calibration_summary(logits: torch.Tensor, target: torch.Tensor, n_bins: int = N_BINS) -> dict[str, float]:
     """:func:`calibration_summaries` of one (N, C) set of logits, as floats."""
-    return {
-        k: float(v[0])
-        for k, v in calibration_summaries(logits[None], target, n_bins, start_temperature).items()
-    }
+    return {k: float(v[0]) for k, v in calibration_summaries(logits[None], target, n_bins).items()}
 
 
 def reliability_bins(
