@@ -53,6 +53,14 @@ def blobs(n: int, seed: int, flip: float = 0.1) -> TensorDataset:
     return TensorDataset(x, y)
 
 
+# a Trainer that prints nothing and runs on the CPU, and two small loaders of blobs
+QUIET = {"enable_progress_bar": False, "enable_model_summary": False, "accelerator": "cpu", "devices": 1}
+
+
+def small_loaders(n_train: int = 96, n_val: int = 60) -> tuple[DataLoader, DataLoader]:
+    return DataLoader(blobs(n_train, 0), batch_size=32), DataLoader(blobs(n_val, 1), batch_size=32)
+
+
 def fit(
     tmp_path: Path, model: L.LightningModule, epochs: int = 12, options: dict | None = None, **loaders
 ) -> LossDiagnosis:
@@ -65,10 +73,7 @@ def fit(
         logger=TensorBoardLogger(tmp_path, name="", version=""),
         callbacks=[diagnosis],
         enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        devices=1,
+        **QUIET,
     )
     train = loaders.get("train", DataLoader(blobs(240, 0), batch_size=32, shuffle=True))
     val = loaders.get("val", DataLoader(blobs(150, 1), batch_size=64))
@@ -78,7 +83,7 @@ def fit(
 
 def test_foreign_module_gets_the_whole_diagnosis(tmp_path: Path) -> None:
     epochs = 12
-    torch.manual_seed(0)  # the initial weights (torch's start-up seed differs per process)
+    torch.manual_seed(0)  # the initial weights, whatever earlier tests in this process drew
     fit(tmp_path, MLP(), epochs)
     out = tmp_path / "diagnosis"
 
@@ -207,9 +212,8 @@ def test_a_block_is_in_the_event_file_when_it_is_logged(tmp_path: Path) -> None:
     torch.manual_seed(0)
     L.Trainer(
         max_epochs=4, logger=TensorBoardLogger(tmp_path, name="", version=""), enable_checkpointing=False,
-        callbacks=[LossDiagnosis(tmp_path / "diagnosis", **options), ReadEvents()], enable_progress_bar=False,
-        enable_model_summary=False, accelerator="cpu", devices=1,
-    ).fit(Quiet(), DataLoader(blobs(96, 0), batch_size=32), DataLoader(blobs(60, 1), batch_size=32))  # fmt: skip
+        callbacks=[LossDiagnosis(tmp_path / "diagnosis", **options), ReadEvents()], **QUIET,
+    ).fit(Quiet(), *small_loaders())  # fmt: skip
     assert seen[1] == (0, [])  # not evaluated yet
     assert seen[2] == (1, [0, 1, 2])  # evaluated, logged, flushed
     assert flushes[:2] == [2, 4]  # and the last block when training ends (the epoch counter has moved on)
@@ -251,9 +255,8 @@ def test_pending_logits_over_the_memory_cap_are_evaluated_at_once(
     diagnosis = LossDiagnosis(tmp_path, flush_every_n_epochs=100, flush_every_s=1e9, figures_every_n_epochs=0)
     torch.manual_seed(0)
     L.Trainer(
-        max_epochs=5, logger=False, enable_checkpointing=False, callbacks=[diagnosis, Watch()],
-        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", devices=1,
-    ).fit(MLP(), DataLoader(blobs(96, 0), batch_size=32), DataLoader(blobs(60, 1), batch_size=32))  # fmt: skip
+        max_epochs=5, logger=False, enable_checkpointing=False, callbacks=[diagnosis, Watch()], **QUIET
+    ).fit(MLP(), *small_loaders())
     assert logged == [-1, 1, 1, 3, 3]  # every second epoch: two epochs' logits reach the cap
 
 
@@ -307,10 +310,8 @@ def test_epochs_not_yet_logged_travel_in_the_checkpoint(tmp_path: Path) -> None:
         torch.manual_seed(0)
         L.Trainer(
             max_epochs=6, callbacks=[LossDiagnosis(run / "diagnosis", **options), every],
-            logger=TensorBoardLogger(run, name="", version=""), enable_progress_bar=False,
-            enable_model_summary=False, accelerator="cpu", devices=1,
-        ).fit(MLP(), DataLoader(blobs(96, 0), batch_size=32), DataLoader(blobs(60, 1), batch_size=32),
-              ckpt_path=ckpt_path)  # fmt: skip
+            logger=TensorBoardLogger(run, name="", version=""), **QUIET,
+        ).fit(MLP(), *small_loaders(), ckpt_path=ckpt_path)  # fmt: skip
 
     def state(ckpt: Path) -> dict:
         callbacks = torch.load(ckpt, weights_only=False)["callbacks"]

@@ -64,29 +64,19 @@ def fabricated_sweep(sweep: Path, focal_acc: float) -> None:
     }
     for seed in (0, 1):
         shift = 0.01 * seed
-        make_run(
-            sweep,
-            ["remedy=cross_entropy", f"seed={seed}"],
-            [0.5] + [0.92] * 5,
-            [v + shift for v in rise],
-            ece=[0.1] * EPOCHS,
-            config=configs["cross_entropy"],
-        )
-        make_run(
-            sweep,
-            ["remedy=focal", f"seed={seed}"],
-            [0.5] + [focal_acc] * 5,
-            [v + shift for v in flat],
-            ece=[0.05] * EPOCHS,
-            config=configs["focal"],
-        )
-        make_run(
-            sweep,
-            ["remedy=bounded", f"seed={seed}"],
-            [0.5] + [0.70] * 5,
-            [0.2] * EPOCHS,
-            config=configs["bounded"],
-        )
+        for remedy, acc, loss, ece in (
+            ("cross_entropy", 0.92, [v + shift for v in rise], [0.1] * EPOCHS),
+            ("focal", focal_acc, [v + shift for v in flat], [0.05] * EPOCHS),
+            ("bounded", 0.70, [0.2] * EPOCHS, None),  # no ece column
+        ):
+            make_run(
+                sweep,
+                [f"remedy={remedy}", f"seed={seed}"],
+                [0.5] + [acc] * 5,
+                loss,
+                ece=ece,
+                config=configs[remedy],
+            )
 
 
 def test_report_ranks_remedies_and_recommends(tmp_path: Path) -> None:

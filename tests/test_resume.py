@@ -251,10 +251,9 @@ def test_resume_refuses_to_stretch_a_learning_rate_schedule(tmp_path: Path) -> N
 @pytest.mark.parametrize(("every_s", "seen"), [(0.0, [None, 0, 1, 2, 3]), (1e9, [None, 0, 0, 0, 0])])
 def test_last_checkpoint_is_throttled_but_has_the_first_and_last_epoch(tmp_path: Path, every_s, seen) -> None:
     import lightning as L
-    from torch.utils.data import DataLoader
 
     from src.callbacks.last_checkpoint import LastCheckpoint
-    from tests.test_drop_in import MLP, blobs
+    from tests.test_drop_in import MLP, QUIET, small_loaders
 
     last = tmp_path / "last.ckpt"
     epochs: list[int | None] = []
@@ -265,9 +264,9 @@ def test_last_checkpoint_is_throttled_but_has_the_first_and_last_epoch(tmp_path:
 
     trainer = L.Trainer(
         max_epochs=5, callbacks=[Probe(), LastCheckpoint(str(tmp_path), every_s=every_s)], logger=False,
-        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", devices=1,
+        **QUIET,
     )  # fmt: skip
-    trainer.fit(MLP(), DataLoader(blobs(64, 0), batch_size=32), DataLoader(blobs(32, 1), batch_size=32))
+    trainer.fit(MLP(), *small_loaders(64, 32))
     assert epochs == seen
     assert torch.load(last, weights_only=False)["epoch"] == 4  # the last epoch is always saved
 
@@ -275,10 +274,9 @@ def test_last_checkpoint_is_throttled_but_has_the_first_and_last_epoch(tmp_path:
 @pytest.mark.parametrize(("mode", "saved", "score"), [("max", [0, 1, 4], 0.9), ("min", [0], 0.5)])
 def test_best_checkpoint_reads_the_module_epoch_values(tmp_path: Path, mode, saved, score) -> None:
     import lightning as L
-    from torch.utils.data import DataLoader
 
     from src.callbacks.best_checkpoint import BestCheckpoint
-    from tests.test_drop_in import MLP, blobs
+    from tests.test_drop_in import MLP, QUIET, small_loaders
 
     accs = [0.5, 0.7, 0.6, 0.7, 0.9]  # a tie (epoch 3) is not an improvement
     best = tmp_path / "best.ckpt"
@@ -299,9 +297,9 @@ def test_best_checkpoint_reads_the_module_epoch_values(tmp_path: Path, mode, sav
     callback = BestCheckpoint(str(tmp_path), mode=mode)
     trainer = L.Trainer(
         max_epochs=len(accs), callbacks=[Probe(), callback], logger=False,
-        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", devices=1,
+        **QUIET,
     )  # fmt: skip
-    trainer.fit(Module(), DataLoader(blobs(64, 0), batch_size=32), DataLoader(blobs(32, 1), batch_size=32))
+    trainer.fit(Module(), *small_loaders(64, 32))
     seen.append(torch.load(best, weights_only=False)["epoch"])
     assert sorted(set(seen)) == saved and seen[-1] == saved[-1]
     assert callback.best_model_score == score and callback.best_model_path == str(best)
@@ -313,15 +311,14 @@ def test_best_checkpoint_reads_the_module_epoch_values(tmp_path: Path, mode, sav
 
 def test_best_checkpoint_monitor_typo_is_one_line(tmp_path: Path) -> None:
     import lightning as L
-    from torch.utils.data import DataLoader
 
     from src.callbacks.best_checkpoint import BestCheckpoint
     from src.errors import UserError
-    from tests.test_drop_in import MLP, blobs
+    from tests.test_drop_in import MLP, QUIET, small_loaders
 
     trainer = L.Trainer(
         max_epochs=1, callbacks=[BestCheckpoint(str(tmp_path), monitor="val/accc")], logger=False,
-        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", devices=1,
+        **QUIET,
     )  # fmt: skip
     with pytest.raises(UserError, match=r"callbacks.checkpoint.monitor=val/accc is not a value .*val_loss"):
-        trainer.fit(MLP(), DataLoader(blobs(64, 0), batch_size=32), DataLoader(blobs(32, 1), batch_size=32))
+        trainer.fit(MLP(), *small_loaders(64, 32))
