@@ -19,7 +19,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from src.callbacks.tensorboard import HPARAM_METRICS, LAYOUT
-from src.functional.outputs import CALIBRATION_KEYS
+from src.functional.calibration import CALIBRATION_KEYS
 from src.rundir.metrics_csv import read_history
 from src.rundir.samples import FIELDS, load_samples
 from tests.conftest import ROOT

@@ -308,8 +308,8 @@ def test_accuracy_that_did_not_move_reads_unchanged():
 
 def test_calibration_summary_records_the_cross_fitted_numbers_but_logs_only_the_in_sample_ones():
     from src.functional.breakdown import epoch_scalars
-    from src.functional.calibration import calibration_summary
-    from src.functional.outputs import LOGGED_CALIBRATION_KEYS, evaluate_logits
+    from src.functional.calibration import LOGGED_CALIBRATION_KEYS, calibration_summary
+    from src.functional.outputs import evaluate_logits
 
     logits, target = calibrated_logits(n=400)
     summary = calibration_summary(logits * 4, target)

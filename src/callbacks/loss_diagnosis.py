@@ -33,7 +33,7 @@ from src.functional.breakdown import (
 )
 from src.functional.losses import loss_cap_from_initial, per_sample_cross_entropy
 from src.functional.outputs import evaluate_epochs, evaluate_logits
-from src.functional.run_kinds import mean_losses
+from src.functional.run_kinds import at_lowest_so_far, mean_losses
 from src.functional.suspects import given_label_dynamics
 from src.models.epoch_log import log_epoch_metrics
 from src.models.recorder import SampleRecorder, SampleRecords
@@ -486,10 +486,11 @@ class LossDiagnosis(L.Callback):
             target = self._targets["val"]
             # the cross-fitted calibration only where the verdict may read it: the epochs at the lowest val loss
             # so far, and the last one (_crossfit_last, at the end)
-            ev = evaluate_epochs(logits, target, crossfit_below=self._lowest_val_loss)
-            self._lowest_val_loss = float(np.fmin.reduce(mean_losses(ev.loss), initial=self._lowest_val_loss))
-            crossfitted = np.isfinite(ev.calibration["nll_crossfit"][-1])
-            self._uncrossfitted_last = None if crossfitted else (epochs[-1], logits[-1].clone())
+            mean = mean_losses(per_sample_cross_entropy(logits, target).numpy())
+            crossfit = at_lowest_so_far(mean, self._lowest_val_loss)
+            self._lowest_val_loss = float(np.fmin.reduce(mean, initial=self._lowest_val_loss))
+            ev = evaluate_epochs(logits, target, crossfit=torch.from_numpy(crossfit))
+            self._uncrossfitted_last = None if crossfit[-1] else (epochs[-1], logits[-1].clone())
             scalars = {
                 **epoch_scalar_block(logits, target, ev),
                 **loss_distributions(torch.from_numpy(ev.loss), cap),

@@ -10,7 +10,8 @@ import math
 import numpy as np
 import torch
 
-from src.functional.outputs import LOGGED_CALIBRATION_KEYS, Evaluation, stack
+from src.functional.calibration import LOGGED_CALIBRATION_KEYS
+from src.functional.outputs import Evaluation, stack
 from src.functional.softmax import class_softmax
 
 

@@ -26,8 +26,10 @@ BOUND_CHECK_AFTER = 12
 # the float32 steps that start each fit (see fit_temperatures): at most this many, to this relative tolerance
 ROUGH_STEPS, ROUGH_TOL = 12, 1e-5
 CROSSFIT_SEED = 0  # the seeded random halves of the cross-fit
-# calibration_summaries' keys after "ece" and "temperature"
-SCALED_KEYS = ("nll_temperature_scaled", "ece_temperature_scaled", "nll_crossfit", "ece_crossfit")
+# calibration_summaries' keys: in-sample (what the per-epoch ``val/`` scalars show), then the cross-fitted NLL/ECE
+# the verdict uses (recorded, not logged as scalars)
+LOGGED_CALIBRATION_KEYS = ("ece", "temperature", "nll_temperature_scaled", "ece_temperature_scaled")
+CALIBRATION_KEYS = (*LOGGED_CALIBRATION_KEYS, "nll_crossfit", "ece_crossfit")
 
 
 def expected_calibration_errors(
@@ -359,11 +361,12 @@ def calibration_summaries(
     logits: torch.Tensor,
     target: torch.Tensor,
     n_bins: int = N_BINS,
-    probs: torch.Tensor | None = None,
+    conf: torch.Tensor | None = None,
     crossfit: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """For every leading index of ``logits`` (B, N, C) (e.g. a block of epochs; ``target``: (N,)), float64 (B,);
-    ``probs``: their softmax, when the caller has it already (saves a pass for the raw ECE):
+    ``conf``: each sample's largest class probability (B, N), when the caller has it already (saves a pass for
+    the raw ECE):
 
     ``ece``, fitted ``temperature``, ``nll_temperature_scaled`` and ``ece_temperature_scaled`` (fitted and
     scored on the same samples: what the per-epoch scalars show), and ``nll_crossfit`` / ``ece_crossfit``
@@ -374,13 +377,13 @@ def calibration_summaries(
     lead, n = logits.shape[:-2], logits.shape[-2]
     if n == 0:
         return {
-            k: torch.full(lead, math.nan, dtype=torch.float64) for k in ("ece", "temperature", *SCALED_KEYS)
+            k: torch.full(lead, math.nan, dtype=torch.float64) for k in CALIBRATION_KEYS
         }
     prepared = _ClassMajor.of(logits, y)
     t = _fit(prepared)
     # the largest shifted logit is 0: the prediction is where it is, the raw confidence 1 / sum(exp)
     correct = prepared.pred == y
-    raw_conf = torch.exp(prepared.z).sum(1).reciprocal_() if probs is None else probs.detach().amax(-1)
+    raw_conf = torch.exp(prepared.z).sum(1).reciprocal_() if conf is None else conf.detach().reshape(-1, n)
     nll_scaled, ece_scaled = _scaled_scores(prepared, correct, t[:, None], n_bins)
     summary = {
         "ece": binned_calibration_errors(raw_conf, correct, n_bins).double(),

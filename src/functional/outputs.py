@@ -9,14 +9,7 @@ import torch
 
 from src.functional.calibration import calibration_summaries
 from src.functional.losses import per_sample_cross_entropy
-from src.functional.run_kinds import at_lowest_so_far, mean_losses
 from src.functional.softmax import class_softmax
-
-# in-sample calibration: what the per-epoch ``val/`` scalars show
-LOGGED_CALIBRATION_KEYS = ("ece", "temperature", "nll_temperature_scaled", "ece_temperature_scaled")
-# and the cross-fitted scaled NLL/ECE the verdict uses (recorded, not logged as scalars)
-CALIBRATION_KEYS = (*LOGGED_CALIBRATION_KEYS, "nll_crossfit", "ece_crossfit")
-
 
 # Evaluation's per-sample arrays, in its field order (samples.npz keys and journals use them)
 EVALUATION_FIELDS = ("loss", "p_true", "pred", "conf")
@@ -56,38 +49,28 @@ def evaluate_epochs(
     logits: torch.Tensor,
     target: torch.Tensor,
     calibrate: bool = True,
-    crossfit_below: float | None = None,
+    crossfit: torch.Tensor | None = None,
 ) -> Evaluation:
     """Per-sample loss, p(true), prediction and confidence (and calibration if asked) for every leading index
     of ``logits`` (E, N, C), e.g. a block of epochs of one split (``target``: (N,)): an :class:`Evaluation` with
     a leading axis of E. One vectorised pass: evaluating epoch by epoch would cost E times the framework overhead.
 
     ``loss`` is computed with a log-softmax, so it stays finite where ``p_true`` underflows.
-    ``crossfit_below`` (the lowest mean loss of the epochs before this block; default: cross-fit every epoch)
-    leaves the cross-fitted calibration (two more temperature fits per epoch) to the epochs at the lowest mean
-    loss so far (:func:`at_lowest_so_far`: the verdict's min-loss epoch is always one of them), NaN elsewhere.
+    ``crossfit`` (bool (E,); default: every epoch) says which epochs get the cross-fitted calibration (two more
+    temperature fits each; NaN for the others).
     """
     logits = logits.detach().float().cpu()
     target = target.detach().cpu().long()
     index = target.expand(logits.shape[:-1])[..., None]
     probs = class_softmax(logits.double())
     conf, pred = probs.max(-1)
-    loss = per_sample_cross_entropy(logits, target).numpy().astype(np.float32)
-    crossfit = (
-        None
-        if crossfit_below is None
-        else torch.from_numpy(at_lowest_so_far(mean_losses(loss), crossfit_below))
-    )
     calibration = (
-        {
-            k: v.numpy()
-            for k, v in calibration_summaries(logits, target, probs=probs, crossfit=crossfit).items()
-        }
+        {k: v.numpy() for k, v in calibration_summaries(logits, target, conf=conf, crossfit=crossfit).items()}
         if calibrate
         else {}
     )
     return Evaluation(
-        loss=loss,
+        loss=per_sample_cross_entropy(logits, target).numpy().astype(np.float32),
         p_true=probs.gather(-1, index)[..., 0].numpy().astype(np.float32),
         pred=pred.numpy().astype(np.int16),
         conf=conf.numpy().astype(np.float32),

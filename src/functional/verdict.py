@@ -35,7 +35,6 @@ from src.functional.run_kinds import (
     RISE_THRESHOLD,
     SEED,
     classify_run,
-    mean_losses,
 )
 
 FORMAT_VERSION = 1  # of diagnosis.json
@@ -236,7 +235,7 @@ def verdict_numbers(
         verdict, reason = "single_evaluation", "one model, no history, so there is no rise to judge"
     if not history and run.kind == "not_learning":
         advice = ADVICE_NOT_LEARNING_ONE_MODEL
-    i_min = int(np.argmin(mean_losses(losses)))  # as classify_run picks it
+    i_min = [int(e) for e in epochs].index(run.min_epoch)
     last, at_min = evals[-1], evals[i_min]
     final = model_numbers(last, target, loss_cap)
     m = (

@@ -47,7 +47,8 @@ from pathlib import Path
 
 import numpy as np
 
-from src.functional.outputs import CALIBRATION_KEYS, EVALUATION_FIELDS, Evaluation, stack
+from src.functional.calibration import CALIBRATION_KEYS
+from src.functional.outputs import EVALUATION_FIELDS, Evaluation, stack
 from src.rundir.atomic import atomic_write_bytes
 from src.rundir.paths import SAMPLES_FILE
 
