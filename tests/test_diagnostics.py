@@ -62,6 +62,10 @@ def test_equal_width_histograms_are_numpy_histograms_per_row() -> None:
     values[2] = 2.0  # one value: numpy's range value +- 0.5
     values[4] = np.nan  # nothing to count
     h = equal_width_histograms(values, 64)
+    on_edges = np.round(rng.uniform(0, 1, (20, 30)), 1)  # tenths in 10 bins: values on the edges (0.3, 0.7, ...)
+    on_edges[:, 0], on_edges[:, 1] = 0.0, 1.0
+    for row, counts in enumerate(equal_width_histograms(on_edges, 10)["counts"]):
+        np.testing.assert_array_equal(counts, np.histogram(on_edges[row], bins=10)[0])
     for row in range(4):
         finite = values[row][np.isfinite(values[row])]
         counts, edges = np.histogram(finite, bins=64)

@@ -188,6 +188,9 @@ def equal_width_histograms(per_sample: np.ndarray, bins: int) -> dict[str, np.nd
     index = np.clip(
         ((clean - first[:, None]) * (bins / (last - first))[:, None]).astype(np.int64), 0, bins - 1
     )
+    # as numpy.histogram: a value the scaling put one bin off its edges goes back (edges are closed on the left)
+    index -= clean < np.take_along_axis(edges, index, axis=1)
+    index += (clean >= np.take_along_axis(edges, index + 1, axis=1)) & (index != bins - 1)
     rows = np.arange(len(values))[:, None] * bins
     counts = np.bincount((index + rows).ravel(), weights=finite.ravel(), minlength=len(values) * bins)
     kept = np.where(finite, values, 0.0)
