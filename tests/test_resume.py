@@ -248,8 +248,13 @@ def test_resume_refuses_to_stretch_a_learning_rate_schedule(tmp_path: Path) -> N
     assert expand_resume([f"resume={run}"])[-1].startswith("ckpt_path=")  # plain resume still works
 
 
-@pytest.mark.parametrize(("every_s", "seen"), [(0.0, [None, 0, 1, 2, 3]), (1e9, [None, 0, 0, 0, 0])])
-def test_last_checkpoint_is_throttled_but_has_the_first_and_last_epoch(tmp_path: Path, every_s, seen) -> None:
+@pytest.mark.parametrize(
+    ("every_s", "val_every", "seen"),
+    [(0.0, 1, [None, 0, 1, 2, 3]), (1e9, 1, [None, 0, 0, 0, 0]), (1e9, 2, [None, 0, 0, 0, 0])],
+)  # validating every second epoch must not bypass the throttle
+def test_last_checkpoint_is_throttled_but_has_the_first_and_last_epoch(
+    tmp_path: Path, every_s, val_every, seen
+) -> None:
     import lightning as L
 
     from src.callbacks.last_checkpoint import LastCheckpoint
@@ -264,7 +269,7 @@ def test_last_checkpoint_is_throttled_but_has_the_first_and_last_epoch(tmp_path:
 
     trainer = L.Trainer(
         max_epochs=5, callbacks=[Probe(), LastCheckpoint(str(tmp_path), every_s=every_s)], logger=False,
-        **QUIET,
+        check_val_every_n_epoch=val_every, **QUIET,
     )  # fmt: skip
     trainer.fit(MLP(), *small_loaders(64, 32))
     assert epochs == seen

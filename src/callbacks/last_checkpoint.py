@@ -42,6 +42,9 @@ class LastCheckpoint(ModelCheckpoint):
             save_top_k=1,
             every_n_epochs=1,
             enable_version_counter=False,
+            # always from on_train_epoch_end, where every_s is checked (with validation less often than every
+            # epoch, ModelCheckpoint would otherwise save from on_validation_end, unthrottled)
+            save_on_train_epoch_end=True,
         )
         self.every_s = float(every_s)
         self._saved_at: float | None = None

@@ -15,6 +15,7 @@ import lightning as L
 from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 
 from src.callbacks.console import announce
+from src.callbacks.last_checkpoint import is_last_epoch
 
 log = logging.getLogger(__name__)
 PROGRESS_KEYS = ("val/loss", "val/acc")  # the two numbers the story is about, first on every line
@@ -59,7 +60,7 @@ class EpochLines(ProgressBar):
         if not self._enabled or trainer.global_rank != 0:
             return
         done, total = trainer.current_epoch + 1, trainer.max_epochs
-        if done % self.every_n_epochs and done != total:
+        if done % self.every_n_epochs and not is_last_epoch(trainer):
             return
         metrics = with_epoch_values(self.get_metrics(trainer, pl_module), pl_module)
         shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
