@@ -9,14 +9,12 @@ and the next one replaces it; a killed process still never leaves a truncated fi
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
-import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from src.rundir.atomic import atomic_write_bytes
+from src.rundir.atomic import atomic_torch_save
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -25,7 +23,4 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     ) -> None:
         if storage_options is not None:
             raise TypeError("AtomicCheckpointIO does not take storage_options")
-        # serialised in memory, then one write: torch's zip writer makes many small writes (2x slower to a file)
-        buffer = io.BytesIO()
-        torch.save(checkpoint, buffer)
-        atomic_write_bytes(path, buffer.getbuffer(), durable=False)
+        atomic_torch_save(path, checkpoint, durable=False)

@@ -39,7 +39,7 @@ from src.models.epoch_log import log_epoch_metrics
 from src.models.recorder import SampleRecorder, SampleRecords
 from src.render.figures import WORST_TILES, log_figure, reliability_figure
 from src.rundir.artifacts import Diagnosis, worst_figure, write_diagnosis
-from src.rundir.atomic import atomic_write
+from src.rundir.atomic import atomic_torch_save
 from src.rundir.checkpoints import load_checkpoint
 from src.rundir.journal import Journal, dynamics_journal, evaluation_record, record_evaluation, val_journal
 from src.rundir.paths import (
@@ -316,7 +316,7 @@ class LossDiagnosis(L.Callback):
                 self._cap = loss_cap_from_initial(rec.cross_entropy, self.k)
         if self.save_initial_checkpoint and trainer.global_rank == 0:
             ckpt = {"state_dict": self.initial, "epoch": -1, "global_step": 0, "loss_cap": self._cap}
-            atomic_write(self.output_dir / INITIAL_CKPT, lambda handle: torch.save(ckpt, handle))
+            atomic_torch_save(self.output_dir / INITIAL_CKPT, ckpt)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._resumed_at = trainer.current_epoch if trainer.ckpt_path else None
