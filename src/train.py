@@ -40,11 +40,9 @@ def main(cfg: DictConfig) -> float | None:
                 quiet_lightning()
                 outcome.metrics = metrics = train(cfg)
         except Exception as err:
-            cause = user_error_cause(err)  # also one raised inside hydra.utils.instantiate
-            if cause is None:
-                raise
-            discard_if_rejected(cfg.paths.output_dir)
-            raise cause from None
+            if user_error_cause(err) is not None:  # also one raised inside hydra.utils.instantiate
+                discard_if_rejected(cfg.paths.output_dir)
+            raise  # run_task turns a UserError (unwrapped) into one line
         finished(cfg.paths.output_dir)
         metric = cfg.get("optimized_metric")
         return metrics.get(metric) if metric else None
