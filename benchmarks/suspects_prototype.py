@@ -199,7 +199,8 @@ def single_training_rows(
 ) -> list[Row]:
     """Train images by their dynamics, val images by ``p_given`` under the best-val-accuracy model."""
     parts = {"train": tr, "val": va, "all": np.arange(len(y))}
-    val = S.val_scores(run.held_logits[run.best_epoch(epochs)], y[va]).suspect
+    per_epoch = [S.val_scores(run.held_logits[e], y[va]) for e in range(epochs)]
+    val = per_epoch[run.best_epoch(epochs)].suspect  # best_epoch < epochs
     seconds = float(run.seconds[epochs - 1])
 
     def row(name: str, train_score: np.ndarray, val_score: np.ndarray) -> Row:
@@ -215,7 +216,6 @@ def single_training_rows(
 
     rows = [row(name, score, val) for name, score in train_methods(run, epochs).items()]
     # how else the val images could be scored from the same run (train images: AUM)
-    per_epoch = [S.val_scores(run.held_logits[e], y[va]) for e in range(epochs)]
     val_p = np.stack([scores.p_given for scores in per_epoch])
     variants = {
         "val: best-model p_given": val,

@@ -353,7 +353,7 @@ def markdown(rows: Sequence[Row], ratio: dict[str, dict[str, float]], meta: dict
         "",
         f"{meta['machine']}; torch {meta['torch']}, lightning {meta['lightning']}; "
         f"{meta['epochs']} epochs, mean after {meta['warmup']} warm-up epochs (the last excluded), {meta['repeats']} interleaved "
-        f"repeat(s) ({meta.get('digits_repeats', meta['repeats'])} for digits); load average {meta['load_before']} before, {meta['load_after']} after.",
+        f"repeat(s) ({meta['digits_repeats']} for digits); load average {meta['load_before']} before, {meta['load_after']} after.",
         "",
         "| dataset | threads | case | wall ms/epoch (mean) | wall p25-p75 | CPU ms/epoch | wall / b | CPU / b "
         "| whole run (s) |",
@@ -442,10 +442,13 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
         warm = [f"trainer.max_epochs={args.warmup + 2}", *dataset_overrides("digits", folder)]
         run_plain(compose(warm), threads_list[0], "a_dataloader")
         run_project(warm, Path(tmp) / "warm-up", log)
-        total = max(args.repeats, args.digits_repeats if any(d.startswith("digits") for d in datasets) else 0)
+        def repeats(dataset: str) -> int:
+            return args.digits_repeats if dataset.startswith("digits") else args.repeats
+
+        total = max(repeats(d) for d in datasets)
         for repeat in range(total):
             for dataset in datasets:
-                if repeat >= (args.digits_repeats if dataset.startswith("digits") else args.repeats):
+                if repeat >= repeats(dataset):
                     continue
                 data = dataset_overrides(dataset, folder)
                 if dataset.startswith("digits") and args.digits_train_size is not None:
@@ -462,10 +465,10 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
                         else:
                             epoch_s, cpu_s, whole = run_plain(compose(overrides), threads, case)
                         runs.append(Run(dataset, case, threads, repeat, epoch_s, cpu_s, whole))
+                        wall_ms, cpu_ms = (1000 * statistics.fmean(_steady(s, args.warmup)) for s in (epoch_s, cpu_s))
                         print(
                             f"[{repeat + 1}/{total}] {dataset:11s} threads={threads} {case:18s} "
-                            f"{1000 * statistics.fmean(_steady(epoch_s, args.warmup)):8.1f} ms/epoch ({1000 * statistics.fmean(_steady(cpu_s, args.warmup)):6.1f} "
-                            f"CPU)  {whole:6.2f} s",
+                            f"{wall_ms:8.1f} ms/epoch ({cpu_ms:6.1f} CPU)  {whole:6.2f} s",
                             flush=True,
                         )
     meta["load_after"] = _load()

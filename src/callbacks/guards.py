@@ -1,7 +1,7 @@
 """Stop a run whose training loss turns non-finite, before the bad weights reach a checkpoint.
 
 Per step this costs a list append (no tensor op, no ``.item()``, no device sync): the epoch's losses are
-looked at together once per epoch, before validation (so before ``ModelCheckpoint`` saves) and at the
+looked at together once per epoch, before validation (so before a checkpoint is saved) and at the
 end of the training epoch.
 """
 
@@ -25,8 +25,8 @@ def _saved_paths(callback: Any) -> list[str]:
 class NonFiniteLossGuard(L.Callback):
     """Raise :class:`UserError` naming epoch and step when a training loss was NaN or inf.
 
-    The run's checkpoints (``last.ckpt`` of the previous epoch), CSV and TensorBoard files up to
-    the previous epoch are kept as they are.
+    The run's checkpoints (``last.ckpt`` as last saved, at most ``every_s`` before), CSV and TensorBoard files
+    up to the previous epoch are kept as they are.
     """
 
     def __init__(self) -> None:
