@@ -47,8 +47,7 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     sys.argv[1:], ADDED[:] = with_run_groups(sys.argv[1:])  # the run's config groups (data=folder, ...)
-    sys.argv[1:] = quote_paths(
-        sys.argv[1:]
-    )  # a run folder's name holds "=": ckpt_path=<run>/checkpoints/best.ckpt
+    # a run folder's name holds "=": ckpt_path=<run>/checkpoints/best.ckpt
+    sys.argv[1:] = quote_paths(sys.argv[1:])
     with one_line_hydra_errors("src.evaluate"):
         main()

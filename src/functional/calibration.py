@@ -376,9 +376,7 @@ def calibration_summaries(
     y = target.detach().long().cpu()
     lead, n = logits.shape[:-2], logits.shape[-2]
     if n == 0:
-        return {
-            k: torch.full(lead, math.nan, dtype=torch.float64) for k in CALIBRATION_KEYS
-        }
+        return {k: torch.full(lead, math.nan, dtype=torch.float64) for k in CALIBRATION_KEYS}
     prepared = _ClassMajor.of(logits, y)
     t = _fit(prepared)
     # the largest shifted logit is 0: the prediction is where it is, the raw confidence 1 / sum(exp)
@@ -398,9 +396,8 @@ def calibration_summaries(
         if crossfit is None
         else crossfit.detach().cpu().bool().reshape(-1)
     )
-    if n >= 2 and bool(
-        rows.any()
-    ):  # only the two cross-fitted numbers: the rest of CrossFit is computed above
+    # only the two cross-fitted numbers: the rest of CrossFit is computed above
+    if n >= 2 and bool(rows.any()):
         some = prepared.rows(rows)
         per_sample, _ = _crossfit_temperatures(some, t[rows], CROSSFIT_SEED)
         nll_cf, ece_cf = _scaled_scores(some, correct[rows], per_sample, n_bins)

@@ -68,9 +68,8 @@ class ModelNumbers:
     n_above_cap: int
     ece: float
     temperature: float  # fitted on all of the split's samples
-    temperature_status: (
-        str  # ok, at_bound or not_identifiable (src.functional.calibration.temperature_status)
-    )
+    # ok, at_bound or not_identifiable (src.functional.calibration.temperature_status)
+    temperature_status: str
     nll_crossfit: float  # NLL after temperature scaling, cross-fitted (no sample scored with its own fit)
     ece_crossfit: float  # ECE after temperature scaling, cross-fitted
 
@@ -238,9 +237,8 @@ def verdict_numbers(
     i_min = [int(e) for e in epochs].index(run.min_epoch)
     last, at_min = evals[-1], evals[i_min]
     final = model_numbers(last, target, loss_cap)
-    m = (
-        final if i_min == len(evals) - 1 else model_numbers(at_min, target, loss_cap)
-    )  # frozen: sharing is safe
+    # frozen: sharing is safe
+    m = final if i_min == len(evals) - 1 else model_numbers(at_min, target, loss_cap)
     significant = history and run.rise_rel > RISE_THRESHOLD and run.rise_ci[0] > 0
     # which samples the rise comes from: per-sample change between the min-loss epoch and the end
     delta = (last.loss.astype(np.float64) - at_min.loss.astype(np.float64)) / len(target)
