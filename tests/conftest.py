@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -52,3 +53,11 @@ def run_module(
         text=True,
         timeout=timeout,
     )
+
+
+def read_events(run_dir: str | Path) -> Any:
+    """Every TensorBoard event under ``run_dir``, nothing sampled away (scalars, histograms, images, tensors)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    guidance = {"scalars": 0, "histograms": 0, "images": 0, "tensors": 0}
+    return EventAccumulator(str(run_dir), size_guidance=guidance).Reload()

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf, open_dict
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from src.app.evaluate import evaluate_checkpoint
 from src.app.pipeline import train
@@ -19,7 +18,7 @@ from src.models.shallownet import ShallowNet
 from src.rundir.checkpoints import load_weights
 from src.rundir.metrics_csv import read_history
 from src.rundir.samples import load_samples
-from tests.conftest import run_module
+from tests.conftest import read_events, run_module
 
 EPOCHS = 20  # enough for the default data to show the rise (min near epoch 7)
 PER_EPOCH = [
@@ -38,12 +37,6 @@ PER_EPOCH = [
     "ece_temperature_scaled",
 ]
 MODELS = ("initial", "best", "last")
-
-
-def _events(run_dir: Path) -> EventAccumulator:
-    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
-    events.Reload()
-    return events
 
 
 def _check_verdict_matches_records(run_dir: Path) -> dict:
@@ -87,7 +80,7 @@ def test_training_run_writes_every_diagnosis_output(make_cfg, tmp_path: Path) ->
     assert worst[0].startswith("rank,index,path,true,predicted,p_true,confidence,loss,loss_epoch_0,")
     assert len(worst) == 1 + 16 and worst[0].endswith(f"loss_epoch_{EPOCHS - 1}")
 
-    events = _events(run)
+    events = read_events(run)
     tags = events.Tags()
     for name in PER_EPOCH:
         assert len(events.Scalars(f"val/{name}")) == EPOCHS, name
@@ -144,7 +137,7 @@ def test_training_run_writes_every_diagnosis_output(make_cfg, tmp_path: Path) ->
     assert len(load_samples(out).train.target) == 150
     assert "**Verdict: single_evaluation.**" in (out / "diagnosis.md").read_text()
     assert (out / "worst.csv").is_file() and (out / "figures" / "reliability.png").is_file()
-    assert "diagnosis/text_summary" in _events(out).Tags()["tensors"]
+    assert "diagnosis/text_summary" in read_events(out).Tags()["tensors"]
 
 
 @pytest.mark.slow

@@ -11,7 +11,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -19,6 +18,7 @@ from src.callbacks import LossDiagnosis
 from src.errors import UserError
 from src.functional.run_kinds import at_lowest_so_far, mean_losses
 from src.rundir.samples import load_samples
+from tests.conftest import read_events
 
 
 class MLP(L.LightningModule):
@@ -120,7 +120,7 @@ def test_foreign_module_gets_the_whole_diagnosis(tmp_path: Path) -> None:
     assert (out / "figures" / "reliability.png").is_file()
     assert not (out / "figures" / "worst_samples.png").exists()  # 16 features are not images
 
-    events = EventAccumulator(str(tmp_path), size_guidance={"histograms": 0, "scalars": 0}).Reload()
+    events = read_events(tmp_path)
     tags = events.Tags()
     assert [h.step for h in events.Histograms("val/loss_per_sample")] == list(range(epochs))
     assert [s.step for s in events.Scalars("val/ece")] == list(range(epochs))
@@ -152,9 +152,7 @@ def test_blocks_of_epochs_log_what_epoch_by_epoch_logs(tmp_path: Path, monkeypat
             train=DataLoader(pictures(240, 0), batch_size=32),
             val=DataLoader(pictures(150, 1), batch_size=64),
         )
-        events = EventAccumulator(
-            str(run), size_guidance={"histograms": 0, "scalars": 0, "images": 0}
-        ).Reload()
+        events = read_events(run)
         scalars = {
             tag: sorted((s.step, s.value) for s in events.Scalars(tag)) for tag in events.Tags()["scalars"]
         }
@@ -198,7 +196,7 @@ def test_a_block_is_in_the_event_file_when_it_is_logged(tmp_path: Path) -> None:
             writer.flush = lambda: (flushes.append(trainer.current_epoch), flush())[1]
 
         def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-            events = EventAccumulator(str(tmp_path), size_guidance={"histograms": 0}).Reload()
+            events = read_events(tmp_path)
             tags = events.Tags()["histograms"]
             seen[trainer.current_epoch] = (
                 len(flushes), [h.step for h in events.Histograms("val/loss_per_sample")] if tags else []
@@ -235,7 +233,7 @@ def test_each_epoch_is_one_tensorboard_event_even_with_the_stock_logger(tmp_path
     assert [step for step, _ in diagnosis_events] == list(range(epochs))
     for _, tags in diagnosis_events:
         assert {"val/ece", "val/temperature", "val/loss_p99", "val/loss_per_sample"} <= tags
-    events = EventAccumulator(str(tmp_path), size_guidance={"histograms": 0, "scalars": 0}).Reload()
+    events = read_events(tmp_path)
     assert [s.step for s in events.Scalars("val/loss_from_wrong")] == list(range(epochs))
 
 
@@ -334,6 +332,6 @@ def test_epochs_not_yet_logged_travel_in_the_checkpoint(tmp_path: Path) -> None:
         for key in ("nll_crossfit", "ece_crossfit"):  # the same epochs cross-fitted as in the uninterrupted run
             np.testing.assert_allclose(got.history.calibration[key], want.history.calibration[key], rtol=1e-5,
                                        equal_nan=True, err_msg=f"{run.name} {key}")  # fmt: skip
-    events = EventAccumulator(str(once), size_guidance={"scalars": 0, "histograms": 0}).Reload()
+    events = read_events(once)
     assert sorted({s.step for s in events.Scalars("val/ece")}) == list(range(2, 6))  # epoch 2 from the checkpoint
     assert sorted({h.step for h in events.Histograms("val/loss_per_sample")}) == list(range(2, 6))

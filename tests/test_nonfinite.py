@@ -12,7 +12,7 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from src.callbacks import LossDiagnosis
 from src.errors import UserError
 from src.rundir.metrics_csv import read_history
-from tests.conftest import run_module
+from tests.conftest import read_events, run_module
 
 
 def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(make_cfg, tmp_path: Path) -> None:
@@ -49,8 +49,6 @@ def test_huge_learning_rate_from_the_command_line(tmp_path: Path) -> None:
 
 
 def test_loss_histograms_and_tails_skip_non_finite_values(tmp_path: Path) -> None:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     from src.functional.breakdown import loss_distributions
 
     logits = torch.tensor([[2.0, 0.0], [float("nan"), 0.0], [float("inf"), 0.0], [0.0, 3.0], [1.0, 1.0]])
@@ -68,8 +66,7 @@ def test_loss_histograms_and_tails_skip_non_finite_values(tmp_path: Path) -> Non
     ).values()
     tb.experiment.file_writer.add_summary(Summary(value=histograms), global_step=3)
     tb.experiment.flush()
-    events = EventAccumulator(str(tmp_path), size_guidance={"histograms": 0})
-    events.Reload()
+    events = read_events(tmp_path)
     (val,) = events.Histograms("val/loss_per_sample")
     assert val.step == 3 and val.histogram_value.num == 3  # the three finite losses
     assert events.Histograms("train/loss_per_sample")[0].histogram_value.num == 5

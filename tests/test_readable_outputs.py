@@ -22,7 +22,7 @@ from src.callbacks.tensorboard import HPARAM_METRICS, LAYOUT
 from src.functional.calibration import CALIBRATION_KEYS
 from src.rundir.metrics_csv import read_history
 from src.rundir.samples import FIELDS, load_samples
-from tests.conftest import ROOT
+from tests.conftest import ROOT, read_events
 
 EPOCHS = 3
 OVERRIDES = (
@@ -58,10 +58,7 @@ def user_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Compl
 
 @pytest.fixture(scope="module")
 def events(user_run) -> EventAccumulator:
-    guidance = {"scalars": 0, "histograms": 0, "tensors": 0, "images": 0}
-    accumulator = EventAccumulator(str(user_run[1]), size_guidance=guidance)
-    accumulator.Reload()
-    return accumulator
+    return read_events(user_run[1])
 
 
 # -- 1. run names ---------------------------------------------------------------------------------

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from src.rundir.samples import load_samples
-from tests.conftest import ROOT
+from tests.conftest import ROOT, read_events
 from tests.image_folders import write_image_folder
 
 # kind -> the command-line arguments of a run of that kind (SGD lr 0.1, momentum 0.9 unless changed)
@@ -74,8 +73,7 @@ def kind_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path,
 
 
 def _text_summary(run_dir: Path) -> str:
-    events = EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
-    events.Reload()
+    events = read_events(run_dir)
     return events.Tensors("diagnosis/text_summary")[-1].tensor_proto.string_val[0].decode()
 
 

@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from src.functional.suspects import rank_suspects
-from tests.conftest import run_module
+from tests.conftest import read_events, run_module
 from tests.images import pattern
 
 CLASSES = ("cats", "dogs", "pandas")
@@ -80,5 +79,5 @@ def test_moved_images_rank_near_the_top_of_suspects_csv(tmp_path: Path) -> None:
     assert (run / "figures" / "data_map.png").stat().st_size > 5000
     diagnosis = (run / "diagnosis.md").read_text()
     assert "## Possibly mislabeled" in diagnosis and "suspects.csv" in diagnosis
-    events = EventAccumulator(str(run), size_guidance={"images": 0}).Reload()
+    events = read_events(run)
     assert {"suspects/train", "suspects/val", "suspects/data_map"} <= set(events.Tags()["images"])

@@ -6,11 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from src.app.pipeline import train
 from src.rundir.metrics_csv import read_history
-from tests.conftest import run_module
+from tests.conftest import read_events, run_module
 
 EPOCHS = 2
 PER_STAGE_SCALARS = [
@@ -25,12 +24,6 @@ PER_STAGE_SCALARS = [
     "loss_top1pct_share",
     "n_above_cap",
 ]
-
-
-def read_events(run_dir: Path) -> EventAccumulator:
-    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "histograms": 0, "tensors": 0})
-    events.Reload()
-    return events
 
 
 @pytest.fixture(scope="module", params=["standard", "bounded"])
