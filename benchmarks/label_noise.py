@@ -3,11 +3,11 @@
     pip install -e ".[compare]"          # cleanlab, for the comparison only (never imported by src/)
     python -m benchmarks.label_noise     # ~5-10 min on 2 cores; writes benchmarks/results/label_noise.{json,md}
 
-For every seed it generates a 32x32 RGB image folder (``src.data.synthetic``, 3 classes) and moves a known
+For every seed it generates a 32x32 RGB image folder (``lossdiag.data.synthetic``, 3 classes) and moves a known
 fraction of the images into a wrong class folder, before the train/val split, so both splits hold errors.
 Then, with the default configuration (``data=folder``, everything else as shipped):
 
-- **lossdiag**: one ``src.app.pipeline.train`` run; its ``suspects.csv`` ranks every image (train by the
+- **lossdiag**: one ``lossdiag.app.pipeline.train`` run; its ``suspects.csv`` ranks every image (train by the
   area under the margin of the training steps, val by p(given label) under the best model).
 - **cleanlab**: 4-fold cross-training of the same model and settings over all images (each fold's run
   trains on three quarters and predicts the held-out quarter with its last model), then
@@ -40,7 +40,7 @@ DEFAULT_OUT = ROOT / "benchmarks" / "results"
 def _compose(overrides: list[str]) -> Any:
     from hydra import compose, initialize_config_dir
 
-    from src.app.resolvers import register_resolvers
+    from lossdiag.app.resolvers import register_resolvers
 
     register_resolvers()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -56,7 +56,7 @@ def _train(overrides: list[str], out: Path) -> float:
     """One in-process training run writing into ``out``; its wall seconds."""
     import logging
 
-    from src.app.pipeline import train
+    from lossdiag.app.pipeline import train
 
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     cfg = _compose([*overrides, f"paths.output_dir={out}"])
@@ -109,8 +109,8 @@ def run_cleanlab(root: Path, seed: int, work: Path, moved: set[str], folds: int 
     from cleanlab.rank import get_label_quality_scores
     from sklearn.model_selection import StratifiedKFold
 
-    from src.app.notebook import load_net, run_datamodule
-    from src.models.predict import predict_logits
+    from lossdiag.app.notebook import load_net, run_datamodule
+    from lossdiag.models.predict import predict_logits
 
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     files = sorted(p for name in classes for p in (root / name).iterdir() if p.is_file())
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit('error: cleanlab is not installed: pip install -e ".[compare]"')
     import torch
 
-    from src.data.synthetic import make_image_folder
+    from lossdiag.data.synthetic import make_image_folder
 
     torch.set_num_threads(1)
     results = []

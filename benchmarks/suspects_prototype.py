@@ -2,7 +2,7 @@
 
 One plain-PyTorch training of the tiny ShallowNet records, for every training image, ``p_given`` and
 ``margin`` from the logits of its own training step (no extra forward pass), and the validation logits of
-every epoch. From these, the single-training scores of :mod:`src.functional.suspects` rank the images; the
+every epoch. From these, the single-training scores of :mod:`lossdiag.functional.suspects` rank the images; the
 reference is cleanlab's self-confidence on out-of-fold probabilities from 4-fold cross-training of the same
 model over all images (four trainings). Both are scored against the images the generator moved:
 precision@k with k = the number of moved images (equal to recall@k at that k), and recall@2k (how many
@@ -36,8 +36,8 @@ from PIL import Image
 from sklearn.model_selection import StratifiedKFold, train_test_split
 from torch import nn
 
-from src.data.synthetic import GeneratedFolder, make_image_folder
-from src.functional import suspects as S
+from lossdiag.data.synthetic import GeneratedFolder, make_image_folder
+from lossdiag.functional import suspects as S
 
 BATCH = 32
 VAL_FRACTION = 0.25

@@ -9,7 +9,7 @@ generated folder of 32x32 RGB PNGs in 3 classes) it times, with the same Shallow
 - ``a_dataloader``: a hand-written loop over ``DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True)``
   (what the forum poster wrote), ``.item()`` per step for the running loss/accuracy;
 - ``b_slicing``: the same loop batching by index slicing of in-memory tensors (the practical floor);
-- ``c_project``: ``src.app.pipeline.train`` with the default config: every metric, logger, checkpoint,
+- ``c_project``: ``lossdiag.app.pipeline.train`` with the default config: every metric, logger, checkpoint,
   diagnosis callback and the progress bar;
 - ``d_no_diagnostics``: the same with ``callbacks=plain`` (checkpoints and progress bar, no diagnosis callbacks);
 - ``naive_imagefolder`` (folder only): ``torchvision.datasets.ImageFolder`` + ``DataLoader``, decoding
@@ -160,8 +160,8 @@ def _setup_plain(cfg: Any, threads: int) -> tuple[Any, Any, Any]:
     import torch
     from hydra.utils import instantiate
 
-    from src.app.pipeline import learning_rate
-    from src.models.shallownet import ShallowNet
+    from lossdiag.app.pipeline import learning_rate
+    from lossdiag.models.shallownet import ShallowNet
 
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(bool(cfg.trainer.deterministic))
@@ -245,7 +245,7 @@ def run_plain(cfg: Any, threads: int, case: str) -> tuple[list[float], list[floa
         import numpy as np
         from torchvision import datasets, transforms
 
-        from src.data.splits import stratified_split
+        from lossdiag.data.splits import stratified_split
 
         images = datasets.ImageFolder(str(cfg.data.root), transform=transforms.ToTensor())
         train_idx, val_idx = stratified_split(np.array(images.targets), cfg.data.val_fraction, cfg.seed)
@@ -263,8 +263,8 @@ def run_plain(cfg: Any, threads: int, case: str) -> tuple[list[float], list[floa
 
 # -- the project ------------------------------------------------------------------------------
 def run_project(overrides: Sequence[str], work: Path, log: Path) -> tuple[list[float], list[float], float]:
-    """Train through ``src.app.pipeline.train`` exactly as ``python -m src.train`` does, plus an :class:`EpochTimer`."""
-    from src.app.pipeline import train
+    """Train through ``lossdiag.app.pipeline.train`` exactly as ``python -m src.train`` does, plus an :class:`EpochTimer`."""
+    from lossdiag.app.pipeline import train
 
     record = work / "epochs.json"
     cfg = compose(
@@ -475,7 +475,7 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     rows = summarise(runs, args.warmup)
     ratio = ratios(rows)
     text = markdown(rows, ratio, meta)
-    from src.rundir.atomic import atomic_write_text
+    from lossdiag.rundir.atomic import atomic_write_text
 
     atomic_write_text(
         args.out / "train_speed.json",

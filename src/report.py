@@ -1,31 +1,6 @@
-"""``python -m src.report <sweep folder>``: one comparison table for a whole sweep (:mod:`src.app.sweep_report`)."""
+"""``python -m src.report <sweep folder>``: the repository-root spelling of ``python -m lossdiag.report``."""
 
-from __future__ import annotations
-
-import argparse
-from collections.abc import Sequence
-from pathlib import Path
-
-from src.app.cli import run_task
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m src.report",
-        description="Compare the runs of a sweep: writes report.md, report.csv and report.png into the sweep folder.",
-    )
-    parser.add_argument("sweep_dir", help="a sweep folder, e.g. outputs/sweeps/2026-01-01/12-00-00")
-    args = parser.parse_args(argv)
-
-    def task() -> None:
-        from src.app.sweep_report import REPORT_FILES, build_report
-
-        _, _, markdown = build_report(args.sweep_dir)
-        print(markdown)
-        print(f"\nwrote {', '.join(str(Path(args.sweep_dir) / f) for f in REPORT_FILES)}")
-
-    run_task(task)
-
+from lossdiag.report import main
 
 if __name__ == "__main__":
-    main()
+    main(prog="python -m src.report")

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from src.functional.augment import AUGMENTATIONS, augment_batch, default_pad, flip_crop
+from lossdiag.functional.augment import AUGMENTATIONS, augment_batch, default_pad, flip_crop
 
 torch.set_num_threads(1)
 

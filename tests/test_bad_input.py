@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from src.errors import UserError
+from lossdiag.errors import UserError
 from tests.conftest import run_module
 
 RNG = np.random.default_rng(0)
@@ -89,7 +89,7 @@ def test_user_errors_from_the_command_line_are_one_line(tmp_path: Path) -> None:
 )
 def test_bad_callback_values_are_one_line_and_leave_no_run(override: str, needle: str, tmp_path: Path) -> None:
     """Raised inside hydra.utils.instantiate (which wraps them): still one line, exit 2, no run folder left."""
-    proc = run_module("src.train", override, cwd=tmp_path)
+    proc = run_module("lossdiag.train", override, cwd=tmp_path)  # the spelling for any folder
     assert_one_line_error(proc, needle)
     assert not list(tmp_path.glob("outputs/runs/*/*")), "a rejected run left its folder"
 
@@ -111,7 +111,7 @@ def test_full_error_env_gives_the_traceback(tmp_path: Path, monkeypatch: pytest.
     ],
 )
 def test_bad_values(make_cfg, override: str, match: str) -> None:
-    from src.app.pipeline import train
+    from lossdiag.app.pipeline import train
 
     with pytest.raises(UserError, match=match):
         train(make_cfg(override))
@@ -134,7 +134,7 @@ def folder_cfg(make_cfg, root: Path, *overrides: str):
     ],
 )
 def test_bad_folders(make_cfg, tmp_path: Path, layout: str, match: str) -> None:
-    from src.app.pipeline import build_datamodule
+    from lossdiag.app.pipeline import build_datamodule
 
     root = tmp_path / "data"
     if layout == "empty":
@@ -152,7 +152,7 @@ def test_bad_folders(make_cfg, tmp_path: Path, layout: str, match: str) -> None:
 def test_corrupt_truncated_and_non_image_files_are_skipped_and_counted(
     make_cfg, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from src.app.pipeline import build_datamodule
+    from lossdiag.app.pipeline import build_datamodule
 
     root = image_folder(tmp_path / "data", {"a": 4, "b": 4})
     (root / "a" / "corrupt.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
@@ -160,7 +160,7 @@ def test_corrupt_truncated_and_non_image_files_are_skipped_and_counted(
     (root / "b" / "truncated.png").write_bytes(good[: len(good) // 2])
     (root / "b" / "notes.txt").write_text("not an image")
     (root / "b" / ".DS_Store").write_bytes(b"\0")
-    with caplog.at_level(logging.WARNING, logger="src.data.images"):
+    with caplog.at_level(logging.WARNING, logger="lossdiag.data.images"):
         dm = build_datamodule(folder_cfg(make_cfg, root))
     assert len(dm.train) + len(dm.val) == 8
     messages = [r.getMessage() for r in caplog.records]
@@ -179,7 +179,7 @@ def test_corrupt_truncated_and_non_image_files_are_skipped_and_counted(
 
 @pytest.mark.parametrize("channels", [1, 3])
 def test_mixed_sizes_and_modes_load(make_cfg, tmp_path: Path, channels: int) -> None:
-    from src.app.pipeline import build_datamodule
+    from lossdiag.app.pipeline import build_datamodule
 
     root = tmp_path / "data"
     modes = ["RGB", "RGBA", "P", "I;16", "L"]
@@ -193,7 +193,7 @@ def test_mixed_sizes_and_modes_load(make_cfg, tmp_path: Path, channels: int) -> 
 
 
 def test_checkpoint_of_another_model_shape(make_cfg, tmp_path: Path) -> None:
-    from src.app.pipeline import build_datamodule, build_module, train
+    from lossdiag.app.pipeline import build_datamodule, build_module, train
 
     cfg = make_cfg("model.filters=4")
     model = build_module(cfg, build_datamodule(cfg))
@@ -209,7 +209,7 @@ def test_checkpoint_of_another_model_shape(make_cfg, tmp_path: Path) -> None:
 
 
 def test_weights_only_checkpoint_cannot_be_resumed(make_cfg, tmp_path: Path) -> None:
-    from src.app.pipeline import build_datamodule, build_module, train
+    from lossdiag.app.pipeline import build_datamodule, build_module, train
 
     cfg = make_cfg()
     model = build_module(cfg, build_datamodule(cfg))

@@ -5,8 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from src.data.datamodules import DigitsDataModule, ImageFolderDataModule, TensorBatches
-from src.errors import UserError
+from lossdiag.data.datamodules import DigitsDataModule, ImageFolderDataModule, TensorBatches
+from lossdiag.errors import UserError
 
 
 def test_digits_shapes_split_and_subset() -> None:
@@ -119,7 +119,7 @@ def test_a_real_trainer_reshuffles_every_epoch(make_cfg) -> None:
     """Lightning must call ``set_epoch`` on the loader's sampler each epoch: the order is ``randperm(seed + epoch)``."""
     import lightning as L
 
-    from src.app.pipeline import build_datamodule, build_module, build_trainer, prepare
+    from lossdiag.app.pipeline import build_datamodule, build_module, build_trainer, prepare
 
     class Orders(L.Callback):
         def __init__(self) -> None:

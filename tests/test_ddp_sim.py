@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from src.rundir.metrics_csv import read_history
-from src.rundir.samples import load_samples
+from lossdiag.rundir.metrics_csv import read_history
+from lossdiag.rundir.samples import load_samples
 from tests.conftest import run_module
 
 # 60 training samples: batches of 15 on each of 2 ranks see the same samples per step as batches of 30
@@ -19,7 +19,7 @@ COMMON = ["debug=fast", "~callbacks.progress_bar"]
 
 @pytest.mark.slow
 def test_ddp_sim_matches_single_process(make_cfg, tmp_path: Path) -> None:
-    from src.app.pipeline import train
+    from lossdiag.app.pipeline import train
 
     probe = tmp_path / "probe.json"
     for attempt in range(2):

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import torch
 
-from src.rundir.metrics_csv import read_history
+from lossdiag.rundir.metrics_csv import read_history
 
 
 def _run(make_cfg, out: Path, seed: int) -> tuple[dict, torch.Tensor, dict]:
-    from src.app.pipeline import build_datamodule, build_module, build_trainer, prepare
+    from lossdiag.app.pipeline import build_datamodule, build_module, build_trainer, prepare
 
     cfg = make_cfg(f"seed={seed}")
     cfg.paths.output_dir = str(out)  # make_cfg points every run at tmp_path

@@ -10,14 +10,14 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import classification_report as sk_report
 
-from src.functional.breakdown import (
+from lossdiag.functional.breakdown import (
     epoch_scalars,
     loss_decomposition,
     recompute_mean_ce,
     top_count,
     top_share,
 )
-from src.functional.calibration import (
+from lossdiag.functional.calibration import (
     T_MAX,
     T_MIN,
     calibration_summary,
@@ -26,11 +26,11 @@ from src.functional.calibration import (
     nll,
     reliability_bins,
 )
-from src.functional.class_report import classification_report
-from src.functional.outputs import evaluate_logits
-from src.render.tables import report_csv, report_markdown
-from src.rundir.artifacts import diagnose
-from src.rundir.samples import Samples, SplitInfo, load_samples
+from lossdiag.functional.class_report import classification_report
+from lossdiag.functional.outputs import evaluate_logits
+from lossdiag.render.tables import report_csv, report_markdown
+from lossdiag.rundir.artifacts import diagnose
+from lossdiag.rundir.samples import Samples, SplitInfo, load_samples
 
 
 def test_loss_decomposition_by_hand() -> None:
@@ -224,7 +224,7 @@ def test_samples_roundtrip_and_epoch_scalars(tmp_path: Path) -> None:
 def test_evaluate_uses_the_run_config_with_command_line_changes(tmp_path) -> None:
     from omegaconf import OmegaConf
 
-    from src.app.evaluate import with_run_config
+    from lossdiag.app.evaluate import with_run_config
 
     run = tmp_path / "run"
     (run / ".hydra").mkdir(parents=True)
@@ -287,7 +287,7 @@ def test_one_model_at_chance_is_not_learning_with_advice_about_the_folders() -> 
 def test_shares_outside_0_to_100_percent_are_explained() -> None:
     from dataclasses import replace
 
-    from src.render.diagnosis import diagnosis_texts
+    from lossdiag.render.diagnosis import diagnosis_texts
 
     n = diagnose(_samples([1.0, 0.5, 1.0, 2.0, 3.0], wrong_loss=4.0)).numbers
     assert n.significant_rise and n.final.temperature_status == "ok"
@@ -302,7 +302,7 @@ def test_shares_outside_0_to_100_percent_are_explained() -> None:
 def test_bounded_runs_say_how_many_training_samples_get_no_gradient() -> None:
     from dataclasses import replace
 
-    from src.render.diagnosis import diagnosis_texts
+    from lossdiag.render.diagnosis import diagnosis_texts
 
     n = diagnose(_samples([1.0, 0.5, 1.0, 2.0, 3.0], wrong_loss=4.0)).numbers
     text = diagnosis_texts(replace(n, objective="bounded", n_train=150, n_train_above_cap=34))[0]
@@ -329,7 +329,7 @@ def _block(epochs: int = 6, n: int = 150, c: int = 10, seed: int = 0) -> tuple[t
 def test_batched_ece_is_torchmetrics_per_row() -> None:
     from torchmetrics.functional.classification import multiclass_calibration_error
 
-    from src.functional.calibration import expected_calibration_errors
+    from lossdiag.functional.calibration import expected_calibration_errors
 
     z, y = _block()
     probs = z.softmax(-1)
@@ -341,7 +341,7 @@ def test_batched_ece_is_torchmetrics_per_row() -> None:
 
 
 def test_batched_temperature_fits_equal_one_at_a_time_and_converge_fast() -> None:
-    from src.functional.calibration import fit_temperatures
+    from lossdiag.functional.calibration import fit_temperatures
 
     z, y = _block(epochs=10)
     batched = fit_temperatures(z, y)
@@ -360,8 +360,8 @@ def test_batched_temperature_fits_equal_one_at_a_time_and_converge_fast() -> Non
 
 
 def test_evaluate_epochs_is_evaluate_logits_per_epoch() -> None:
-    from src.functional.breakdown import epoch_scalar_block
-    from src.functional.outputs import evaluate_epochs
+    from lossdiag.functional.breakdown import epoch_scalar_block
+    from lossdiag.functional.outputs import evaluate_epochs
 
     z, y = _block()
     block = evaluate_epochs(z, y)
@@ -377,8 +377,8 @@ def test_evaluate_epochs_is_evaluate_logits_per_epoch() -> None:
 
 
 def test_batched_calibration_without_usable_samples_is_nan() -> None:
-    from src.functional.breakdown import loss_distributions
-    from src.functional.calibration import expected_calibration_errors, fit_temperatures
+    from lossdiag.functional.breakdown import loss_distributions
+    from lossdiag.functional.calibration import expected_calibration_errors, fit_temperatures
 
     z, y = _block(epochs=2)
     broken = z.clone()

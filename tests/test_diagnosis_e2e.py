@@ -11,13 +11,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf, open_dict
 
-from src.app.evaluate import evaluate_checkpoint
-from src.app.pipeline import train
-from src.errors import UserError
-from src.models.shallownet import ShallowNet
-from src.rundir.checkpoints import load_weights
-from src.rundir.metrics_csv import read_history
-from src.rundir.samples import load_samples
+from lossdiag.app.evaluate import evaluate_checkpoint
+from lossdiag.app.pipeline import train
+from lossdiag.errors import UserError
+from lossdiag.models.shallownet import ShallowNet
+from lossdiag.rundir.checkpoints import load_weights
+from lossdiag.rundir.metrics_csv import read_history
+from lossdiag.rundir.samples import load_samples
 from tests.conftest import read_events, run_module
 
 EPOCHS = 20  # enough for the default data to show the rise (min near epoch 7)
@@ -118,7 +118,7 @@ def test_training_run_writes_every_diagnosis_output(make_cfg, tmp_path: Path) ->
         checked["means"][-1] > 1.05 * checked["means"][lo] and checked["acc"][-1] >= checked["acc"][lo] - 0.02
     )
     assert checked["text"].splitlines()[2].startswith("**Verdict: phenomenon.**")
-    # what to do about it, with this run's own best epoch and fitted temperature (src/render/remedies.py)
+    # what to do about it, with this run's own best epoch and fitted temperature (src/lossdiag/render/remedies.py)
     numbers = json.loads((run / "diagnosis.json").read_text())
     todo = checked["text"].split("## What you can do", 1)[1]
     assert f"in epoch {numbers['acc_best_epoch']} " in todo and "checkpoints/best.ckpt" in todo

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from src.functional.breakdown import loss_distribution, top_share
-from src.models.recorder import SampleRecorder, deduplicate
+from lossdiag.functional.breakdown import loss_distribution, top_share
+from lossdiag.models.recorder import SampleRecorder, deduplicate
 
 
 def test_top_share_counts_the_worst_one_percent() -> None:
@@ -54,7 +54,7 @@ def test_sample_recorder_gathers_and_deduplicates() -> None:
 def test_equal_width_histograms_are_numpy_histograms_per_row() -> None:
     import numpy as np
 
-    from src.functional.breakdown import equal_width_histograms
+    from lossdiag.functional.breakdown import equal_width_histograms
 
     rng = np.random.default_rng(0)
     values = rng.exponential(1.0, (5, 150))

@@ -14,10 +14,10 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from src.callbacks import LossDiagnosis
-from src.errors import UserError
-from src.functional.run_kinds import at_lowest_so_far, mean_losses
-from src.rundir.samples import load_samples
+from lossdiag.callbacks import LossDiagnosis
+from lossdiag.errors import UserError
+from lossdiag.functional.run_kinds import at_lowest_so_far, mean_losses
+from lossdiag.rundir.samples import load_samples
 from tests.conftest import read_events
 
 
@@ -129,7 +129,7 @@ def test_foreign_module_gets_the_whole_diagnosis(tmp_path: Path) -> None:
 
 def test_blocks_of_epochs_log_what_epoch_by_epoch_logs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The per-epoch diagnosis is evaluated in blocks; the block size changes when values are written, not what."""
-    from src.callbacks import loss_diagnosis
+    from lossdiag.callbacks import loss_diagnosis
 
     class Pictures(MLP):  # 4x4 one-channel "images": the worst-samples grids are drawn too
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -240,7 +240,7 @@ def test_each_epoch_is_one_tensorboard_event_even_with_the_stock_logger(tmp_path
 def test_pending_logits_over_the_memory_cap_are_evaluated_at_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from src.callbacks import loss_diagnosis
+    from lossdiag.callbacks import loss_diagnosis
 
     logged: list[int] = []
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from src.app.evaluate import other_folder, with_run_config
-from src.app.run_config import with_run_groups
-from src.data.datamodules import ImageFolderDataModule
-from src.errors import UserError
-from src.rundir.find import remove_unfinished
+from lossdiag.app.evaluate import other_folder, with_run_config
+from lossdiag.app.run_config import with_run_groups
+from lossdiag.data.datamodules import ImageFolderDataModule
+from lossdiag.errors import UserError
+from lossdiag.rundir.find import remove_unfinished
 from tests.image_folders import write_image_folder
 
 

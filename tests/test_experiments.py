@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from src.app.pipeline import train
-from src.rundir.metrics_csv import read_history
+from lossdiag.app.pipeline import train
+from lossdiag.rundir.metrics_csv import read_history
 from tests.conftest import run_module
 from tests.test_data import _write_folder
 
@@ -57,7 +57,7 @@ def test_compare_losses_sweep_and_its_report(tmp_path: Path) -> None:
     ],
 )
 def test_scheduler_changes_the_learning_rate_each_epoch(make_cfg, override: str, factor: float) -> None:
-    from src.app import pipeline
+    from lossdiag.app import pipeline
 
     scheduler = "cosine" if "T_max" in override else "step"
     cfg = make_cfg(f"scheduler={scheduler}", override, "trainer.max_epochs=1", "callbacks=none", "~logger")
@@ -65,7 +65,7 @@ def test_scheduler_changes_the_learning_rate_each_epoch(make_cfg, override: str,
     dm = pipeline.build_datamodule(cfg)
     trainer = pipeline.build_trainer(cfg)
     trainer.fit(pipeline.build_module(cfg, dm), datamodule=dm)
-    # optimizer.lr=auto is 0.1 on the digits (src/functional/learning_rate.py)
+    # optimizer.lr=auto is 0.1 on the digits (src/lossdiag/functional/learning_rate.py)
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.1 * factor)
 
 

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from src.rundir.atomic import atomic_write, atomic_write_text
+from lossdiag.rundir.atomic import atomic_write, atomic_write_text
 
 
 def test_atomic_write_replaces_and_leaves_no_temp(tmp_path: Path) -> None:

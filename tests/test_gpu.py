@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from src.app.pipeline import build_datamodule, build_module, build_trainer, prepare
+from lossdiag.app.pipeline import build_datamodule, build_module, build_trainer, prepare
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

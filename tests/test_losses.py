@@ -4,7 +4,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from src.functional.losses import bound_losses, loss_cap_from_initial, objective, per_sample_cross_entropy
+from lossdiag.functional.losses import (
+    bound_losses,
+    loss_cap_from_initial,
+    objective,
+    per_sample_cross_entropy,
+)
 
 
 def test_cap_matches_hand_calculation() -> None:

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from src.models.shallownet import ShallowNet
+from lossdiag.models.shallownet import ShallowNet
 
 
 @pytest.mark.parametrize(

@@ -9,14 +9,14 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.compat.proto.summary_pb2 import Summary
 
-from src.callbacks import LossDiagnosis
-from src.errors import UserError
-from src.rundir.metrics_csv import read_history
+from lossdiag.callbacks import LossDiagnosis
+from lossdiag.errors import UserError
+from lossdiag.rundir.metrics_csv import read_history
 from tests.conftest import read_events, run_module
 
 
 def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(make_cfg, tmp_path: Path) -> None:
-    from src.app.pipeline import train
+    from lossdiag.app.pipeline import train
 
     cfg = make_cfg(
         "trainer.max_epochs=3",
@@ -49,7 +49,7 @@ def test_huge_learning_rate_from_the_command_line(tmp_path: Path) -> None:
 
 
 def test_loss_histograms_and_tails_skip_non_finite_values(tmp_path: Path) -> None:
-    from src.functional.breakdown import loss_distributions
+    from lossdiag.functional.breakdown import loss_distributions
 
     logits = torch.tensor([[2.0, 0.0], [float("nan"), 0.0], [float("inf"), 0.0], [0.0, 3.0], [1.0, 1.0]])
     ce = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 0, 1, 1, 0]), reduction="none")

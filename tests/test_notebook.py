@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from src.app.notebook import CONFIG_FILE, RUN_DIR_ENV, cross_entropy_check, run_datamodule
-from src.app.pipeline import train
-from src.rundir.metrics_csv import read_history
-from src.rundir.samples import load_samples
+from lossdiag.app.notebook import CONFIG_FILE, RUN_DIR_ENV, cross_entropy_check, run_datamodule
+from lossdiag.app.pipeline import train
+from lossdiag.rundir.metrics_csv import read_history
+from lossdiag.rundir.samples import load_samples
 from tests.conftest import ROOT
 
 NOTEBOOK = ROOT / "notebooks" / "loss_analysis.ipynb"

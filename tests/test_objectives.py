@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from src.functional.objectives import (
+from lossdiag.functional.objectives import (
     OBJECTIVES,
     focal_loss,
     gce_loss,

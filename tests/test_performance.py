@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from src.data.images import decode_folder
+from lossdiag.data.images import decode_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,7 +51,7 @@ def test_plain_callbacks_are_the_defaults_without_the_diagnosis_ones(make_cfg) -
     kept = {k: v for k, v in plain.items() if v is not None}
     assert kept and all(default[k] == v for k, v in kept.items())  # same checkpoint/progress settings
     dropped = {default[k]._target_ for k in default if k not in kept}
-    assert dropped == {"src.callbacks.LossDiagnosis"}
+    assert dropped == {"lossdiag.callbacks.LossDiagnosis"}
 
 
 def test_no_module_patches_or_imports_lightning_internals() -> None:

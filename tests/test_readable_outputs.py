@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from src.callbacks.tensorboard import HPARAM_METRICS, LAYOUT
-from src.functional.calibration import CALIBRATION_KEYS
-from src.rundir.metrics_csv import read_history
-from src.rundir.samples import FIELDS, load_samples
+from lossdiag.callbacks.tensorboard import HPARAM_METRICS, LAYOUT
+from lossdiag.functional.calibration import CALIBRATION_KEYS
+from lossdiag.rundir.metrics_csv import read_history
+from lossdiag.rundir.samples import FIELDS, load_samples
 from tests.conftest import ROOT, read_events
 
 EPOCHS = 3
@@ -72,7 +72,7 @@ def test_run_folder_is_named_by_time_and_overrides(user_run) -> None:
 
 
 def test_plain_default_run_keeps_just_the_time(tmp_path: Path) -> None:
-    from src.app.resolvers import _claimed, claim_unique_dir, run_suffix
+    from lossdiag.app.resolvers import _claimed, claim_unique_dir, run_suffix
 
     assert run_suffix("") == ""
     assert run_suffix("loss=bounded") == "_loss=bounded"
@@ -94,7 +94,7 @@ def test_plain_default_run_keeps_just_the_time(tmp_path: Path) -> None:
 
 
 def test_run_folder_paths_are_quoted_for_hydra() -> None:
-    from src.app.cli import quote_paths
+    from lossdiag.app.cli import quote_paths
 
     argv = ["ckpt_path=outputs/runs/d/10-00-00_loss=bounded,seed=1/checkpoints/best.ckpt", "loss=bounded"]
     assert quote_paths(argv) == [
@@ -186,7 +186,7 @@ def test_hparams_are_what_a_person_compares(events) -> None:
 def test_hparams_without_hydra_are_curated_and_bounded(make_cfg) -> None:
     from types import SimpleNamespace
 
-    from src.app.hparams import MAX_HPARAMS, curated_hparams, override_hparams, run_hparams
+    from lossdiag.app.hparams import MAX_HPARAMS, curated_hparams, override_hparams, run_hparams
 
     given = [
         "data=folder",
@@ -373,7 +373,7 @@ def test_worst_sample_captions_are_never_clipped_and_legible_at_card_size(
     import torch
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    from src.render.figures import (
+    from lossdiag.render.figures import (
         CAPTION_PT,
         FIGURE_DPI,
         TILE_PX,
@@ -407,7 +407,7 @@ def test_worst_sample_captions_are_never_clipped_and_legible_at_card_size(
 
 
 def test_loss_distribution_is_one_chart_with_every_model() -> None:
-    from src.render.figures import loss_distribution_figure
+    from lossdiag.render.figures import loss_distribution_figure
 
     rng = np.random.default_rng(0)
     losses = {

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from src.app.sweep_report import build_report, curve_bands, group_runs, load_runs
-from src.functional.remedies import RemedyResult, recommend
-from src.render.figures import CurveBand, sweep_figure
-from src.render.remedies import what_you_can_do
-from src.rundir.metrics_csv import read_history
-from src.rundir.remedies import read_remedies_report
+from lossdiag.app.sweep_report import build_report, curve_bands, group_runs, load_runs
+from lossdiag.functional.remedies import RemedyResult, recommend
+from lossdiag.render.figures import CurveBand, sweep_figure
+from lossdiag.render.remedies import what_you_can_do
+from lossdiag.rundir.metrics_csv import read_history
+from lossdiag.rundir.remedies import read_remedies_report
 from tests.conftest import run_module
 from tests.test_report import make_run
 
@@ -171,7 +171,7 @@ def test_what_you_can_do_quotes_the_sweeps_measurements(tmp_path: Path) -> None:
 def test_remedies_experiment_sweeps_every_remedy_over_three_seeds() -> None:
     from hydra import compose, initialize_config_dir
 
-    from src.render.remedies import REMEDY_WORDS
+    from lossdiag.render.remedies import REMEDY_WORDS
     from tests.conftest import CONF_DIR
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

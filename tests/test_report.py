@@ -1,4 +1,4 @@
-"""``src.report`` / ``src.rundir.status`` / ``src.app.resolvers`` on hand-made run folders (no training)."""
+"""``src.report`` / ``lossdiag.rundir.status`` / ``lossdiag.app.resolvers`` on hand-made run folders (no training)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from src.app.resolvers import MAX_DIRNAME_BYTES, safe_dirname
-from src.app.sweep_report import (
+from lossdiag.app.resolvers import MAX_DIRNAME_BYTES, safe_dirname
+from lossdiag.app.sweep_report import (
     build_report,
     group_runs,
     load_runs,
@@ -18,7 +18,7 @@ from src.app.sweep_report import (
     run_metrics,
     swept_keys,
 )
-from src.rundir.status import read_summary, recorded_run, write_summary
+from lossdiag.rundir.status import read_summary, recorded_run, write_summary
 
 
 def make_run(

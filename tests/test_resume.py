@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from src.app.resolvers import _claimed, claim_unique_dir
-from src.callbacks.csv_logger import ResumableCSVLogger
-from src.rundir.metrics_csv import read_history
-from src.rundir.samples import load_samples
-from src.rundir.status import read_summary
+from lossdiag.app.resolvers import _claimed, claim_unique_dir
+from lossdiag.callbacks.csv_logger import ResumableCSVLogger
+from lossdiag.rundir.metrics_csv import read_history
+from lossdiag.rundir.samples import load_samples
+from lossdiag.rundir.status import read_summary
 from tests.conftest import ROOT, run_module
 
 EPOCHS = 6
@@ -72,7 +72,7 @@ def _state(run: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow
 def test_killed_run_resumes_in_its_folder_with_the_clean_run_numbers(make_cfg, tmp_path: Path) -> None:
-    from src.app.pipeline import train
+    from lossdiag.app.pipeline import train
 
     run = tmp_path / "killed"
     proc = _start_and_kill(run, signal.SIGKILL)
@@ -169,7 +169,7 @@ def test_two_runs_started_together_get_two_folders(tmp_path: Path) -> None:
 
 
 def test_checkpoints_are_replaced_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from src.callbacks.checkpoint_io import AtomicCheckpointIO
+    from lossdiag.callbacks.checkpoint_io import AtomicCheckpointIO
 
     io = AtomicCheckpointIO()
     path = tmp_path / "checkpoints" / "last.ckpt"
@@ -199,7 +199,7 @@ def _fake_run(run: Path, status: str = "running") -> Path:
 
 
 def test_resume_expands_to_the_recorded_command_in_the_same_folder(tmp_path: Path) -> None:
-    from src.app.resume import expand_resume
+    from lossdiag.app.resume import expand_resume
 
     run = _fake_run(tmp_path / "run")
     argv = expand_resume([f"resume={run}", "loss=standard"])
@@ -214,8 +214,8 @@ def test_resume_expands_to_the_recorded_command_in_the_same_folder(tmp_path: Pat
 
 
 def test_resume_refuses_a_finished_run_unless_it_trains_longer(tmp_path: Path) -> None:
-    from src.app.resume import expand_resume
-    from src.errors import UserError
+    from lossdiag.app.resume import expand_resume
+    from lossdiag.errors import UserError
 
     run = _fake_run(tmp_path / "run", status="complete")
     with pytest.raises(
@@ -226,7 +226,7 @@ def test_resume_refuses_a_finished_run_unless_it_trains_longer(tmp_path: Path) -
 
 
 def test_resuming_a_job_of_a_search_is_a_single_run(tmp_path: Path) -> None:
-    from src.app.resume import expand_resume
+    from lossdiag.app.resume import expand_resume
 
     run = _fake_run(tmp_path / "trial")
     (run / ".hydra" / "overrides.yaml").write_text(
@@ -238,8 +238,8 @@ def test_resuming_a_job_of_a_search_is_a_single_run(tmp_path: Path) -> None:
 
 
 def test_resume_refuses_to_stretch_a_learning_rate_schedule(tmp_path: Path) -> None:
-    from src.app.resume import expand_resume
-    from src.errors import UserError
+    from lossdiag.app.resume import expand_resume
+    from lossdiag.errors import UserError
 
     run = _fake_run(tmp_path / "run")
     (run / ".hydra" / "config.yaml").write_text("trainer:\n  max_epochs: 2\nscheduler:\n  T_max: 2\n")
@@ -257,7 +257,7 @@ def test_last_checkpoint_is_throttled_but_has_the_first_and_last_epoch(
 ) -> None:
     import lightning as L
 
-    from src.callbacks.last_checkpoint import LastCheckpoint
+    from lossdiag.callbacks.last_checkpoint import LastCheckpoint
     from tests.test_drop_in import MLP, QUIET, small_loaders
 
     last = tmp_path / "last.ckpt"
@@ -280,7 +280,7 @@ def test_last_checkpoint_is_throttled_but_has_the_first_and_last_epoch(
 def test_best_checkpoint_reads_the_module_epoch_values(tmp_path: Path, mode, saved, score) -> None:
     import lightning as L
 
-    from src.callbacks.best_checkpoint import BestCheckpoint
+    from lossdiag.callbacks.best_checkpoint import BestCheckpoint
     from tests.test_drop_in import MLP, QUIET, small_loaders
 
     accs = [0.5, 0.7, 0.6, 0.7, 0.9]  # a tie (epoch 3) is not an improvement
@@ -317,8 +317,8 @@ def test_best_checkpoint_reads_the_module_epoch_values(tmp_path: Path, mode, sav
 def test_best_checkpoint_monitor_typo_is_one_line(tmp_path: Path) -> None:
     import lightning as L
 
-    from src.callbacks.best_checkpoint import BestCheckpoint
-    from src.errors import UserError
+    from lossdiag.callbacks.best_checkpoint import BestCheckpoint
+    from lossdiag.errors import UserError
     from tests.test_drop_in import MLP, QUIET, small_loaders
 
     trainer = L.Trainer(

@@ -1,4 +1,4 @@
-"""Run kinds (src/functional/run_kinds.py) on synthetic per-sample val records: each rule, the edge cases,
+"""Run kinds (src/lossdiag/functional/run_kinds.py) on synthetic per-sample val records: each rule, the edge cases,
 the bootstrap against a slow loop, and cross-fitted temperature scaling."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from src.functional import run_kinds as rk
-from src.functional.run_kinds import (
+from lossdiag.functional import run_kinds as rk
+from lossdiag.functional.run_kinds import (
     KIND_ORDER,
     KINDS,
     RISE_THRESHOLD,
@@ -307,9 +307,9 @@ def test_accuracy_that_did_not_move_reads_unchanged():
 
 
 def test_calibration_summary_records_the_cross_fitted_numbers_but_logs_only_the_in_sample_ones():
-    from src.functional.breakdown import epoch_scalars
-    from src.functional.calibration import LOGGED_CALIBRATION_KEYS, calibration_summary
-    from src.functional.outputs import evaluate_logits
+    from lossdiag.functional.breakdown import epoch_scalars
+    from lossdiag.functional.calibration import LOGGED_CALIBRATION_KEYS, calibration_summary
+    from lossdiag.functional.outputs import evaluate_logits
 
     logits, target = calibrated_logits(n=400)
     summary = calibration_summary(logits * 4, target)
@@ -361,7 +361,7 @@ def test_the_min_loss_epoch_is_always_among_the_lowest_so_far():
 
 
 def test_calibration_summaries_cross_fit_only_the_rows_asked_for():
-    from src.functional.calibration import calibration_summaries
+    from lossdiag.functional.calibration import calibration_summaries
 
     logits, target = calibrated_logits(n=300)
     block = torch.stack([logits * s for s in (1.0, 2.0, 4.0)])

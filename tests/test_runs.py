@@ -1,4 +1,4 @@
-"""Finding and reading run folders (src.app.notebook), markdown tables, curve figures: no training needed."""
+"""Finding and reading run folders (lossdiag.app.notebook), markdown tables, curve figures: no training needed."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from src.app.notebook import RUN_DIR_ENV, is_run, latest_run, resolve_run_dir, run_config, value_at_epoch
-from src.errors import UserError
-from src.render.figures import curves_figure
-from src.render.tables import markdown_table
-from src.rundir.metrics_csv import METRICS_CSV
-from src.rundir.samples import SAMPLES_FILE
+from lossdiag.app.notebook import RUN_DIR_ENV, is_run, latest_run, resolve_run_dir, run_config, value_at_epoch
+from lossdiag.errors import UserError
+from lossdiag.render.figures import curves_figure
+from lossdiag.render.tables import markdown_table
+from lossdiag.rundir.metrics_csv import METRICS_CSV
+from lossdiag.rundir.samples import SAMPLES_FILE
 
 
 def _fake_run(

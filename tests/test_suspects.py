@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from src.functional import suspects as S
+from lossdiag.functional import suspects as S
 
 # four training samples over six epochs (rows: epochs, columns: samples)
 CLEAN, LATE, FORGOTTEN, NEVER = range(4)

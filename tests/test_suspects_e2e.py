@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from src.functional.suspects import rank_suspects
+from lossdiag.functional.suspects import rank_suspects
 from tests.conftest import read_events, run_module
 from tests.images import pattern
 

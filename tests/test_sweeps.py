@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
-from src.app.sweep_report import build_report, load_runs
-from src.report import main as report_main
-from src.rundir.metrics_csv import read_history
-from src.rundir.status import read_summary
+from lossdiag.app.sweep_report import build_report, load_runs
+from lossdiag.report import main as report_main
+from lossdiag.rundir.metrics_csv import read_history
+from lossdiag.rundir.status import read_summary
 from tests.conftest import CONF_DIR, run_module
 
 # tiny jobs: 40 training samples, 2 epochs, one torch thread, no callbacks (the TensorBoard and CSV

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from src.data.synthetic import class_names_for, main, make_image_folder
+from lossdiag.data.synthetic import class_names_for, main, make_image_folder
 
 
 def _tree(root: Path) -> dict[str, bytes]:

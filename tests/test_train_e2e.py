@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from src.app.pipeline import train
-from src.rundir.metrics_csv import read_history
+from lossdiag.app.pipeline import train
+from lossdiag.rundir.metrics_csv import read_history
 from tests.conftest import read_events, run_module
 
 EPOCHS = 2

@@ -12,14 +12,14 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.train_speed import make_image_folder
-from src.app import pipeline
-from src.data.datamodules import DigitsDataModule
-from src.errors import UserError
-from src.functional.augment import augment_batch
-from src.functional.learning_rate import auto_lr, last_linear_fan_in
-from src.functional.losses import LOSS_NAMES, training_loss
-from src.functional.objectives import OBJECTIVES
-from src.rundir.metrics_csv import read_history
+from lossdiag.app import pipeline
+from lossdiag.data.datamodules import DigitsDataModule
+from lossdiag.errors import UserError
+from lossdiag.functional.augment import augment_batch
+from lossdiag.functional.learning_rate import auto_lr, last_linear_fan_in
+from lossdiag.functional.losses import LOSS_NAMES, training_loss
+from lossdiag.functional.objectives import OBJECTIVES
+from lossdiag.rundir.metrics_csv import read_history
 from tests.conftest import run_module
 from tests.test_bad_input import assert_one_line_error
 

@@ -1,8 +1,0 @@
-"""Lightning glue: callbacks (and the CSV logger) that connect a run to the run folder and TensorBoard.
-
-``LossDiagnosis`` is the drop-in for any Lightning project (see its docstring for what it needs).
-"""
-
-from src.callbacks.loss_diagnosis import LossDiagnosis
-
-__all__ = ["LossDiagnosis"]

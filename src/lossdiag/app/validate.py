@@ -1,0 +1,79 @@
+"""Checks on the composed config, so a bad value fails before any work with one clear line."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from lossdiag.errors import UserError
+from lossdiag.functional.augment import AUGMENTATIONS
+from lossdiag.functional.learning_rate import AUTO_LR
+from lossdiag.functional.losses import LOSS_NAMES
+from lossdiag.functional.objectives import OBJECTIVES, objective_parameter_check
+from lossdiag.rundir.checkpoints import existing_checkpoint
+
+
+def _number(cfg: DictConfig, key: str) -> float | None:
+    from omegaconf import OmegaConf
+
+    value = OmegaConf.select(cfg, key, default=None)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+        raise UserError(f"{key}={value!r} must be a number")
+    return value
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise :class:`UserError` naming the first bad value and what it should be."""
+    from omegaconf import OmegaConf
+
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        example = "data.root=/path/to/images" if "data.root" in missing else f"{missing[0]}=..."
+        raise UserError(f"{', '.join(missing)} must be given: add it to the command line, e.g. {example}")
+    loss = cfg.loss.name
+    if loss not in LOSS_NAMES:
+        raise UserError(f"loss.name={loss!r} is unknown: use loss=<one of {', '.join(LOSS_NAMES)}>")
+    if loss in OBJECTIVES:
+        param = OBJECTIVES[loss].param
+        problem = objective_parameter_check(loss, OmegaConf.select(cfg, f"loss.{param}", default=None))
+        if problem is not None:
+            raise UserError(f"{problem}: fix loss.{param} (default {OBJECTIVES[loss].default:g})")
+    k = _number(cfg, "loss.k")
+    if k is None or k <= 0:
+        raise UserError(f"loss.k={k} must be > 0 (the cap is mean + k * std of the initial losses)")
+    cap = _number(cfg, "loss.cap")
+    if cap is not None and cap <= 0:
+        raise UserError(f"loss.cap={cap} must be > 0, or null to compute it from the untrained model")
+    val_fraction = _number(cfg, "data.val_fraction")
+    if val_fraction is not None and not 0 < val_fraction < 1:
+        raise UserError(f"data.val_fraction={val_fraction} must be between 0 and 1 (e.g. 0.25)")
+    train_size = _number(cfg, "data.train_size")
+    if train_size is not None and (train_size <= 0 or (isinstance(train_size, float) and train_size > 1)):
+        raise UserError(
+            f"data.train_size={train_size} must be a count >= 1, a fraction in (0, 1], or null for all samples"
+        )
+    for key in ("data.batch_size", "data.val_batch_size", "data.image_size"):
+        value = _number(cfg, key)
+        if value is not None and (value < 1 or value != int(value)):
+            raise UserError(f"{key}={value} must be a whole number >= 1")
+    channels = cfg.data.get("channels")
+    if channels is not None and channels not in (1, 3):
+        raise UserError(f"data.channels={channels} must be 1 (grayscale) or 3 (RGB)")
+    on_bad = cfg.data.get("on_bad_image")
+    if on_bad is not None and on_bad not in ("skip", "fail"):
+        raise UserError(f"data.on_bad_image={on_bad!r} must be 'skip' or 'fail'")
+    epochs = _number(cfg, "trainer.max_epochs")
+    if epochs is not None and epochs < 1:
+        raise UserError(f"trainer.max_epochs={epochs} must be >= 1")
+    lr = OmegaConf.select(cfg, "optimizer.lr", default=None)
+    if lr != AUTO_LR:
+        lr = _number(cfg, "optimizer.lr")
+        if lr is not None and lr <= 0:
+            raise UserError(f"optimizer.lr={lr} must be > 0")
+    augment = OmegaConf.select(cfg, "data.augment", default=None)
+    if augment is not None and augment not in AUGMENTATIONS:
+        raise UserError(f"data.augment={augment!r} is unknown: use one of {', '.join(AUGMENTATIONS)}")
+    if cfg.get("ckpt_path"):
+        existing_checkpoint(cfg.ckpt_path)
+    threads = _number(cfg, "threads")
+    if threads is not None and threads < 1:
+        raise UserError(f"threads={threads} must be >= 1, or null for torch's default")

@@ -1,0 +1,174 @@
+"""The LightningModule: ShallowNet (or any classifier ``net``) trained with the configured objective.
+
+Per step it only runs the network, the objective and a list append of per-sample outputs
+(:class:`~lossdiag.models.recorder.SampleRecorder`). Everything reported is derived once per epoch from the
+de-duplicated per-sample records, so ``train/*`` and ``val/*`` use the same definitions, both the
+standard and the bounded cross-entropy are logged whatever is optimised, and multi-process runs count
+every sample exactly once.
+
+Logging: nothing goes through ``self.log`` (each call costs ~0.4 ms per epoch). Every epoch value was
+already gathered, so it goes to the loggers once per epoch, at ``step=epoch``, with
+:func:`lossdiag.models.epoch_log.log_epoch_metrics`, and is kept in :attr:`epoch_values`, where the best
+checkpoint (:mod:`lossdiag.callbacks.best_checkpoint`) and the progress bar (:mod:`lossdiag.callbacks.progress`)
+read ``val/acc`` and ``val/loss``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
+
+from lossdiag.functional.losses import (
+    LOSS_NAMES,
+    bound_losses,
+    loss_cap_from_initial,
+    per_sample_cross_entropy,
+    training_loss,
+)
+from lossdiag.models.epoch_log import log_epoch_metrics
+from lossdiag.models.predict import predict_logits
+from lossdiag.models.recorder import SampleRecorder, SampleRecords
+
+STAGES = ("train", "val")
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+
+
+def classification_metrics(
+    logits: torch.Tensor, target: torch.Tensor, num_classes: int
+) -> dict[str, torch.Tensor]:
+    """Accuracy (micro) and macro F1 of one epoch's gathered, de-duplicated records.
+
+    torchmetrics' functional forms: the records are complete already, so there is no state to
+    accumulate or sync. Per-class precision/recall/F1 are in the reports.
+    """
+    pred = logits.argmax(1)
+    common = {"num_classes": num_classes, "validate_args": False}
+    return {
+        "acc": multiclass_accuracy(pred, target, average="micro", **common),
+        "f1_macro": multiclass_f1_score(pred, target, average="macro", **common),
+    }
+
+
+class LossDiagModule(L.LightningModule):
+    """Wraps a classifier ``net``; ``loss`` picks the objective (``standard``, ``bounded``, or one of
+    :data:`lossdiag.functional.objectives.OBJECTIVES` with its parameter ``loss_param``). Whatever is optimised,
+    ``*/loss`` is the cross-entropy and ``*/loss_bounded`` the capped cross-entropy, so runs compare.
+
+    The bounded-loss cap is ``cap`` when given, else ``mean + k * std`` of the untrained
+    model's per-sample cross-entropy on the training set, computed at ``on_train_start`` (before the
+    first optimizer step). It is a buffer, so checkpoints carry it and evaluation/resume reuse it.
+    ``training_step`` and ``validation_step`` return the batch's logits (``outputs["logits"]``), so
+    callbacks such as :class:`lossdiag.callbacks.LossDiagnosis` never re-run the network.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: OptimizerFactory,
+        class_names: Sequence[str],
+        loss: str = "standard",
+        k: float = 3.0,
+        cap: float | None = None,
+        scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
+        loss_param: float | None = None,
+    ) -> None:
+        super().__init__()
+        if loss not in LOSS_NAMES:
+            raise ValueError(f"unknown loss {loss!r}: choose one of {', '.join(LOSS_NAMES)}")
+        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
+        self.net = net
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.loss_name = loss
+        self.loss_param = loss_param
+        self.k = k
+        self.class_names = list(class_names)
+        self.register_buffer("loss_cap", torch.tensor(float("nan") if cap is None else float(cap)))
+        self.train_records = SampleRecorder()
+        self.val_records = SampleRecorder()
+        # the best val accuracy so far; a buffer, so a resumed run keeps it
+        self.register_buffer("val_acc_best", torch.tensor(0.0))
+        self.epoch_values: dict[str, float] = {}  # the last value of everything sent to the loggers
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    # -- bounded-loss cap ---------------------------------------------------------------------
+    def initial_cap(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """``mean + k * std`` of this (untrained) model's per-sample cross-entropy on ``(x, y)``."""
+        return loss_cap_from_initial(per_sample_cross_entropy(predict_logits(self.net, x), y.cpu()), self.k)
+
+    def on_train_start(self) -> None:
+        if torch.isnan(self.loss_cap):
+            train = self.trainer.datamodule.train  # type: ignore[attr-defined]
+            self.loss_cap.fill_(self.initial_cap(train.inputs(), train.y))
+
+    # -- steps --------------------------------------------------------------------------------
+    def _forward_and_record(
+        self, stage: str, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
+        x, y, index = batch
+        logits = self(x)
+        self.recorder(stage).update(index, y, logits)
+        return logits
+
+    def training_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+        logits = self._forward_and_record("train", batch)
+        loss = training_loss(logits, batch[1], self.loss_name, self.loss_cap, self.loss_param)
+        return {"loss": loss, "logits": logits.detach()}
+
+    def validation_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+        # no objective here: every val number comes from the epoch's records (val/loss is cross-entropy)
+        return {"logits": self._forward_and_record("val", batch)}
+
+    # -- epoch summaries ----------------------------------------------------------------------
+    def epoch_records(self, stage: str) -> SampleRecords:
+        """This epoch's records for ``stage`` (gathered and de-duplicated; cached until the next epoch)."""
+        return self.recorder(stage).compute()
+
+    def recorder(self, stage: str) -> SampleRecorder:
+        return self.train_records if stage == "train" else self.val_records
+
+    def on_train_epoch_start(self) -> None:
+        self.train_records.reset()
+
+    def on_validation_epoch_start(self) -> None:
+        self.val_records.reset()
+
+    def epoch_summary(self, stage: str) -> dict[str, torch.Tensor]:
+        """``<stage>/loss``, ``loss_bounded``, ``acc`` and ``f1_macro`` of this epoch's records."""
+        rec = self.epoch_records(stage)
+        ce = rec.cross_entropy
+        values = classification_metrics(rec.logits, rec.target, len(self.class_names))
+        return {
+            f"{stage}/loss": ce.mean(),
+            f"{stage}/loss_bounded": bound_losses(ce, self.loss_cap).mean(),
+            f"{stage}/acc": values["acc"],
+            f"{stage}/f1_macro": values["f1_macro"],
+        }
+
+    def on_train_epoch_end(self) -> None:
+        values = self.epoch_summary("train")
+        values["loss/cap"] = self.loss_cap
+        self.epoch_values.update(log_epoch_metrics(self.trainer, values, self.current_epoch))
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        values = self.epoch_summary("val")
+        self.val_acc_best.copy_(torch.maximum(self.val_acc_best, values["val/acc"]))
+        values["val/acc_best"] = self.val_acc_best
+        # the loggers get every value at step=epoch; the best checkpoint and the progress bar read epoch_values
+        self.epoch_values.update(log_epoch_metrics(self.trainer, values, self.current_epoch))
+
+    # -- optimisation -------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer)}}
