@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,12 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
 
 torch.set_num_threads(1)  # tests are tiny; avoid oversubscribing the 2 CI cores
+
+# the decode cache (data.cache_dir, default $LOSSDIAG_CACHE_DIR) of this test session, in-process and in the
+# entry points it runs: a fresh temporary folder, never the repository's outputs/cache or a user's cache
+TEST_CACHE_DIR = tempfile.mkdtemp(prefix="lossdiag-test-cache-")
+os.environ["LOSSDIAG_CACHE_DIR"] = TEST_CACHE_DIR
+atexit.register(shutil.rmtree, TEST_CACHE_DIR, ignore_errors=True)
 
 
 @pytest.fixture

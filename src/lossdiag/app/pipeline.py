@@ -31,6 +31,7 @@ from lossdiag.functional.learning_rate import (
 )
 from lossdiag.functional.objectives import OBJECTIVES
 from lossdiag.models.module import LossDiagModule
+from lossdiag.models.predict import DEFAULT_CHUNK_BYTES
 from lossdiag.rundir.checkpoints import check_checkpoint
 from lossdiag.rundir.metrics_csv import last_values, read_history
 
@@ -76,6 +77,12 @@ def loss_parameter(cfg: DictConfig) -> float | None:
     return cfg.loss.get(OBJECTIVES[name].param) if name in OBJECTIVES else None
 
 
+def eval_chunk_bytes(cfg: DictConfig) -> int:
+    """``eval_chunk_mb`` in bytes (the default of :mod:`lossdiag.models.predict` for configs without it)."""
+    mb = cfg.get("eval_chunk_mb")
+    return DEFAULT_CHUNK_BYTES if mb is None else int(float(mb) * 2**20)
+
+
 def build_module(cfg: DictConfig, datamodule: InMemoryDataModule) -> LossDiagModule:
     """ShallowNet sized by the data, wrapped with the configured loss and optimizer."""
     net = build_net(cfg, datamodule)
@@ -89,6 +96,7 @@ def build_module(cfg: DictConfig, datamodule: InMemoryDataModule) -> LossDiagMod
         k=cfg.loss.k,
         cap=cfg.loss.cap,
         loss_param=loss_parameter(cfg),
+        eval_chunk_bytes=eval_chunk_bytes(cfg),
     )
 
 

@@ -1,44 +1,142 @@
-"""A network's per-sample outputs on whole splits held in memory (no Lightning)."""
+"""A network's per-sample outputs over whole splits, streamed in chunks bounded in bytes (no Lightning).
+
+:func:`iter_logits` is the one place that evaluates a network over data: the bounded-loss cap
+(:meth:`lossdiag.models.module.LossDiagModule.on_train_start`), ``src.evaluate`` and the notebook helpers
+use it. Nothing here holds a float32 copy of a split: at most one chunk of ``max_bytes`` of float32 input
+(plus its logits) exists at a time, on the network's device.
+
+It takes either
+
+- a split that knows how to cut itself into chunks (:class:`ChunkedSplit`, e.g.
+  :class:`lossdiag.data.splits.Split`, whose images may be in memory, memory-mapped or decoded on the fly by
+  loader workers): ``split.chunks(max_bytes, device)`` yields ``(x, y, index)`` float batches of at most
+  ``max_bytes`` each;
+- any DataLoader-like iterable of ``(x, y, index)`` (or ``(x, y)``) batches: a batch larger than
+  ``max_bytes`` is cut into pieces that fit; smaller batches are used as they come;
+- a float tensor of inputs (no labels): cut into chunks of at most ``max_bytes``.
+"""
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Iterable, Iterator
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
+from lossdiag.functional.chunking import rows_per_chunk
 from lossdiag.functional.outputs import Evaluation, evaluate_logits
 
+DEFAULT_CHUNK_BYTES = 64 * 2**20
+"""Float32 input per evaluation chunk (64 MiB: 16 images of 3x1024x1024, 1,365 of 3x64x64, 262,144 digits)."""
 
-class LabelledTensors(Protocol):
-    """Anything with labels ``y`` and the model's inputs ``inputs()`` (e.g. :class:`lossdiag.data.splits.Split`)."""
+
+class Predicted(NamedTuple):
+    """One chunk's (or a whole split's) logits, labels and sample indices; ``target`` is ``None`` for bare inputs."""
+
+    logits: torch.Tensor
+    target: torch.Tensor | None
+    index: torch.Tensor
+
+
+@runtime_checkable
+class ChunkedSplit(Protocol):
+    """A labelled split that yields its own model inputs in chunks of at most ``max_bytes`` of float32."""
 
     y: torch.Tensor
 
-    def inputs(self) -> torch.Tensor: ...
+    def chunks(self, max_bytes: int, device: torch.device) -> Iterable[Any]: ...
 
 
-@torch.no_grad()
-def predict_logits(net: nn.Module, x: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
-    """Logits of ``net`` (in eval mode, on its own device) for all of ``x``, returned on the CPU."""
+def _unpack(batch: Any, offset: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """``(x, y, index)`` of a ``(x, y, index)`` / ``(x, y)`` batch; without an index, positions from ``offset``."""
+    if isinstance(batch, torch.Tensor):
+        x, y, index = batch, None, None
+    else:
+        x, y, *rest = batch
+        index = rest[0] if rest else None
+    if index is None:
+        index = torch.arange(offset, offset + len(x))
+    return x, y, index
+
+
+def rechunk(batches: Iterable[Any], max_bytes: int) -> Iterator[tuple[torch.Tensor, Any, torch.Tensor]]:
+    """The batches of ``batches``, each one larger than ``max_bytes`` of float32 cut into pieces that fit."""
+    offset = 0
+    for batch in batches:
+        x, y, index = _unpack(batch, offset)
+        offset += len(x)
+        step = rows_per_chunk(x.shape[1:], max_bytes)
+        for start in range(0, len(x), step):
+            end = start + step
+            yield x[start:end], None if y is None else y[start:end], index[start:end]
+
+
+def _source(data: ChunkedSplit | Iterable[Any] | torch.Tensor, max_bytes: int, device: torch.device):
+    if isinstance(data, torch.Tensor):
+        return rechunk([data], max_bytes)
+    if isinstance(data, ChunkedSplit):
+        return data.chunks(max_bytes, device)
+    return rechunk(data, max_bytes)
+
+
+def iter_logits(
+    net: nn.Module, data: ChunkedSplit | Iterable[Any] | torch.Tensor, max_bytes: int = DEFAULT_CHUNK_BYTES
+) -> Iterator[Predicted]:
+    """``net``'s logits (float32, on its device) chunk by chunk, in eval mode and without gradients.
+
+    Each chunk's input is at most ``max_bytes`` of float32 (one sample if a single one is larger). The
+    network's train/eval mode is restored when the iteration ends, also when it is abandoned early.
+    """
+    device = next(net.parameters()).device
     was_training = net.training
     net.eval()
-    device = next(net.parameters()).device
-    out = [net(x[i : i + chunk].to(device)).float().cpu() for i in range(0, len(x), chunk)]
-    net.train(was_training)
-    return torch.cat(out) if out else torch.empty(0)
+    try:
+        for x, y, index in _source(data, max_bytes, device):
+            with torch.no_grad():
+                logits = net(x.to(device, non_blocking=True)).float()
+            yield Predicted(logits, y, index)
+    finally:
+        net.train(was_training)
 
 
-def evaluate_net(net: nn.Module, splits: dict[str, LabelledTensors]) -> dict[str, Evaluation]:
-    """``net``'s per-sample outputs on each split."""
-    return {
-        name: evaluate_logits(predict_logits(net, split.inputs()), split.y) for name, split in splits.items()
-    }
+def predict(
+    net: nn.Module, data: ChunkedSplit | Iterable[Any] | torch.Tensor, max_bytes: int = DEFAULT_CHUNK_BYTES
+) -> Predicted:
+    """All of :func:`iter_logits` concatenated, on the CPU (``target`` ``None`` when the data have no labels)."""
+    chunks = [Predicted(p.logits.cpu(), p.target, p.index) for p in iter_logits(net, data, max_bytes)]
+    if not chunks:
+        return Predicted(torch.empty(0), None, torch.empty(0, dtype=torch.long))
+    target = None if chunks[0].target is None else torch.cat([p.target.cpu() for p in chunks])  # type: ignore[union-attr]
+    return Predicted(
+        torch.cat([p.logits for p in chunks]), target, torch.cat([p.index.cpu() for p in chunks])
+    )
+
+
+def predict_logits(
+    net: nn.Module, data: ChunkedSplit | Iterable[Any] | torch.Tensor, max_bytes: int = DEFAULT_CHUNK_BYTES
+) -> torch.Tensor:
+    """Logits of ``net`` (in eval mode, on its own device) for all of ``data``, returned on the CPU."""
+    return predict(net, data, max_bytes).logits
+
+
+def evaluate_net(
+    net: nn.Module, splits: dict[str, ChunkedSplit], max_bytes: int = DEFAULT_CHUNK_BYTES
+) -> dict[str, Evaluation]:
+    """``net``'s per-sample outputs on each split (streamed: see :func:`iter_logits`)."""
+    out = {}
+    for name, split in splits.items():
+        logits = predict_logits(net, split, max_bytes)
+        out[name] = evaluate_logits(logits, split.y)
+    return out
 
 
 def evaluate_state(
-    net: nn.Module, state: dict[str, torch.Tensor], splits: dict[str, LabelledTensors]
+    net: nn.Module,
+    state: dict[str, torch.Tensor],
+    splits: dict[str, ChunkedSplit],
+    max_bytes: int = DEFAULT_CHUNK_BYTES,
 ) -> dict[str, Evaluation]:
     """Load ``state`` into ``net`` (a scratch copy: its weights are replaced) and evaluate it on each split."""
     net.load_state_dict(state)
-    return evaluate_net(net, splits)
+    return evaluate_net(net, splits, max_bytes)
