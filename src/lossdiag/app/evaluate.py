@@ -17,12 +17,13 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
-from lossdiag.app.pipeline import build_datamodule, build_net, prepare
+from lossdiag.app.pipeline import build_datamodule, build_net, eval_chunk_bytes, prepare
 from lossdiag.app.resume import override_key
 from lossdiag.app.run_config import RUN_GROUPS, run_cfg, run_choices, run_dir_of
 from lossdiag.callbacks.console import announce
 from lossdiag.data.datamodules import ImageFolderDataModule, InMemoryDataModule
 from lossdiag.errors import UserError
+from lossdiag.functional.breakdown import worst_indices
 from lossdiag.models.predict import evaluate_net
 from lossdiag.rundir.artifacts import Diagnosis, write_diagnosis
 from lossdiag.rundir.checkpoints import load_weights, read_checkpoint
@@ -116,7 +117,7 @@ def evaluate_checkpoint(cfg: Any, overrides: Sequence[str] = ()) -> Diagnosis:
     name = path.stem
     assert dm.val is not None and dm.train is not None
     splits = {"val": dm.val, "train": dm.train} if has_train else {"val": dm.val}
-    evaluations = evaluate_net(net, splits)
+    evaluations = evaluate_net(net, splits, eval_chunk_bytes(cfg))
     samples = Samples(
         classes=list(dm.class_names),
         loss_cap=cap,
@@ -133,8 +134,11 @@ def evaluate_checkpoint(cfg: Any, overrides: Sequence[str] = ()) -> Diagnosis:
     writer = SummaryWriter(str(out))
     try:
         # TensorBoard step = the epoch the weights come from (0 for untrained weights)
+        # only the images the worst-samples figure draws are read, not a float copy of the split
+        worst = worst_indices(evaluations["val"].loss, int(cfg.worst_k))
+        images = dict(zip(worst.tolist(), dm.val.inputs(worst), strict=True))
         diagnosis = write_diagnosis(
-            out, samples, dm.val.inputs(), int(cfg.worst_k), writer, step=max(epoch, 0), model=name,
+            out, samples, images, int(cfg.worst_k), writer, step=max(epoch, 0), model=name,
             evaluated_on=evaluated_on,
         )  # fmt: skip
     finally:

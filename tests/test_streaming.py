@@ -1,0 +1,141 @@
+"""Whole-split evaluation streams in chunks bounded in bytes: the bounded-loss cap over the training split
+(``LossDiagModule.on_train_start``) never holds a float32 copy of the split, and gives the same cap."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from lossdiag.data.datamodules import ImageFolderDataModule
+from lossdiag.functional.losses import loss_cap_from_initial, per_sample_cross_entropy
+from lossdiag.models.predict import iter_logits, predict
+from lossdiag.models.shallownet import ShallowNet
+
+SIZE = 160  # one 3x160x160 float32 image: 307,200 bytes
+SAMPLE_BYTES = 3 * SIZE * SIZE * 4
+
+
+class InputSizes(nn.Module):
+    """Wraps a network and records the byte size of every input it is given, and its train/eval mode."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net, self.calls = net, []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls.append((x.nelement() * x.element_size(), self.training, torch.is_grad_enabled()))
+        return self.net(x)
+
+
+@pytest.fixture(scope="module")
+def large_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("large")
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(("a", "b")):
+        (root / name).mkdir()
+        for i in range(14):
+            pixels = rng.integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8)
+            pixels[..., c] = 255
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    return root
+
+
+def _module(dm, budget: int):
+    from lossdiag.models.module import LossDiagModule
+
+    torch.manual_seed(0)
+    net = InputSizes(ShallowNet(width=dm.width, height=dm.height, depth=dm.depth, classes=dm.num_classes))
+    return LossDiagModule(
+        net=net, optimizer=torch.optim.SGD, class_names=dm.class_names, eval_chunk_bytes=budget
+    )
+
+
+@pytest.mark.parametrize("mode", ["memory", "lazy"])
+def test_cap_streams_in_chunks_within_the_byte_budget(large_images: Path, mode: str) -> None:
+    dm = ImageFolderDataModule(str(large_images), image_size=SIZE, mode=mode, workers=0, seed=0)
+    dm.setup()
+    n = len(dm.train)
+    one_chunk = _module(dm, budget=n * SAMPLE_BYTES)
+    cap_one = one_chunk.initial_cap(dm.train)
+    assert [c[0] for c in one_chunk.net.calls] == [n * SAMPLE_BYTES]
+
+    budget = 3 * SAMPLE_BYTES + SAMPLE_BYTES // 2  # 3.5 images: chunks of 3
+    chunked = _module(dm, budget=budget)
+    chunked.net.train()
+    cap_chunked = chunked.initial_cap(dm.train)
+    sizes = [c[0] for c in chunked.net.calls]
+    assert len(sizes) == -(-n // 3) >= 5 and max(sizes) <= budget and sum(sizes) == n * SAMPLE_BYTES
+    assert all(not training and not grad for _, training, grad in chunked.net.calls)  # eval mode, no grad
+    assert chunked.net.training  # the mode it had is restored
+    assert cap_chunked == pytest.approx(cap_one, rel=1e-6)
+
+    # what the cap was before it streamed: the whole split as float32 through the net at once
+    with torch.no_grad():
+        old = per_sample_cross_entropy(one_chunk.net.net.eval()(dm.train.inputs()), dm.train.y)
+    assert cap_one == pytest.approx(loss_cap_from_initial(old, one_chunk.k), rel=1e-6)
+
+
+def test_a_sample_larger_than_the_budget_is_evaluated_alone(large_images: Path) -> None:
+    dm = ImageFolderDataModule(str(large_images), image_size=SIZE, mode="memory", seed=0)
+    dm.setup()
+    module = _module(dm, budget=1000)
+    module.initial_cap(dm.val)
+    assert [c[0] for c in module.net.calls] == [SAMPLE_BYTES] * len(dm.val)
+
+
+def test_on_train_start_computes_the_cap_in_chunks(make_cfg, large_images: Path) -> None:
+    """Through the pipeline (``eval_chunk_mb``): the eval-mode forwards before the first training step are
+    the cap's chunks, each within the budget, and the cap equals the one computed in one chunk."""
+    import lightning as L
+
+    from lossdiag.app.pipeline import build_datamodule, build_module, build_trainer, prepare
+
+    cfg = make_cfg(
+        "data=folder",
+        f"data.root={large_images}",
+        f"data.image_size={SIZE}",
+        "data.train_size=null",
+        "eval_chunk_mb=1",  # 3 images of 307,200 bytes
+        "loss=bounded",
+        "callbacks=none",
+        "~logger",
+        "trainer.max_epochs=1",
+    )
+    prepare(cfg)
+    dm = build_datamodule(cfg)
+    module = build_module(cfg, dm)
+    assert module.eval_chunk_bytes == 2**20
+    reference = copy.deepcopy(module)  # the untrained weights, evaluated in one chunk
+    reference.eval_chunk_bytes = 2**30
+    cap_one_chunk = reference.initial_cap(dm.train)
+    calls: list[tuple[int, bool]] = []
+
+    class FirstStep(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+            calls.append((-1, True))
+
+    module.net.register_forward_pre_hook(lambda m, args: calls.append((args[0].nbytes, m.training)))
+    build_trainer(cfg, callbacks=[FirstStep()]).fit(module, datamodule=dm)
+    before = calls[: calls.index((-1, True))]
+    assert len(before) == -(-len(dm.train) // 3) and all(not training for _, training in before)
+    assert max(size for size, _ in before) <= 2**20
+    assert float(module.loss_cap) == pytest.approx(cap_one_chunk, rel=1e-6)
+
+
+def test_iter_logits_cuts_loader_batches_to_the_budget() -> None:
+    torch.manual_seed(0)
+    net = InputSizes(nn.Sequential(nn.Flatten(), nn.Linear(12, 3)))
+    x, y = torch.randn(10, 3, 2, 2), torch.arange(10) % 3
+    loader = [(x[:6], y[:6], torch.arange(6) + 100), (x[6:], y[6:], torch.arange(4) + 106)]
+    out = predict(net, loader, max_bytes=2 * 48)  # two samples of 48 bytes per chunk
+    assert [c[0] for c in net.calls] == [96, 96, 96, 96, 96]
+    assert torch.equal(out.index, torch.arange(10) + 100) and torch.equal(out.target, y)
+    assert torch.allclose(out.logits, net.net(x), atol=1e-6)
+    first = next(iter_logits(net, [(x, y)], max_bytes=10**6))  # batches without an index: positions
+    assert torch.equal(first.index, torch.arange(10))
