@@ -14,22 +14,31 @@ from torch import nn
 
 from lossdiag.data.datamodules import ImageFolderDataModule
 from lossdiag.functional.losses import loss_cap_from_initial, per_sample_cross_entropy
-from lossdiag.models.predict import iter_logits, predict
+from lossdiag.models.predict import iter_logits, predict, sample_bytes
 from lossdiag.models.shallownet import ShallowNet
 
 SIZE = 160  # one 3x160x160 float32 image: 307,200 bytes
 SAMPLE_BYTES = 3 * SIZE * SIZE * 4
+# ShallowNet's widest layer on it is the ReLU: 32 feature maps in, 32 out
+FOOTPRINT = SAMPLE_BYTES + 2 * 32 * SIZE * SIZE * 4
 
 
 class InputSizes(nn.Module):
-    """Wraps a network and records the byte size of every input it is given, and its train/eval mode."""
+    """Wraps a network and records the byte size of every input it is given, and its train/eval mode.
+
+    The first call of an evaluation is the one-sample probe of :func:`sample_bytes`; ``calls`` leaves it out.
+    """
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
-        self.net, self.calls = net, []
+        self.net, self.seen = net, []
+
+    @property
+    def calls(self) -> list[tuple[int, bool, bool]]:
+        return self.seen[1:]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls.append((x.nelement() * x.element_size(), self.training, torch.is_grad_enabled()))
+        self.seen.append((x.nelement() * x.element_size(), self.training, torch.is_grad_enabled()))
         return self.net(x)
 
 
@@ -61,16 +70,17 @@ def test_cap_streams_in_chunks_within_the_byte_budget(large_images: Path, mode: 
     dm = ImageFolderDataModule(str(large_images), image_size=SIZE, mode=mode, workers=0, seed=0)
     dm.setup()
     n = len(dm.train)
-    one_chunk = _module(dm, budget=n * SAMPLE_BYTES)
+    one_chunk = _module(dm, budget=n * FOOTPRINT)
     cap_one = one_chunk.initial_cap(dm.train)
     assert [c[0] for c in one_chunk.net.calls] == [n * SAMPLE_BYTES]
 
-    budget = 3 * SAMPLE_BYTES + SAMPLE_BYTES // 2  # 3.5 images: chunks of 3
+    budget = 3 * FOOTPRINT + FOOTPRINT // 2  # 3.5 images with their activations: chunks of 3
     chunked = _module(dm, budget=budget)
     chunked.net.train()
     cap_chunked = chunked.initial_cap(dm.train)
     sizes = [c[0] for c in chunked.net.calls]
-    assert len(sizes) == -(-n // 3) >= 5 and max(sizes) <= budget and sum(sizes) == n * SAMPLE_BYTES
+    assert len(sizes) == -(-n // 3) >= 5 and sum(sizes) == n * SAMPLE_BYTES
+    assert max(sizes) // SAMPLE_BYTES * FOOTPRINT <= budget  # input and activations within the budget
     assert all(not training and not grad for _, training, grad in chunked.net.calls)  # eval mode, no grad
     assert chunked.net.training  # the mode it had is restored
     assert cap_chunked == pytest.approx(cap_one, rel=1e-6)
@@ -79,6 +89,11 @@ def test_cap_streams_in_chunks_within_the_byte_budget(large_images: Path, mode: 
     with torch.no_grad():
         old = per_sample_cross_entropy(one_chunk.net.net.eval()(dm.train.inputs()), dm.train.y)
     assert cap_one == pytest.approx(loss_cap_from_initial(old, one_chunk.k), rel=1e-6)
+
+
+def test_a_samples_footprint_counts_the_widest_layer() -> None:
+    net = ShallowNet(width=SIZE, height=SIZE, depth=3, classes=2)
+    assert sample_bytes(net, (3, SIZE, SIZE), torch.device("cpu")) == FOOTPRINT
 
 
 def test_a_sample_larger_than_the_budget_is_evaluated_alone(large_images: Path) -> None:
@@ -101,7 +116,7 @@ def test_on_train_start_computes_the_cap_in_chunks(make_cfg, large_images: Path)
         f"data.root={large_images}",
         f"data.image_size={SIZE}",
         "data.train_size=null",
-        "eval_chunk_mb=1",  # 3 images of 307,200 bytes
+        f"eval_chunk_mb={3.5 * FOOTPRINT / 2**20}",  # 3 images and their activations
         "loss=bounded",
         "callbacks=none",
         "~logger",
@@ -110,7 +125,7 @@ def test_on_train_start_computes_the_cap_in_chunks(make_cfg, large_images: Path)
     prepare(cfg)
     dm = build_datamodule(cfg)
     module = build_module(cfg, dm)
-    assert module.eval_chunk_bytes == 2**20
+    assert module.eval_chunk_bytes == int(3.5 * FOOTPRINT)
     reference = copy.deepcopy(module)  # the untrained weights, evaluated in one chunk
     reference.eval_chunk_bytes = 2**30
     cap_one_chunk = reference.initial_cap(dm.train)
@@ -122,9 +137,10 @@ def test_on_train_start_computes_the_cap_in_chunks(make_cfg, large_images: Path)
 
     module.net.register_forward_pre_hook(lambda m, args: calls.append((args[0].nbytes, m.training)))
     build_trainer(cfg, callbacks=[FirstStep()]).fit(module, datamodule=dm)
-    before = calls[: calls.index((-1, True))]
+    probe, *before = calls[: calls.index((-1, True))]
+    assert probe == (SAMPLE_BYTES, False)
     assert len(before) == -(-len(dm.train) // 3) and all(not training for _, training in before)
-    assert max(size for size, _ in before) <= 2**20
+    assert max(size for size, _ in before) == 3 * SAMPLE_BYTES
     assert float(module.loss_cap) == pytest.approx(cap_one_chunk, rel=1e-6)
 
 
@@ -133,7 +149,10 @@ def test_iter_logits_cuts_loader_batches_to_the_budget() -> None:
     net = InputSizes(nn.Sequential(nn.Flatten(), nn.Linear(12, 3)))
     x, y = torch.randn(10, 3, 2, 2), torch.arange(10) % 3
     loader = [(x[:6], y[:6], torch.arange(6) + 100), (x[6:], y[6:], torch.arange(4) + 106)]
-    out = predict(net, loader, max_bytes=2 * 48)  # two samples of 48 bytes per chunk
+    per_sample = sample_bytes(net, (3, 2, 2), torch.device("cpu"))
+    assert per_sample == 48 + 2 * 48  # the input, then Flatten's input and output (a view, counted as a copy)
+    net.seen.clear()
+    out = predict(net, loader, max_bytes=2 * per_sample)  # two samples per chunk
     assert [c[0] for c in net.calls] == [96, 96, 96, 96, 96]
     assert torch.equal(out.index, torch.arange(10) + 100) and torch.equal(out.target, y)
     assert torch.allclose(out.logits, net.net(x), atol=1e-6)

@@ -44,7 +44,7 @@ class Split:
     def chunks(self, max_bytes: int, device: torch.device | str = "cpu") -> Iterator[Batch]:
         """``(x, y, index)`` in sample order, each ``x`` at most ``max_bytes`` of float32 (at least one sample),
         converted on ``device``; a store is read by its ``workers`` loader processes."""
-        step = rows_per_chunk(tuple(self.x.shape[1:]), max_bytes)
+        step = rows_per_chunk(self.sample_shape, max_bytes)
         if not isinstance(self.x, torch.Tensor):
             workers = self.x.workers if len(self) > step else 0
             yield from StoreBatches(
@@ -55,6 +55,11 @@ class Split:
             end = min(start + step, len(self))
             x = to_inputs(self.x[start:end].to(device, non_blocking=True), self.scale)
             yield x, self.y[start:end].to(device), torch.arange(start, end, device=device)
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """One sample's shape, ``(C, H, W)`` for images."""
+        return tuple(self.x.shape[1:])
 
     def __len__(self) -> int:
         return len(self.y)

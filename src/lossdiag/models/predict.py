@@ -2,8 +2,11 @@
 
 :func:`iter_logits` is the one place that evaluates a network over data: the bounded-loss cap
 (:meth:`lossdiag.models.module.LossDiagModule.on_train_start`), ``src.evaluate`` and the notebook helpers
-use it. Nothing here holds a float32 copy of a split: at most one chunk of ``max_bytes`` of float32 input
-(plus its logits) exists at a time, on the network's device.
+use it. Nothing here holds a float32 copy of a split: one chunk at a time exists, on the network's device,
+and a chunk's float32 input *and* the activations the network makes of it stay within ``max_bytes``: the
+bytes one sample takes (:func:`sample_bytes`, measured once on one sample) set the chunk's sample count.
+A network's activations usually dwarf its input (ShallowNet's 32 feature maps are 21x a 3-channel image),
+so a budget on the input alone would not bound the memory.
 
 It takes either
 
@@ -18,6 +21,8 @@ It takes either
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
@@ -45,7 +50,41 @@ class ChunkedSplit(Protocol):
 
     y: torch.Tensor
 
+    @property
+    def sample_shape(self) -> tuple[int, ...]: ...
+
     def chunks(self, max_bytes: int, device: torch.device) -> Iterable[Any]: ...
+
+
+def sample_bytes(net: nn.Module, sample_shape: tuple[int, ...] | torch.Size, device: torch.device) -> int:
+    """Bytes one sample of ``sample_shape`` takes through ``net`` without gradients: its float32 input plus
+    the widest layer's input and output (the largest working set of any leaf module, as forward hooks
+    see it on one zero sample). Operations outside modules (functional calls) are not seen."""
+    widest = [0]
+
+    def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        tensors = [*args, *(output if isinstance(output, tuple | list) else (output,))]
+        widest[0] = max(
+            widest[0], sum(t.nelement() * t.element_size() for t in tensors if torch.is_tensor(t))
+        )
+
+    leaves = [m for m in net.modules() if next(m.children(), None) is None]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    try:
+        with torch.no_grad():
+            net(torch.zeros(1, *sample_shape, device=device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return 4 * math.prod(sample_shape) + widest[0]
+
+
+def input_budget(
+    net: nn.Module, sample_shape: tuple[int, ...] | torch.Size, max_bytes: int, device: torch.device
+) -> int:
+    """The float32 input bytes per chunk that keep input and activations within ``max_bytes``."""
+    per_sample = sample_bytes(net, sample_shape, device)
+    return max(1, int(max_bytes) * 4 * math.prod(sample_shape) // per_sample)
 
 
 def _unpack(batch: Any, offset: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
@@ -72,12 +111,19 @@ def rechunk(batches: Iterable[Any], max_bytes: int) -> Iterator[tuple[torch.Tens
             yield x[start:end], None if y is None else y[start:end], index[start:end]
 
 
-def _source(data: ChunkedSplit | Iterable[Any] | torch.Tensor, max_bytes: int, device: torch.device):
-    if isinstance(data, torch.Tensor):
-        return rechunk([data], max_bytes)
+def _source(
+    net: nn.Module, data: ChunkedSplit | Iterable[Any] | torch.Tensor, max_bytes: int, device: torch.device
+) -> Iterator[Any]:
+    """The chunks of ``data``, each one's input cut so that input and activations fit in ``max_bytes``."""
     if isinstance(data, ChunkedSplit):
-        return data.chunks(max_bytes, device)
-    return rechunk(data, max_bytes)
+        yield from data.chunks(input_budget(net, data.sample_shape, max_bytes, device), device)
+        return
+    batches = iter([data] if isinstance(data, torch.Tensor) else data)
+    first = next(batches, None)
+    if first is None:
+        return
+    x = first if isinstance(first, torch.Tensor) else first[0]
+    yield from rechunk(itertools.chain([first], batches), input_budget(net, x.shape[1:], max_bytes, device))
 
 
 def iter_logits(
@@ -85,14 +131,15 @@ def iter_logits(
 ) -> Iterator[Predicted]:
     """``net``'s logits (float32, on its device) chunk by chunk, in eval mode and without gradients.
 
-    Each chunk's input is at most ``max_bytes`` of float32 (one sample if a single one is larger). The
-    network's train/eval mode is restored when the iteration ends, also when it is abandoned early.
+    Each chunk's float32 input and the activations of it take at most ``max_bytes`` (see the module
+    docstring; one sample if a single one is larger). The network's train/eval mode is restored when the
+    iteration ends, also when it is abandoned early.
     """
     device = next(net.parameters()).device
     was_training = net.training
     net.eval()
     try:
-        for x, y, index in _source(data, max_bytes, device):
+        for x, y, index in _source(net, data, max_bytes, device):
             with torch.no_grad():
                 logits = net(x.to(device, non_blocking=True)).float()
             yield Predicted(logits, y, index)
