@@ -20,6 +20,7 @@ from lossdiag.app.resume import resume_command
 from lossdiag.app.validate import validate
 from lossdiag.callbacks.checkpoint_io import AtomicCheckpointIO
 from lossdiag.callbacks.guards import NonFiniteLossGuard
+from lossdiag.callbacks.heap import HeapTrim
 from lossdiag.callbacks.tensorboard import TensorBoardDashboards
 from lossdiag.data.datamodules import InMemoryDataModule
 from lossdiag.functional.learning_rate import (
@@ -109,7 +110,8 @@ def _instantiate_all(group: DictConfig | None) -> list[Any]:
 
 
 def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
-    callbacks = [*_instantiate_all(cfg.get("callbacks")), NonFiniteLossGuard()]
+    # process hygiene, whatever the config: stop at a non-finite loss; give freed memory back to the OS
+    callbacks = [*_instantiate_all(cfg.get("callbacks")), NonFiniteLossGuard(), HeapTrim()]
     loggers = _instantiate_all(cfg.get("logger"))
     has_progress_bar = any(isinstance(c, L.pytorch.callbacks.ProgressBar) for c in callbacks)
     kwargs: dict[str, Any] = {

@@ -31,9 +31,15 @@ from torch import nn
 
 from lossdiag.functional.chunking import rows_per_chunk
 from lossdiag.functional.outputs import Evaluation, evaluate_logits
+from lossdiag.memory import release_free_heap
 
 DEFAULT_CHUNK_BYTES = 64 * 2**20
 """Float32 input per evaluation chunk (64 MiB: 16 images of 3x1024x1024, 1,365 of 3x64x64, 262,144 digits)."""
+
+
+TRIM_EVERY_N_CHUNKS = (
+    4  # freed activations go back to the OS (lossdiag.memory) at most this many chunks apart
+)
 
 
 class Predicted(NamedTuple):
@@ -139,10 +145,12 @@ def iter_logits(
     was_training = net.training
     net.eval()
     try:
-        for x, y, index in _source(net, data, max_bytes, device):
+        for i, (x, y, index) in enumerate(_source(net, data, max_bytes, device)):
             with torch.no_grad():
                 logits = net(x.to(device, non_blocking=True)).float()
             yield Predicted(logits, y, index)
+            if i % TRIM_EVERY_N_CHUNKS == TRIM_EVERY_N_CHUNKS - 1:
+                release_free_heap()
     finally:
         net.train(was_training)
 
