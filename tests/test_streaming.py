@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -158,3 +159,40 @@ def test_iter_logits_cuts_loader_batches_to_the_budget() -> None:
     assert torch.allclose(out.logits, net.net(x), atol=1e-6)
     first = next(iter_logits(net, [(x, y)], max_bytes=10**6))  # batches without an index: positions
     assert torch.equal(first.index, torch.arange(10))
+
+
+VAL_BATCH_SIZES: list[int] = []
+
+
+class ValBatchSizes(L.Callback):
+    """Records the size of every validation batch (in :data:`VAL_BATCH_SIZES`); added through the config."""
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        VAL_BATCH_SIZES.append(len(batch[0]))
+
+
+@pytest.mark.parametrize(("budget", "expected"), [(3.5, 3), (1.2, 2)])  # 1 image fits, a training batch is 2
+def test_auto_val_batches_fit_the_byte_budget(
+    make_cfg, large_images: Path, budget: float, expected: int
+) -> None:
+    """``data.val_batch_size=auto`` (the folder default): validation batches of as many images as the model
+    evaluates within ``eval_chunk_mb``, never fewer than a training batch."""
+    from lossdiag.app.pipeline import train
+
+    cfg = make_cfg(
+        "data=folder",
+        f"data.root={large_images}",
+        f"data.image_size={SIZE}",
+        "data.train_size=null",
+        "data.batch_size=2",
+        "callbacks=none",
+        "~logger",
+        "trainer.max_epochs=1",
+        f"eval_chunk_mb={budget * FOOTPRINT / 2**20}",
+        f"+callbacks.val_batches._target_={__name__}.ValBatchSizes",
+    )
+    assert cfg.data.val_batch_size == "auto"
+    VAL_BATCH_SIZES.clear()
+    train(cfg)
+    sizes = list(VAL_BATCH_SIZES)
+    assert len(sizes) >= 2 and sizes[:-1] == [expected] * (len(sizes) - 1) and 0 < sizes[-1] <= expected

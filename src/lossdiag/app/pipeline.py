@@ -32,7 +32,7 @@ from lossdiag.functional.learning_rate import (
 )
 from lossdiag.functional.objectives import OBJECTIVES
 from lossdiag.models.module import LossDiagModule
-from lossdiag.models.predict import DEFAULT_CHUNK_BYTES
+from lossdiag.models.predict import DEFAULT_CHUNK_BYTES, rows_within
 from lossdiag.rundir.checkpoints import check_checkpoint
 from lossdiag.rundir.metrics_csv import last_values, read_history
 
@@ -151,6 +151,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     prepare(cfg)
     datamodule = build_datamodule(cfg)
     model = build_module(cfg, datamodule)
+    # data.val_batch_size=auto: as many samples as the model evaluates within eval_chunk_mb
+    datamodule.size_val_batches(rows_within(model.net, datamodule.train.sample_shape, model.eval_chunk_bytes))  # type: ignore[union-attr]
     trainer = build_trainer(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
     shown = cfg  # what the HParams tab shows: the config, with the learning rate actually used

@@ -52,6 +52,8 @@ def validate(cfg: DictConfig) -> None:
             f"data.train_size={train_size} must be a count >= 1, a fraction in (0, 1], or null for all samples"
         )
     for key in ("data.batch_size", "data.val_batch_size", "data.image_size"):
+        if key == "data.val_batch_size" and OmegaConf.select(cfg, key, default=None) == "auto":
+            continue
         value = _number(cfg, key)
         if value is not None and (value < 1 or value != int(value)):
             raise UserError(f"{key}={value} must be a whole number >= 1")

@@ -34,6 +34,10 @@ class InMemoryDataModule(L.LightningDataModule):
     ``val_paths`` / ``train_paths`` and ``class_names`` are what :class:`lossdiag.callbacks.LossDiagnosis`
     looks for on a datamodule to name files and classes.
 
+    ``val_batch_size="auto"`` starts at ``max(batch_size, 256)`` until :meth:`size_val_batches` gives the count
+    the model can evaluate within a byte budget (validation batch sizes change no number: records are per
+    sample).
+
     ``augment`` (:data:`~lossdiag.functional.augment.AUGMENTATIONS`) transforms the training batches only, on
     their device, deterministically in ``(seed, epoch, batch)`` (a resumed run sees the same augmentation);
     validation batches are never augmented.
@@ -42,7 +46,7 @@ class InMemoryDataModule(L.LightningDataModule):
     def __init__(
         self,
         batch_size: int = 32,
-        val_batch_size: int | None = None,
+        val_batch_size: int | str | None = None,
         val_fraction: float = 0.25,
         train_size: int | float | None = None,
         seed: int = 0,
@@ -53,7 +57,10 @@ class InMemoryDataModule(L.LightningDataModule):
             raise ValueError(f"unknown augmentation {augment!r}: choose one of {', '.join(AUGMENTATIONS)}")
         self.augment = augment
         self.batch_size = batch_size
-        self.val_batch_size = val_batch_size or max(batch_size, 256)
+        self.val_batch_auto = val_batch_size == "auto"
+        self.val_batch_size = (
+            max(batch_size, 256) if self.val_batch_auto or not val_batch_size else int(val_batch_size)
+        )
         self.val_fraction = val_fraction
         self.train_size = train_size
         self.seed = seed
@@ -84,6 +91,11 @@ class InMemoryDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> TensorBatches:
         return self._batches(self._require().val, self.val_batch_size, shuffle=False)
+
+    def size_val_batches(self, rows: int) -> None:
+        """With ``val_batch_size="auto"``: ``rows`` samples per validation batch (at least ``batch_size``)."""
+        if self.val_batch_auto:
+            self.val_batch_size = max(self.batch_size, int(rows))
 
     # -- helpers ------------------------------------------------------------------------------
     def _require(self) -> InMemoryDataModule:

@@ -93,6 +93,15 @@ def input_budget(
     return max(1, int(max_bytes) * 4 * math.prod(sample_shape) // per_sample)
 
 
+def rows_within(net: nn.Module, sample_shape: tuple[int, ...] | torch.Size, max_bytes: int) -> int:
+    """How many samples ``net`` evaluates within ``max_bytes`` of input and activations (at least one)."""
+    return (
+        input_budget(net, sample_shape, max_bytes, next(net.parameters()).device)
+        // (4 * math.prod(sample_shape))
+        or 1
+    )
+
+
 def _unpack(batch: Any, offset: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """``(x, y, index)`` of a ``(x, y, index)`` / ``(x, y)`` batch; without an index, positions from ``offset``."""
     if isinstance(batch, torch.Tensor):
