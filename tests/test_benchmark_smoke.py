@@ -64,11 +64,15 @@ def test_scale_benchmark_runs_the_entry_point_and_a_plain_loop(tmp_path: Path) -
     each in its own measured process, and the tables."""
     from benchmarks.scale import main as scale
 
-    results = scale(["--sizes=40x16", "--epochs=1", f"--data={tmp_path / 'data'}", f"--out={tmp_path / 'out'}"])
+    results = scale(
+        ["--sizes=40x16", "--epochs=1", f"--data={tmp_path / 'data'}", f"--out={tmp_path / 'out'}"]
+    )
     assert [r.case for r in results] == ["plain", "project cold", "project auto"]
     for r in results:
         assert r.returncode == 0 and len(r.epoch_s) == 1
-        assert 0 < r.first_batch_s < r.wall_s and r.end_s >= 0 and r.peak_rss_mb > 0 and r.peak_tree_pss_mb > 0
+        assert (
+            0 < r.first_batch_s < r.wall_s and r.end_s >= 0 and r.peak_rss_mb > 0 and r.peak_tree_pss_mb > 0
+        )
     assert "decoded into the cache" in results[1].note and "read from the decode cache" in results[2].note
     data = json.loads((tmp_path / "out" / "scale.json").read_text())
     assert [r["case"] for r in data["results"]] == ["plain", "project cold", "project auto"]
