@@ -9,7 +9,8 @@ each step 2.5x slower (a page fault for every page of every tensor). :func:`rele
 heap's free bytes (``mallinfo2``, ~12 microseconds) and calls ``malloc_trim`` only when more than a threshold
 is free: the pages come back at the cost of one page fault each when reused, which did not measurably slow
 training (trimming every 10 steps of 64 px images: the same ms/step within noise). Called every few batches
-by :class:`lossdiag.callbacks.heap.HeapTrim` and every few chunks by :func:`lossdiag.models.predict.iter_logits`.
+by the data loaders (:mod:`lossdiag.data.batches`: training, validation and the end-of-fit passes) and every
+few chunks by :func:`lossdiag.models.predict.iter_logits`.
 """
 
 from __future__ import annotations

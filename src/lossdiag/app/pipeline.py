@@ -20,7 +20,6 @@ from lossdiag.app.resume import resume_command
 from lossdiag.app.validate import validate
 from lossdiag.callbacks.checkpoint_io import AtomicCheckpointIO
 from lossdiag.callbacks.guards import NonFiniteLossGuard
-from lossdiag.callbacks.heap import HeapTrim
 from lossdiag.callbacks.tensorboard import TensorBoardDashboards
 from lossdiag.data.datamodules import InMemoryDataModule
 from lossdiag.functional.learning_rate import (
@@ -110,8 +109,7 @@ def _instantiate_all(group: DictConfig | None) -> list[Any]:
 
 
 def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
-    # process hygiene, whatever the config: stop at a non-finite loss; give freed memory back to the OS
-    callbacks = [*_instantiate_all(cfg.get("callbacks")), NonFiniteLossGuard(), HeapTrim()]
+    callbacks = [*_instantiate_all(cfg.get("callbacks")), NonFiniteLossGuard()]
     loggers = _instantiate_all(cfg.get("logger"))
     has_progress_bar = any(isinstance(c, L.pytorch.callbacks.ProgressBar) for c in callbacks)
     kwargs: dict[str, Any] = {

@@ -10,6 +10,10 @@ data mode sees the same batches, the same augmentation and the same sample indic
 - :class:`StoreBatches`: batches read from a :mod:`lossdiag.data.stores` store (memory-mapped decode cache,
   or files decoded on the fly) by a ``DataLoader`` with ``workers`` persistent worker processes; each
   worker reads whole batches (one gather, or one loop of decodes), never single samples.
+
+Every pass over the data (training, validation, the end-of-fit evaluations) goes through them, so every
+:data:`TRIM_EVERY_N_BATCHES` batches they give the memory the model freed back to the OS
+(:func:`lossdiag.memory.release_free_heap`: glibc would otherwise keep GBs of it).
 """
 
 from __future__ import annotations
@@ -24,8 +28,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from lossdiag.data.stores import ImageReadError, ImageStore
 from lossdiag.errors import UserError
+from lossdiag.memory import release_free_heap
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # images, labels, sample indices
+TRIM_EVERY_N_BATCHES = 8
 Transform = Callable[[torch.Tensor, int, int], torch.Tensor]
 
 
@@ -81,6 +87,12 @@ class _Batched:
     def __len__(self) -> int:
         return math.ceil(math.ceil(self.n / self.num_replicas) / self.batch_size)
 
+    @staticmethod
+    def _between_batches(i: int) -> None:
+        """Called before batch ``i`` is made: what the steps since the last call freed goes back to the OS."""
+        if i % TRIM_EVERY_N_BATCHES == 0:
+            release_free_heap()
+
 
 class TensorBatches(_Batched):
     """Batches ``(x, y, index)`` sliced from in-memory tensors; ``x`` comes out as ``float32 / scale``.
@@ -115,6 +127,7 @@ class TensorBatches(_Batched):
         in_order = not self.shuffle and self.num_replicas == 1
         epoch = self.sampler.epoch
         for i, start in enumerate(range(0, len(order), self.batch_size)):
+            self._between_batches(i)
             end = start + self.batch_size
             idx = order[start:end]
             x, y = (self.x[start:end], self.y[start:end]) if in_order else (self.x[idx], self.y[idx])
@@ -210,6 +223,7 @@ class StoreBatches(_Batched):
     def __iter__(self) -> Iterator[Batch]:
         epoch = self.sampler.epoch
         for i, (x, y, index, error) in enumerate(self.loader):
+            self._between_batches(i)
             if error is not None:
                 raise UserError(error)
             batch = to_inputs(x.to(self.device, non_blocking=True), self.scale)
