@@ -85,7 +85,7 @@ def _decode(
             return images, entry.ok, entry.errors, f"{note} {entry.images.parent}"
     out = np.empty((len(listing), channels, size, size), dtype=np.uint8)
     ok, errors = decode_into(listing.files, size, channels, out, workers)
-    return out, ok, errors, "decoded (no cache)"
+    return out, ok, errors, "decoded without a cache"
 
 
 def load_folder(
@@ -95,7 +95,7 @@ def load_folder(
     image_size: int,
     channels: int,
     on_bad_image: str = "skip",
-    mode: str = "memory",
+    mode: str = "auto",
     cache_dir: Path | None = None,
     workers: int | str = "auto",
     max_memory_mb: float = 1024,
@@ -119,7 +119,7 @@ def load_folder(
                     f"{err}: set data.cache_dir to a writable folder with room, or use data.mode=lazy"
                 ) from err
             log.warning("%s: decoding on the fly instead", err)
-            chosen, why = "lazy", f"{why}, and no room for the decode cache"
+            chosen, why = "lazy", f"{why}, and the decode cache cannot be written"
         else:
             keep = check_decoded(listing, ok, errors, on_bad_image, root)
             store = MappedImages(path).subset(keep)  # type: ignore[arg-type]
