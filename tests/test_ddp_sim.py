@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lossdiag.diagnosis.samples import load_samples
 from lossdiag.rundir.metrics_csv import read_history
-from lossdiag.rundir.samples import load_samples
 from tests.conftest import run_module
 
 # 60 training samples: batches of 15 on each of 2 ranks see the same samples per step as batches of 30

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -10,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import classification_report as sk_report
 
+from lossdiag.diagnosis.judge.verdict import judge
+from lossdiag.diagnosis.samples import Samples, SplitInfo, load_samples
 from lossdiag.functional.breakdown import (
     epoch_scalars,
     loss_decomposition,
@@ -28,9 +31,16 @@ from lossdiag.functional.calibration import (
 )
 from lossdiag.functional.class_report import classification_report
 from lossdiag.functional.outputs import evaluate_logits
+from lossdiag.render.diagnosis import diagnosis_texts
+from lossdiag.render.reasons import advice, reason
 from lossdiag.render.tables import report_csv, report_markdown
-from lossdiag.rundir.artifacts import diagnose
-from lossdiag.rundir.samples import Samples, SplitInfo, load_samples
+
+
+def diagnose(samples: Samples, model: str | None = None, evaluated_on: str = "val split") -> SimpleNamespace:
+    """The judge and the words of the write stage, without files: the verdict, diagnosis.md, the summary."""
+    verdict = judge(samples, model, evaluated_on)
+    markdown, summary = diagnosis_texts(verdict)
+    return SimpleNamespace(numbers=verdict, markdown=markdown, summary=summary)
 
 
 def test_loss_decomposition_by_hand() -> None:
@@ -154,9 +164,9 @@ def test_verdict_when_val_loss_rises_with_flat_accuracy(tmp_path: Path) -> None:
     n = diag.numbers
     hist = samples.history
     means = hist.loss.astype(np.float64).mean(1)
-    assert n.min_epoch == int(np.argmin(means)) == 1
-    assert n.last_loss == pytest.approx(means[-1])
-    assert n.verdict == "phenomenon" and n.significant_rise and n.acc_change == 0
+    assert n.stats.min_epoch == int(np.argmin(means)) == 1
+    assert n.stats.last_loss == pytest.approx(means[-1])
+    assert n.kind == "phenomenon" and n.stats.significant_rise and n.stats.acc_change == 0
     assert diag.markdown.splitlines()[2].startswith(
         "**Verdict: phenomenon.** Val loss fell, then rose significantly"
     )
@@ -170,7 +180,7 @@ def test_verdict_when_val_loss_rises_with_flat_accuracy(tmp_path: Path) -> None:
 
 def test_verdict_says_no_when_val_loss_does_not_rise() -> None:
     diag = diagnose(_samples([3.0, 2.0, 1.0], wrong_loss=1.0))
-    assert not diag.numbers.significant_rise and diag.numbers.verdict == "no_rise"
+    assert not diag.numbers.stats.significant_rise and diag.numbers.kind == "no_rise"
     assert "**Verdict: no_rise.**" in diag.markdown and "it has not risen" in diag.markdown
     assert "phenomenon" not in diag.markdown.split("How the verdict is decided")[0]
     assert "rise is mostly over-confidence" not in diag.markdown
@@ -185,8 +195,8 @@ def test_verdict_says_accuracy_fell_when_it_did() -> None:
     logits[torch.arange(80), (target[:80] + 1) % 4] = 3.0  # 80 of 200 wrong now (10 before)
     samples.add_epoch(2, evaluate_logits(logits, target))
     diag = diagnose(samples)
-    assert diag.numbers.verdict == "overfitting" and diag.numbers.significant_rise
-    assert diag.numbers.acc_change_ci[1] < 0
+    assert diag.numbers.kind == "overfitting" and diag.numbers.stats.significant_rise
+    assert diag.numbers.stats.acc_change_ci[1] < 0
     assert (
         "**Verdict: overfitting.** Val loss rose significantly and accuracy fell significantly"
         in diag.markdown
@@ -264,21 +274,21 @@ def test_one_model_text_has_no_history_no_nan_and_no_false_under_confidence() ->
     logits = torch.nn.functional.one_hot(target, 3).float() * 6  # every prediction right
     diag = diagnose(_one_model(logits, target), model="best", evaluated_on="every image of /new (60 images)")
     n, text = diag.numbers, diag.markdown + diag.summary
-    assert n.verdict == "single_evaluation" and n.rise_ci is None and n.at_min is None
+    assert n.kind == "single_evaluation" and n.stats.rise_ci is None and n.at_min is None
     assert text.startswith("# Diagnosis") and "**Verdict: single_evaluation.**" in text
     assert "weights of epoch 4 on every image of /new (60 images)" in text
     assert "nan" not in text and "under-confident" not in text and "not identifiable" in text
     assert "No sample is misclassified" in text and "worst 1% (1 sample) carry" in text
     assert n.final.temperature_status == "not_identifiable" and "final" not in diag.summary
     assert "every image counts and there is no train/val split" in text
-    json = n.to_dict()
+    json = n.to_dict(reason(n), advice(n))
     assert json["rise_rel"] is None and json["final"]["conf_wrong_mean"] is None
 
 
 def test_one_model_at_chance_is_not_learning_with_advice_about_the_folders() -> None:
     target = torch.arange(90) % 3
     diag = diagnose(_one_model(torch.zeros(90, 3), target), model="best")  # uniform: T at its bound
-    assert diag.numbers.verdict == "not_learning"
+    assert diag.numbers.kind == "not_learning"
     assert "class folders are the run's classes" in diag.markdown and "optimizer.lr" not in diag.markdown
     assert "upper search bound" in diag.markdown and "(at bound)" in diag.markdown
     assert "nan" not in diag.markdown + diag.summary
@@ -287,22 +297,18 @@ def test_one_model_at_chance_is_not_learning_with_advice_about_the_folders() -> 
 def test_shares_outside_0_to_100_percent_are_explained() -> None:
     from dataclasses import replace
 
-    from lossdiag.render.diagnosis import diagnosis_texts
-
     n = diagnose(_samples([1.0, 0.5, 1.0, 2.0, 3.0], wrong_loss=4.0)).numbers
-    assert n.significant_rise and n.final.temperature_status == "ok"
+    assert n.stats.significant_rise and n.final.temperature_status == "ok"
     more = diagnosis_texts(replace(n, scaling_removes=1.115))[0]
     assert "removes all of the rise (and more)" in more and "111.5%" not in more
     none = diagnosis_texts(replace(n, scaling_removes=-0.3))[0]
     assert "removes none of the rise" in none and "-30.0%" not in none
-    offset = diagnosis_texts(replace(n, rise=0.13, rise_from_worst5=0.19, rise_from_rest=-0.06))[0]
+    offset = diagnosis_texts(replace(n, stats=replace(n.stats, rise=0.13), rise_from_worst5=0.19, rise_from_rest=-0.06))[0]
     assert "more than the whole rise, because the other samples' losses fell by 0.0600" in offset
 
 
 def test_bounded_runs_say_how_many_training_samples_get_no_gradient() -> None:
     from dataclasses import replace
-
-    from lossdiag.render.diagnosis import diagnosis_texts
 
     n = diagnose(_samples([1.0, 0.5, 1.0, 2.0, 3.0], wrong_loss=4.0)).numbers
     text = diagnosis_texts(replace(n, objective="bounded", n_train=150, n_train_above_cap=34))[0]

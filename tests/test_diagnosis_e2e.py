@@ -13,11 +13,11 @@ from omegaconf import OmegaConf, open_dict
 
 from lossdiag.app.evaluate import evaluate_checkpoint
 from lossdiag.app.pipeline import train
+from lossdiag.diagnosis.samples import load_samples
 from lossdiag.errors import UserError
 from lossdiag.models.shallownet import ShallowNet
 from lossdiag.rundir.checkpoints import load_weights
 from lossdiag.rundir.metrics_csv import read_history
-from lossdiag.rundir.samples import load_samples
 from tests.conftest import read_events, run_module
 
 EPOCHS = 20  # enough for the default data to show the rise (min near epoch 7)

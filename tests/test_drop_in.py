@@ -15,9 +15,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lossdiag.callbacks import LossDiagnosis
+from lossdiag.diagnosis.judge.stats import at_lowest_so_far, mean_losses
+from lossdiag.diagnosis.samples import load_samples
 from lossdiag.errors import UserError
-from lossdiag.functional.run_kinds import at_lowest_so_far, mean_losses
-from lossdiag.rundir.samples import load_samples
 from tests.conftest import read_events
 
 
@@ -129,7 +129,7 @@ def test_foreign_module_gets_the_whole_diagnosis(tmp_path: Path) -> None:
 
 def test_blocks_of_epochs_log_what_epoch_by_epoch_logs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The per-epoch diagnosis is evaluated in blocks; the block size changes when values are written, not what."""
-    from lossdiag.callbacks import loss_diagnosis
+    from lossdiag.callbacks import epoch_figures
 
     class Pictures(MLP):  # 4x4 one-channel "images": the worst-samples grids are drawn too
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -139,7 +139,7 @@ def test_blocks_of_epochs_log_what_epoch_by_epoch_logs(tmp_path: Path, monkeypat
         x, y = blobs(n, seed).tensors
         return TensorDataset(x.view(n, 1, 4, 4), y)
 
-    monkeypatch.setattr(loss_diagnosis, "FIGURE_TIME_SHARE", 1e9)  # figures drawn when their block is evaluated
+    monkeypatch.setattr(epoch_figures, "TIME_SHARE", 1e9)  # figures drawn when their block is evaluated
     epochs, outputs = 7, {}
     for name, every in (("each", 1), ("blocks", 3)):
         run = tmp_path / name
@@ -240,16 +240,16 @@ def test_each_epoch_is_one_tensorboard_event_even_with_the_stock_logger(tmp_path
 def test_pending_logits_over_the_memory_cap_are_evaluated_at_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from lossdiag.callbacks import loss_diagnosis
+    from lossdiag.diagnosis import record
 
     logged: list[int] = []
 
     class Watch(L.Callback):  # after LossDiagnosis's epoch end
         def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-            logged.append(diagnosis._logged_through)
+            logged.append(diagnosis.recorder.logged_through)
 
     held_per_epoch = 60 * 3 * 4  # val logits, float32 (its training_step returns no logits: no train records)
-    monkeypatch.setattr(loss_diagnosis, "MAX_PENDING_BYTES", 2 * held_per_epoch)
+    monkeypatch.setattr(record, "MAX_PENDING_BYTES", 2 * held_per_epoch)
     diagnosis = LossDiagnosis(tmp_path, flush_every_n_epochs=100, flush_every_s=1e9, figures_every_n_epochs=0)
     torch.manual_seed(0)
     L.Trainer(

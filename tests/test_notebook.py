@@ -13,8 +13,8 @@ from omegaconf import OmegaConf
 
 from lossdiag.app.notebook import CONFIG_FILE, RUN_DIR_ENV, cross_entropy_check, run_datamodule
 from lossdiag.app.pipeline import train
+from lossdiag.diagnosis.samples import load_samples
 from lossdiag.rundir.metrics_csv import read_history
-from lossdiag.rundir.samples import load_samples
 from tests.conftest import ROOT
 
 NOTEBOOK = ROOT / "notebooks" / "loss_analysis.ipynb"

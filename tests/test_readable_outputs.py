@@ -19,9 +19,9 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lossdiag.callbacks.tensorboard import HPARAM_METRICS, LAYOUT
+from lossdiag.diagnosis.samples import FIELDS, load_samples
 from lossdiag.functional.calibration import CALIBRATION_KEYS
 from lossdiag.rundir.metrics_csv import read_history
-from lossdiag.rundir.samples import FIELDS, load_samples
 from tests.conftest import ROOT, read_events
 
 EPOCHS = 3

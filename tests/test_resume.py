@@ -15,8 +15,8 @@ import torch
 
 from lossdiag.app.resolvers import _claimed, claim_unique_dir
 from lossdiag.callbacks.csv_logger import ResumableCSVLogger
+from lossdiag.diagnosis.samples import load_samples
 from lossdiag.rundir.metrics_csv import read_history
-from lossdiag.rundir.samples import load_samples
 from lossdiag.rundir.status import read_summary
 from tests.conftest import ROOT, run_module
 

@@ -1,26 +1,31 @@
-"""Run kinds (src/lossdiag/functional/run_kinds.py) on synthetic per-sample val records: each rule, the edge cases,
-the bootstrap against a slow loop, and cross-fitted temperature scaling."""
+"""Run kinds (the judge stage: lossdiag/diagnosis/judge/stats.py and rules.py, words in render/reasons.py) on
+synthetic per-sample val records: each rule, the edge cases, the bootstrap against a slow loop, and cross-fitted
+temperature scaling."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-from lossdiag.functional import run_kinds as rk
-from lossdiag.functional.run_kinds import (
-    KIND_ORDER,
-    KINDS,
-    RISE_THRESHOLD,
+from lossdiag.diagnosis.judge import stats as rk
+from lossdiag.diagnosis.judge.rules import KIND_ORDER, RULES, Case, Kind, decide
+from lossdiag.diagnosis.judge.stats import RISE_THRESHOLD, run_stats
+from lossdiag.functional import bootstrap
+from lossdiag.functional.bootstrap import (
     bootstrap_means,
-    classify_run,
-    crossfit_temperature,
     paired_bootstrap,
     percentile_interval,
     relative_rise,
 )
+from lossdiag.functional.calibration import T_MAX, crossfit_temperature
+from lossdiag.functional.jsonable import json_ready
+from lossdiag.render.reasons import advice, reason
+from lossdiag.render.text import accuracy_move
 
 torch.set_num_threads(1)
 
@@ -31,10 +36,20 @@ def balanced_target(n: int, n_classes: int = 4) -> np.ndarray:
     return np.arange(n) % n_classes
 
 
-def run(loss, pred, target, n_classes=4, epochs=None, **kw) -> rk.RunKind:
+def run(loss, pred, target, n_classes=4, epochs=None, **kw) -> SimpleNamespace:
+    """The judge stage on per-sample records: the statistics, the rule that decides, and its words."""
     loss = np.asarray(loss, dtype=float)
     epochs = list(range(len(loss))) if epochs is None else epochs
-    return classify_run(loss, pred, target, n_classes, list(NAMES[:n_classes]), epochs, **kw)
+    stats, facts = run_stats(loss, pred, target, list(NAMES[:n_classes]), epochs, **kw)
+    row = decide(Case(stats, facts))
+    judged = SimpleNamespace(stats=stats, facts=facts, rule=row.rule, history=stats.history, scaling_removes=None)
+    return SimpleNamespace(
+        **asdict(stats),
+        kind=row.kind,
+        reason=reason(judged),
+        advice=advice(judged),
+        to_dict=lambda: json_ready({"kind": row.kind, **asdict(stats)}),
+    )
 
 
 def confident_run(n: int = 400, n_epochs: int = 10, wrong_share: float = 0.1, seed: int = 0):
@@ -51,7 +66,8 @@ def confident_run(n: int = 400, n_epochs: int = 10, wrong_share: float = 0.1, se
 
 
 def test_kinds_and_order_are_the_same_set():
-    assert set(KINDS) == set(KIND_ORDER) and len(KINDS) == 6
+    assert set(Kind) == set(KIND_ORDER) == {row.kind for row in RULES} and len(Kind) == 7
+    assert RULES[-1].holds(None)  # the last rule always holds: every run gets a kind
 
 
 def test_clear_phenomenon():
@@ -133,8 +149,8 @@ def test_single_epoch():
     n = 100
     target = balanced_target(n)
     r = run(np.full((1, n), 0.3), target[None, :], target)
-    assert r.kind == "no_rise" and "only one epoch" in r.reason
-    assert r.min_epoch == r.last_epoch == 0 and r.rise_ci == (0.0, 0.0)
+    assert r.kind == "single_evaluation" and "no history" in r.reason
+    assert r.min_epoch == r.last_epoch == 0 and r.rise_ci is None
     collapsed = np.where(target == 1, 0, target)[None, :]
     assert run(np.full((1, n), 0.3), collapsed, target).kind == "partial_collapse"
     assert run(np.full((1, n), 0.3), (target[None, :] + 1) % 4, target).kind == "not_learning"
@@ -173,7 +189,7 @@ def test_ties_in_mean_loss_pick_the_first_epoch():
 def test_bootstrap_is_deterministic_and_contains_the_estimate():
     loss, pred, target, _ = confident_run(n=120)
     a, b = run(loss, pred, target, seed=5), run(loss, pred, target, seed=5)
-    assert a == b
+    assert a.to_dict() == b.to_dict() and a.reason == b.reason
     c = run(loss, pred, target, seed=6)
     assert c.rise_ci != a.rise_ci and c.kind == a.kind
     assert a.rise_ci[0] <= a.rise_rel <= a.rise_ci[1]
@@ -208,7 +224,7 @@ def test_bootstrap_chunks_keep_the_shape_and_the_answer(monkeypatch):
     rng = np.random.default_rng(0)
     values = rng.normal(size=(100, 2))
     whole = bootstrap_means(values, 300, seed=1)
-    monkeypatch.setattr(rk, "MAX_CHUNK_ELEMENTS", 1000)  # 10 resamples per chunk
+    monkeypatch.setattr(bootstrap, "MAX_CHUNK_ELEMENTS", 1000)  # 10 resamples per chunk
     chunked = bootstrap_means(values, 300, seed=1)
     assert chunked.shape == whole.shape == (300, 2)
     np.testing.assert_array_equal(chunked[:10], whole[:10])  # the first chunk draws the same indices
@@ -269,7 +285,7 @@ def test_crossfit_degenerate_cases():
     all_wrong = crossfit_temperature(logits, (logits.argmax(1) + 1) % 5)
     assert all_wrong.status == "not_identifiable"
     flat = crossfit_temperature(torch.zeros(50, 3), torch.arange(50) % 3)  # uniform: T -> T_MAX
-    assert flat.status == "at_bound" and flat.temperature == rk.T_MAX
+    assert flat.status == "at_bound" and flat.temperature == T_MAX
 
 
 def test_a_small_class_with_recall_0_is_listed_but_does_not_decide():
@@ -302,8 +318,8 @@ def test_lowest_at_the_last_epoch_has_not_risen():
 
 
 def test_accuracy_that_did_not_move_reads_unchanged():
-    assert rk.accuracy_move(0.9221, 0.9219) == "was unchanged at 0.922"
-    assert rk.accuracy_move(0.595, 0.719) == "went 0.595 -> 0.719"
+    assert accuracy_move(0.9221, 0.9219) == "was unchanged at 0.922"
+    assert accuracy_move(0.595, 0.719) == "went 0.595 -> 0.719"
 
 
 def test_calibration_summary_records_the_cross_fitted_numbers_but_logs_only_the_in_sample_ones():

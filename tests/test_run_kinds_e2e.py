@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lossdiag.rundir.samples import load_samples
+from lossdiag.diagnosis.samples import load_samples
 from tests.conftest import ROOT, read_events
 from tests.image_folders import write_image_folder
 

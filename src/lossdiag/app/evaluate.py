@@ -22,12 +22,14 @@ from lossdiag.app.resume import override_key
 from lossdiag.app.run_config import RUN_GROUPS, run_cfg, run_choices, run_dir_of
 from lossdiag.callbacks.console import announce
 from lossdiag.data.datamodules import ImageFolderDataModule, InMemoryDataModule
+from lossdiag.diagnosis.samples import Samples, SplitInfo, read_classes
+from lossdiag.diagnosis.write import Diagnosis, write_diagnosis
 from lossdiag.errors import UserError
-from lossdiag.models.predict import evaluate_net
-from lossdiag.rundir.artifacts import Diagnosis, write_diagnosis
+from lossdiag.functional.breakdown import worst_indices
+from lossdiag.functional.outputs import evaluate_logits
+from lossdiag.models.predict import predict_records
 from lossdiag.rundir.checkpoints import load_weights, read_checkpoint
 from lossdiag.rundir.paths import DIAGNOSIS_FILE
-from lossdiag.rundir.samples import Samples, SplitInfo, read_classes
 
 RUN_KEYS = (*RUN_GROUPS, "seed")
 log = logging.getLogger(__name__)
@@ -115,26 +117,30 @@ def evaluate_checkpoint(cfg: Any, overrides: Sequence[str] = ()) -> Diagnosis:
         cap = float(cfg.loss.cap)
     name = path.stem
     assert dm.val is not None and dm.train is not None
-    splits = {"val": dm.val, "train": dm.train} if has_train else {"val": dm.val}
-    evaluations = evaluate_net(net, splits)
+    net.eval()
+    evaluations = {
+        split: evaluate_logits(records.logits, records.target)
+        for split in (("val", "train") if has_train else ("val",))
+        if (records := predict_records(lambda x, n: net(x).float(), dm.eval_dataloader(split))) is not None
+    }
     samples = Samples(
         classes=list(dm.class_names),
         loss_cap=cap,
         val=SplitInfo.create(range(len(dm.val)), dm.val.y.numpy(), dm.val.paths),
-        train=SplitInfo.create(range(len(dm.train)), dm.train.y.numpy(), dm.train.paths)
-        if has_train
-        else None,
+        train=SplitInfo.create(range(len(dm.train)), dm.train.y.numpy(), dm.train.paths) if has_train else None,
         objective=str(cfg.loss.get("name", "")),
     )
     samples.add_epoch(epoch, evaluations["val"])
-    samples.models[name] = evaluations
-    samples.model_epoch[name] = epoch
+    samples.add_models({name: (epoch, evaluations)})
+    # only the images the worst-samples figure draws (never a float32 copy of the split)
+    worst = worst_indices(evaluations["val"].loss, int(cfg.worst_k)).tolist()
+    images = {i: dm.val.x[i].float() / dm.val.scale for i in worst} if dm.val.x.ndim == 4 else None
     out = Path(cfg.paths.output_dir)
     writer = SummaryWriter(str(out))
     try:
         # TensorBoard step = the epoch the weights come from (0 for untrained weights)
         diagnosis = write_diagnosis(
-            out, samples, dm.val.inputs(), int(cfg.worst_k), writer, step=max(epoch, 0), model=name,
+            out, samples, images, int(cfg.worst_k), writer, step=max(epoch, 0), model=name,
             evaluated_on=evaluated_on,
         )  # fmt: skip
     finally:

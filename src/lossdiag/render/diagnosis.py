@@ -1,4 +1,4 @@
-"""The verdict in words: ``diagnosis.md`` and the console summary, from :class:`VerdictNumbers`.
+"""The verdict in words: ``diagnosis.md`` and the console summary, from :class:`Verdict`.
 
 The first sentence names the kind of run (``**Verdict: <kind>.**``) with what it means; the same sentence
 opens the console summary, the TensorBoard text ``diagnosis`` and the notebook's conclusion. Nothing here
@@ -10,15 +10,16 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from lossdiag.diagnosis.judge.rules import KIND_ORDER, Kind
+from lossdiag.diagnosis.judge.stats import RISE_THRESHOLD
+from lossdiag.diagnosis.judge.verdict import ModelNumbers, Verdict
 from lossdiag.functional.calibration import T_MAX, T_MIN
-from lossdiag.functional.run_kinds import KIND_ORDER, RISE_THRESHOLD, loss_text, pct
-from lossdiag.functional.verdict import (
-    EXTREME_RATIO,
-    FEW_SHARE,
-    LARGE_ZERO_GRADIENT_SHARE,
-    ModelNumbers,
-    VerdictNumbers,
-)
+from lossdiag.render.reasons import advice, reason
+from lossdiag.render.text import loss_text, pct, plural
+
+EXTREME_RATIO = 10.0  # a sample whose loss is this many times the mean is called an extreme outlier
+FEW_SHARE = 0.05  # "a few samples": at most this share of them
+LARGE_ZERO_GRADIENT_SHARE = 0.05  # bounded loss: this share of training samples above the cap is called large
 
 # what each kind means, in one phrase (the first sentence of the verdict)
 KIND_MEANING = {
@@ -36,34 +37,29 @@ def _p(x: float) -> str:
     return f"{x:.3g}"
 
 
-def plural(count: int, noun: str) -> str:
-    """``"1 sample"``, ``"2 samples"``."""
-    return f"{count} {noun}{'' if count == 1 else 's'}"
-
-
 def _weights(epoch: int) -> str:
     return "untrained weights" if epoch < 0 else f"weights of epoch {epoch}"
 
 
-def headline(n: VerdictNumbers) -> str:
+def headline(n: Verdict) -> str:
     """The verdict's first sentence (markdown bold on the kind), its reason and, for the phenomenon, what it means."""
-    meaning = KIND_MEANING[n.verdict]
+    meaning = KIND_MEANING[n.kind]
     if not n.history:
         f = n.final
         on = "the val split" if n.evaluated_on == "val split" else n.evaluated_on
         detail = (
-            f"{_weights(n.last_epoch)} on {on}: mean cross-entropy {loss_text(f.loss)}, "
+            f"{_weights(n.stats.last_epoch)} on {on}: mean cross-entropy {loss_text(f.loss)}, "
             f"accuracy {f.acc:.3f} over {plural(f.n, 'sample')}"
         )
     else:
-        detail = n.reason
-    text = f"**Verdict: {n.verdict}.** {meaning[0].upper()}{meaning[1:]}: {detail}."
-    if n.verdict == "phenomenon":
+        detail = reason(n)
+    text = f"**Verdict: {n.kind}.** {meaning[0].upper()}{meaning[1:]}: {detail}."
+    if n.kind == Kind.PHENOMENON:
         text += " The loss is not telling you the model classifies worse."
     return text
 
 
-def notes(n: VerdictNumbers) -> list[str]:
+def notes(n: Verdict) -> list[str]:
     """Sentences that qualify the verdict: classes with recall 0 too small to count, samples the bounded loss ignores."""
     out = []
     if n.evaluated_on.startswith("every image"):
@@ -71,8 +67,8 @@ def notes(n: VerdictNumbers) -> list[str]:
             f"This checkpoint was evaluated on {n.evaluated_on}: a folder other than its run's own, so every image "
             "counts and there is no train/val split."
         )
-    small = [c for c in n.unlearned_classes if c not in n.collapsed_classes]
-    if small and n.verdict != "not_learning":
+    small = [c for c in n.stats.unlearned_classes if c not in n.stats.collapsed_classes]
+    if small and n.kind != Kind.NOT_LEARNING:
         one = len(small) == 1
         out.append(
             f"{'Class' if one else 'Classes'} {', '.join(small)} also {'has' if one else 'have'} recall 0 at the end, "
@@ -83,7 +79,7 @@ def notes(n: VerdictNumbers) -> list[str]:
     return out
 
 
-def _zero_gradient_words(n: VerdictNumbers) -> list[str]:
+def _zero_gradient_words(n: Verdict) -> list[str]:
     if n.objective != "bounded" or n.n_train_above_cap is None or not n.n_train:
         return []
     k, total = n.n_train_above_cap, n.n_train
@@ -103,25 +99,25 @@ def _zero_gradient_words(n: VerdictNumbers) -> list[str]:
     return [text]
 
 
-def rules_line(n: VerdictNumbers) -> str:
+def rules_line(n: Verdict) -> str:
     if not n.history:
         return (
             "How the verdict is decided for one model: not_learning when its accuracy is not above the "
-            f"majority-class rate by more than {n.majority_margin:.2f} (one-sided "
-            f"{100 * n.confidence_level:.0f}% lower bound), partial_collapse when some classes have recall 0 "
+            f"majority-class rate by more than {n.stats.majority_margin:.2f} (one-sided "
+            f"{100 * n.stats.confidence_level:.0f}% lower bound), partial_collapse when some classes have recall 0 "
             "beyond chance while others are learned, else single_evaluation. The rules are in the README "
             "(*Kinds of run*)."
         )
     return (
-        f"How the verdict is decided: the first rule that fires, in the order {', '.join(KIND_ORDER)} "
-        f"(rise threshold {pct(n.rise_threshold)}; majority-class margin {n.majority_margin:.2f}; "
-        f"{100 * n.confidence_level:.0f}% intervals from a paired bootstrap over the val samples, "
-        f"{n.n_resamples} resamples, seed {n.bootstrap_seed}). The minimum epoch is picked after looking at the "
+        f"How the verdict is decided: the first rule that fires, in the order {', '.join(k for k in KIND_ORDER if k != Kind.SINGLE_EVALUATION)} "
+        f"(rise threshold {pct(n.stats.rise_threshold)}; majority-class margin {n.stats.majority_margin:.2f}; "
+        f"{100 * n.stats.confidence_level:.0f}% intervals from a paired bootstrap over the val samples, "
+        f"{n.stats.n_resamples} resamples, seed {n.stats.bootstrap_seed}). The minimum epoch is picked after looking at the "
         "curve, so the rise's interval is slightly optimistic. The rules are in the README (*Kinds of run*)."
     )
 
 
-def _where_lines(n: VerdictNumbers) -> list[str]:
+def _where_lines(n: Verdict) -> list[str]:
     f = n.final
     n_correct = f.n - f.n_wrong
     lines = [
@@ -145,15 +141,15 @@ def _where_lines(n: VerdictNumbers) -> list[str]:
     else:
         confidence.append("no correct prediction")
     lines.append("- " + confidence[0][0].upper() + "; ".join(confidence)[1:] + ".")
-    if n.significant_rise and n.rise is not None and n.rise_from_worst5 is not None:
+    if n.stats.significant_rise and n.stats.rise is not None and n.rise_from_worst5 is not None:
         lines.append("- " + _rise_parts(n))
     return lines
 
 
-def _rise_parts(n: VerdictNumbers) -> str:
+def _rise_parts(n: Verdict) -> str:
     worst, rest, wrong = n.rise_from_worst5, n.rise_from_rest, n.rise_from_wrong
-    assert n.rise is not None and worst is not None and rest is not None and wrong is not None
-    head = f"Of the rise of {loss_text(n.rise)} since epoch {n.min_epoch}, the final worst 5% ({plural(n.final.top5_n, 'sample')})"
+    assert n.stats.rise is not None and worst is not None and rest is not None and wrong is not None
+    head = f"Of the rise of {loss_text(n.stats.rise)} since epoch {n.stats.min_epoch}, the final worst 5% ({plural(n.final.top5_n, 'sample')})"
     if rest < 0:
         text = (
             f"{head} account for +{loss_text(worst)}, more than the whole rise, because the other samples' losses "
@@ -164,7 +160,7 @@ def _rise_parts(n: VerdictNumbers) -> str:
     return text + f"; the final misclassified samples for {wrong:+.4f}."
 
 
-def _extreme_words(n: VerdictNumbers) -> str:
+def _extreme_words(n: Verdict) -> str:
     f, e = n.final, n.extreme[0]
     ratio = e.loss / f.loss if f.loss > 0 else math.inf
     text = (
@@ -198,11 +194,11 @@ def _number(x: float, fmt: str) -> str:
     return format(x, fmt) if math.isfinite(x) else "-"
 
 
-def _calibration_lines(n: VerdictNumbers) -> list[str]:
+def _calibration_lines(n: Verdict) -> list[str]:
     cols = ["", "NLL (mean loss)", "ECE (15 bins)", "temperature", "NLL after scaling*", "ECE after scaling*"]
     lines = ["| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
-    final_label = f"final, epoch {n.last_epoch}" if n.history else "this model"
-    rows = [(f"at min val loss, epoch {n.min_epoch}", n.at_min or n.final), (final_label, n.final)]
+    final_label = f"final, epoch {n.stats.last_epoch}" if n.history else "this model"
+    rows = [(f"at min val loss, epoch {n.stats.min_epoch}", n.at_min or n.final), (final_label, n.final)]
     for label, v in rows if n.shows_min else rows[1:]:
         lines.append(
             f"| {label} | {loss_text(v.loss)} | {_number(v.ece, '.4f')} | {_temperature_cell(v)} | "
@@ -215,7 +211,7 @@ def _calibration_lines(n: VerdictNumbers) -> list[str]:
         "",
         temperature_words(n.final, "the final model" if n.history else "the model"),
     ]
-    if n.significant_rise:
+    if n.stats.significant_rise:
         lines += ["", _scaling_words(n)]
     return lines
 
@@ -251,13 +247,13 @@ def temperature_words(m: ModelNumbers, who: str) -> str:
     return f"A fitted temperature of {t:.3f} (about 1) means {who} is about calibrated."
 
 
-def _scaling_words(n: VerdictNumbers) -> str:
+def _scaling_words(n: Verdict) -> str:
     f, m = n.final, n.at_min or n.final
     r = n.scaling_removes
     if r is None:
         bad = [
             label
-            for label, v in ((f"epoch {n.min_epoch}", m), (f"epoch {n.last_epoch}", f))
+            for label, v in ((f"epoch {n.stats.min_epoch}", m), (f"epoch {n.stats.last_epoch}", f))
             if v.temperature_status != "ok"
         ]
         return (
@@ -285,7 +281,7 @@ def _scaling_words(n: VerdictNumbers) -> str:
     )
 
 
-def _bounded_lines(n: VerdictNumbers) -> list[str]:
+def _bounded_lines(n: Verdict) -> list[str]:
     f, m = n.final, n.at_min or n.final
     if not math.isfinite(n.loss_cap):
         return ["No cap was recorded for this model, so there is no bounded view."]
@@ -293,19 +289,19 @@ def _bounded_lines(n: VerdictNumbers) -> list[str]:
         f"Capping every sample's loss at {n.loss_cap:.3f} (mean + k std of the untrained model's losses): "
         f"{loss_text(f.bounded)} at the end with {plural(f.n_above_cap, 'sample')} above the cap"
         + (
-            f", {loss_text(m.bounded)} at epoch {n.min_epoch} ({m.n_above_cap} above). "
+            f", {loss_text(m.bounded)} at epoch {n.stats.min_epoch} ({m.n_above_cap} above). "
             if n.shows_min
             else ". "
         )
     )
-    if not n.significant_rise:
+    if not n.stats.significant_rise:
         text += (
             "No sample is above the cap, so the bounded and the raw loss agree."
             if f.n_above_cap == 0
             else f"The {plural(f.n_above_cap, 'sample')} above the cap {'is' if f.n_above_cap == 1 else 'are'} "
             "the highest-loss ones (the worst are listed above)."
         )
-    elif f.bounded <= m.bounded * (1 + n.rise_threshold):
+    elif f.bounded <= m.bounded * (1 + n.stats.rise_threshold):
         few = f.n_above_cap <= FEW_SHARE * f.n
         text += (
             f"The bounded loss does not rise while the raw loss does: the rise lives in the "
@@ -318,7 +314,7 @@ def _bounded_lines(n: VerdictNumbers) -> list[str]:
 
 
 def _next_lines(
-    n: VerdictNumbers, reports: Sequence[str], figures: Sequence[str], tensorboard: bool
+    n: Verdict, reports: Sequence[str], figures: Sequence[str], tensorboard: bool
 ) -> list[str]:
     if n.history:
         lines = [
@@ -339,7 +335,7 @@ def _next_lines(
         lines.append("- `figures/`: " + ", ".join(f"`{name}.png`" for name in figures) + ".")
     lines += [
         "- `diagnosis.json`: the verdict and every number above, machine-readable.",
-        "- `samples.npz` (`lossdiag.rundir.samples.load_samples(folder)`): every number above, per sample"
+        "- `samples.npz` (`lossdiag.diagnosis.samples.load_samples(folder)`): every number above, per sample"
         + (" and epoch." if n.history else "."),
     ]
     paths = [e.path for e in n.extreme if e.path]
@@ -349,7 +345,7 @@ def _next_lines(
 
 
 def diagnosis_texts(
-    n: VerdictNumbers, reports: Sequence[str] = (), figures: Sequence[str] = (), tensorboard: bool = True
+    n: Verdict, reports: Sequence[str] = (), figures: Sequence[str] = (), tensorboard: bool = True
 ) -> tuple[str, str]:
     """``(diagnosis.md, the console summary)`` of a verdict.
 
@@ -358,7 +354,7 @@ def diagnosis_texts(
     """
     f = n.final
     lines = ["# Diagnosis: why does val loss rise?", "", headline(n), ""]
-    todo = n.advice
+    todo = advice(n)
     if todo:
         lines += [f"What to try: {todo}", ""]
     for note in notes(n):
@@ -367,7 +363,7 @@ def diagnosis_texts(
     lines += ["## Where the final val loss comes from" if n.history else "## Where the loss comes from", ""]
     lines += _where_lines(n)
     cols = ["index", "file", "true", "predicted", "p(true)", "confidence", "loss"]
-    cols += [f"loss at epoch {n.min_epoch}"] if n.shows_min else []
+    cols += [f"loss at epoch {n.stats.min_epoch}"] if n.shows_min else []
     lines += ["", "Most extreme samples (highest loss):", ""]
     lines += ["| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
     for e in n.extreme:
@@ -385,10 +381,10 @@ def diagnosis_texts(
     return markdown, summary
 
 
-def summary_lines(n: VerdictNumbers, f: ModelNumbers) -> list[str]:
+def summary_lines(n: Verdict, f: ModelNumbers) -> list[str]:
     """The console summary: the verdict, what to try, where the loss comes from, calibration."""
     out = [headline(n).replace("**", "")]
-    todo = n.advice
+    todo = advice(n)
     if todo:
         out.append(f"What to try: {todo}")
     wrong = f"misclassified ones {pct(f.wrong_share)}" if f.n_wrong else "no sample is misclassified"

@@ -1,4 +1,4 @@
-"""A run's likely label errors: ``suspects.csv``, ``suspects.md``, ``figures/data_map.png`` and the TB grids.
+"""A run's likely label errors: every sample of both splits ranked, as rows of ``suspects.csv``.
 
 The ranking (:func:`lossdiag.functional.suspects.rank_suspects`) uses what the run already recorded: the training
 dynamics of every epoch (``samples.train_margin``) and the best model's outputs on the val split (a
@@ -7,20 +7,33 @@ dynamics of every epoch (``samples.train_margin``) and the best model's outputs 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass, fields
 
 import numpy as np
-import torch
 
-from lossdiag.functional.suspects import Suspects, cartography, rank_suspects
-from lossdiag.render.figures import data_map_figure, log_figure, png_bytes, render, worst_samples_figure
-from lossdiag.render.suspects import SHOWN, SUSPECT_COLUMNS, SuspectRow, suspect_caption, suspects_markdown
-from lossdiag.render.tables import csv_text
-from lossdiag.rundir.atomic import atomic_write_bytes, atomic_write_text
-from lossdiag.rundir.paths import SUSPECTS_CSV, SUSPECTS_MD, figure_path
-from lossdiag.rundir.samples import Samples
+from lossdiag.diagnosis.samples import Samples
+from lossdiag.functional.suspects import Suspects, rank_suspects
+
+SHOWN = 32  # rows of suspects.md and tiles of each image grid
+
+
+@dataclass(frozen=True)
+class SuspectRow:
+    """One row of ``suspects.csv``."""
+
+    rank: int
+    split: str
+    index: int
+    path: str
+    given: str
+    suspected: str
+    score: float
+    raw_score: float
+    p_given: float
+    flagged: bool
+
+
+SUSPECT_COLUMNS = tuple(f.name for f in fields(SuspectRow))  # suspects.csv's header
 
 
 def _reference_model(samples: Samples, model: str | None = None) -> str | None:
@@ -84,43 +97,3 @@ def wanted_images(suspects: Suspects | None, samples: Samples, shown: int = SHOW
         if info is not None:
             out[split] = [int(info.index[w]) for w in suspects.top(split, shown)]
     return out
-
-
-def write_suspects(
-    out_dir: str | Path,
-    samples: Samples,
-    suspects: Suspects,
-    images: Mapping[str, Mapping[int, torch.Tensor]] | None = None,
-    writer: Any = None,
-    step: int = 0,
-) -> list[SuspectRow]:
-    """``suspects.csv`` (every sample, most suspect first), ``suspects.md``, the data map, the TB grids."""
-    out = Path(out_dir)
-    rows = suspect_rows(samples, suspects)
-    table = [
-        [r.rank, r.split, r.index, r.path, r.given, r.suspected, f"{r.score:.6g}", f"{r.raw_score:.6g}",
-         f"{r.p_given:.6g}", int(r.flagged)]
-        for r in rows
-    ]  # fmt: skip
-    atomic_write_text(out / SUSPECTS_CSV, csv_text(SUSPECT_COLUMNS, table))
-    atomic_write_text(out / SUSPECTS_MD, suspects_markdown(rows))
-    figures = {}
-    if samples.dynamics_epochs and samples.train is not None:
-        confidence, variability = cartography(np.stack(samples.train_p_given))
-        flagged = np.zeros(len(samples.train.index), dtype=bool)
-        flagged[suspects.where[(suspects.split == "train") & suspects.flagged]] = True
-        figures["data_map"] = data_map_figure(confidence, variability, flagged)
-    for name, fig in figures.items():
-        image = log_figure(writer, f"suspects/{name}", fig, step) if writer is not None else render(fig)
-        atomic_write_bytes(figure_path(out, name), png_bytes(image))
-    if writer is not None and images:
-        for split in ("train", "val"):
-            split_images = images.get(split, {})
-            shown = [r for r in rows if r.split == split and r.index in split_images][:SHOWN]
-            if shown:
-                fig = worst_samples_figure(
-                    torch.stack([split_images[r.index] for r in shown]), [suspect_caption(r) for r in shown],
-                    columns=8, title=f"most suspect {split} images (likely label errors first)",
-                )  # fmt: skip
-                log_figure(writer, f"suspects/{split}", fig, step)
-    return rows

@@ -42,6 +42,7 @@ key                         shape      meaning
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,6 +95,12 @@ class Samples:
     def add_epoch(self, epoch: int, evaluation: Evaluation) -> None:
         self.epochs.append(int(epoch))
         self.val_epochs.append(evaluation)
+
+    def add_models(self, models: Mapping[str, tuple[int, Mapping[str, Evaluation]]]) -> None:
+        """Replace the evaluated models: ``{name: (epoch of its weights, {split: outputs})}``; a model without
+        val outputs is left out. The one way both a training run and ``src.evaluate`` record whole models."""
+        self.models = {name: dict(splits) for name, (_, splits) in models.items() if "val" in splits}
+        self.model_epoch = {name: int(epoch) for name, (epoch, splits) in models.items() if "val" in splits}
 
     def add_dynamics(self, epoch: int, p_given: np.ndarray, margin: np.ndarray) -> None:
         self.dynamics_epochs.append(int(epoch))

@@ -1,0 +1,230 @@
+"""The run statistics the verdict is judged on, computed once from the per-sample val records.
+
+Input: the per-sample val cross-entropy ``loss`` (E, N) and predicted class ``pred`` (E, N) at each of the E
+recorded epochs, the ``target`` (N,), and optionally the untrained model's mean val loss. "min epoch" is the
+epoch of lowest mean val loss (first one on ties), "last epoch" the last recorded one, "best epoch" the one of
+highest val accuracy.
+
+Error bars come from one seeded paired bootstrap over the val samples (:mod:`lossdiag.functional.bootstrap`:
+2000 resamples, seed 0, 95% percentile intervals) that resamples the min and the last epoch with the same
+indices. The min epoch is picked after looking at the data, so the rise interval is slightly optimistic; so is
+the Wilson bound of the best accuracy.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from lossdiag.functional.bootstrap import (
+    LEVEL,
+    N_RESAMPLES,
+    SEED,
+    bootstrap_means,
+    percentile_interval,
+    relative_rise,
+    wilson_lower,
+)
+
+MAJORITY_MARGIN = 0.02  # best accuracy must beat the majority-class rate by more than this (lower bound)
+RISE_THRESHOLD = 0.05  # a relative rise of mean val loss up to this is "no rise"
+
+
+@dataclass(frozen=True)
+class RunStats:
+    """What the val records show, before any rule is applied (``diagnosis.json`` embeds these fields in order).
+
+    Fields about a rise (``rise*``, ``acc_change*``) are ``None`` with a single recorded epoch (no history).
+    """
+
+    n_samples: int
+    n_epochs: int
+    min_epoch: int
+    last_epoch: int
+    min_loss: float
+    last_loss: float
+    rise: float | None  # last_loss - min_loss
+    rise_rel: float | None  # rise / min_loss
+    rise_ci: tuple[float, float] | None
+    significant_rise: bool  # rise_rel > RISE_THRESHOLD and the CI's lower end > 0
+    acc_at_min: float
+    acc_last: float
+    acc_change: float | None  # acc_last - acc_at_min
+    acc_change_ci: tuple[float, float] | None
+    acc_best: float
+    acc_best_epoch: int
+    acc_best_lower: float  # one-sided LEVEL Wilson lower bound of acc_best
+    acc_last_lower: float  # one-sided LEVEL Wilson lower bound of acc_last
+    majority_rate: float  # share of the most frequent class in the val set
+    initial_loss: float | None  # the untrained model's mean val loss
+    unlearned_classes: tuple[str, ...]  # classes in the val set with recall 0 at the last epoch
+    collapsed_classes: tuple[
+        str, ...
+    ]  # those of them whose recall 0 is beyond chance (they decide a collapse)
+    samples_to_settle: (
+        int | None
+    )  # a rise whose interval includes 0: about how many val samples would settle it
+    rise_threshold: float
+    majority_margin: float
+    confidence_level: float
+    n_resamples: int
+    bootstrap_seed: int
+
+    @property
+    def history(self) -> bool:
+        return self.n_epochs > 1
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """Facts the rules and their words need beyond :class:`RunStats` (not in ``diagnosis.json``)."""
+
+    n_classes_present: int
+    n_learned_classes: int
+    min_is_first: bool  # the min epoch is the first recorded one
+    min_is_last: bool
+    predicted_last: tuple[str, ...]  # the classes the last epoch predicts
+
+
+def _check_inputs(
+    loss: np.ndarray, pred: np.ndarray, target: np.ndarray, n_classes: int, epochs: Sequence[int]
+) -> None:
+    """Refuse mismatched shapes, non-finite losses and out-of-range labels with a clear message."""
+    if loss.ndim != 2 or loss.shape[0] < 1 or loss.shape[1] < 1:
+        raise ValueError(f"loss must be (epochs >= 1, samples >= 1), got shape {loss.shape}")
+    if pred.shape != loss.shape:
+        raise ValueError(f"pred shape {pred.shape} differs from loss shape {loss.shape}")
+    if target.shape != (loss.shape[1],):
+        raise ValueError(f"target shape {target.shape} does not match {loss.shape[1]} samples")
+    if len(epochs) != loss.shape[0]:
+        raise ValueError(f"{len(epochs)} epoch numbers for {loss.shape[0]} recorded epochs")
+    if not np.all(np.isfinite(loss)):
+        raise ValueError("loss has non-finite values")
+    for name, labels in (("target", target), ("pred", pred)):
+        if labels.min() < 0 or labels.max() >= n_classes:
+            raise ValueError(f"{name} has labels outside [0, {n_classes})")
+
+
+def mean_losses(loss: np.ndarray) -> np.ndarray:
+    """Each epoch's mean per-sample loss (float64) of ``loss`` (..., N): what the min-loss epoch is picked by."""
+    return np.asarray(loss, dtype=np.float64).mean(-1)
+
+
+def at_lowest_so_far(mean_loss: np.ndarray, lowest_before: float = math.inf) -> np.ndarray:
+    """Which epochs of ``mean_loss`` (E,) (in order, after epochs whose lowest mean was ``lowest_before``) have a mean
+    at most every mean before them (or NaN): the candidates for the min-loss epoch, which is one of them."""
+    mean_loss = np.asarray(mean_loss, dtype=np.float64)
+    before = np.fmin.accumulate(np.concatenate([[lowest_before], mean_loss]))[:-1]  # fmin: NaN never wins
+    return (mean_loss <= before) | np.isnan(mean_loss)
+
+
+def run_stats(
+    loss: np.ndarray,
+    pred: np.ndarray,
+    target: np.ndarray,
+    class_names: Sequence[str],
+    epochs: Sequence[int],
+    initial_loss: float | None = None,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = SEED,
+) -> tuple[RunStats, RunFacts]:
+    """The statistics of the per-sample val records ``loss``/``pred`` (E, N) of ``target`` (N,)."""
+    loss = np.asarray(loss, dtype=np.float64)
+    pred, target = np.asarray(pred), np.asarray(target)
+    n_classes = len(class_names)
+    _check_inputs(loss, pred, target, n_classes, epochs)
+    n_epochs, n = loss.shape
+    epochs = [int(e) for e in epochs]
+
+    correct = (pred == target[None, :]).astype(np.float64)
+    mean_loss = mean_losses(loss)
+    acc = correct.mean(1)
+    i_min, i_last = int(np.argmin(mean_loss)), n_epochs - 1  # argmin: first epoch on ties
+    i_best = int(np.argmax(acc))
+
+    # one bootstrap for both intervals, so they come from the same resamples
+    means = bootstrap_means(
+        np.column_stack([loss[i_min], loss[i_last], correct[i_min], correct[i_last]]), n_resamples, seed
+    )
+    rise_rel = float(relative_rise(mean_loss[i_min], mean_loss[i_last]))
+    rise_ci = percentile_interval(relative_rise(means[:, 0], means[:, 1]))
+    acc_change_ci = percentile_interval(means[:, 3] - means[:, 2])
+
+    counts = np.bincount(target, minlength=n_classes)
+    hits = np.bincount(target, weights=correct[i_last], minlength=n_classes)
+    present = counts > 0
+    unlearned, learned = present & (hits == 0), present & (hits > 0)
+    collapsed = unlearned & _beyond_chance(unlearned, learned, counts, target, correct[i_last])
+    history = n_epochs > 1
+    significant = history and rise_rel > RISE_THRESHOLD and rise_ci[0] > 0
+    unsettled = history and rise_rel > RISE_THRESHOLD and rise_ci[0] <= 0
+    stats = RunStats(
+        n_samples=n,
+        n_epochs=n_epochs,
+        min_epoch=epochs[i_min],
+        last_epoch=epochs[i_last],
+        min_loss=float(mean_loss[i_min]),
+        last_loss=float(mean_loss[i_last]),
+        rise=float(mean_loss[i_last] - mean_loss[i_min]) if history else None,
+        rise_rel=rise_rel if history else None,
+        rise_ci=rise_ci if history else None,
+        significant_rise=significant,
+        acc_at_min=float(acc[i_min]),
+        acc_last=float(acc[i_last]),
+        acc_change=float(acc[i_last] - acc[i_min]) if history else None,
+        acc_change_ci=acc_change_ci if history else None,
+        acc_best=float(acc[i_best]),
+        acc_best_epoch=epochs[i_best],
+        acc_best_lower=wilson_lower(float(acc[i_best]), n),
+        acc_last_lower=wilson_lower(float(acc[i_last]), n),
+        majority_rate=float(counts.max() / n),
+        initial_loss=None if initial_loss is None else float(initial_loss),
+        unlearned_classes=tuple(class_names[c] for c in np.flatnonzero(unlearned)),
+        collapsed_classes=tuple(class_names[c] for c in np.flatnonzero(collapsed)),
+        samples_to_settle=_samples_to_settle(rise_rel, rise_ci[0], n) if unsettled else None,
+        rise_threshold=RISE_THRESHOLD,
+        majority_margin=MAJORITY_MARGIN,
+        confidence_level=LEVEL,
+        n_resamples=n_resamples,
+        bootstrap_seed=seed,
+    )
+    facts = RunFacts(
+        n_classes_present=int(present.sum()),
+        n_learned_classes=int(learned.sum()),
+        min_is_first=i_min == 0,
+        min_is_last=i_min == i_last,
+        predicted_last=tuple(class_names[int(c)] for c in np.unique(pred[i_last])),
+    )
+    return stats, facts
+
+
+def _beyond_chance(
+    unlearned: np.ndarray, learned: np.ndarray, counts: np.ndarray, target: np.ndarray, correct: np.ndarray
+) -> np.ndarray:
+    """Per class: would getting all its val samples wrong be unlikely for a class as well learned as the others?
+
+    ``a`` = one-sided ``LEVEL`` Wilson lower bound of the accuracy on the samples of the learned classes;
+    a class of ``n_c`` samples gets none right with probability ``(1 - a) ** n_c``; it counts when that is
+    <= ``(1 - LEVEL)`` / (number of classes in the val set) (Bonferroni over the classes).
+    """
+    if not (unlearned.any() and learned.any()):
+        return np.zeros_like(unlearned)
+    in_learned = learned[target]
+    a = wilson_lower(float(correct[in_learned].mean()), int(in_learned.sum()))
+    alpha = (1 - LEVEL) / int((counts > 0).sum())
+    return (1.0 - a) ** counts.astype(np.float64) <= alpha
+
+
+def _samples_to_settle(rise: float, ci_low: float, n: int) -> int | None:
+    """Val-set size at which the CI's lower end would reach 0 if the rise stayed the same.
+
+    The distance from estimate to lower end shrinks ~ 1/sqrt(N): N_needed = N * ((rise - low) / rise)^2.
+    A rough guide (heavy-tailed losses settle more slowly); None when it cannot be computed.
+    """
+    half = rise - ci_low
+    if not (math.isfinite(half) and math.isfinite(rise)) or rise <= 0:
+        return None
+    return math.ceil(n * (half / rise) ** 2)

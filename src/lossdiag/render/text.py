@@ -1,0 +1,29 @@
+"""How numbers read in every text the project writes (diagnosis, suspects, console)."""
+
+from __future__ import annotations
+
+
+def pct(x: float) -> str:
+    """``0.485`` -> ``"48.5%"``."""
+    return f"{100 * x:.1f}%"
+
+
+def loss_text(x: float) -> str:
+    """A loss to 4 decimals, or in scientific notation when that would read 0.0000."""
+    return f"{x:.4f}" if abs(x) >= 1e-3 or x == 0 else f"{x:.2e}"
+
+
+def signed(x: float) -> str:
+    return f"{x:+.3f}"
+
+
+def plural(count: int, noun: str) -> str:
+    """``"1 sample"``, ``"2 samples"``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def accuracy_move(before: float, after: float) -> str:
+    """``"was unchanged at 0.922"`` when both read the same at 3 decimals, else ``"went 0.595 -> 0.719"``."""
+    if f"{before:.3f}" == f"{after:.3f}":
+        return f"was unchanged at {after:.3f}"
+    return f"went {before:.3f} -> {after:.3f}"
