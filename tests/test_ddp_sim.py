@@ -44,7 +44,7 @@ def test_ddp_sim_matches_single_process(make_cfg, tmp_path: Path) -> None:
     # only rank 0 wrote: one TensorBoard file, one CSV, one pair of checkpoints
     files = sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file() and ".hydra" not in p.parts)
     assert len([f for f in files if f.startswith("events.out.tfevents")]) == 1, files
-    assert {"csv/metrics.csv", "checkpoints/best.ckpt", "checkpoints/last.ckpt"} <= set(files)
+    assert {"csv/metrics.csv", "checkpoints/best_val_acc.ckpt", "checkpoints/min_val_loss.ckpt", "checkpoints/last.ckpt"} <= set(files)
     assert not [f for f in files if "rank" in f or f.endswith(".tmp")], files
 
     train(make_cfg(*COMMON, "data.batch_size=30"))

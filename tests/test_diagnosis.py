@@ -174,7 +174,7 @@ def test_verdict_when_val_loss_rises_with_flat_accuracy(tmp_path: Path) -> None:
         hist.loss[-1][:10].astype(np.float64).sum() / hist.loss[-1].astype(np.float64).sum()
     )
     assert n.extreme[0].p_true == pytest.approx(float(hist.p_true[-1][:10].min()))
-    assert f"{n.extreme[0].p_true:.3g}" in diag.markdown
+    assert f"{n.extreme[0].p_given:.3g}" in diag.markdown
     assert "over-confident" in diag.markdown
 
 
@@ -275,7 +275,7 @@ def test_one_model_text_has_no_history_no_nan_and_no_false_under_confidence() ->
     diag = diagnose(_one_model(logits, target), model="best", evaluated_on="every image of /new (60 images)")
     n, text = diag.numbers, diag.markdown + diag.summary
     assert n.kind == "single_evaluation" and n.stats.rise_ci is None and n.at_min is None
-    assert text.startswith("# Diagnosis") and "**Verdict: single_evaluation.**" in text
+    assert text.startswith("# One model, evaluated") and "**Verdict: single_evaluation.**" in text
     assert "weights of epoch 4 on every image of /new (60 images)" in text
     assert "nan" not in text and "under-confident" not in text and "not identifiable" in text
     assert "No sample is misclassified" in text and "worst 1% (1 sample) carry" in text
@@ -376,8 +376,8 @@ def test_evaluate_epochs_is_evaluate_logits_per_epoch() -> None:
         one = evaluate_logits(z[e], y)
         for name in ("loss", "p_true", "pred", "conf"):
             np.testing.assert_array_equal(getattr(block[e], name), getattr(one, name), err_msg=name)
-        assert {k: float(v) for k, v in block[e].calibration.items()} == {
-            k: float(v) for k, v in one.calibration.items()
+        assert {k: np.asarray(v).tolist() for k, v in block[e].calibration.items()} == {
+            k: np.asarray(v).tolist() for k, v in one.calibration.items()
         }
         assert {k: float(v[e]) for k, v in scalars.items()} == epoch_scalars(z[e], y, one)
 

@@ -403,7 +403,7 @@ def test_worst_sample_captions_are_never_clipped_and_legible_at_card_size(
     assert any(
         t.get_text().endswith("\u2026") for t in lines
     )  # the long class name was shortened, not clipped
-    assert {t.get_text() for t in lines} >= {"loss 26.1", "p(true) 3.2e-12", "true: cat", "pred: cat"}
+    assert {t.get_text() for t in lines} >= {"loss 26.1", "p(given) 3.2e-12", "given: cat", "predicted: cat"}
 
 
 def test_loss_distribution_is_one_chart_with_every_model() -> None:

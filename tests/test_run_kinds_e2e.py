@@ -113,7 +113,12 @@ def test_default_run_numbers_are_unchanged(kind_runs) -> None:
     assert f"{numbers['min_loss']:.4f}" == "0.2718" and f"{numbers['last_loss']:.4f}" == "0.4035"
     assert numbers["rise_ci"][0] > 0 and numbers["acc_change_ci"][0] <= 0 <= numbers["acc_change_ci"][1]
     assert f"{numbers['acc_last']:.3f}" == "0.922"
-    assert "was unchanged at 0.922" in (kind_runs["phenomenon"][0] / "diagnosis.md").read_text()
+    text = (kind_runs["phenomenon"][0] / "diagnosis.md").read_text()
+    assert "was net unchanged at 0.922 (12 samples became wrong, 12 became right" in text
+    # the verdict is decided on the 5-epoch moving average: 27% (95% CI 6% to 43%), not the single epoch's 48.5%
+    assert f"{numbers['rise_rel_smoothed']:.3f}" == "0.265" and numbers["rise_ci_smoothed"][0] > 0
+    assert "rose 27% (95% CI 6% to 43%)" in text and "it is +48.5%" in text
+    assert numbers["acc_flips"] == {"to_wrong": 12, "to_right": 12}
     assert numbers["final"]["temperature_status"] == "ok" and 0.5 <= numbers["scaling_removes"] <= 1.0
 
 
@@ -138,7 +143,9 @@ def test_not_learning_says_what_to_try(kind_runs) -> None:
     run_dir, stdout = kind_runs["not_learning"]
     numbers = json.loads((run_dir / "diagnosis.json").read_text())
     assert numbers["acc_best_lower"] <= numbers["majority_rate"] + numbers["majority_margin"]
-    assert "optimizer.lr" in numbers["advice"] and "What to try: Lower `optimizer.lr`" in stdout
+    # nothing was learned because the loss barely moved: raise the learning rate, never lower it
+    assert numbers["cause"] == "none" and "What to try: Raise `optimizer.lr`" in stdout
+    assert "Lower" not in numbers["advice"] and "barely moved" in numbers["advice"]
 
 
 # ------------------------------------------------------------------------------------------- evaluation

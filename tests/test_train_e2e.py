@@ -44,7 +44,7 @@ def cli_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 def test_cli_run_writes_checkpoints_config_and_metrics(cli_run: tuple[str, Path]) -> None:
     loss, run_dir = cli_run
     assert (run_dir / ".hydra" / "config.yaml").read_text().count(f"name: {loss}") == 1
-    for name in ("best.ckpt", "last.ckpt"):
+    for name in ("best_val_acc.ckpt", "min_val_loss.ckpt", "last.ckpt"):
         ckpt = torch.load(run_dir / "checkpoints" / name, map_location="cpu", weights_only=False)
         cap = ckpt["state_dict"]["loss_cap"]
         assert torch.isfinite(cap) and cap > 0

@@ -1,4 +1,4 @@
-"""``python -m src.evaluate ckpt_path=<run>/checkpoints/best.ckpt [overrides]``.
+"""``python -m src.evaluate ckpt_path=<run>/checkpoints/best_val_acc.ckpt [overrides]``.
 
 Runs the end-of-training reports and diagnosis (classification report, worst samples, calibration,
 ``diagnosis.md``) for one saved checkpoint on the data the checkpoint's run was trained on
@@ -49,7 +49,7 @@ def main(cfg: DictConfig) -> None:
 def cli(entry: str = "lossdiag.evaluate") -> None:
     """The command line: the run's config groups added, run-folder paths quoted, Hydra's errors as one line."""
     sys.argv[1:], ADDED[:] = with_run_groups(sys.argv[1:])  # the run's config groups (data=folder, ...)
-    # a run folder's name holds "=": ckpt_path=<run>/checkpoints/best.ckpt
+    # a run folder's name holds "=": ckpt_path=<run>/checkpoints/best_val_acc.ckpt
     sys.argv[1:] = quote_paths(sys.argv[1:])
     with one_line_hydra_errors(entry):
         main()

@@ -56,7 +56,7 @@ def run_task(task: Callable[[], T]) -> T:
 
 
 def quote_paths(argv: list[str]) -> list[str]:
-    """``ckpt_path=outputs/runs/d/t_loss=bounded/checkpoints/best.ckpt`` -> the same with the value quoted.
+    """``ckpt_path=outputs/runs/d/t_loss=bounded/checkpoints/best_val_acc.ckpt`` -> the same with the value quoted.
 
     Only values of :data:`PATH_KEYS` that contain ``=`` and are not quoted already; a comma-separated
     sweep over plain folders (``data.root=/a,/b``) is left alone.

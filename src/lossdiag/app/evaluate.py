@@ -105,7 +105,7 @@ def evaluate_checkpoint(cfg: Any, overrides: Sequence[str] = ()) -> Diagnosis:
     from torch.utils.tensorboard import SummaryWriter
 
     if not cfg.get("ckpt_path"):
-        raise UserError("ckpt_path is not set: python -m src.evaluate ckpt_path=<run>/checkpoints/best.ckpt")
+        raise UserError("ckpt_path is not set: python -m src.evaluate ckpt_path=<run>/checkpoints/best_val_acc.ckpt")
     path = Path(str(cfg.ckpt_path)).expanduser()
     weights, cap, epoch = read_checkpoint(path)
     cfg = with_run_config(cfg, path, overrides)
@@ -119,7 +119,7 @@ def evaluate_checkpoint(cfg: Any, overrides: Sequence[str] = ()) -> Diagnosis:
     assert dm.val is not None and dm.train is not None
     net.eval()
     evaluations = {
-        split: evaluate_logits(records.logits, records.target)
+        split: evaluate_logits(records.logits, records.target, crossfit=split == "val")
         for split in (("val", "train") if has_train else ("val",))
         if (records := predict_records(lambda x, n: net(x).float(), dm.eval_dataloader(split))) is not None
     }

@@ -23,11 +23,11 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from lossdiag.diagnosis.judge.stats import at_lowest_so_far, mean_losses
+from lossdiag.diagnosis.judge.stats import mean_losses
 from lossdiag.diagnosis.samples import Samples, SplitInfo
 from lossdiag.functional.breakdown import epoch_scalar_block, loss_distributions
 from lossdiag.functional.losses import per_sample_cross_entropy
-from lossdiag.functional.outputs import Evaluation, evaluate_epochs, evaluate_logits
+from lossdiag.functional.outputs import Evaluation, evaluate_epochs
 from lossdiag.functional.suspects import given_label_dynamics
 from lossdiag.rundir.journal import (
     Journal,
@@ -98,10 +98,11 @@ class Recorder:
         self._last_flush = time.monotonic()
         self._saved_at = 0  # how many val epochs samples.npz held when last written
         self._lowest_val_loss = math.inf  # the lowest mean val loss of the epochs evaluated so far
-        # the latest evaluated val epoch (epoch, logits) while it has no cross-fitted calibration: the verdict may
-        # read it if it turns out to be the last (see finish); not in the state (a run resumed after its last val
-        # epoch leaves that epoch without it)
-        self._uncrossfitted_last: tuple[int, torch.Tensor] | None = None
+        # the two val epochs the verdict's calibration reads, (epoch, logits): the lowest mean loss so far (first on
+        # ties) and the latest; they get the cross-fitted calibration when training ends (see finish). The lowest
+        # travels in the state; the latest does not (a run resumed after its last val epoch leaves it without)
+        self._lowest_logits: tuple[int, torch.Tensor] | None = None
+        self._latest_logits: tuple[int, torch.Tensor] | None = None
 
     # -- every epoch ---------------------------------------------------------------------------------------
     def keep(self, stage: str, epoch: int, logits: torch.Tensor, target: torch.Tensor) -> None:
@@ -163,29 +164,34 @@ class Recorder:
         self, epochs: list[int], logits: torch.Tensor, target: torch.Tensor, cap: float
     ) -> StageBlock:
         assert self.samples is not None
-        # the cross-fitted calibration only where the verdict may read it: the epochs at the lowest val loss so far,
-        # and the last one (finish, at the end)
-        mean = mean_losses(per_sample_cross_entropy(logits, target).numpy())
-        crossfit = at_lowest_so_far(mean, self._lowest_val_loss)
-        self._lowest_val_loss = float(np.fmin.reduce(mean, initial=self._lowest_val_loss))
-        ev = evaluate_epochs(logits, target, crossfit=torch.from_numpy(crossfit))
-        self._uncrossfitted_last = None if crossfit[-1] else (epochs[-1], logits[-1].clone())
+        # no cross-fitted calibration here: the verdict reads it for two epochs only, given them in finish()
+        ev = evaluate_epochs(logits, target, crossfit=torch.zeros(len(epochs), dtype=torch.bool))
+        mean = mean_losses(ev.loss)
+        lowest = int(np.argmin(mean))  # first on ties, as the verdict's min epoch
+        if mean[lowest] < self._lowest_val_loss:
+            self._lowest_val_loss = float(mean[lowest])
+            self._lowest_logits = (epochs[lowest], logits[lowest].clone())
+        self._latest_logits = (epochs[-1], logits[-1].clone())
         for i, epoch in enumerate(epochs):
             self.samples.add_epoch(epoch, ev[i])
         self._journals["val"].append_many(epochs, evaluation_record(ev))
         return StageBlock(epochs, logits, target, torch.from_numpy(ev.loss), ev, cap)
 
     def finish(self) -> None:
-        """Give the last evaluated val epoch its cross-fitted calibration (a flush before cannot know which epoch
-        will be the last): in ``samples`` and, as a newer record of it, in the journal."""
-        if self._uncrossfitted_last is None or self.samples is None or "val" not in self._journals:
+        """Give the lowest-loss and the last val epochs their cross-fitted calibration (repeated over random splits:
+        two rows of temperature fits per split, paid once): in ``samples`` and, as newer records, in the journal."""
+        if self.samples is None or "val" not in self._journals:
             return
-        epoch, logits = self._uncrossfitted_last
-        self._uncrossfitted_last = None
-        if self.samples.epochs and self.samples.epochs[-1] == epoch:
-            ev = evaluate_logits(logits, self.targets["val"])
-            self.samples.val_epochs[-1] = ev
-            self._journals["val"].append(epoch, evaluation_record(ev))
+        kept = {epoch: logits for epoch, logits in (self._lowest_logits, self._latest_logits) if logits is not None}
+        kept = {epoch: logits for epoch, logits in kept.items() if epoch in self.samples.epochs}
+        if not kept:
+            return
+        epochs = sorted(kept)
+        ev = evaluate_epochs(torch.stack([kept[e] for e in epochs]), self.targets["val"])
+        for i, epoch in enumerate(epochs):
+            self.samples.val_epochs[self.samples.epochs.index(epoch)] = ev[i]
+        self._journals["val"].append_many(epochs, evaluation_record(ev))
+        self._latest_logits = None  # done: a second finish (after a failure) does not repeat it
 
     def take_dynamics(self) -> None:
         """Put the training dynamics of every recorded epoch into ``samples`` (at the end of fit)."""
@@ -232,12 +238,14 @@ class Recorder:
             }
             for stage, items in self.pending.items()
         }
-        return {"logged_through": self.logged_through, "pending": pending}
+        return {"logged_through": self.logged_through, "pending": pending, "lowest": self._lowest_logits}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Take the checkpoint's not-yet-logged epochs back at once, so a checkpoint saved before the next flush
         still holds them (a second resume then finds them)."""
         self.logged_through = int(state["logged_through"])
+        if state.get("lowest") is not None:
+            self._lowest_logits = state["lowest"]
         self._journal_before = self.logged_through + 1  # the journals keep the epochs logged before
         for stage, block in state["pending"].items():
             if block["logits"] is not None:

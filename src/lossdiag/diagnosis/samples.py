@@ -48,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lossdiag.functional.calibration import CALIBRATION_KEYS
+from lossdiag.functional.calibration import CALIBRATION_KEYS, SPLIT_KEYS
 from lossdiag.functional.outputs import EVALUATION_FIELDS, Evaluation, stack
 from lossdiag.rundir.atomic import atomic_write_bytes
 from lossdiag.rundir.paths import SAMPLES_FILE
@@ -157,7 +157,7 @@ def _flatten(prefix: str, ev: Evaluation) -> dict[str, np.ndarray]:
 def _unflatten(arrays, prefix: str) -> Evaluation | None:
     if f"{prefix}_loss" not in arrays:
         return None
-    calibration = {k: arrays[f"{prefix}_{k}"] for k in CALIBRATION_KEYS if f"{prefix}_{k}" in arrays}
+    calibration = {k: arrays[f"{prefix}_{k}"] for k in (*CALIBRATION_KEYS, *SPLIT_KEYS) if f"{prefix}_{k}" in arrays}
     return Evaluation(*(arrays[f"{prefix}_{name}"] for name in FIELDS), calibration=calibration)
 
 

@@ -31,6 +31,7 @@ from lossdiag.render.diagnosis import diagnosis_texts
 from lossdiag.render.figures import (
     WORST_TILES,
     data_map_figure,
+    groups_figure,
     log_figure,
     loss_distribution_figure,
     png_bytes,
@@ -41,12 +42,13 @@ from lossdiag.render.figures import (
 from lossdiag.render.figures import (
     render as render_figure,
 )
-from lossdiag.render.reasons import advice, reason
+from lossdiag.render.reasons import Context, advice, reason
 from lossdiag.render.remedies import what_you_can_do
 from lossdiag.render.suspects import mislabeled_section, suspect_caption, suspects_markdown
 from lossdiag.render.tables import csv_text, report_csv, report_markdown
 from lossdiag.rundir.atomic import atomic_write_bytes, atomic_write_text
 from lossdiag.rundir.paths import (
+    CHECKPOINTS_DIR,
     DIAGNOSIS_FILE,
     DIAGNOSIS_JSON,
     SAMPLES_FILE,
@@ -79,6 +81,7 @@ class Findings:
     val_images: Images | None = None
     suspect_images: Mapping[str, Mapping[int, torch.Tensor]] | None = None
     tensorboard: bool = False
+    ctx: Context = field(default_factory=Context)  # what the advice may point to
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -91,14 +94,24 @@ def find(
     val_images: Images | None = None,
     suspect_images: Mapping[str, Mapping[int, torch.Tensor]] | None = None,
     tensorboard: bool = False,
+    config_keys: bool = True,
 ) -> Findings:
-    """Compute everything the outputs of ``samples`` show (the verdict covers ``model`` or the recorded epochs)."""
+    """Compute everything the outputs of ``samples`` show (the verdict covers ``model`` or the recorded epochs).
+
+    ``config_keys``: the advice may name lossdiag config keys (``python -m src.train``; not in a project of your
+    own). Checkpoints are named only when ``<out_dir>/checkpoints/<model>.ckpt`` exists for an evaluated model."""
     reports = {
         name: classification_report(splits["val"].pred, samples.val.target, samples.classes)
         for name, splits in samples.models.items()
         if "val" in splits
     }
     suspects = rank_run(samples, model)
+    checkpoints = {
+        f"{CHECKPOINTS_DIR}/{name}.ckpt": epoch
+        for name, epoch in samples.model_epoch.items()
+        if (Path(out_dir) / CHECKPOINTS_DIR / f"{name}.ckpt").is_file()
+    }
+    ctx = Context(checkpoints, config_keys, str(SUSPECTS_CSV) if suspects is not None else None)
     return Findings(
         samples=samples,
         model=model,
@@ -113,6 +126,7 @@ def find(
         val_images=val_images,
         suspect_images=suspect_images,
         tensorboard=tensorboard,
+        ctx=ctx,
     )
 
 
@@ -125,7 +139,7 @@ def worst_rows(
     target = samples.val.target
     epochs = samples.epochs if with_history and samples.val_epochs else []
     history = samples.history.loss if epochs else np.empty((0, len(target)))
-    header = ["rank", "index", "path", "true", "predicted", "p_true", "confidence", "loss"]
+    header = ["rank", "index", "path", "given", "predicted", "p_given", "p_predicted", "loss"]
     header += [f"loss_epoch_{e}" for e in epochs]
     rows = [
         [
@@ -218,6 +232,8 @@ def _worst(f: Findings, done: Rendered) -> Rendered:
 
 def _figures(f: Findings, done: Rendered) -> Rendered:
     figures = epoch_figures(f.samples, f.final, f.val_images, f.worst_k, f.final_epoch, "final model, val")
+    if f.verdict.rise_by_group is not None and f.verdict.stats.rise:
+        figures["rise_by_group"] = groups_figure(f.verdict.rise_by_group, f.verdict.final_loss_by_group)
     if f.samples.models:
         figures["loss_distribution"] = loss_distribution_figure(
             {name: s["val"].loss for name, s in f.samples.models.items() if "val" in s},
@@ -265,12 +281,12 @@ def _diagnosis(f: Findings, done: Rendered) -> Rendered:
     paths = {item.path for item in done if item.path is not None}
     reports = [name for name in f.reports if report_path("", name, "md") in paths]
     figures = [i.path.stem for i in done if i.path is not None and i.tag and i.tag.startswith("diagnosis/")]
-    markdown, summary = diagnosis_texts(f.verdict, reports, figures, f.tensorboard)
+    markdown, summary = diagnosis_texts(f.verdict, reports, figures, f.tensorboard, f.ctx)
     if f.suspects is not None:
         markdown += mislabeled_section(f.suspect_rows, _worst_val_indices(f))
-    markdown += _what_you_can_do(f, suspects_file=str(SUSPECTS_CSV) if f.suspects is not None else None)
+    markdown += what_you_can_do(f.verdict, f.ctx, f.remedies)
     f.extra["summary"] = summary
-    numbers = f.verdict.to_dict(reason(f.verdict), advice(f.verdict))
+    numbers = f.verdict.to_dict(reason(f.verdict), advice(f.verdict, f.ctx))
     return [
         Item(DIAGNOSIS_FILE, markdown, "diagnosis"),
         Item(DIAGNOSIS_JSON, json.dumps(numbers, indent=2) + "\n"),
@@ -279,22 +295,6 @@ def _diagnosis(f: Findings, done: Rendered) -> Rendered:
 
 def _worst_val_indices(f: Findings) -> list[int]:
     return [int(f.samples.val.index[i]) for i in worst_indices(f.final.loss, f.worst_k)]
-
-
-def _what_you_can_do(f: Findings, suspects_file: str | None) -> str:
-    """The "What you can do" section, appended when the run shows the phenomenon (a sweep's report included)."""
-    v = f.verdict
-    return what_you_can_do(
-        phenomenon=v.kind == "phenomenon",
-        temperature=v.final.temperature,
-        best_acc_epoch=v.stats.acc_best_epoch,
-        best_acc=v.stats.acc_best,
-        last_acc=v.stats.acc_last,
-        nll=v.final.loss,
-        nll_scaled=v.final.nll_crossfit,  # cross-fitted: not scored on the samples T was fitted on
-        remedies=f.remedies,
-        suspects_file=suspects_file,
-    )
 
 
 # the outputs, in the order they are rendered (diagnosis.md last: it names the files written before it)
@@ -335,6 +335,7 @@ def write_diagnosis(
     model: str | None = None,
     evaluated_on: str = "val split",
     suspect_images: Mapping[str, Mapping[int, torch.Tensor]] | None = None,
+    config_keys: bool = True,
 ) -> Diagnosis:
     """Find, render and write every output of :data:`OUTPUTS` into ``out_dir`` (and ``writer``, at ``step``).
 

@@ -122,13 +122,51 @@ def worst_samples_figure(
     return fig
 
 
-def worst_caption(true: str, pred: str, p_true: float, loss: float) -> str:
-    """Four short lines under a worst-sample tile: true class, predicted class, loss, p(true class)."""
-    return f"true: {true}\npred: {pred}\nloss {loss:.3g}\np(true) {p_true:.2g}"
+def worst_caption(given: str, predicted: str, p_given: float, loss: float) -> str:
+    """Four short lines under a worst-sample tile: the label in the data (given), the model's prediction, the loss,
+    and the model's probability of the given label."""
+    return f"given: {given}\npredicted: {predicted}\nloss {loss:.3g}\np(given) {p_given:.2g}"
 
 
 # colours of the evaluated models in the loss-distribution chart (others take the next free colour)
-MODEL_COLOURS = {"initial": "tab:gray", "best": "tab:blue", "last": "tab:red"}
+MODEL_COLOURS = {
+    "initial": "tab:gray",
+    "best_val_acc": "tab:blue",
+    "min_val_loss": "tab:green",
+    "best": "tab:blue",
+    "last": "tab:red",
+}
+
+
+def groups_figure(
+    rise: Mapping[str, Mapping[str, float]], final: Mapping[str, Mapping[str, float]]
+) -> Figure:
+    """Two bar charts over the same groups of val samples: each group's part of the rise (they add up to the
+    rise; a negative bar is a group whose loss fell) and of the final loss, labelled with its share."""
+    names = list(rise)
+    fig = Figure(figsize=(8.0, 3.8), dpi=FIGURE_DPI)
+    for col, (data, key, title) in enumerate(
+        ((rise, "rise", "part of the rise of mean val loss"), (final, "loss", "part of the final mean val loss"))
+    ):
+        ax = fig.add_subplot(1, 2, col + 1)
+        values = [data[name][key] for name in names]
+        colours = ["tab:red" if v > 0 else "tab:blue" for v in values]
+        bars = ax.barh(range(len(names)), values, color=colours)
+        for bar, name in zip(bars, names, strict=True):
+            share = data[name]["share"]
+            label = f"{data[name]['n']} samples" + ("" if share is None else f", {100 * share:.0f}%")
+            ax.annotate(label, (bar.get_width(), bar.get_y() + bar.get_height() / 2), xytext=(3, 0),
+                        textcoords="offset points", va="center", fontsize=9)  # fmt: skip
+        ax.set_yticks(range(len(names)), [n.replace("_", " ") for n in names] if col == 0 else [""] * len(names))
+        ax.invert_yaxis()
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.set_title(title, fontsize=11)
+        ax.tick_params(labelsize=9.5)
+        ax.margins(x=0.35)
+        ax.grid(axis="x", alpha=0.3)
+    fig.text(0.99, 0.01, "red: adds to it, blue: lowers it", ha="right", va="bottom", fontsize=9)
+    fig.subplots_adjust(left=0.2, right=0.98, bottom=0.1, top=0.9, wspace=0.08)
+    return fig
 
 
 def loss_distribution_figure(

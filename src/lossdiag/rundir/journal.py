@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lossdiag.functional.calibration import CALIBRATION_KEYS
+from lossdiag.functional.calibration import CALIBRATION_KEYS, CROSSFIT_SPLITS, SPLIT_KEYS
 from lossdiag.functional.outputs import EVALUATION_FIELDS, Evaluation
 from lossdiag.rundir.atomic import atomic_write_bytes
 
@@ -75,6 +75,7 @@ def val_journal(path: str | Path, n: int) -> Journal:
         "pred": ("<i2", (n,)),
         "conf": ("<f4", (n,)),
         "calibration": ("<f8", (len(CALIBRATION_KEYS),)),
+        "crossfit_splits": ("<f8", (len(SPLIT_KEYS), CROSSFIT_SPLITS)),
     }
     return Journal(path, fields)
 
@@ -90,11 +91,19 @@ def evaluation_record(ev: Evaluation) -> dict[str, np.ndarray]:
         ],
         axis=-1,
     )
+    record["crossfit_splits"] = np.stack(
+        [
+            np.broadcast_to(np.asarray(ev.calibration.get(k, np.nan), dtype=np.float64), (*lead, CROSSFIT_SPLITS))
+            for k in SPLIT_KEYS
+        ],
+        axis=-2,
+    )
     return record
 
 
 def record_evaluation(record: Mapping[str, np.ndarray]) -> Evaluation:
     calibration = {k: np.float64(v) for k, v in zip(CALIBRATION_KEYS, record["calibration"], strict=True)}
+    calibration.update(zip(SPLIT_KEYS, np.asarray(record["crossfit_splits"], dtype=np.float64), strict=True))
     return Evaluation(*(record[name] for name in EVALUATION_FIELDS), calibration=calibration)
 
 

@@ -7,6 +7,7 @@ dynamics of every epoch (``samples.train_margin``) and the best model's outputs 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -40,7 +41,7 @@ def _reference_model(samples: Samples, model: str | None = None) -> str | None:
     """The model whose outputs score the val samples and name the class the model prefers."""
     if model is not None:
         return model
-    return next((m for m in ("best", "last") if m in samples.models), None)
+    return next((m for m in ("min_val_loss", "best_val_acc", "best", "last") if m in samples.models), None)
 
 
 def rank_run(samples: Samples, model: str | None = None) -> Suspects | None:
@@ -97,3 +98,40 @@ def wanted_images(suspects: Suspects | None, samples: Samples, shown: int = SHOW
         if info is not None:
             out[split] = [int(info.index[w]) for w in suspects.top(split, shown)]
     return out
+
+
+def val_label_suspects(
+    samples: Samples,
+    kind: str,
+    collapsed_classes: Sequence[str] = (),
+    model: str | None = None,
+    min_epoch: int | None = None,
+) -> np.ndarray:
+    """The val samples flagged as likely label errors (bool, val row order), confident-learning style.
+
+    Judged under the model the verdict uses: the min-loss epoch (before the rise; a memorised or over-confident
+    model would flag its own mistakes), or the evaluated ``model``. A sample is flagged when that model predicts
+    another class ``j`` with at least class ``j``'s self-confidence (the mean probability it gives samples labelled
+    ``j``: a per-class threshold, as confident learning's) and the recorded epochs up to then mostly agree.
+    Nothing is flagged for a model that did not learn, nor for samples of collapsed classes.
+    """
+    target = np.asarray(samples.val.target)
+    flagged = np.zeros(len(target), dtype=bool)
+    if kind == "not_learning":
+        return flagged
+    if model is not None:
+        early = [samples.models[model]["val"]]
+    else:
+        epochs = list(samples.epochs)
+        last = epochs.index(min_epoch) if min_epoch in epochs else len(epochs) - 1
+        early = samples.val_epochs[: last + 1]
+    ref = early[-1]
+    counts = np.bincount(target, minlength=len(samples.classes))
+    sums = np.bincount(target, weights=np.asarray(ref.p_true, dtype=np.float64), minlength=len(samples.classes))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        threshold = np.where(counts > 0, sums / np.maximum(counts, 1), np.inf)
+    pred = np.asarray(ref.pred, dtype=np.int64)
+    agree = np.mean([np.asarray(e.pred) == pred for e in early], axis=0) >= 0.5
+    flagged = (pred != target) & (np.asarray(ref.conf) >= threshold[pred]) & agree
+    collapsed = np.isin(np.asarray(samples.classes)[target], list(collapsed_classes))
+    return flagged & ~collapsed
