@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -53,6 +54,19 @@ def run_module(
         text=True,
         timeout=timeout,
     )
+
+
+def run_spawned(module: str, *args: str, cwd: Path = ROOT, output: Path | None = None) -> subprocess.CompletedProcess:
+    """:func:`run_module` for a run whose trainer spawns processes (ddp_spawn + gloo). Seen about once in 15
+    runs: a spawned gloo process aborts in C++ ("terminate called without an active exception", SIGABRT) with no
+    Python error; that crash of the process machinery gets one fresh attempt (``output``, the run's folder, is
+    removed first)."""
+    proc = run_module(module, *args, cwd=cwd)
+    if proc.returncode != 0 and "terminated with signal SIGABRT" in proc.stderr:
+        if output is not None:
+            shutil.rmtree(output, ignore_errors=True)
+        proc = run_module(module, *args, cwd=cwd)
+    return proc
 
 
 def read_events(run_dir: str | Path) -> Any:

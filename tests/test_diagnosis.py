@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import classification_report as sk_report
 
+from lossdiag.diagnosis.judge.suspects import val_label_suspects
 from lossdiag.diagnosis.judge.verdict import judge
 from lossdiag.diagnosis.samples import Samples, SplitInfo, load_samples
 from lossdiag.functional.breakdown import (
@@ -167,15 +168,32 @@ def test_verdict_when_val_loss_rises_with_flat_accuracy(tmp_path: Path) -> None:
     assert n.stats.min_epoch == int(np.argmin(means)) == 1
     assert n.stats.last_loss == pytest.approx(means[-1])
     assert n.kind == "phenomenon" and n.stats.significant_rise and n.stats.acc_change == 0
-    assert diag.markdown.splitlines()[2].startswith(
-        "**Verdict: phenomenon.** Val loss fell, then rose significantly"
-    )
+    assert diag.markdown.splitlines()[2].startswith("**Verdict: phenomenon, cause: confident_mistakes.** 10 val samples")
+    assert "Val loss fell, then rose significantly" in diag.markdown.splitlines()[2]
     assert n.final.wrong_share == pytest.approx(
         hist.loss[-1][:10].astype(np.float64).sum() / hist.loss[-1].astype(np.float64).sum()
     )
-    assert n.extreme[0].p_true == pytest.approx(float(hist.p_true[-1][:10].min()))
+    assert n.extreme[0].p_given == pytest.approx(float(hist.p_true[-1][:10].min()))
+    # the 10 samples wrong all along carry the rise; the groups add up to it exactly
+    groups = n.rise_by_group
+    assert sum(g["rise"] for g in groups.values()) == pytest.approx(n.stats.rise, abs=1e-6)
+    assert groups["wrong_both"]["n"] == 10 and groups["wrong_both"]["share"] >= 0.5 and n.cause == "confident_mistakes"
+    assert sum(g["loss"] for g in n.final_loss_by_group.values()) == pytest.approx(n.stats.last_loss, abs=1e-6)
     assert f"{n.extreme[0].p_given:.3g}" in diag.markdown
-    assert "over-confident" in diag.markdown
+    assert "over-confident" in diag.markdown and n.final.scaling_helps
+
+
+def test_mislabelled_samples_are_the_cause_when_they_carry_the_rise() -> None:
+    """10 of 200 val samples the model confidently and consistently puts in another class from the first epoch
+    (their labels were moved), growing more confident: they carry the rise, and the text says to check labels."""
+    samples = _samples([1.0, 0.5, 1.0, 2.0, 3.0], wrong_loss=14.0)  # p(their class) 0.997 at the minimum
+    verdict = judge(samples)
+    markdown = diagnosis_texts(verdict)[0]
+    assert verdict.cause == "label_errors" and verdict.rise_by_group["suspected_label_error"]["n"] == 10
+    assert markdown.splitlines()[2].startswith("**Verdict: phenomenon, cause: label_errors.** 10 val samples that look mislabelled carry")
+    assert advice(verdict).startswith("Check the labels")
+    # nothing is flagged where the verdict cannot judge: a run that did not learn
+    assert not val_label_suspects(samples, "not_learning").any()
 
 
 def test_verdict_says_no_when_val_loss_does_not_rise() -> None:
@@ -198,8 +216,8 @@ def test_verdict_says_accuracy_fell_when_it_did() -> None:
     assert diag.numbers.kind == "overfitting" and diag.numbers.stats.significant_rise
     assert diag.numbers.stats.acc_change_ci[1] < 0
     assert (
-        "**Verdict: overfitting.** Val loss rose significantly and accuracy fell significantly"
-        in diag.markdown
+        "Val loss rose significantly and accuracy fell significantly" in diag.markdown
+        and "**Verdict: overfitting, cause: new_mistakes.**" in diag.markdown
     )
 
 
@@ -278,7 +296,7 @@ def test_one_model_text_has_no_history_no_nan_and_no_false_under_confidence() ->
     assert text.startswith("# One model, evaluated") and "**Verdict: single_evaluation.**" in text
     assert "weights of epoch 4 on every image of /new (60 images)" in text
     assert "nan" not in text and "under-confident" not in text and "not identifiable" in text
-    assert "No sample is misclassified" in text and "worst 1% (1 sample) carry" in text
+    assert "No sample is misclassified" in text and "worst 1% (1 sample) carries" in text
     assert n.final.temperature_status == "not_identifiable" and "final" not in diag.summary
     assert "every image counts and there is no train/val split" in text
     json = n.to_dict(reason(n), advice(n))
@@ -299,10 +317,11 @@ def test_shares_outside_0_to_100_percent_are_explained() -> None:
 
     n = diagnose(_samples([1.0, 0.5, 1.0, 2.0, 3.0], wrong_loss=4.0)).numbers
     assert n.stats.significant_rise and n.final.temperature_status == "ok"
-    more = diagnosis_texts(replace(n, scaling_removes=1.115))[0]
-    assert "removes all of the rise (and more)" in more and "111.5%" not in more
-    none = diagnosis_texts(replace(n, scaling_removes=-0.3))[0]
-    assert "removes none of the rise" in none and "-30.0%" not in none
+    more = diagnosis_texts(replace(n, scaling_removes=1.115, scaling_removes_range=(1.05, 1.2)))[0]
+    assert "removes 111.5% of the rise (105.0% to 120.0% in 90% of the splits), so the rise is mostly over-confidence" in more
+    # a range over the random splits that includes no gain makes no claim
+    none = diagnosis_texts(replace(n, scaling_removes=0.2, scaling_removes_range=(-0.3, 0.6)))[0]
+    assert "a range that includes no gain, so it does not tell" in none and "is mostly over-confidence" not in none
     offset = diagnosis_texts(replace(n, stats=replace(n.stats, rise=0.13), rise_from_worst5=0.19, rise_from_rest=-0.06))[0]
     assert "more than the whole rise, because the other samples' losses fell by 0.0600" in offset
 

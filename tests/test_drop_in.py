@@ -100,6 +100,10 @@ def test_foreign_module_gets_the_whole_diagnosis(tmp_path: Path) -> None:
 
     markdown = (out / "diagnosis.md").read_text()
     assert markdown.startswith("# ") and "**Verdict: " in markdown and "Most extreme samples" in markdown
+    # in a project of its own, the advice names no lossdiag config key and no checkpoint that does not exist
+    advice = json.loads((out / "diagnosis.json").read_text())["advice"]
+    for key in ("optimizer.", "remedy=", "loss=", "data.", "scheduler=", "checkpoints/"):
+        assert key not in advice and key not in markdown.split("## What carried")[0], key
     # the per-sample records: every val sample once per epoch, in loader order; classes named by id
     samples = load_samples(out)
     assert samples.epochs == list(range(epochs))

@@ -21,7 +21,7 @@ NOTEBOOK = ROOT / "notebooks" / "loss_analysis.ipynb"
 # the steps of outlier-loss-analysis.txt, in its order
 STEPS = [
     "Loss and accuracy curves",
-    "Classification reports: initial, best and last model",
+    "Classification reports: initial, best-accuracy, lowest-loss and last model",
     "Is the loss computed correctly?",
     "Distribution of per-sample losses",
     "The outliers",

@@ -83,10 +83,11 @@ def test_each_kind_of_run_is_the_verdict_everywhere(kind_runs, kind: str) -> Non
     run_dir, stdout = kind_runs[kind]
     numbers = json.loads((run_dir / "diagnosis.json").read_text())
     assert numbers["verdict"] == kind, numbers["reason"]
-    first = f"**Verdict: {kind}.**"
-    assert (run_dir / "diagnosis.md").read_text().splitlines()[2].startswith(first)
+    first = (run_dir / "diagnosis.md").read_text().splitlines()[2]
+    cause = "." if numbers["cause"] == "none" else f", cause: {numbers['cause']}."
+    assert first.startswith(f"**Verdict: {kind}{cause}**")  # the first line names the kind and the cause
     assert first in _text_summary(run_dir)
-    assert f"\nVerdict: {kind}." in stdout
+    assert f"\nVerdict: {kind}{cause}" in stdout
     assert "nan" not in (run_dir / "diagnosis.md").read_text()
     # the numbers are those of the per-sample records
     samples = load_samples(run_dir)
@@ -136,6 +137,13 @@ def test_collapse_names_the_classes_and_the_samples_without_gradient(kind_runs) 
     text = (run_dir / "diagnosis.md").read_text()
     assert f"recall 0: {', '.join(numbers['collapsed_classes'])}" in text
     assert f"At the end, {above} of {numbers['n_train']} training samples" in text and "zero gradient" in text
+    # the cause is the collapse (never called over-confidence), and the advice fixes the loss, not the calibration
+    assert numbers["cause"] == "collapsed_classes"
+    assert numbers["rise_by_group"]["collapsed_class"]["share"] >= 0.5
+    first = text.splitlines()[2]
+    assert first.startswith("**Verdict: partial_collapse, cause: collapsed_classes.** The ") and "of the collapsed" in first
+    assert "`loss=standard`" in numbers["advice"] and "zero gradient" in numbers["advice"]
+    assert "is over-confidence" not in text and "mostly over-confidence" not in text
 
 
 @pytest.mark.slow
@@ -189,7 +197,7 @@ def test_evaluating_a_folder_run_on_another_folder_takes_every_image(kind_runs, 
         assert absent not in text.split("## What to look at next")[1], absent
     assert "nan" not in text
     header = (out / "worst.csv").read_text().splitlines()[0]
-    assert header == "rank,index,path,true,predicted,p_true,confidence,loss"
+    assert header == "rank,index,path,given,predicted,p_given,p_predicted,loss"
     # likely label errors of the evaluated images: val-only score (p of the given label under this model)
     suspects = (out / "suspects.csv").read_text().splitlines()
     assert len(suspects) == 1 + n_new and all(line.split(",")[1] == "val" for line in suspects[1:])

@@ -1,8 +1,8 @@
 """The verdict's calibration and bounded-loss sections in words: what temperature scaling shows out of sample,
 over many random splits, and what the capped loss sees.
 
-"Over-confident" is said only when the fitted temperature improves the out-of-sample NLL or ECE in every split;
-"scaling removes X% of the rise" only when every split removes some of it.
+"Over-confident" is said only when the fitted temperature improves the out-of-sample NLL or ECE across the middle
+90% of the random splits; "the rise is over-confidence" only when they all remove some of it.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def calibration_lines(n: Verdict) -> list[str]:
         "",
         "\\* cross-fitted: the temperature is fitted on one random half of the samples and scores the other half, "
         "and the other way round, so no sample is scored with a temperature fitted on itself; the median over "
-        f"{CROSSFIT_SPLITS} random splits, and (in brackets) the lowest and highest.",
+        f"{CROSSFIT_SPLITS} random splits, and (in brackets) the range of the middle 90% of them.",
         "",
         temperature_words(n.final, "the final model" if n.history else "the model"),
     ]
@@ -84,7 +84,7 @@ def temperature_words(m: ModelNumbers, who: str) -> str:
     if not m.scaling_helps:
         return (
             f"The fitted temperature of {who} is {t:.3f}, but scaling by it does not improve the NLL or the ECE out "
-            f"of sample in every one of {CROSSFIT_SPLITS} random splits, so it does not show {who} mis-calibrated."
+            f"of sample across 90% of {CROSSFIT_SPLITS} random splits, so it does not show {who} mis-calibrated."
         )
     if t > 1.05:
         return f"A fitted temperature of {t:.3f} (> 1) means {who} is over-confident: its probabilities are too extreme."
@@ -110,7 +110,7 @@ def scaling_words(n: Verdict) -> str:
     text = (
         f"Temperature-scaled NLL (cross-fitted, median of {CROSSFIT_SPLITS} splits) goes {loss_text(m.nll_crossfit)} "
         f"-> {loss_text(f.nll_crossfit)} while the raw NLL goes {loss_text(m.loss)} -> {loss_text(f.loss)}: "
-        f"scaling removes {pct(r)} of the rise ({pct(span[0])} to {pct(span[1])} over the splits)"
+        f"scaling removes {pct(r)} of the rise ({pct(span[0])} to {pct(span[1])} in 90% of the splits)"
     )
     if span[0] <= 0:
         return text + ", a range that includes no gain, so it does not tell whether the rise is over-confidence."

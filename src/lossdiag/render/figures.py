@@ -138,34 +138,48 @@ MODEL_COLOURS = {
 }
 
 
+# how the groups of val samples of rise_by_group read on a chart
+GROUP_LABELS = {
+    "suspected_label_error": "likely label error",
+    "collapsed_class": "collapsed class",
+    "wrong_both": "wrong at min and end",
+    "newly_wrong": "became wrong",
+    "newly_right": "became right",
+    "right_both": "right at min and end",
+}
+
+
 def groups_figure(
     rise: Mapping[str, Mapping[str, float]], final: Mapping[str, Mapping[str, float]]
 ) -> Figure:
     """Two bar charts over the same groups of val samples: each group's part of the rise (they add up to the
-    rise; a negative bar is a group whose loss fell) and of the final loss, labelled with its share."""
+    rise; red adds to it, blue is a group whose loss fell) and its part of the final loss, labelled with its
+    number of samples and share."""
     names = list(rise)
-    fig = Figure(figsize=(8.0, 3.8), dpi=FIGURE_DPI)
-    for col, (data, key, title) in enumerate(
-        ((rise, "rise", "part of the rise of mean val loss"), (final, "loss", "part of the final mean val loss"))
-    ):
+    fig = Figure(figsize=(9.0, 3.9), dpi=FIGURE_DPI)
+    panels = ((rise, "rise", "part of the rise of mean val loss"), (final, "loss", "part of the final mean val loss"))
+    for col, (data, key, title) in enumerate(panels):
         ax = fig.add_subplot(1, 2, col + 1)
-        values = [data[name][key] for name in names]
-        colours = ["tab:red" if v > 0 else "tab:blue" for v in values]
-        bars = ax.barh(range(len(names)), values, color=colours)
-        for bar, name in zip(bars, names, strict=True):
+        values = np.array([data[name][key] for name in names], dtype=np.float64)
+        colours = ["tab:gray" if col else ("tab:red" if v > 0 else "tab:blue") for v in values]
+        ax.barh(range(len(names)), values, color=colours)
+        span = max(float(np.abs(values).max()), 1e-12)
+        for y, (name, v) in enumerate(zip(names, values, strict=True)):
             share = data[name]["share"]
-            label = f"{data[name]['n']} samples" + ("" if share is None else f", {100 * share:.0f}%")
-            ax.annotate(label, (bar.get_width(), bar.get_y() + bar.get_height() / 2), xytext=(3, 0),
-                        textcoords="offset points", va="center", fontsize=9)  # fmt: skip
-        ax.set_yticks(range(len(names)), [n.replace("_", " ") for n in names] if col == 0 else [""] * len(names))
+            label = f"{data[name]['n']}" + ("" if share is None else f", {100 * share:.0f}%")
+            ax.text(v + (0.02 if v >= 0 else -0.02) * span, y, label, va="center",
+                    ha="left" if v >= 0 else "right", fontsize=10)  # fmt: skip
+        low = min(0.0, float(values.min())) - (0.7 * span if values.min() < 0 else 0.0)
+        ax.set_xlim(low, max(0.0, float(values.max())) + 0.45 * span)
+        ax.set_yticks(range(len(names)), [GROUP_LABELS.get(n, n) for n in names] if col == 0 else [""] * len(names))
         ax.invert_yaxis()
         ax.axvline(0, color="black", linewidth=0.8)
-        ax.set_title(title, fontsize=11)
-        ax.tick_params(labelsize=9.5)
-        ax.margins(x=0.35)
+        ax.set_title(title, fontsize=11.5)
+        ax.tick_params(labelsize=10)
         ax.grid(axis="x", alpha=0.3)
-    fig.text(0.99, 0.01, "red: adds to it, blue: lowers it", ha="right", va="bottom", fontsize=9)
-    fig.subplots_adjust(left=0.2, right=0.98, bottom=0.1, top=0.9, wspace=0.08)
+    fig.text(0.5, 0.01, "labels: val samples, share; left: red adds to the rise, blue lowers it", ha="center",
+             va="bottom", fontsize=9.5)  # fmt: skip
+    fig.subplots_adjust(left=0.2, right=0.98, bottom=0.14, top=0.91, wspace=0.06)
     return fig
 
 

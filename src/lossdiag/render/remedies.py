@@ -103,8 +103,8 @@ def what_you_can_do(v: Verdict, ctx: Context, remedies: Sequence[RemedyResult] =
         scaled = f"the fitted temperature ({t:g}) is at a bound or not identifiable, so scaling is not determined here."
     elif not f.scaling_helps:
         scaled = (
-            f"the fitted T = {t:.3f} does not improve the NLL or the ECE out of sample in every random split of the val "
-            "set, so it is not a fix this val set can vouch for."
+            f"the fitted T = {t:.3f} does not improve the NLL or the ECE out of sample across 90% of the random splits "
+            "of the val set, so it is not a fix this val set can vouch for."
         )
     else:
         scaled = (

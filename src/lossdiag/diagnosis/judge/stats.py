@@ -127,9 +127,9 @@ def mean_losses(loss: np.ndarray) -> np.ndarray:
 
 
 def smoothing_window(n_epochs: int) -> int:
-    """The moving average's window for a run of ``n_epochs``: :data:`SMOOTHING_WINDOW` from 20 epochs on, 3 from 10,
+    """The moving average's window for a run of ``n_epochs``: :data:`SMOOTHING_WINDOW` from 40 epochs on, 3 from 20,
     none (1) below: a window must be a small part of the curve, or it hides the minimum it is meant to steady."""
-    return min(SMOOTHING_WINDOW, 2 * (n_epochs // 10) + 1)
+    return min(SMOOTHING_WINDOW, 2 * (n_epochs // 20) + 1)
 
 
 def smoothing_weights(n_epochs: int, window: int) -> np.ndarray:

@@ -41,7 +41,7 @@ def _reference_model(samples: Samples, model: str | None = None) -> str | None:
     """The model whose outputs score the val samples and name the class the model prefers."""
     if model is not None:
         return model
-    return next((m for m in ("min_val_loss", "best_val_acc", "best", "last") if m in samples.models), None)
+    return next((m for m in ("best_val_acc", "best", "last") if m in samples.models), None)
 
 
 def rank_run(samples: Samples, model: str | None = None) -> Suspects | None:

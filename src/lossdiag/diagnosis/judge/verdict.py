@@ -33,6 +33,9 @@ from lossdiag.functional.outputs import Evaluation
 
 FORMAT_VERSION = 2  # of diagnosis.json (2: cause, rise_by_group, smoothed rise, repeated cross-fits, "given")
 N_EXTREME = 3  # the most extreme samples listed
+# the range reported over the cross-fit splits: the middle 90% (a split whose half holds no mistake fits T at its
+# bound and scores the other half absurdly; one such split in 50 must not decide what the others agree on)
+SPLIT_RANGE = (0.05, 0.95)
 
 
 @dataclass(frozen=True)
@@ -59,12 +62,12 @@ class ModelNumbers:
     # ok, at_bound or not_identifiable (lossdiag.functional.calibration.temperature_status)
     temperature_status: str
     # NLL and ECE after temperature scaling, cross-fitted (no sample scored with its own fit): the median over
-    # the random splits, and their lowest and highest
+    # the random splits, and the range of the middle 90% of them (SPLIT_RANGE)
     nll_crossfit: float
     nll_crossfit_range: tuple[float, float]
     ece_crossfit: float
     ece_crossfit_range: tuple[float, float]
-    # the fitted temperature improves the NLL or the ECE out of sample in every split (what "over-confident" needs)
+    # the fitted temperature improves the NLL or the ECE out of sample across that range (what "over-confident" needs)
     scaling_helps: bool
 
 
@@ -99,7 +102,7 @@ class Verdict:
     n_train: int | None
     n_train_above_cap: int | None
     scaling_removes: float | None  # median over the cross-fit splits
-    scaling_removes_range: tuple[float, float] | None  # lowest and highest over the splits
+    scaling_removes_range: tuple[float, float] | None  # the middle 90% of the splits
     final: ModelNumbers
     at_min: ModelNumbers | None
     rise_from_worst5: float | None
@@ -175,12 +178,17 @@ def _calib(ev: Evaluation, key: str) -> float:
     return float(ev.calibration.get(key, math.nan))
 
 
-def _range(ev: Evaluation, key: str) -> tuple[float, float]:
-    """Lowest and highest of a per-split calibration value (NaN when it was not cross-fitted)."""
-    values = np.asarray(ev.calibration.get(key, math.nan), dtype=np.float64)
-    if not np.isfinite(values).all():
+def split_range(values: np.ndarray | float) -> tuple[float, float]:
+    """The middle 90% (:data:`SPLIT_RANGE`) of per-split values (NaN when they were not cross-fitted)."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim == 0 or not np.isfinite(values).all():
         return math.nan, math.nan
-    return float(values.min()), float(values.max())
+    low, high = np.quantile(values, SPLIT_RANGE)
+    return float(low), float(high)
+
+
+def _range(ev: Evaluation, key: str) -> tuple[float, float]:
+    return split_range(ev.calibration.get(key, math.nan))
 
 
 def judge(samples: Samples, model: str | None = None, evaluated_on: str = "val split") -> Verdict:
@@ -234,7 +242,7 @@ def judge(samples: Samples, model: str | None = None, evaluated_on: str = "val s
         n_train=None if train is None else len(train.loss),
         n_train_above_cap=_above_cap(train, samples.loss_cap),
         scaling_removes=None if removes is None else float(np.median(removes)),
-        scaling_removes_range=None if removes is None else (float(removes.min()), float(removes.max())),
+        scaling_removes_range=None if removes is None else split_range(removes),
         final=final,
         at_min=m if history else None,
         rise_from_worst5=from_worst5 if history else None,
