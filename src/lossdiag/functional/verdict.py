@@ -90,7 +90,7 @@ class ExtremeSample:
 
 @dataclass(frozen=True)
 class VerdictNumbers:
-    """Everything ``diagnosis.md`` states, as numbers (``diagnosis.json``; every key in the README).
+    """Everything ``diagnosis.md`` states, as numbers (``diagnosis.json``; every key in docs/diagnosis.md).
 
     Fields about a rise (``rise*``, ``acc_change*``, ``samples_to_settle``, ``scaling_removes``) and
     ``at_min`` are ``None`` for a single evaluation (no history; ``min_epoch`` = ``last_epoch`` = the

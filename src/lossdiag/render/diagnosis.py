@@ -109,7 +109,7 @@ def rules_line(n: VerdictNumbers) -> str:
             "How the verdict is decided for one model: not_learning when its accuracy is not above the "
             f"majority-class rate by more than {n.majority_margin:.2f} (one-sided "
             f"{100 * n.confidence_level:.0f}% lower bound), partial_collapse when some classes have recall 0 "
-            "beyond chance while others are learned, else single_evaluation. The rules are in the README "
+            "beyond chance while others are learned, else single_evaluation. The rules are in docs/diagnosis.md "
             "(*Kinds of run*)."
         )
     return (
@@ -117,7 +117,7 @@ def rules_line(n: VerdictNumbers) -> str:
         f"(rise threshold {pct(n.rise_threshold)}; majority-class margin {n.majority_margin:.2f}; "
         f"{100 * n.confidence_level:.0f}% intervals from a paired bootstrap over the val samples, "
         f"{n.n_resamples} resamples, seed {n.bootstrap_seed}). The minimum epoch is picked after looking at the "
-        "curve, so the rise's interval is slightly optimistic. The rules are in the README (*Kinds of run*)."
+        "curve, so the rise's interval is slightly optimistic. The rules are in docs/diagnosis.md (*Kinds of run*)."
     )
 
 
