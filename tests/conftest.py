@@ -41,11 +41,18 @@ def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
     return _make
 
 
+def child_env() -> dict[str, str]:
+    """The environment of a subprocess a test starts: this checkout's code first (its ``src/`` and root, whatever
+    the interpreter's editable install points at), unbuffered output, one thread."""
+    path = os.pathsep.join(p for p in (str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
 def run_module(
     module: str, *args: str, cwd: Path = ROOT, timeout: float = 300
 ) -> subprocess.CompletedProcess:
     """Run ``python -m <module> <args>`` as the user would; returns the completed process."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    env = child_env()
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=cwd,

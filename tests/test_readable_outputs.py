@@ -1,5 +1,5 @@
 """What a person sees: run names, TensorBoard (epochs on the x-axis, HParams, Custom Scalars), the console
-and train.log, the README's ``samples.npz`` table, and no folder for a run rejected before any work.
+and train.log, the ``samples.npz`` table of docs/diagnosis.md, and no folder for a run rejected before any work.
 
 One real ``python -m src.train`` run, as a user starts it (its own working directory, console redirected,
 so stdout is not a terminal), is read back from its event files, console and files.
@@ -7,7 +7,6 @@ so stdout is not a terminal), is read back from its event files, console and fil
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -20,9 +19,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from lossdiag.callbacks.tensorboard import HPARAM_METRICS, LAYOUT
 from lossdiag.diagnosis.samples import FIELDS, load_samples
-from lossdiag.functional.calibration import CALIBRATION_KEYS
+from lossdiag.functional.calibration import CALIBRATION_KEYS, CROSSFIT_SPLITS, SPLIT_KEYS
 from lossdiag.rundir.metrics_csv import read_history
-from tests.conftest import ROOT, read_events
+from tests.conftest import ROOT, child_env, read_events
 
 EPOCHS = 3
 OVERRIDES = (
@@ -35,7 +34,7 @@ OVERRIDES = (
 
 def run_train(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     """``python -m src.train`` started in ``cwd`` (where ``outputs/`` goes), this checkout's code, output captured."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    env = child_env()
     return subprocess.run(
         [sys.executable, "-m", "src.train", *args],
         cwd=cwd,
@@ -295,10 +294,16 @@ def test_run_rejected_before_any_work_leaves_no_folder(tmp_path: Path) -> None:
     assert not leftovers, leftovers
 
 
-def readme_samples_table(readme: str) -> list[dict[str, str]]:
-    """The rows of the table in the README's ``### `samples.npz``` section, by column header."""
-    section = readme.split("### `samples.npz`", 1)[1].split("\n#", 1)[0]
-    rows = [line for line in section.splitlines() if line.startswith("|")]
+def docs_samples_table(page: str) -> list[dict[str, str]]:
+    """The rows of the first table under the page's ``## `samples.npz``` heading, by column header."""
+    section = page.split("\n## `samples.npz`\n", 1)[1]
+    lines = section.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        rows.append(line)
     header = [cell.strip() for cell in rows[0].strip("|").split("|")]
     return [
         dict(zip(header, (cell.strip() for cell in row.strip("|").split("|")), strict=True))
@@ -311,27 +316,29 @@ def _code(cell: str) -> list[str]:
 
 
 def _expand(items: list[str]) -> list[dict[str, str]]:
-    """Every substitution of the placeholders ``<f>`` and ``<calib>`` the README defines."""
+    """Every substitution of the placeholders ``<f>`` and ``<calib>`` the table defines."""
     text = " ".join(items)
     if "<f>" in text:
         return [{"<f>": f} for f in FIELDS]
     if "<calib>" in text:
         return [{"<calib>": c} for c in CALIBRATION_KEYS]
+    if "<splits>" in text:
+        return [{"<splits>": c} for c in SPLIT_KEYS]
     return [{}]
 
 
 @pytest.mark.slow
-def test_readme_samples_table_is_what_load_samples_gives(user_run) -> None:
+def test_docs_samples_table_is_what_load_samples_gives(user_run) -> None:
     run = user_run[1]
-    table = readme_samples_table((ROOT / "README.md").read_text())
-    assert table, "no samples.npz table in README.md"
+    table = docs_samples_table((ROOT / "docs" / "diagnosis.md").read_text())
+    assert table, "no samples.npz table in docs/diagnosis.md"
     key_col, attr_col, shape_col = list(table[0])[:3]
     s = load_samples(run)
     with np.load(run / "samples.npz", allow_pickle=False) as data:
         stored = {k: data[k] for k in data.files}
     sizes = {
         "N": len(s.val.index), "Nt": len(s.train.index), "E": len(s.epochs), "Et": len(s.dynamics_epochs),
-        "M": len(s.models), "C": len(s.classes),
+        "M": len(s.models), "C": len(s.classes), "S": CROSSFIT_SPLITS,
     }  # fmt: skip
     documented = set()
     for row in table:

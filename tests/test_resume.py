@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from lossdiag.callbacks.csv_logger import ResumableCSVLogger
 from lossdiag.diagnosis.samples import load_samples
 from lossdiag.rundir.metrics_csv import read_history
 from lossdiag.rundir.status import read_summary
-from tests.conftest import ROOT, run_module
+from tests.conftest import ROOT, child_env, run_module
 
 EPOCHS = 6
 # last.ckpt after every epoch, and the diagnosis logged every third epoch: a checkpoint the kill leaves
@@ -34,7 +33,7 @@ OVERRIDES = [
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    return child_env()
 
 
 def _epochs_logged(run: Path) -> int:

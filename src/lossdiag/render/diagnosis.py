@@ -106,8 +106,8 @@ def rules_line(n: Verdict) -> str:
             "How the verdict is decided for one model: not_learning when its accuracy is not above the "
             f"majority-class rate by more than {n.stats.majority_margin:.2f} (one-sided "
             f"{100 * n.stats.confidence_level:.0f}% lower bound), partial_collapse when some classes have recall 0 "
-            "beyond chance while others are learned, else single_evaluation. The rules are in the docs "
-            "(*The diagnosis*, *Kinds of run*)."
+            "beyond chance while others are learned, else single_evaluation. The rules are in "
+            "(docs/diagnosis.md, *Kinds of run*)."
         )
     return (
         f"How the verdict is decided: the first rule that fires, in the order {', '.join(k for k in KIND_ORDER if k != Kind.SINGLE_EVALUATION)} "

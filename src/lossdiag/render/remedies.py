@@ -131,7 +131,7 @@ def what_you_can_do(v: Verdict, ctx: Context, remedies: Sequence[RemedyResult] =
         )
         lines.append(
             f"- **Regularise or change the objective**: {named}. They were measured side by side on the default "
-            'digits data (docs, "Remedies"), not on this data: to measure them here run '
+            'digits data (docs/remedies.md, "What to do about it"), not on this data: to measure them here run '
             "`python -m src.train -m experiment=remedies` with this run's data overrides, then "
             "`python -m src.report <sweep folder>`."
         )

@@ -11,16 +11,16 @@ from pathlib import Path
 SUMMARY_FILE = Path("metrics.json")
 # per-epoch metrics, one row per logged epoch-level record (lossdiag.rundir.metrics_csv)
 METRICS_CSV = Path("csv") / "metrics.csv"
-# per-sample records of every epoch and evaluated model (lossdiag.rundir.samples)
+# per-sample records of every epoch and evaluated model (lossdiag.diagnosis.samples)
 SAMPLES_FILE = Path("samples.npz")
 # append-only per-epoch val records (lossdiag.rundir.journal): what a resumed run's history comes back from
 VAL_JOURNAL = Path("records") / "val_epochs.bin"
 # the same for the training set's dynamics (p of the given label, margin) of every epoch
 TRAIN_JOURNAL = Path("records") / "train_dynamics.bin"
-# the written verdict and its numbers (lossdiag.rundir.artifacts)
+# the written verdict and its numbers (lossdiag.diagnosis.write)
 DIAGNOSIS_FILE = Path("diagnosis.md")
 DIAGNOSIS_JSON = Path("diagnosis.json")
-# every sample of both splits ranked as a likely label error, and the first ones in words (lossdiag.rundir.suspects)
+# every sample of both splits ranked as a likely label error, and the first ones in words (lossdiag.diagnosis.write)
 SUSPECTS_CSV = Path("suspects.csv")
 SUSPECTS_MD = Path("suspects.md")
 # the worst val samples with their loss history
