@@ -97,7 +97,7 @@ def test_notebook_runs_headless_against_a_tiny_run(make_cfg, tmp_path: Path, mon
     first = (run / "diagnosis.md").read_text().splitlines()[2]
     assert first.startswith("**Verdict: ") and first.replace("**", "") in text
     # curves, histograms, worst-sample images, their loss history, decomposition, 3 reliability
-    # diagrams, calibration curves, bounded vs standard, the data map of the training samples
-    assert len(images) == 11
+    # diagrams (one per evaluated model), calibration curves, bounded vs standard, the data map of the training samples
+    assert len(images) == 8 + len(samples.models)
     # the possibly-mislabeled step: the run's suspects.csv, its flagged counts and its first rows
     assert "flagged: " in text and "| rank | split | index | file | given | model says |" in markdown

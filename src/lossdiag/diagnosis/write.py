@@ -345,7 +345,7 @@ def write_diagnosis(
     """
     out = Path(out_dir)
     findings = find(
-        out, samples, model, evaluated_on, worst_k, val_images, suspect_images, writer is not None
+        out, samples, model, evaluated_on, worst_k, val_images, suspect_images, writer is not None, config_keys
     )
     markdown = ""
     for item in render(findings):
