@@ -414,3 +414,25 @@ def test_batched_calibration_without_usable_samples_is_nan() -> None:
     assert torch.isnan(fit_temperatures(torch.zeros(2, 0, 3), none)).all()
     assert torch.isnan(expected_calibration_errors(torch.zeros(2, 0, 3), none)).all()
     assert torch.isnan(loss_distributions(torch.zeros(2, 0), 1.0)["loss_median"]).all()
+
+
+def test_the_history_stays_on_disk_and_the_statistics_stream_over_it(tmp_path: Path, monkeypatch) -> None:
+    """samples.npz holds no per-epoch array: the history is the journal under records/, memory-mapped by
+    load_samples, and the statistics read it in blocks of epochs with the numbers of an in-memory history."""
+    from lossdiag.diagnosis.judge import stats
+
+    samples = _samples([1.0, 0.5, 1.0, 2.0, 3.0, 2.5, 2.0, 3.5], wrong_loss=4.0)
+    samples.save(tmp_path / "samples.npz")
+    with np.load(tmp_path / "samples.npz") as data:
+        assert not [k for k in data.files if k.startswith("val_") and k not in ("val_index", "val_target", "val_path")]
+    back = load_samples(tmp_path)
+    assert isinstance(back.history.loss, np.memmap) and (tmp_path / "records" / "val_epochs.bin").is_file()
+    assert back.epochs == samples.epochs and back.val_journal.records().nbytes == (tmp_path / "records" / "val_epochs.bin").stat().st_size
+    whole = judge(samples)
+    monkeypatch.setattr(stats, "CHUNK_ELEMENTS", 450)  # blocks of 2 epochs of 200 samples
+    streamed = judge(back)
+    assert streamed.stats == whole.stats and streamed.cause == whole.cause
+    # a recorded epoch is overwritten in place (the cross-fit given at the end), not appended
+    back.replace_epoch(back.epochs[0], samples.val_epochs[-1])
+    assert len(load_samples(tmp_path).epochs) == len(samples.epochs)
+    np.testing.assert_array_equal(load_samples(tmp_path).val_epochs[0].loss, samples.val_epochs[-1].loss)

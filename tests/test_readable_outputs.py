@@ -294,11 +294,12 @@ def test_run_rejected_before_any_work_leaves_no_folder(tmp_path: Path) -> None:
     assert not leftovers, leftovers
 
 
-def docs_samples_table(page: str) -> list[dict[str, str]]:
-    """The rows of the first table under the page's ``## `samples.npz``` heading, by column header."""
-    section = page.split("\n## `samples.npz`\n", 1)[1]
+def docs_samples_table(page: str, which: int = 0) -> list[dict[str, str]]:
+    """The rows of the ``which``-th table under the page's ``## `samples.npz``` heading, by column header."""
+    section = page.split("\n## `samples.npz`\n", 1)[1].split("\n## ", 1)[0]
     lines = section.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    starts = [i for i, line in enumerate(lines) if line.startswith("|") and (i == 0 or not lines[i - 1].startswith("|"))]
+    start = starts[which]
     rows = []
     for line in lines[start:]:
         if not line.startswith("|"):
@@ -330,15 +331,19 @@ def _expand(items: list[str]) -> list[dict[str, str]]:
 @pytest.mark.slow
 def test_docs_samples_table_is_what_load_samples_gives(user_run) -> None:
     run = user_run[1]
-    table = docs_samples_table((ROOT / "docs" / "diagnosis.md").read_text())
+    page = (ROOT / "docs" / "diagnosis.md").read_text()
+    table = docs_samples_table(page) + docs_samples_table(page, 1)
     assert table, "no samples.npz table in docs/diagnosis.md"
     key_col, attr_col, shape_col = list(table[0])[:3]
     s = load_samples(run)
     with np.load(run / "samples.npz", allow_pickle=False) as data:
         stored = {k: data[k] for k in data.files}
+    for name, journal in (("val_epochs.bin", s.val_journal), ("train_dynamics.bin", s.dynamics)):
+        records = journal.records()
+        stored.update({f"{name}:{field}": np.asarray(records[field]) for field in records.dtype.names})
     sizes = {
         "N": len(s.val.index), "Nt": len(s.train.index), "E": len(s.epochs), "Et": len(s.dynamics_epochs),
-        "M": len(s.models), "C": len(s.classes), "S": CROSSFIT_SPLITS,
+        "M": len(s.models), "C": len(s.classes), "S": CROSSFIT_SPLITS, "K": len(CALIBRATION_KEYS), "2": 2,
     }  # fmt: skip
     documented = set()
     for row in table:
@@ -364,7 +369,7 @@ def test_docs_samples_table_is_what_load_samples_gives(user_run) -> None:
                 assert got.shape == shape and np.array_equal(got, stored[key], equal_nan=got.dtype.kind == "f"), (key, attr)
     assert documented == set(stored), set(stored) ^ documented
     history = read_history(run)
-    assert [float(v.mean(dtype=np.float64)) for v in stored["val_loss"]] == pytest.approx(
+    assert [float(v.mean(dtype=np.float64)) for v in stored["val_epochs.bin:loss"]] == pytest.approx(
         history["val/loss"], rel=1e-5
     )
 

@@ -335,7 +335,7 @@ class LossDiagnosis(L.Callback):
         models = evaluate_models(trainer, pl_module, self._states(trainer, pl_module))
         if trainer.global_rank != 0 or samples is None:
             return
-        self.recorder.take_dynamics()
+        self.recorder.take_split()
         if samples.train is None and "train" in models.get("last", (0, {}))[1]:
             samples.train = split_info(trainer, models["last"][1]["train"], "train")
         evaluated = {

@@ -5,8 +5,9 @@ epochs as one vectorised block and returns each epoch's values for the loggers. 
 (temperature fits, ECE, loss tails) costs ~10x the framework overhead of a few hundred samples' worth of
 computation; a block of ten costs about what one epoch did. A flush is due every ``flush_every_n_epochs`` epochs
 or ``flush_every_s`` seconds (so a slow run's TensorBoard is never behind), or before the pending logits pass
-:data:`MAX_PENDING_BYTES`. Evaluated val epochs go to ``samples`` and the val journal, training dynamics to the
-dynamics journal (:mod:`lossdiag.rundir.journal`); pending epochs travel in :meth:`Recorder.state_dict`, so a
+:data:`MAX_PENDING_BYTES`. Evaluated val epochs and the training dynamics go to the journals on disk
+(:mod:`lossdiag.rundir.journal`), which are ``samples``' history: nothing of it is held in memory; pending epochs
+travel in :meth:`Recorder.state_dict`, so a
 resumed run records them.
 
 The per-epoch scalars are one table, :data:`SCALARS`: a new scalar is a key of one of its functions (or a new row).
@@ -32,8 +33,6 @@ from lossdiag.functional.suspects import given_label_dynamics
 from lossdiag.rundir.journal import (
     Journal,
     dynamics_journal,
-    evaluation_record,
-    record_evaluation,
     val_journal,
 )
 from lossdiag.rundir.paths import SAMPLES_FILE, TRAIN_JOURNAL, VAL_JOURNAL
@@ -88,7 +87,6 @@ class Recorder:
         # per-epoch logits not yet evaluated, by stage: [(epoch, logits (N, C))]; each split's labels
         self.pending: dict[str, list[tuple[int, torch.Tensor]]] = {stage: [] for stage in STAGES}
         self.targets: dict[str, torch.Tensor] = {}
-        self.dynamics: list[tuple[int, np.ndarray, np.ndarray]] = []  # every train epoch's, until fit end
         self.logged_through = -1  # the last epoch evaluated and handed to the loggers
         self.resumed_at: int | None = None  # the epoch a resumed run starts at
         self._journal_before: int | None = (
@@ -156,7 +154,6 @@ class Recorder:
         if stage == "val":
             return self._evaluate_val(epochs, logits, target, cap)
         p_given, margin = (t.numpy().astype(np.float16) for t in given_label_dynamics(logits, target))
-        self.dynamics += [(epoch, p_given[i], margin[i]) for i, epoch in enumerate(epochs)]
         self._journals["train"].append_many(epochs, {"p_given": p_given, "margin": margin})
         return StageBlock(epochs, logits, target, per_sample_cross_entropy(logits, target), None, cap)
 
@@ -172,9 +169,7 @@ class Recorder:
             self._lowest_val_loss = float(mean[lowest])
             self._lowest_logits = (epochs[lowest], logits[lowest].clone())
         self._latest_logits = (epochs[-1], logits[-1].clone())
-        for i, epoch in enumerate(epochs):
-            self.samples.add_epoch(epoch, ev[i])
-        self._journals["val"].append_many(epochs, evaluation_record(ev))
+        self.samples.add_epochs(epochs, ev)
         return StageBlock(epochs, logits, target, torch.from_numpy(ev.loss), ev, cap)
 
     def finish(self) -> None:
@@ -189,18 +184,14 @@ class Recorder:
         epochs = sorted(kept)
         ev = evaluate_epochs(torch.stack([kept[e] for e in epochs]), self.targets["val"])
         for i, epoch in enumerate(epochs):
-            self.samples.val_epochs[self.samples.epochs.index(epoch)] = ev[i]
-        self._journals["val"].append_many(epochs, evaluation_record(ev))
+            self.samples.replace_epoch(epoch, ev[i])
         self._latest_logits = None  # done: a second finish (after a failure) does not repeat it
 
-    def take_dynamics(self) -> None:
-        """Put the training dynamics of every recorded epoch into ``samples`` (at the end of fit)."""
+    def take_split(self) -> None:
+        """Put the training split's identity into ``samples`` (at the end of fit; its dynamics are in the journal)."""
         assert self.samples is not None
         if self.train_info is not None and self.samples.train is None:
             self.samples.train = self.train_info
-        self.samples.dynamics_epochs, self.samples.train_p_given, self.samples.train_margin = [], [], []
-        for epoch, p_given, margin in self.dynamics:
-            self.samples.add_dynamics(epoch, p_given, margin)
 
     # -- resume --------------------------------------------------------------------------------------------
     def _open_journals(self) -> None:
@@ -211,23 +202,24 @@ class Recorder:
         checkpoint), every epoch before the resumed one.
         """
         assert self.samples is not None
-        self._journals["val"] = val_journal(self.output_dir / VAL_JOURNAL, len(self.samples.val.index))
+        samples = self.samples
+        self._journals["val"] = val_journal(self.output_dir / VAL_JOURNAL, len(samples.val.index), len(samples.classes))
         if "train" in self.targets:
             self._journals["train"] = dynamics_journal(
                 self.output_dir / TRAIN_JOURNAL, len(self.targets["train"])
             )
+        # the journals are the samples' history from here on
+        samples.val_journal, samples.dynamics = self._journals["val"], self._journals.get("train")
         if self.resumed_at is None:
             for journal in self._journals.values():
                 journal.reset()
             return
         before = self._journal_before if self._journal_before is not None else self.resumed_at
-        for epoch, record in self._journals["val"].restore(before_epoch=before):
-            self.samples.add_epoch(epoch, record_evaluation(record))
-        if self.samples.val_epochs:
-            self._lowest_val_loss = float(np.nanmin(mean_losses(self.samples.history.loss), initial=math.inf))
-        if "train" in self._journals:
-            restored = self._journals["train"].restore(before_epoch=before)
-            self.dynamics += [(e, r["p_given"], r["margin"]) for e, r in restored]
+        for journal in self._journals.values():
+            journal.restore(before_epoch=before)
+        loss = self._journals["val"].records()["loss"]
+        if len(loss):
+            self._lowest_val_loss = float(np.nanmin(loss.mean(1, dtype=np.float64), initial=math.inf))
 
     def state_dict(self) -> dict[str, Any]:
         # each stage's pending logits as one stacked tensor: a checkpoint pays per stored tensor

@@ -138,7 +138,7 @@ def worst_rows(
     recorded epoch (``with_history``; an evaluation of one model has none)."""
     target = samples.val.target
     epochs = samples.epochs if with_history and samples.val_epochs else []
-    history = samples.history.loss if epochs else np.empty((0, len(target)))
+    history = samples.val_journal.records()["loss"] if epochs else np.empty((0, len(target)))
     header = ["rank", "index", "path", "given", "predicted", "p_given", "p_predicted", "loss"]
     header += [f"loss_epoch_{e}" for e in epochs]
     rows = [

@@ -102,6 +102,15 @@ class RunFacts:
     max_loss: float  # the highest epoch mean
 
 
+CHUNK_ELEMENTS = 4_000_000  # per-epoch sums run over blocks of epochs of at most this many (epochs x samples)
+
+
+def _epoch_blocks(n_epochs: int, n: int) -> list[slice]:
+    """Blocks of epochs to stream over: the history may be a memory map larger than memory."""
+    step = max(1, CHUNK_ELEMENTS // max(n, 1))
+    return [slice(start, start + step) for start in range(0, n_epochs, step)]
+
+
 def _check_inputs(
     loss: np.ndarray, pred: np.ndarray, target: np.ndarray, n_classes: int, epochs: Sequence[int]
 ) -> None:
@@ -114,11 +123,13 @@ def _check_inputs(
         raise ValueError(f"target shape {target.shape} does not match {loss.shape[1]} samples")
     if len(epochs) != loss.shape[0]:
         raise ValueError(f"{len(epochs)} epoch numbers for {loss.shape[0]} recorded epochs")
-    if not np.all(np.isfinite(loss)):
+    blocks = _epoch_blocks(*loss.shape)
+    if not all(np.isfinite(loss[b]).all() for b in blocks):
         raise ValueError("loss has non-finite values")
-    for name, labels in (("target", target), ("pred", pred)):
-        if labels.min() < 0 or labels.max() >= n_classes:
-            raise ValueError(f"{name} has labels outside [0, {n_classes})")
+    low = min(int(target.min()), *(int(pred[b].min()) for b in blocks))
+    high = max(int(target.max()), *(int(pred[b].max()) for b in blocks))
+    if low < 0 or high >= n_classes:
+        raise ValueError(f"target or pred has labels outside [0, {n_classes})")
 
 
 def mean_losses(loss: np.ndarray) -> np.ndarray:
@@ -151,19 +162,31 @@ def run_stats(
     n_resamples: int = N_RESAMPLES,
     seed: int = SEED,
 ) -> tuple[RunStats, RunFacts]:
-    """The statistics of the per-sample val records ``loss``/``pred`` (E, N) of ``target`` (N,)."""
-    loss = np.asarray(loss, dtype=np.float64)
+    """The statistics of the per-sample val records ``loss``/``pred`` (E, N) of ``target`` (N,).
+
+    ``loss`` and ``pred`` may be memory maps of a history larger than memory: the per-epoch means stream over
+    blocks of epochs, and only the epochs the statistics need are read whole."""
     pred, target = np.asarray(pred), np.asarray(target)
     n_classes = len(class_names)
     _check_inputs(loss, pred, target, n_classes, epochs)
     n_epochs, n = loss.shape
     epochs = [int(e) for e in epochs]
 
-    correct = (pred == target[None, :]).astype(np.float64)
-    mean_loss = mean_losses(loss)
-    acc = correct.mean(1)
+    blocks = _epoch_blocks(n_epochs, n)
+    mean_loss = np.concatenate([np.asarray(loss[b], dtype=np.float64).mean(-1) for b in blocks])
+    acc = np.concatenate([(pred[b] == target[None, :]).mean(-1) for b in blocks])
     i_min, i_last = int(np.argmin(mean_loss)), n_epochs - 1  # argmin: first epoch on ties
     i_best = int(np.argmax(acc))
+
+    def row(i: int) -> np.ndarray:
+        return np.asarray(loss[i], dtype=np.float64)
+
+    def correct(i: int) -> np.ndarray:
+        return (np.asarray(pred[i]) == target).astype(np.float64)
+
+    def averaged(j: int) -> np.ndarray:  # each sample's loss averaged over the moving average's window at j
+        used = np.flatnonzero(weights[j])
+        return np.asarray(loss[used], dtype=np.float64).mean(0)
 
     window = smoothing_window(n_epochs)
     weights = smoothing_weights(n_epochs, window)
@@ -171,9 +194,7 @@ def run_stats(
     j_min = int(np.argmin(smooth))
     # one bootstrap for every interval, so they come from the same resamples
     means = bootstrap_means(
-        np.column_stack(
-            [loss[i_min], loss[i_last], correct[i_min], correct[i_last], weights[j_min] @ loss, weights[-1] @ loss]
-        ),
+        np.column_stack([row(i_min), row(i_last), correct(i_min), correct(i_last), averaged(j_min), averaged(-1)]),
         n_resamples,
         seed,
     )
@@ -184,10 +205,10 @@ def run_stats(
     rise_ci_smoothed = percentile_interval(relative_rise(means[:, 4], means[:, 5]))
 
     counts = np.bincount(target, minlength=n_classes)
-    hits = np.bincount(target, weights=correct[i_last], minlength=n_classes)
+    hits = np.bincount(target, weights=correct(i_last), minlength=n_classes)
     present = counts > 0
     unlearned, learned = present & (hits == 0), present & (hits > 0)
-    collapsed = unlearned & _beyond_chance(unlearned, learned, counts, target, correct[i_last])
+    collapsed = unlearned & _beyond_chance(unlearned, learned, counts, target, correct(i_last))
     history = n_epochs > 1
     significant = history and rise_smoothed > RISE_THRESHOLD and rise_ci_smoothed[0] > 0
     unsettled = history and rise_smoothed > RISE_THRESHOLD and rise_ci_smoothed[0] <= 0
@@ -217,7 +238,7 @@ def run_stats(
         last_loss_smoothed=float(smooth[-1]),
         rise_rel_smoothed=rise_smoothed if history else None,
         rise_ci_smoothed=rise_ci_smoothed if history else None,
-        acc_flips=_flips(correct[i_min], correct[i_last]) if history else None,
+        acc_flips=_flips(correct(i_min), correct(i_last)) if history else None,
         initial_loss=None if initial_loss is None else float(initial_loss),
         unlearned_classes=tuple(class_names[c] for c in np.flatnonzero(unlearned)),
         collapsed_classes=tuple(class_names[c] for c in np.flatnonzero(collapsed)),

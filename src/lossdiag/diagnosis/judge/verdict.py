@@ -200,25 +200,30 @@ def judge(samples: Samples, model: str | None = None, evaluated_on: str = "val s
     """
     if model is not None:
         evals, epochs, final_model = [samples.models[model]["val"]], [samples.model_epoch[model]], model
-    else:
+        loss, pred = evals[0].loss[None], evals[0].pred[None]
+    else:  # the history as the journal holds it: read as the statistics use it
         evals, epochs, final_model = samples.val_epochs, samples.epochs, "last"
-    if not evals:
+        assert samples.val_journal is not None
+        records = samples.val_journal.records()
+        loss, pred = records["loss"], records["pred"]
+    if not len(evals):
         raise ValueError("no validation outputs recorded: nothing to diagnose")
     initial = samples.models.get("initial", {}).get("val") if model is None else None
     train = samples.models.get(final_model, {}).get("train")
     target = np.asarray(samples.val.target)
     stats, facts = run_stats(
-        np.stack([e.loss for e in evals]),
-        np.stack([e.pred for e in evals]),
+        loss,
+        pred,
         target,
         samples.classes,
         epochs,
         initial_loss=float(np.mean(initial.loss, dtype=np.float64)) if initial is not None else None,
     )
     row = decide(Case(stats, facts))
-    last, at_min = evals[-1], evals[[int(e) for e in epochs].index(stats.min_epoch)]
+    i_min = [int(e) for e in epochs].index(stats.min_epoch)
+    last, at_min = evals[len(evals) - 1], evals[i_min]
     final = model_numbers(last, target, samples.loss_cap)
-    m = final if at_min is last else model_numbers(at_min, target, samples.loss_cap)
+    m = final if i_min == len(evals) - 1 else model_numbers(at_min, target, samples.loss_cap)
     # which samples the rise comes from: per-sample change between the min-loss epoch and the end
     n = len(target)
     delta = (last.loss.astype(np.float64) - at_min.loss.astype(np.float64)) / n
