@@ -40,15 +40,21 @@ def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
     return _make
 
 
+def child_env() -> dict[str, str]:
+    """The environment of a ``python -m ...`` subprocess running this checkout's code from any folder: the
+    repository root first on ``PYTHONPATH`` (for ``src.train``), whatever ``PYTHONPATH`` already holds after it."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
 def run_module(
     module: str, *args: str, cwd: Path = ROOT, timeout: float = 300
 ) -> subprocess.CompletedProcess:
     """Run ``python -m <module> <args>`` as the user would; returns the completed process."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=cwd,
-        env=env,
+        env=child_env(),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -61,3 +67,24 @@ def read_events(run_dir: str | Path) -> Any:
 
     guidance = {"scalars": 0, "histograms": 0, "images": 0, "tensors": 0}
     return EventAccumulator(str(run_dir), size_guidance=guidance).Reload()
+
+
+def read_images(events: Any) -> dict[str, list[tuple[int, list[bytes]]]]:
+    """The images of :func:`read_events`' ``events``: tag -> ``[(step, [PNG of each sample]), ...]``.
+
+    TensorBoard's image format: a string tensor ``[width, height, png, png, ...]`` (one PNG per sample).
+    """
+    return {
+        tag: [(e.step, list(e.tensor_proto.string_val[2:])) for e in events.Tensors(tag)]
+        for tag in events.PluginTagToContent("images")
+    }
+
+
+def png_pixels(png: bytes) -> Any:
+    """A PNG's pixels as an ``(H, W, 3)`` uint8 array."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))

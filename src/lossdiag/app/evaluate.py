@@ -19,7 +19,7 @@ from omegaconf import OmegaConf, open_dict
 
 from lossdiag.app.pipeline import build_datamodule, build_net, prepare
 from lossdiag.app.resume import override_key
-from lossdiag.app.run_config import RUN_GROUPS, run_cfg, run_choices, run_dir_of
+from lossdiag.app.run_config import RUN_GROUPS, other_folder, run_cfg, run_choices, run_dir_of
 from lossdiag.callbacks.console import announce
 from lossdiag.data.datamodules import ImageFolderDataModule, InMemoryDataModule
 from lossdiag.errors import UserError
@@ -64,26 +64,9 @@ def with_run_config(cfg: Any, ckpt: Path, overrides: Sequence[str] = ()) -> Any:
     return cfg
 
 
-def other_folder(cfg: Any, ckpt: Path) -> Path | None:
-    """The image folder ``cfg.data`` points at when it is not the checkpoint's run's own, else ``None``.
-
-    ``None`` too when the run's config is unknown (a checkpoint outside its run folder): then the
-    configured data is split as in training.
-    """
-    root = OmegaConf.select(cfg, "data.root", default=None)
-    run = run_cfg(ckpt)
-    if root is None or run is None:
-        return None
-    run_root = OmegaConf.select(run, "data.root", default=None)
-    here = Path(str(root)).expanduser().resolve()
-    if run_root is not None and Path(str(run_root)).expanduser().resolve() == here:
-        return None
-    return here
-
-
 def _data(cfg: Any, ckpt: Path) -> tuple[InMemoryDataModule, str, bool]:
     """The data module, what its val split is (``evaluated_on``), and whether it has a training split."""
-    folder = other_folder(cfg, ckpt)
+    folder = other_folder(ckpt, OmegaConf.select(cfg, "data.root", default=None))
     if folder is None:
         return build_datamodule(cfg), "val split", True
     dm = instantiate(cfg.data)

@@ -37,10 +37,11 @@ from lossdiag.functional.run_kinds import at_lowest_so_far, mean_losses
 from lossdiag.functional.suspects import given_label_dynamics
 from lossdiag.models.epoch_log import log_epoch_metrics
 from lossdiag.models.recorder import SampleRecorder, SampleRecords
-from lossdiag.render.figures import WORST_TILES, log_figure, reliability_figure
+from lossdiag.render.figures import WORST_TILES, reliability_figure
 from lossdiag.rundir.artifacts import Diagnosis, worst_figure, write_diagnosis
 from lossdiag.rundir.atomic import atomic_torch_save
 from lossdiag.rundir.checkpoints import load_checkpoint
+from lossdiag.rundir.figures import write_figure
 from lossdiag.rundir.journal import (
     Journal,
     dynamics_journal,
@@ -55,6 +56,7 @@ from lossdiag.rundir.paths import (
     TRAIN_JOURNAL,
     VAL_JOURNAL,
     display_path,
+    epoch_figure_path,
 )
 from lossdiag.rundir.samples import Samples, SplitInfo
 from lossdiag.rundir.suspects import rank_run, wanted_images
@@ -575,14 +577,12 @@ class LossDiagnosis(L.Callback):
             fig = reliability_figure(
                 ev.conf, ev.correct(self.samples.val.target), title=f"val, epoch {epoch}"
             )
-            log_figure(writer, "val/reliability", fig, epoch)
+            path = epoch_figure_path(self.output_dir, "reliability", epoch)
+            write_figure(path, fig, writer, "val/reliability", epoch)
             if images and self.worst_k > 0:
-                log_figure(
-                    writer,
-                    "val/worst_samples",
-                    worst_figure(self.samples, ev, images, self.worst_k, epoch),
-                    epoch,
-                )
+                fig = worst_figure(self.samples, ev, images, self.worst_k, epoch)
+                path = epoch_figure_path(self.output_dir, "worst_samples", epoch)
+                write_figure(path, fig, writer, "val/worst_samples", epoch)
         self._draw_s = (time.monotonic() - start) / len(ready)
         self._drawn_at = time.monotonic()
         self._pending_figures = [

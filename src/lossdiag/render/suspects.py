@@ -9,7 +9,10 @@ from lossdiag.functional.suspects import TRAIN_SCORE, VAL_SCORE
 from lossdiag.render.diagnosis import plural
 from lossdiag.render.tables import markdown_table
 
-SHOWN = 32  # rows of suspects.md and tiles of each TensorBoard grid
+SHOWN = 32  # rows of suspects.md
+TILES = (
+    9  # images in each split's grid (TensorBoard suspects/<split>, figures/suspects_<split>.png): 3 rows of 3
+)
 
 
 @dataclass(frozen=True)
@@ -110,7 +113,8 @@ def mislabeled_section(rows: Sequence[SuspectRow], worst_val: Sequence[int], few
         ]
     lines += [
         "",
-        "Open `suspects.csv` (or TensorBoard images `suspects/train` and `suspects/val`, and "
+        "Open `suspects.csv` (or the most suspect images in `figures/suspects_train.png` and "
+        "`figures/suspects_val.png`, also TensorBoard images `suspects/train` and `suspects/val`, and "
         "`figures/data_map.png`), then fix or drop the labels that are wrong and train again. A flag is a place to "
         "look, not a proof: hard but correct images get flagged too.",
     ]

@@ -25,17 +25,15 @@ from lossdiag.functional.verdict import VerdictNumbers, verdict_numbers
 from lossdiag.render.diagnosis import diagnosis_texts
 from lossdiag.render.figures import (
     WORST_TILES,
-    log_figure,
     loss_distribution_figure,
-    png_bytes,
     reliability_figure,
-    render,
     worst_caption,
     worst_samples_figure,
 )
 from lossdiag.render.suspects import mislabeled_section
 from lossdiag.render.tables import csv_text, report_csv, report_markdown
-from lossdiag.rundir.atomic import atomic_write_bytes, atomic_write_text
+from lossdiag.rundir.atomic import atomic_write_text
+from lossdiag.rundir.figures import write_figure
 from lossdiag.rundir.paths import (
     DIAGNOSIS_FILE,
     DIAGNOSIS_JSON,
@@ -154,9 +152,7 @@ def worst_figure(
         )
         for i in order
     ]
-    title = f"{len(order)} highest-loss val samples (of {len(ev.loss)})" + (
-        "" if epoch is None else f", epoch {epoch}"
-    )
+    title = f"highest-loss val samples (of {len(ev.loss)})" + ("" if epoch is None else f", epoch {epoch}")
     return worst_samples_figure(
         torch.stack([images[int(samples.val.index[i])] for i in order]), captions, title=title
     )
@@ -215,8 +211,7 @@ def write_diagnosis(
             epochs=samples.model_epoch,
         )
     for name, fig in figures.items():
-        image = log_figure(writer, f"diagnosis/{name}", fig, step) if writer is not None else render(fig)
-        atomic_write_bytes(figure_path(out, name), png_bytes(image))
+        write_figure(figure_path(out, name), fig, writer, f"diagnosis/{name}", step)
     diagnosis = diagnose(samples, model, evaluated_on, reports, list(figures), writer is not None)
     # likely label errors (src/lossdiag/rundir/suspects.py): suspects.csv/.md, the data map, and a section of their own
     suspects = rank_run(samples, model)

@@ -1,4 +1,5 @@
-"""A run's likely label errors: ``suspects.csv``, ``suspects.md``, ``figures/data_map.png`` and the TB grids.
+"""A run's likely label errors: ``suspects.csv``, ``suspects.md``, ``figures/data_map.png`` and the image grids
+of the most suspect images of each split (TensorBoard ``suspects/<split>``, ``figures/suspects_<split>.png``).
 
 The ranking (:func:`lossdiag.functional.suspects.rank_suspects`) uses what the run already recorded: the training
 dynamics of every epoch (``samples.train_margin``) and the best model's outputs on the val split (a
@@ -15,12 +16,16 @@ import numpy as np
 import torch
 
 from lossdiag.functional.suspects import Suspects, cartography, rank_suspects
-from lossdiag.render.figures import data_map_figure, log_figure, png_bytes, render, worst_samples_figure
-from lossdiag.render.suspects import SHOWN, SUSPECT_COLUMNS, SuspectRow, suspect_caption, suspects_markdown
+from lossdiag.render.figures import WORST_COLUMNS, data_map_figure, worst_samples_figure
+from lossdiag.render.suspects import SUSPECT_COLUMNS, TILES, SuspectRow, suspect_caption, suspects_markdown
 from lossdiag.render.tables import csv_text
-from lossdiag.rundir.atomic import atomic_write_bytes, atomic_write_text
+from lossdiag.rundir.atomic import atomic_write_text
+from lossdiag.rundir.figures import write_figure
 from lossdiag.rundir.paths import SUSPECTS_CSV, SUSPECTS_MD, figure_path
 from lossdiag.rundir.samples import Samples
+
+# figures/<file>.png of the TensorBoard images suspects/<name> (the data map keeps its own name)
+FIGURE_NAMES = {"train": "suspects_train", "val": "suspects_val"}
 
 
 def _reference_model(samples: Samples, model: str | None = None) -> str | None:
@@ -74,8 +79,8 @@ def suspect_rows(samples: Samples, suspects: Suspects) -> list[SuspectRow]:
     return rows
 
 
-def wanted_images(suspects: Suspects | None, samples: Samples, shown: int = SHOWN) -> dict[str, list[int]]:
-    """Sample indices (per split) whose images the TensorBoard grids show: each split's ``shown`` first."""
+def wanted_images(suspects: Suspects | None, samples: Samples, shown: int = TILES) -> dict[str, list[int]]:
+    """Sample indices (per split) whose images the grids show: each split's ``shown`` most suspect."""
     if suspects is None:
         return {}
     out = {}
@@ -94,7 +99,9 @@ def write_suspects(
     writer: Any = None,
     step: int = 0,
 ) -> list[SuspectRow]:
-    """``suspects.csv`` (every sample, most suspect first), ``suspects.md``, the data map, the TB grids."""
+    """``suspects.csv`` (every sample, most suspect first), ``suspects.md``, the data map and, for the splits
+    ``images`` holds, the grid of the most suspect images, as PNGs under ``figures/`` and, with a ``writer``, in
+    TensorBoard (``suspects/<name>``)."""
     out = Path(out_dir)
     rows = suspect_rows(samples, suspects)
     table = [
@@ -110,17 +117,14 @@ def write_suspects(
         flagged = np.zeros(len(samples.train.index), dtype=bool)
         flagged[suspects.where[(suspects.split == "train") & suspects.flagged]] = True
         figures["data_map"] = data_map_figure(confidence, variability, flagged)
+    for split in ("train", "val"):
+        split_images = (images or {}).get(split, {})
+        shown = [r for r in rows if r.split == split and r.index in split_images][:TILES]
+        if shown:
+            figures[split] = worst_samples_figure(
+                torch.stack([split_images[r.index] for r in shown]), [suspect_caption(r) for r in shown],
+                columns=WORST_COLUMNS, title=f"most suspect {split} images (likely label errors)",
+            )  # fmt: skip
     for name, fig in figures.items():
-        image = log_figure(writer, f"suspects/{name}", fig, step) if writer is not None else render(fig)
-        atomic_write_bytes(figure_path(out, name), png_bytes(image))
-    if writer is not None and images:
-        for split in ("train", "val"):
-            split_images = images.get(split, {})
-            shown = [r for r in rows if r.split == split and r.index in split_images][:SHOWN]
-            if shown:
-                fig = worst_samples_figure(
-                    torch.stack([split_images[r.index] for r in shown]), [suspect_caption(r) for r in shown],
-                    columns=8, title=f"most suspect {split} images (likely label errors first)",
-                )  # fmt: skip
-                log_figure(writer, f"suspects/{split}", fig, step)
+        write_figure(figure_path(out, FIGURE_NAMES.get(name, name)), fig, writer, f"suspects/{name}", step)
     return rows
