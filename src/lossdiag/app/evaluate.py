@@ -26,7 +26,7 @@ from lossdiag.errors import UserError
 from lossdiag.models.predict import evaluate_net
 from lossdiag.rundir.artifacts import Diagnosis, write_diagnosis
 from lossdiag.rundir.checkpoints import load_weights, read_checkpoint
-from lossdiag.rundir.paths import DIAGNOSIS_FILE
+from lossdiag.rundir.paths import DIAGNOSIS_FILE, display_path
 from lossdiag.rundir.samples import Samples, SplitInfo, read_classes
 
 RUN_KEYS = (*RUN_GROUPS, "seed")
@@ -122,5 +122,5 @@ def evaluate_checkpoint(cfg: Any, overrides: Sequence[str] = ()) -> Diagnosis:
         )  # fmt: skip
     finally:
         writer.close()
-    announce(log, f"{diagnosis.summary}\nFull diagnosis: {out / DIAGNOSIS_FILE}")
+    announce(log, f"{diagnosis.summary}\nFull diagnosis: {display_path(out / DIAGNOSIS_FILE)}")
     return diagnosis

@@ -23,6 +23,7 @@ import torch
 from matplotlib import rc_context
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 from PIL import Image
 
 from lossdiag.functional.calibration import N_BINS, reliability_bins
@@ -214,7 +215,7 @@ def loss_distribution_figure(
     ax.set_yscale("log")
     ax.set(xlabel="per-sample cross-entropy (dashed: mean)", ylabel="val samples", title=title)
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper right", handlelength=1.2, borderaxespad=0.2, framealpha=1.0)
+    ax.legend(loc="upper right", handlelength=1.2, borderaxespad=0.2, framealpha=1.0, fontsize=CHART_PT)
     fig.tight_layout(pad=0.3)
     return fig
 
@@ -265,9 +266,10 @@ def reliability_figure(
              edgecolor="white", label="wrong")  # fmt: skip
     if count.max(initial=0) > 0:
         ax_n.set_yscale("log")
+        ax_n.yaxis.set_minor_formatter(NullFormatter())  # powers of ten only: 12 pt labels need the room
     ax_n.set(xlim=(0, 1), xlabel="confidence (max p)", ylabel="val samples", title="samples per bin")
     for a in (ax, ax_n):
-        a.legend(loc="upper left", handlelength=1.0, borderaxespad=0.2, framealpha=1.0)
+        a.legend(loc="upper left", handlelength=1.0, borderaxespad=0.2, framealpha=1.0, fontsize=CHART_PT)
         a.grid(alpha=0.3)
     fig.tight_layout(pad=0.3, w_pad=0.6)
     return fig
@@ -394,10 +396,8 @@ ACC_COLOUR = "grey"
 def _panel_legend() -> list[Any]:
     """Legend entries for what every per-group panel of :func:`sweep_figure` draws besides the group's colour."""
     from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
 
     return [
-        Patch(facecolor="lightgrey", label="group colour: val CE mean, band ±1 std"),
         Line2D([], [], color=ACC_COLOUR, linestyle="--", label="val accuracy (right axis)"),
         Line2D(
             [], [], color="black", marker="o", linestyle="none", markersize=3, label="lowest and last val CE"
@@ -430,7 +430,7 @@ def data_map_figure(
                label=f"flagged ({int(flagged.sum())})")  # fmt: skip
     ax.set(xlabel="std of p(given label) over epochs", ylabel="mean p(given label)", ylim=(-0.02, 1.02),
            title=title or "training data map")  # fmt: skip
-    ax.legend(loc="lower right", framealpha=1.0)
+    ax.legend(loc="lower right", framealpha=1.0, fontsize=CHART_PT)
     ax.grid(alpha=0.3)
     fig.tight_layout(pad=0.3)
     return fig
