@@ -33,6 +33,28 @@ def job_dir(sweep_dir: Path, **params: str) -> Path:
     return sweep_dir / ",".join(sorted(f"{k}={v}" for k, v in params.items()))
 
 
+# -- job names ------------------------------------------------------------------------------------
+def test_job_names_are_what_differs_between_jobs(tmp_path: Path) -> None:
+    from lossdiag.app.resolvers import sweep_job_dirname, varying_keys, write_varying_keys
+
+    # experiment=remedies sweeps remedy and seed in hydra.sweeper.params; seed=0 on the command line fixes seed
+    params = ["remedy=cross_entropy,bounded,focal", "seed=0,1,2"]
+    given = ["data=folder", "data.root=/data/pets", "experiment=remedies", "seed=0", "launcher=joblib"]
+    assert varying_keys([*params, *given], exclude=["launcher"]) == ["remedy"]
+    assert varying_keys(["launcher=joblib,submitit_local", "seed=0"], exclude=["launcher"]) == []
+    optuna = ["optimizer.lr=tag(log, interval(0.003, 0.3))", "data.batch_size=choice(16, 32, 64)", "seed=0,0"]
+    assert varying_keys([*optuna, "loss.k=2", "+extra=a,b"]) == ["+extra", "data.batch_size", "optimizer.lr"]
+    write_varying_keys(tmp_path, ["remedy"])
+    job = ["data=folder", "data.root=/data/pets", "experiment=remedies", "remedy=bounded", "seed=0"]
+    hydra_name = "data.root=_data_pets,data=folder,experiment=remedies,remedy=bounded,seed=0"
+    assert sweep_job_dirname(str(tmp_path), job, hydra_name) == "remedy=bounded"
+    assert sweep_job_dirname(str(tmp_path / "elsewhere"), job, hydra_name) == hydra_name  # no keys recorded
+    write_varying_keys(tmp_path, [])
+    assert sweep_job_dirname(str(tmp_path), job, hydra_name) == hydra_name  # one job: nothing differs
+    write_varying_keys(tmp_path, ["data.root", "remedy"])
+    assert sweep_job_dirname(str(tmp_path), job, hydra_name) == "data.root=_data_pets,remedy=bounded"
+
+
 # -- the basic launcher, with failing jobs ------------------------------------------------------
 @pytest.fixture(scope="module")
 def basic_sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
