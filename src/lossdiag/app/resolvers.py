@@ -24,10 +24,14 @@ import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from omegaconf import OmegaConf
 
 from lossdiag.rundir.paths import CHECKPOINTS_DIR, SWEEP_KEYS_FILE
+
+if TYPE_CHECKING:
+    from hydra.core.override_parser.types import Override
 
 # file systems allow at most 255 bytes per path component; leave room for Hydra's own suffixes
 MAX_DIRNAME_BYTES = 200
@@ -74,19 +78,21 @@ def run_suffix(overrides: str) -> str:
     return f"_{safe_dirname(overrides, MAX_RUN_SUFFIX_BYTES)}"
 
 
-def _parse(overrides: Sequence[str]) -> list:
+def _parse(overrides: Sequence[str]) -> list[Override]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     return OverridesParser.create().parse_overrides([str(o) for o in overrides])
 
 
-def _values(override) -> int:
+def _values(override: Override) -> int:
     """How many distinct values a sweep override takes (2 for a ``glob`` of config options this parser cannot list)."""
+    from hydra.errors import HydraException
+
     if not override.is_discrete_sweep():
         return 2  # interval(...): a continuous range
     try:
         return len(set(override.sweep_string_iterator()))
-    except Exception:
+    except HydraException:  # glob(...) lists the options of a config group, which needs Hydra's config loader
         return 2
 
 

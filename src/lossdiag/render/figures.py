@@ -65,7 +65,8 @@ def figure_samples(fig: Figure, image: np.ndarray) -> list[np.ndarray]:
     """The images TensorBoard shows for ``fig`` rendered as ``image``: one per band of a :class:`TileGrid`, else one."""
     if not isinstance(fig, TileGrid) or fig.band_px <= 0:
         return [image]
-    return [image[top : top + fig.band_px] for top in range(0, image.shape[0], fig.band_px)]
+    band, n = fig.band_px, max(1, round(image.shape[0] / fig.band_px))  # a pixel more or less when rendered
+    return [image[i * band : (i + 1) * band if i < n - 1 else None] for i in range(n)]
 
 
 def _chart(columns: int = 1) -> tuple[Figure, Any]:
