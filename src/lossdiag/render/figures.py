@@ -217,7 +217,7 @@ def loss_distribution_figure(
     ax.set(xlabel="per-sample cross-entropy (dashed: mean)", ylabel="val samples", title=title)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper right", handlelength=1.2, borderaxespad=0.2, framealpha=1.0, fontsize=CHART_PT)
-    fig.tight_layout(pad=0.3)
+    fig.subplots_adjust(left=0.11, right=0.985, bottom=0.17, top=0.9)  # fixed: tight_layout draws the figure twice
     return fig
 
 
@@ -272,7 +272,7 @@ def reliability_figure(
     for a in (ax, ax_n):
         a.legend(loc="upper left", handlelength=1.0, borderaxespad=0.2, framealpha=1.0, fontsize=CHART_PT)
         a.grid(alpha=0.3)
-    fig.tight_layout(pad=0.3, w_pad=0.6)
+    fig.subplots_adjust(left=0.1, right=0.975, bottom=0.17, top=0.9, wspace=0.38)
     return fig
 
 
@@ -433,5 +433,5 @@ def data_map_figure(
            title=title or "training data map")  # fmt: skip
     ax.legend(loc="lower right", framealpha=1.0, fontsize=CHART_PT)
     ax.grid(alpha=0.3)
-    fig.tight_layout(pad=0.3)
+    fig.subplots_adjust(left=0.11, right=0.985, bottom=0.17, top=0.9)
     return fig
