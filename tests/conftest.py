@@ -52,11 +52,10 @@ def run_module(
     module: str, *args: str, cwd: Path = ROOT, timeout: float = 300
 ) -> subprocess.CompletedProcess:
     """Run ``python -m <module> <args>`` as the user would; returns the completed process."""
-    env = child_env()
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=cwd,
-        env=env,
+        env=child_env(),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -82,3 +81,24 @@ def read_events(run_dir: str | Path) -> Any:
 
     guidance = {"scalars": 0, "histograms": 0, "images": 0, "tensors": 0}
     return EventAccumulator(str(run_dir), size_guidance=guidance).Reload()
+
+
+def read_images(events: Any) -> dict[str, list[tuple[int, list[bytes]]]]:
+    """The images of :func:`read_events`' ``events``: tag -> ``[(step, [PNG of each sample]), ...]``.
+
+    TensorBoard's image format: a string tensor ``[width, height, png, png, ...]`` (one PNG per sample).
+    """
+    return {
+        tag: [(e.step, list(e.tensor_proto.string_val[2:])) for e in events.Tensors(tag)]
+        for tag in events.PluginTagToContent("images")
+    }
+
+
+def png_pixels(png: bytes) -> Any:
+    """A PNG's pixels as an ``(H, W, 3)`` uint8 array."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))

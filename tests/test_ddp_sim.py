@@ -51,7 +51,7 @@ def test_ddp_sim_matches_single_process(make_cfg, tmp_path: Path) -> None:
         "val/loss",
         "val/acc",
         "val/f1_macro",
-        "loss/cap",
+        "train/loss_cap",
         "val/loss_bounded",
     ):
         assert ddp[key] == pytest.approx(single[key], rel=1e-4, abs=1e-6), key

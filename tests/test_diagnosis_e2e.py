@@ -18,7 +18,7 @@ from lossdiag.errors import UserError
 from lossdiag.models.shallownet import ShallowNet
 from lossdiag.rundir.checkpoints import load_weights
 from lossdiag.rundir.metrics_csv import read_history
-from tests.conftest import read_events, run_module
+from tests.conftest import read_events, read_images, run_module
 
 EPOCHS = 20  # enough for the default data to show the rise (min near epoch 7)
 PER_EPOCH = [
@@ -84,12 +84,11 @@ def test_training_run_writes_every_diagnosis_output(make_cfg, tmp_path: Path) ->
     tags = events.Tags()
     for name in PER_EPOCH:
         assert len(events.Scalars(f"val/{name}")) == EPOCHS, name
-    assert [e.step for e in events.Images("val/reliability")] == [
-        e.step for e in events.Images("val/worst_samples")
-    ]
-    assert len(events.Images("val/reliability")) == 2  # epochs 9 and 19
+    images = read_images(events)
+    assert [step for step, _ in images["val/reliability"]] == [step for step, _ in images["val/worst_samples"]]
+    assert len(images["val/reliability"]) == 2  # epochs 9 and 19
     for name in ("reliability", "worst_samples", "loss_distribution"):
-        assert f"diagnosis/{name}" in tags["images"]
+        assert f"diagnosis/{name}" in images
     for name in [*(f"reports/{m}" for m in MODELS), "diagnosis"]:
         assert f"{name}/text_summary" in tags["tensors"], tags["tensors"]
     recompute_error = [e.value for e in events.Scalars("val/loss_recompute_error")]

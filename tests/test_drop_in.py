@@ -18,7 +18,7 @@ from lossdiag.callbacks import LossDiagnosis
 from lossdiag.diagnosis.judge.stats import mean_losses
 from lossdiag.diagnosis.samples import load_samples
 from lossdiag.errors import UserError
-from tests.conftest import read_events
+from tests.conftest import read_events, read_images
 
 
 class MLP(L.LightningModule):
@@ -160,10 +160,8 @@ def test_blocks_of_epochs_log_what_epoch_by_epoch_logs(tmp_path: Path, monkeypat
         scalars = {
             tag: sorted((s.step, s.value) for s in events.Scalars(tag)) for tag in events.Tags()["scalars"]
         }
-        images = [
-            (tag, i.step, i.encoded_image_string) for tag in ("val/reliability", "val/worst_samples")
-            for i in events.Images(tag)
-        ]  # fmt: skip
+        written = read_images(events)
+        images = [(tag, step, pngs) for tag in ("val/reliability", "val/worst_samples") for step, pngs in written[tag]]
         outputs[name] = scalars, images, load_samples(run / "diagnosis")
     (each, each_images, each_samples), (blocks, block_images, block_samples) = (
         outputs["each"],

@@ -32,10 +32,6 @@ OVERRIDES = [
 ]
 
 
-def _env() -> dict[str, str]:
-    return child_env()
-
-
 def _epochs_logged(run: Path) -> int:
     try:
         return len(read_history(run)["epoch"])
@@ -49,7 +45,7 @@ def _start_and_kill(run: Path, sig: signal.Signals) -> subprocess.Popen:
     proc = subprocess.Popen(
         [sys.executable, "-m", "src.train", *args, f"hydra.run.dir={run}"],
         cwd=ROOT,
-        env=_env(),
+        env=child_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -152,7 +148,7 @@ def test_two_runs_started_together_get_two_folders(tmp_path: Path) -> None:
             [sys.executable, "-m", "src.train", "debug=fast", "callbacks=none", "~logger",
              f"hydra.run.dir=${{unique_dir:{base}}}"],
             cwd=tmp_path,
-            env=_env(),
+            env=child_env(),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,

@@ -32,6 +32,7 @@ def main(cfg: DictConfig) -> None:
 
         from hydra.core.hydra_config import HydraConfig
 
+        from lossdiag.app.console import finished
         from lossdiag.app.evaluate import evaluate_checkpoint
         from lossdiag.rundir.find import remove_unfinished
 
@@ -42,6 +43,7 @@ def main(cfg: DictConfig) -> None:
         except BaseException:
             remove_unfinished(Path(hydra_cfg.runtime.output_dir), f"{hydra_cfg.job.name}.log")
             raise
+        finished(cfg.paths.output_dir)  # where it is and how to open it in TensorBoard, as after a run
 
     run_task(task)
 

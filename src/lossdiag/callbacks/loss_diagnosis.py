@@ -278,9 +278,8 @@ class LossDiagnosis(L.Callback):
         self._draw_figures(trainer)
 
     def _draw_figures(self, trainer: L.Trainer, now: bool = False) -> None:
-        self.figures.draw(
-            tensorboard_writer(trainer), self.recorder.samples, self.recorder.logged_through, now
-        )
+        writer, samples = tensorboard_writer(trainer), self.recorder.samples
+        self.figures.draw(writer, samples, self.recorder.logged_through, self.output_dir, now)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # before any callback's on_fit_end (e.g. the HParams summary reads the logged history)

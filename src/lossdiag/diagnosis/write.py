@@ -18,8 +18,11 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from tensorboard.compat.proto.summary_pb2 import Summary
+from tensorboard.plugins.image import metadata as image_metadata
+from tensorboard.util import tensor_util
 
-from lossdiag.diagnosis.judge.suspects import SHOWN, SUSPECT_COLUMNS, SuspectRow, rank_run, suspect_rows
+from lossdiag.diagnosis.judge.suspects import SUSPECT_COLUMNS, TILES, SuspectRow, rank_run, suspect_rows
 from lossdiag.diagnosis.judge.verdict import Verdict, judge
 from lossdiag.diagnosis.samples import Samples
 from lossdiag.functional.breakdown import worst_indices
@@ -29,10 +32,11 @@ from lossdiag.functional.remedies import RemedyResult
 from lossdiag.functional.suspects import Suspects, cartography
 from lossdiag.render.diagnosis import diagnosis_texts
 from lossdiag.render.figures import (
+    WORST_COLUMNS,
     WORST_TILES,
     data_map_figure,
+    figure_samples,
     groups_figure,
-    log_figure,
     loss_distribution_figure,
     png_bytes,
     reliability_figure,
@@ -177,9 +181,7 @@ def worst_figure(
         )
         for i in order
     ]
-    title = f"{len(order)} highest-loss val samples (of {len(ev.loss)})" + (
-        "" if epoch is None else f", epoch {epoch}"
-    )
+    title = f"highest-loss val samples (of {len(ev.loss)})" + ("" if epoch is None else f", epoch {epoch}")
     return worst_samples_figure(
         torch.stack([images[int(samples.val.index[i])] for i in order]), captions, title=title
     )
@@ -193,6 +195,37 @@ def epoch_figures(
     if images is not None and len(images) and worst_k > 0:
         figures["worst_samples"] = worst_figure(samples, ev, images, worst_k, epoch)
     return figures
+
+
+# -- figures: every image TensorBoard shows is also a PNG under figures/ --------------------------------------
+def image_summary(tag: str, images: list[np.ndarray], pngs: list[bytes], description: str = "") -> Summary:
+    """One TensorBoard image summary holding ``images`` (their encoded ``pngs``) as its samples: TensorBoard's own
+    image format (a string tensor ``[width, height, png, ...]`` with the ``images`` plugin's metadata)."""
+    height, width = images[0].shape[:2]
+    content = np.array([str(width).encode(), str(height).encode(), *pngs], dtype=object)
+    metadata = image_metadata.create_summary_metadata(display_name=tag, description=description)
+    return Summary(
+        value=[Summary.Value(tag=tag, metadata=metadata, tensor=tensor_util.make_tensor_proto(content))]
+    )
+
+
+def write_figure(
+    path: str | Path,
+    fig: Figure,
+    writer: Any = None,
+    tag: str = "",
+    step: int = 0,
+    description: str = "",
+) -> np.ndarray:
+    """Render ``fig`` once; write it to ``path`` as a PNG and, with a ``writer`` (a ``SummaryWriter``), to
+    TensorBoard as image ``tag`` at ``step`` (a tile grid as one sample per row). Returns the pixels."""
+    image = render_figure(fig)
+    samples = figure_samples(fig, image)
+    pngs = [png_bytes(sample) for sample in samples]
+    atomic_write_bytes(Path(path), pngs[0] if len(samples) == 1 else png_bytes(image))
+    if writer is not None:
+        writer.file_writer.add_summary(image_summary(tag, samples, pngs, description), global_step=step)
+    return image
 
 
 # -- the outputs --------------------------------------------------------------------------------------------
@@ -267,13 +300,13 @@ def _suspects(f: Findings, done: Rendered) -> Rendered:
             )
         )
     for split, images in (f.suspect_images or {}).items():
-        shown = [r for r in f.suspect_rows if r.split == split and r.index in images][:SHOWN]
+        shown = [r for r in f.suspect_rows if r.split == split and r.index in images][:TILES]
         if shown:
             fig = worst_samples_figure(
                 torch.stack([images[r.index] for r in shown]), [suspect_caption(r) for r in shown],
-                columns=8, title=f"most suspect {split} images (likely label errors first)",
+                columns=WORST_COLUMNS, title=f"most suspect {split} images (likely label errors)",
             )  # fmt: skip
-            items.append(Item(None, fig, f"suspects/{split}"))
+            items.append(Item(figure_path("", f"suspects_{split}"), fig, f"suspects/{split}"))
     return items
 
 
@@ -350,11 +383,11 @@ def write_diagnosis(
     markdown = ""
     for item in render(findings):
         content = item.content
-        if isinstance(content, Figure):
-            tagged = item.tag is not None and writer is not None
-            image = log_figure(writer, item.tag, content, step) if tagged else render_figure(content)
-            content = png_bytes(image)
-        elif item.tag is not None and writer is not None:
+        if isinstance(content, Figure):  # a PNG under figures/ and, with a writer, the same pixels in TensorBoard
+            assert item.path is not None
+            write_figure(out / item.path, content, writer if item.tag else None, item.tag or "", step)
+            continue
+        if item.tag is not None and writer is not None:
             writer.add_text(item.tag, content, global_step=step)
         if item.path == DIAGNOSIS_FILE:
             markdown = str(content)

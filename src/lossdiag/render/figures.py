@@ -1,7 +1,13 @@
 """Every figure the project makes: ``Figure`` objects (never global pyplot state), rendered with Agg.
 
 Figures take numbers and return a :class:`~matplotlib.figure.Figure`; :func:`render` turns one into
-pixels and :func:`png_bytes` into a PNG file's bytes. Writing files is :mod:`lossdiag.rundir`'s job.
+pixels and :func:`png_bytes` into a PNG file's bytes. Writing files and TensorBoard images is
+the write stage's job (:func:`lossdiag.diagnosis.write.write_figure`).
+
+Every figure TensorBoard shows is drawn to be read there: scaled into its card (:data:`CARD_BOX`), the
+smallest text stays at least :data:`CARD_TEXT_PX` high (:func:`card_scale`), and every colour is named in a
+legend. An image grid is a :class:`TileGrid`: one band per row of tiles, each band one TensorBoard image (a
+card of its own), the bands stacked the PNG.
 """
 
 from __future__ import annotations
@@ -10,24 +16,66 @@ import io
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
+from matplotlib import rc_context
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 from PIL import Image
 
 from lossdiag.functional.calibration import N_BINS, reliability_bins
 
-# the worst-samples grid is drawn for TensorBoard's image card (~400-500 px wide) and the PNG alike:
-# at most WORST_TILES tiles of ~TILE_PX pixels, captions below each tile in fonts sized to it
+# TensorBoard 2.21 at its default card size (measured in a 1400-px-wide window) fits an image into 375 x 215 px
+# in the Time Series tab's card and into 350 px of width in the Images tab's: a figure must read in CARD_BOX
+CARD_BOX = (350, 215)
+CARD_TEXT_PX = 9.5  # the smallest text height that stays legible there
+# charts (reliability, loss distribution, data map): as wide as tall as the card allows, every text >= CHART_PT
+CHART_INCHES = (6.0, 3.0)
+CHART_DPI = 120
+CHART_PT = 12.0
+# image grids (worst samples, likely label errors): rows of WORST_COLUMNS tiles of at most TILE_PX pixels, the
+# captions below each tile in one font sized to it; each row is one TensorBoard image (TileGrid)
 WORST_TILES = 9
 WORST_COLUMNS = 3
-TILE_PX = 200
+TILE_PX = 180
 FIGURE_DPI = 100
 CAPTION_PT = (14.0, 12.0)  # preferred and smallest caption font size (points at FIGURE_DPI)
+HEADER_PT = (15.0, 12.0)  # the same for the header line of each row
 _GAP_PX = 14
-_TITLE_PX = 40
+_HEADER_PX = 34
+
+
+def card_scale(width_px: float, height_px: float) -> float:
+    """How much TensorBoard shrinks a ``width_px`` x ``height_px`` image to show it in its card (:data:`CARD_BOX`)."""
+    return min(CARD_BOX[0] / width_px, CARD_BOX[1] / height_px)
+
+
+class TileGrid(Figure):
+    """Image tiles in rows of equal height, ``band_px`` pixels each. Every row is a band of its own (header line,
+    tiles, their captions), so each band reads alone as one TensorBoard image, and the stacked bands are the whole
+    grid as saved to PNG and shown in a notebook (:func:`figure_samples`)."""
+
+    band_px: int = 0
+
+
+def figure_samples(fig: Figure, image: np.ndarray) -> list[np.ndarray]:
+    """The images TensorBoard shows for ``fig`` rendered as ``image``: one per band of a :class:`TileGrid`, else one."""
+    if not isinstance(fig, TileGrid) or fig.band_px <= 0:
+        return [image]
+    band, n = fig.band_px, max(1, round(image.shape[0] / fig.band_px))  # a pixel more or less when rendered
+    return [image[i * band : (i + 1) * band if i < n - 1 else None] for i in range(n)]
+
+
+def _chart(columns: int = 1) -> tuple[Figure, Any]:
+    """A :data:`CHART_INCHES` figure with ``columns`` axes side by side, every text at least :data:`CHART_PT`."""
+    fig = Figure(figsize=CHART_INCHES, dpi=CHART_DPI)
+    sizes = ("font.size", "axes.labelsize", "xtick.labelsize", "ytick.labelsize", "legend.fontsize")
+    with rc_context({**dict.fromkeys(sizes, CHART_PT), "axes.titlesize": CHART_PT + 1}):
+        axes = fig.subplots(1, columns)
+    return fig, axes
 
 
 def _tiles(images: torch.Tensor) -> tuple[np.ndarray, int, int]:
@@ -41,7 +89,7 @@ def _tiles(images: torch.Tensor) -> tuple[np.ndarray, int, int]:
     imgs = imgs[:, :3]
     h, w = imgs.shape[2], imgs.shape[3]
     if max(h, w) <= TILE_PX:
-        factor = max(1, round(TILE_PX / max(h, w)))
+        factor = max(1, TILE_PX // max(h, w))
         imgs = imgs.repeat_interleave(factor, dim=2).repeat_interleave(factor, dim=3)
     else:
         scale = TILE_PX / max(h, w)
@@ -52,12 +100,12 @@ def _tiles(images: torch.Tensor) -> tuple[np.ndarray, int, int]:
 
 
 def _fit_lines(
-    fig: Figure, lines: Sequence[str], width_px: float, sizes: tuple[float, float]
+    fig: Figure, lines: Sequence[str], width_px: float, sizes: tuple[float, float], weight: str = "normal"
 ) -> tuple[float, list[str]]:
     """One font size for all ``lines`` (the largest in ``sizes`` at which they fit ``width_px``), and the
     lines, any still too wide at the smallest size cut with an ellipsis, so no caption is ever clipped."""
     renderer = FigureCanvasAgg(fig).get_renderer()
-    probe = fig.text(0, 0, "", fontsize=sizes[0])
+    probe = fig.text(0, 0, "", fontsize=sizes[0], weight=weight)
 
     def width(text: str, size: float) -> float:
         probe.set_text(text)
@@ -80,12 +128,13 @@ def worst_samples_figure(
     captions: Sequence[str],
     columns: int = WORST_COLUMNS,
     title: str = "highest-loss val samples",
-) -> Figure:
-    """A grid of images ``(k, C, H, W)`` in [0, 1], each with its caption lines below it.
+) -> TileGrid:
+    """A grid of images ``(k, C, H, W)`` in [0, 1], each with its caption lines below it, in rows of ``columns``.
 
-    Laid out in pixels so it reads at TensorBoard's card size: tiles of about :data:`TILE_PX` pixels (whole
-    pixel multiples of small images), caption lines in one font size sized to the tile width, cut with an
-    ellipsis rather than clipped, in their own band below the tile (never over the image).
+    Laid out in pixels so each row reads in TensorBoard's card (:data:`CARD_BOX`): tiles of at most
+    :data:`TILE_PX` pixels (whole pixel multiples of small images), caption lines in one font size sized to the
+    tile width, cut with an ellipsis rather than clipped, in their own band below the tile (never over the image).
+    Each row has its own header line (``1-3 of 9 <title>``), so it reads alone as one TensorBoard image.
     """
     k = len(captions)
     cols = max(1, min(columns, k))
@@ -93,22 +142,25 @@ def worst_samples_figure(
     tiles, th, tw = (
         _tiles(images[:k]) if k else (np.zeros((0, TILE_PX, TILE_PX, 3), np.uint8), TILE_PX, TILE_PX)
     )
-    cell_w = max(tw, TILE_PX)
-    fig = Figure(dpi=FIGURE_DPI)
+    width = cols * TILE_PX + (cols + 1) * _GAP_PX
+    fig = TileGrid(dpi=FIGURE_DPI)
     lines = [str(c).split("\n") for c in captions]
     n_lines = max((len(ls) for ls in lines), default=1)
-    size, fitted = _fit_lines(fig, [line for ls in lines for line in ls], cell_w, CAPTION_PT)
+    size, fitted = _fit_lines(fig, [line for ls in lines for line in ls], TILE_PX, CAPTION_PT)
+    spans = [(r * cols + 1, min(k, (r + 1) * cols)) for r in range(rows)]
+    headers = [f"{a}-{b} of {k} {title}" if rows > 1 else f"{k} {title}" for a, b in spans]
+    header_size, headers = _fit_lines(fig, headers, width - 2 * _GAP_PX, HEADER_PT, weight="bold")
     line_px = size * FIGURE_DPI / 72 * 1.3
-    band = int(np.ceil(n_lines * line_px)) + 8
-    width = cols * cell_w + (cols + 1) * _GAP_PX
-    height = _TITLE_PX + rows * (th + band + _GAP_PX)
+    band = _HEADER_PX + th + int(np.ceil(n_lines * line_px)) + 8 + _GAP_PX
+    height = rows * band
+    fig.band_px = band
     fig.set_size_inches(width / FIGURE_DPI, height / FIGURE_DPI)
     grid = np.full((height, width, 3), 255, np.uint8)
     it = iter(fitted)
     for i in range(k):
         r, c = divmod(i, cols)
-        left = _GAP_PX + c * (cell_w + _GAP_PX) + (cell_w - tw) // 2
-        top = _TITLE_PX + r * (th + band + _GAP_PX)
+        left = _GAP_PX + c * (TILE_PX + _GAP_PX) + (TILE_PX - tw) // 2
+        top = r * band + _HEADER_PX
         grid[top : top + th, left : left + tw] = tiles[i]
         x = (left + tw / 2) / width
         for j in range(len(lines[i])):
@@ -118,7 +170,9 @@ def worst_samples_figure(
     ax = fig.add_axes((0, 0, 1, 1))
     ax.imshow(grid, interpolation="nearest", aspect="auto")
     ax.axis("off")
-    fig.text(0.5, 1 - 8 / height, title, ha="center", va="top", fontsize=CAPTION_PT[0] + 1, weight="bold")
+    for r, header in enumerate(headers):
+        fig.text(0.5, 1 - (r * band + 8) / height, header, ha="center", va="top", fontsize=header_size,
+                 weight="bold")  # fmt: skip
     return fig
 
 
@@ -193,8 +247,7 @@ def loss_distribution_figure(
     The bulk of samples sits near zero and a few carry losses of 10+; the log count shows both, and
     the dashed means show how far those few pull each model's mean.
     """
-    fig = Figure(figsize=(5.6, 3.9), dpi=FIGURE_DPI)
-    ax = fig.add_subplot()
+    fig, ax = _chart()
     finite_max = max(
         (float(np.max(v[np.isfinite(v)])) for v in losses.values() if np.isfinite(v).any()), default=1.0
     )
@@ -208,19 +261,15 @@ def loss_distribution_figure(
         mean = float(np.mean(values, dtype=np.float64))
         epoch = (epochs or {}).get(name)
         when = "" if epoch is None else (" (untrained)" if epoch < 0 else f" (epoch {epoch})")
-        label = (
-            f"{name}{when}: mean {mean:.3f}, max {float(np.max(finite)) if finite.size else float('nan'):.1f}"
-        )
+        top = float(np.max(finite)) if finite.size else float("nan")
+        label = f"{name}{when}: mean {mean:.3g}, max {top:.3g}"
         ax.hist(finite, bins=bins, histtype="step", linewidth=2, color=colour, label=label)
         ax.axvline(mean, color=colour, linestyle="--", linewidth=1.5)
     ax.set_yscale("log")
-    ax.set_xlabel("per-sample cross-entropy (dashed: mean)", fontsize=12)
-    ax.set_ylabel("val samples (log scale)", fontsize=12)
-    ax.set_title(title, fontsize=13)
-    ax.tick_params(labelsize=11)
+    ax.set(xlabel="per-sample cross-entropy (dashed: mean)", ylabel="val samples", title=title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=10.5, loc="upper right", handlelength=1.2, borderaxespad=0.3)
-    fig.subplots_adjust(left=0.13, right=0.98, bottom=0.14, top=0.91)
+    ax.legend(loc="upper right", handlelength=1.2, borderaxespad=0.2, framealpha=1.0, fontsize=CHART_PT)
+    fig.subplots_adjust(left=0.11, right=0.985, bottom=0.17, top=0.9)  # fixed: tight_layout draws the figure twice
     return fig
 
 
@@ -238,42 +287,44 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def log_figure(writer, tag: str, fig: Figure, step: int) -> np.ndarray:
-    """Render ``fig`` once and add it to a TensorBoard ``SummaryWriter`` as an image; returns the pixels."""
-    image = render(fig)
-    writer.add_image(tag, image, global_step=step, dataformats="HWC")
-    return image
-
-
 def reliability_figure(
     conf: np.ndarray, correct: np.ndarray, title: str = "", n_bins: int = N_BINS
 ) -> Figure:
-    """Reliability diagram: accuracy per confidence bin against the diagonal, with bin counts."""
+    """Reliability diagram and where the samples are: each confidence bin's accuracy against its mean confidence
+    and the diagonal (left); each bin's correct and wrong samples on a log axis (right), where a confidently wrong
+    minority shows in the top bins."""
     mean_conf, acc, count = reliability_bins(conf, correct, n_bins)
     edges = np.linspace(0, 1, n_bins + 1)
-    fig = Figure(figsize=(4, 4), dpi=80)
-    ax = fig.add_subplot()
     filled = count > 0
-    ax.bar(
-        edges[:-1][filled], acc[filled], width=1 / n_bins, align="edge", edgecolor="black", label="accuracy"
+    fig, (ax, ax_n) = _chart(columns=2)
+    ax.bar(edges[:-1][filled], acc[filled], width=1 / n_bins, align="edge", color="tab:blue",
+           edgecolor="white", label="accuracy")  # fmt: skip
+    centres = (edges[:-1] + 0.5 / n_bins)[filled]
+    ax.plot(centres, mean_conf[filled], "o", color="tab:orange", markersize=5, label="mean confidence")
+    ax.plot([0, 1], [0, 1], linestyle="--", color="black", linewidth=1, label="calibrated")
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1.05),
+        xlabel="confidence (max p)",
+        ylabel="accuracy",
+        title=title or "reliability",
     )
-    gap = mean_conf[filled] - acc[filled]
-    ax.bar(
-        edges[:-1][filled],
-        gap,
-        bottom=acc[filled],
-        width=1 / n_bins,
-        align="edge",
-        color="red",
-        alpha=0.3,
-        label="gap to confidence",
-    )
-    ax.plot([0, 1], [0, 1], "k--", linewidth=1)
-    for left, a, n in zip(edges[:-1][filled], acc[filled], count[filled], strict=True):
-        ax.text(left + 0.5 / n_bins, min(a, 0.93) + 0.02, str(int(n)), ha="center", fontsize=6)
-    ax.set(xlim=(0, 1), ylim=(0, 1.05), xlabel="confidence (max probability)", ylabel="accuracy", title=title)
-    ax.legend(loc="upper left", fontsize=7)
-    fig.subplots_adjust(left=0.14, right=0.97, bottom=0.12, top=0.92)
+    bins = np.clip((np.asarray(conf, dtype=np.float64) * n_bins).astype(int), 0, n_bins - 1)
+    right = np.asarray(correct, dtype=bool)
+    n_right = np.bincount(bins[right], minlength=n_bins)
+    n_wrong = np.bincount(bins[~right], minlength=n_bins)
+    ax_n.bar(edges[:-1], n_right, width=1 / n_bins, align="edge", color="tab:blue", edgecolor="white",
+             label="correct")  # fmt: skip
+    ax_n.bar(edges[:-1], n_wrong, bottom=n_right, width=1 / n_bins, align="edge", color="tab:red",
+             edgecolor="white", label="wrong")  # fmt: skip
+    if count.max(initial=0) > 0:
+        ax_n.set_yscale("log")
+        ax_n.yaxis.set_minor_formatter(NullFormatter())  # powers of ten only: 12 pt labels need the room
+    ax_n.set(xlim=(0, 1), xlabel="confidence (max p)", ylabel="val samples", title="samples per bin")
+    for a in (ax, ax_n):
+        a.legend(loc="upper left", handlelength=1.0, borderaxespad=0.2, framealpha=1.0, fontsize=CHART_PT)
+        a.grid(alpha=0.3)
+    fig.subplots_adjust(left=0.1, right=0.975, bottom=0.17, top=0.9, wspace=0.38)
     return fig
 
 
@@ -372,21 +423,39 @@ def sweep_figure(groups: Sequence[tuple[str, CurveBand, CurveBand]], columns: in
         ax.set_xlabel("epoch", fontsize=6)
         if len(acc.epochs):
             twin = ax.twinx()
-            twin.plot(acc.epochs, acc.mean, color="grey", linewidth=0.8, linestyle="--")
+            twin.plot(acc.epochs, acc.mean, color=ACC_COLOUR, linewidth=0.8, linestyle="--")
             twin.set_ylim(0, 1)
             twin.tick_params(labelsize=6)
         ax.grid(alpha=0.3)
     if groups:
         fig.text(
             0.5,
-            grid[1, 0].get_position(fig).y1 + 0.06,
+            grid[1, 0].get_position(fig).y1 + 0.075,
             "per group: val cross-entropy (solid, left axis, zoomed on the epochs from its minimum on; title: "
             "the mean curve's minimum, last value and ratio) and val accuracy (dashed, right axis, 0 to 1)",
             ha="center",
             fontsize=8,
         )
+        fig.legend(handles=_panel_legend(), loc="center", fontsize=7, ncol=3, frameon=False,
+                   bbox_to_anchor=(0.5, grid[1, 0].get_position(fig).y1 + 0.045))  # fmt: skip
     fig.subplots_adjust(left=0.06, right=0.95, top=0.95, bottom=0.05)
     return fig
+
+
+# the per-group panels of sweep_figure: val accuracy on the right axis, the lowest and last val CE marked
+ACC_COLOUR = "grey"
+
+
+def _panel_legend() -> list[Any]:
+    """Legend entries for what every per-group panel of :func:`sweep_figure` draws besides the group's colour."""
+    from matplotlib.lines import Line2D
+
+    return [
+        Line2D([], [], color=ACC_COLOUR, linestyle="--", label="val accuracy (right axis)"),
+        Line2D(
+            [], [], color="black", marker="o", linestyle="none", markersize=3, label="lowest and last val CE"
+        ),
+    ]
 
 
 def _zoom_after_minimum(band: CurveBand, low: int) -> tuple[float, float]:
@@ -405,17 +474,16 @@ def data_map_figure(
 ) -> Figure:
     """Dataset cartography (Swayamdipta et al. 2020): each training sample's mean p(given label) over the
     epochs against its standard deviation; flagged samples (likely label errors) in red."""
-    fig = Figure(figsize=(5.5, 4.5), dpi=FIGURE_DPI)
-    ax = fig.add_subplot()
+    fig, ax = _chart()
     flagged = np.asarray(flagged, dtype=bool)
     ax.scatter(
         variability[~flagged], confidence[~flagged], s=10, alpha=0.5, color="tab:blue", label="not flagged"
     )
     ax.scatter(variability[flagged], confidence[flagged], s=18, alpha=0.9, color="tab:red",
                label=f"flagged ({int(flagged.sum())})")  # fmt: skip
-    ax.set(xlabel="variability (std of p(given label) over epochs)", ylabel="confidence (mean p(given label))",
-           ylim=(-0.02, 1.02), title=title or "training data map")  # fmt: skip
-    ax.legend(loc="lower right", fontsize=9)
+    ax.set(xlabel="std of p(given label) over epochs", ylabel="mean p(given label)", ylim=(-0.02, 1.02),
+           title=title or "training data map")  # fmt: skip
+    ax.legend(loc="lower right", framealpha=1.0, fontsize=CHART_PT)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.11, right=0.985, bottom=0.17, top=0.9)
     return fig

@@ -40,6 +40,8 @@ TRAIN_LOG = Path("train.log")
 SWEEP_REPORT_MD = Path("report.md")
 SWEEP_REPORT_CSV = Path("report.csv")
 SWEEP_REPORT_PNG = Path("report.png")
+# the keys a sweep's jobs differ by, which name its job folders (lossdiag.app.resolvers.sweep_job_dirname)
+SWEEP_KEYS_FILE = Path("varying_keys.yaml")
 
 
 def report_path(run_dir: str | Path, model: str, suffix: str) -> Path:
@@ -60,6 +62,12 @@ INITIAL_CKPT = checkpoint_path("", "initial")
 def figure_path(run_dir: str | Path, name: str) -> Path:
     """``<run>/figures/<name>.png``."""
     return Path(run_dir) / FIGURES_DIR / f"{name}.png"
+
+
+def epoch_figure_path(run_dir: str | Path, name: str, epoch: int) -> Path:
+    """``<run>/figures/epochs/<name>_<epoch, 4 digits>.png``: a figure drawn during training (TensorBoard's
+    ``val/<name>`` at step ``epoch``), named so a folder listing is in epoch order."""
+    return Path(run_dir) / FIGURES_DIR / "epochs" / f"{name}_{epoch:04d}.png"
 
 
 def display_path(path: str | Path) -> str:

@@ -15,7 +15,8 @@ import numpy as np
 from lossdiag.diagnosis.samples import Samples
 from lossdiag.functional.suspects import Suspects, rank_suspects
 
-SHOWN = 32  # rows of suspects.md and tiles of each image grid
+SHOWN = 32  # rows of suspects.md
+TILES = 9  # images in each split's grid (TensorBoard suspects/<split>, figures/suspects_<split>.png): 3 rows of 3
 
 
 @dataclass(frozen=True)
@@ -88,8 +89,8 @@ def suspect_rows(samples: Samples, suspects: Suspects) -> list[SuspectRow]:
     return rows
 
 
-def wanted_images(suspects: Suspects | None, samples: Samples, shown: int = SHOWN) -> dict[str, list[int]]:
-    """Sample indices (per split) whose images the TensorBoard grids show: each split's ``shown`` first."""
+def wanted_images(suspects: Suspects | None, samples: Samples, shown: int = TILES) -> dict[str, list[int]]:
+    """Sample indices (per split) whose images the grids show: each split's ``shown`` most suspect."""
     if suspects is None:
         return {}
     out = {}
