@@ -135,11 +135,11 @@ def test_scalars_tab_opens_on_train_and_val_and_hparams_use_their_names(user_run
 @pytest.mark.slow
 def test_an_evaluation_is_named_by_its_checkpoint_and_run(user_run) -> None:
     cwd, _, run = user_run
-    ckpt = run / "checkpoints" / "best.ckpt"
+    ckpt = run / "checkpoints" / "best_val_acc.ckpt"
     proc = run_module("src.evaluate", f"ckpt_path={ckpt.relative_to(cwd)}", cwd=cwd)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (evaluation,) = (cwd / "outputs" / "evaluations").glob("*/*")
-    assert re.fullmatch(rf"\d\d-\d\d-\d\d_best_of_{re.escape(run.name)}", evaluation.name), evaluation.name
+    assert re.fullmatch(rf"\d\d-\d\d-\d\d_best_val_acc_of_{re.escape(run.name)}", evaluation.name), evaluation.name
     printed = LAST_LINE.fullmatch(proc.stdout.splitlines()[-1])
     assert printed and cwd / printed["run"] == evaluation
     assert set(tensorboard_runs(cwd / printed["logdir"])) == {evaluation.name}
