@@ -21,17 +21,11 @@ from lossdiag.functional.breakdown import (
     top_count,
     top_share,
 )
-from lossdiag.functional.calibration import (
-    T_MAX,
-    T_MIN,
-    calibration_summary,
-    expected_calibration_error,
-    fit_temperature,
-    nll,
-    reliability_bins,
-)
+from lossdiag.functional.calibration import calibration_summary
 from lossdiag.functional.class_report import classification_report
+from lossdiag.functional.ece import expected_calibration_error, reliability_bins
 from lossdiag.functional.outputs import evaluate_logits
+from lossdiag.functional.temperature import T_MAX, T_MIN, fit_temperature, nll
 from lossdiag.render.diagnosis import diagnosis_texts
 from lossdiag.render.reasons import advice, reason
 from lossdiag.render.tables import report_csv, report_markdown
@@ -354,7 +348,7 @@ def _block(epochs: int = 6, n: int = 150, c: int = 10, seed: int = 0) -> tuple[t
 def test_batched_ece_is_torchmetrics_per_row() -> None:
     from torchmetrics.functional.classification import multiclass_calibration_error
 
-    from lossdiag.functional.calibration import expected_calibration_errors
+    from lossdiag.functional.ece import expected_calibration_errors
 
     z, y = _block()
     probs = z.softmax(-1)
@@ -366,7 +360,7 @@ def test_batched_ece_is_torchmetrics_per_row() -> None:
 
 
 def test_batched_temperature_fits_equal_one_at_a_time_and_converge_fast() -> None:
-    from lossdiag.functional.calibration import fit_temperatures
+    from lossdiag.functional.temperature import fit_temperatures
 
     z, y = _block(epochs=10)
     batched = fit_temperatures(z, y)
@@ -403,7 +397,8 @@ def test_evaluate_epochs_is_evaluate_logits_per_epoch() -> None:
 
 def test_batched_calibration_without_usable_samples_is_nan() -> None:
     from lossdiag.functional.breakdown import loss_distributions
-    from lossdiag.functional.calibration import expected_calibration_errors, fit_temperatures
+    from lossdiag.functional.ece import expected_calibration_errors
+    from lossdiag.functional.temperature import fit_temperatures
 
     z, y = _block(epochs=2)
     broken = z.clone()

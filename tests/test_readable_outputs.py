@@ -19,7 +19,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from lossdiag.callbacks.tensorboard import HPARAM_METRICS, LAYOUT
 from lossdiag.diagnosis.samples import FIELDS, load_samples
-from lossdiag.functional.calibration import CALIBRATION_KEYS, CROSSFIT_SPLITS, SPLIT_KEYS
+from lossdiag.functional.calibration import CALIBRATION_KEYS, SPLIT_KEYS
+from lossdiag.functional.crossfit import CROSSFIT_SPLITS
 from lossdiag.rundir.metrics_csv import read_history
 from tests.conftest import ROOT, child_env, read_events, read_images
 

@@ -15,7 +15,7 @@ from lossdiag.app.sweep_report import build_report, curve_bands, group_runs, loa
 from lossdiag.diagnosis.judge.rules import Kind
 from lossdiag.diagnosis.judge.verdict import Verdict, judge
 from lossdiag.functional.remedies import RemedyResult, recommend
-from lossdiag.render.figures import CurveBand, sweep_figure
+from lossdiag.render.history_figures import CurveBand, sweep_figure
 from lossdiag.render.reasons import Context
 from lossdiag.render.remedies import what_you_can_do
 from lossdiag.rundir.metrics_csv import read_history

@@ -23,8 +23,9 @@ from lossdiag.functional.bootstrap import (
     percentile_interval,
     relative_rise,
 )
-from lossdiag.functional.calibration import CROSSFIT_SPLITS, T_MAX, crossfit_temperature
+from lossdiag.functional.crossfit import CROSSFIT_SPLITS, crossfit_temperature
 from lossdiag.functional.jsonable import json_ready
+from lossdiag.functional.temperature import T_MAX
 from lossdiag.render.reasons import advice, reason
 from lossdiag.render.text import accuracy_move
 

@@ -279,7 +279,7 @@ def legend_colours(fig: Figure) -> set[tuple[float, ...]]:
 
 
 def test_every_colour_of_every_figure_is_in_a_legend() -> None:
-    from lossdiag.render.figures import CurveBand, sweep_figure
+    from lossdiag.render.history_figures import CurveBand, sweep_figure
 
     figures = {name: fig for name, fig in _figures().items() if name != "worst_samples"}
     band = CurveBand(np.arange(1, 6), np.array([0.5, 0.3, 0.35, 0.4, 0.45]), np.full(5, 0.02))

@@ -11,7 +11,8 @@ import math
 
 from lossdiag.diagnosis.judge.causes import Cause
 from lossdiag.diagnosis.judge.verdict import ModelNumbers, Verdict
-from lossdiag.functional.calibration import CROSSFIT_SPLITS, T_MAX, T_MIN
+from lossdiag.functional.crossfit import CROSSFIT_SPLITS
+from lossdiag.functional.temperature import T_MAX, T_MIN
 from lossdiag.render.text import loss_text, pct, plural
 
 FEW_SHARE = 0.05  # "a few samples": at most this share of them

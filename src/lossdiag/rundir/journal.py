@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lossdiag.functional.calibration import CALIBRATION_KEYS, CROSSFIT_SPLITS, SPLIT_KEYS
+from lossdiag.functional.calibration import CALIBRATION_KEYS, SPLIT_KEYS
+from lossdiag.functional.crossfit import CROSSFIT_SPLITS
 from lossdiag.functional.outputs import Evaluation
 from lossdiag.rundir.atomic import atomic_write_bytes
 

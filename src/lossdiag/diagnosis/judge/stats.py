@@ -78,11 +78,11 @@ class RunStats:
     samples_to_settle: (
         int | None
     )  # a rise whose interval includes 0: about how many val samples would settle it
-    rise_threshold: float
-    majority_margin: float
-    confidence_level: float
-    n_resamples: int
-    bootstrap_seed: int
+    rise_threshold: float = RISE_THRESHOLD
+    majority_margin: float = MAJORITY_MARGIN
+    confidence_level: float = LEVEL
+    n_resamples: int = N_RESAMPLES
+    bootstrap_seed: int = SEED
 
     @property
     def history(self) -> bool:
@@ -152,6 +152,50 @@ def smoothing_weights(n_epochs: int, window: int) -> np.ndarray:
     return inside / inside.sum(1, keepdims=True)
 
 
+class _History:
+    """Per-sample val records (E, N), possibly memory-mapped: read per epoch, or streamed in blocks of epochs."""
+
+    def __init__(self, loss: np.ndarray, pred: np.ndarray, target: np.ndarray) -> None:
+        self.loss, self.pred, self.target = loss, pred, target
+
+    def per_epoch(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each epoch's mean loss (float64) and accuracy, over blocks of epochs."""
+        blocks = _epoch_blocks(*self.loss.shape)
+        mean = np.concatenate([np.asarray(self.loss[b], dtype=np.float64).mean(-1) for b in blocks])
+        acc = np.concatenate([(self.pred[b] == self.target[None, :]).mean(-1) for b in blocks])
+        return mean, acc
+
+    def row(self, i: int) -> np.ndarray:
+        return np.asarray(self.loss[i], dtype=np.float64)
+
+    def correct(self, i: int) -> np.ndarray:
+        return (np.asarray(self.pred[i]) == self.target).astype(np.float64)
+
+    def averaged(self, weights: np.ndarray) -> np.ndarray:
+        """Each sample's loss averaged over the epochs of a moving average's window (``weights``: one of its rows)."""
+        return np.asarray(self.loss[np.flatnonzero(weights)], dtype=np.float64).mean(0)
+
+    def intervals(
+        self,
+        i_min: int,
+        i_last: int,
+        smooth_min: np.ndarray,
+        smooth_last: np.ndarray,
+        n_resamples: int,
+        seed: int,
+    ) -> tuple[tuple[float, float], tuple[float, float], tuple[float, float]]:
+        """The 95% intervals of the relative rise, the accuracy change and the smoothed relative rise, from one
+        paired bootstrap (the same resamples for all three)."""
+        columns = [self.row(i_min), self.row(i_last), self.correct(i_min), self.correct(i_last),
+                   self.averaged(smooth_min), self.averaged(smooth_last)]  # fmt: skip
+        means = bootstrap_means(np.column_stack(columns), n_resamples, seed)
+        return (
+            percentile_interval(relative_rise(means[:, 0], means[:, 1])),
+            percentile_interval(means[:, 3] - means[:, 2]),
+            percentile_interval(relative_rise(means[:, 4], means[:, 5])),
+        )
+
+
 def run_stats(
     loss: np.ndarray,
     pred: np.ndarray,
@@ -169,49 +213,25 @@ def run_stats(
     pred, target = np.asarray(pred), np.asarray(target)
     n_classes = len(class_names)
     _check_inputs(loss, pred, target, n_classes, epochs)
-    n_epochs, n = loss.shape
-    epochs = [int(e) for e in epochs]
-
-    blocks = _epoch_blocks(n_epochs, n)
-    mean_loss = np.concatenate([np.asarray(loss[b], dtype=np.float64).mean(-1) for b in blocks])
-    acc = np.concatenate([(pred[b] == target[None, :]).mean(-1) for b in blocks])
-    i_min, i_last = int(np.argmin(mean_loss)), n_epochs - 1  # argmin: first epoch on ties
-    i_best = int(np.argmax(acc))
-
-    def row(i: int) -> np.ndarray:
-        return np.asarray(loss[i], dtype=np.float64)
-
-    def correct(i: int) -> np.ndarray:
-        return (np.asarray(pred[i]) == target).astype(np.float64)
-
-    def averaged(j: int) -> np.ndarray:  # each sample's loss averaged over the moving average's window at j
-        used = np.flatnonzero(weights[j])
-        return np.asarray(loss[used], dtype=np.float64).mean(0)
-
+    (n_epochs, n), epochs, h = loss.shape, [int(e) for e in epochs], _History(loss, pred, target)
+    mean_loss, acc = h.per_epoch()
+    i_min, i_last, i_best = int(np.argmin(mean_loss)), n_epochs - 1, int(np.argmax(acc))  # first on ties
     window = smoothing_window(n_epochs)
     weights = smoothing_weights(n_epochs, window)
     smooth = weights @ mean_loss
-    j_min = int(np.argmin(smooth))
-    # one bootstrap for every interval, so they come from the same resamples
-    means = bootstrap_means(
-        np.column_stack([row(i_min), row(i_last), correct(i_min), correct(i_last), averaged(j_min), averaged(-1)]),
-        n_resamples,
-        seed,
+    j_min = int(np.argmin(smooth))  # the smoothed minimum
+    rise_ci, acc_change_ci, rise_ci_smoothed = h.intervals(
+        i_min, i_last, weights[j_min], weights[-1], n_resamples, seed
     )
     rise_rel = float(relative_rise(mean_loss[i_min], mean_loss[i_last]))
-    rise_ci = percentile_interval(relative_rise(means[:, 0], means[:, 1]))
-    acc_change_ci = percentile_interval(means[:, 3] - means[:, 2])
     rise_smoothed = float(relative_rise(smooth[j_min], smooth[-1]))
-    rise_ci_smoothed = percentile_interval(relative_rise(means[:, 4], means[:, 5]))
+    correct_last = h.correct(i_last)
 
     counts = np.bincount(target, minlength=n_classes)
-    hits = np.bincount(target, weights=correct(i_last), minlength=n_classes)
-    present = counts > 0
-    unlearned, learned = present & (hits == 0), present & (hits > 0)
-    collapsed = unlearned & _beyond_chance(unlearned, learned, counts, target, correct(i_last))
+    present, learned, unlearned, collapsed = _classes(counts, target, correct_last)
     history = n_epochs > 1
-    significant = history and rise_smoothed > RISE_THRESHOLD and rise_ci_smoothed[0] > 0
-    unsettled = history and rise_smoothed > RISE_THRESHOLD and rise_ci_smoothed[0] <= 0
+    beyond = history and rise_smoothed > RISE_THRESHOLD
+    significant, unsettled = beyond and rise_ci_smoothed[0] > 0, beyond and rise_ci_smoothed[0] <= 0
     stats = RunStats(
         n_samples=n,
         n_epochs=n_epochs,
@@ -238,14 +258,11 @@ def run_stats(
         last_loss_smoothed=float(smooth[-1]),
         rise_rel_smoothed=rise_smoothed if history else None,
         rise_ci_smoothed=rise_ci_smoothed if history else None,
-        acc_flips=_flips(correct(i_min), correct(i_last)) if history else None,
+        acc_flips=_flips(h.correct(i_min), correct_last) if history else None,
         initial_loss=None if initial_loss is None else float(initial_loss),
         unlearned_classes=tuple(class_names[c] for c in np.flatnonzero(unlearned)),
         collapsed_classes=tuple(class_names[c] for c in np.flatnonzero(collapsed)),
         samples_to_settle=_samples_to_settle(rise_smoothed, rise_ci_smoothed[0], n) if unsettled else None,
-        rise_threshold=RISE_THRESHOLD,
-        majority_margin=MAJORITY_MARGIN,
-        confidence_level=LEVEL,
         n_resamples=n_resamples,
         bootstrap_seed=seed,
     )
@@ -261,9 +278,26 @@ def run_stats(
     return stats, facts
 
 
+def _classes(counts: np.ndarray, target: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Per class (bool): present in the val set, learned (some right at the end), unlearned (recall 0), collapsed
+    (unlearned beyond chance)."""
+    hits = np.bincount(target, weights=correct, minlength=len(counts))
+    present = counts > 0
+    unlearned, learned = present & (hits == 0), present & (hits > 0)
+    return (
+        present,
+        learned,
+        unlearned,
+        unlearned & _beyond_chance(unlearned, learned, counts, target, correct),
+    )
+
+
 def _flips(before: np.ndarray, after: np.ndarray) -> dict[str, int]:
     """How many samples went from right to wrong and from wrong to right (``before``/``after``: 1.0 = right)."""
-    return {"to_wrong": int(((before > 0) & (after == 0)).sum()), "to_right": int(((before == 0) & (after > 0)).sum())}
+    return {
+        "to_wrong": int(((before > 0) & (after == 0)).sum()),
+        "to_right": int(((before == 0) & (after > 0)).sum()),
+    }
 
 
 def _beyond_chance(

@@ -26,10 +26,10 @@ from lossdiag.functional.breakdown import (
     top_share,
     worst_indices,
 )
-from lossdiag.functional.calibration import temperature_status
 from lossdiag.functional.jsonable import json_ready
 from lossdiag.functional.losses import bound_losses
 from lossdiag.functional.outputs import Evaluation
+from lossdiag.functional.temperature import temperature_status
 
 FORMAT_VERSION = 2  # of diagnosis.json (2: cause, rise_by_group, smoothed rise, repeated cross-fits, "given")
 N_EXTREME = 3  # the most extreme samples listed
