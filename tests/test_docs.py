@@ -4,7 +4,7 @@ Fast and without MkDocs (CI's ``mkdocs build --strict`` checks the rendered site
 ``README.md`` is at most 300 lines and still shows ``python -m src.train``; every relative link in
 ``README.md`` and ``docs/*.md`` points at a file that exists and, with ``#anchor``, at one of its headings;
 ``mkdocs.yml``'s nav lists every page of ``docs/`` once; ``docs/architecture.md`` names every module under
-``src/``.
+``src/``; every console line ``Run folder: ...`` the pages quote is the line the code prints for that folder.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ CODE_SPAN = re.compile(r"(`+)(?!`).+?(?<!`)\1", re.DOTALL)
 LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*#*\s*$", re.MULTILINE)
 EXTERNAL = re.compile(r"^[a-z][a-z0-9+.-]*:", re.IGNORECASE)  # http:, https:, mailto:, ...
+# a quoted console line "Run folder: <run>  (TensorBoard: ...)", in a code block or inline
+RUN_FOLDER_LINE = re.compile(r"Run folder: (?P<run>[^\s`]+)  \(TensorBoard: [^)`\n]*\)")
 
 
 def prose(markdown: str) -> str:
@@ -106,3 +108,31 @@ def test_architecture_page_names_every_module() -> None:
     assert modules
     missing = [m for m in modules if f"`{m}`" not in page]
     assert not missing, f"docs/architecture.md does not name: {', '.join(missing)}"
+
+
+def quoted_run_folder_lines(page: Path) -> list[tuple[str, str]]:
+    """``(run folder, whole line)`` of every ``Run folder:`` console line ``page`` quotes with a real path
+    (placeholders such as ``<run>`` or ``...`` are left out)."""
+    return [
+        (m["run"], m[0])
+        for m in RUN_FOLDER_LINE.finditer(page.read_text(encoding="utf-8"))
+        if "<" not in m["run"] and "..." not in m["run"]
+    ]
+
+
+def test_quoted_run_folder_lines_are_what_the_console_prints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lossdiag.app.console import run_folder_line
+
+    monkeypatch.chdir(tmp_path)  # the pages quote paths relative to the folder the command ran in
+    quoted = {page: quoted_run_folder_lines(page) for page in [README, *PAGES]}
+    quoting = {page.name for page, lines in quoted.items() if lines}
+    assert {"README.md", "getting-started.md", "files.md", "sweeps.md", "diagnosis.md"} <= quoting
+    stale = [
+        f"{shown(page)}: {line}"
+        for page, lines in quoted.items()
+        for run, line in lines
+        if line != run_folder_line(tmp_path / run)
+    ]
+    assert not stale, "quoted Run folder: lines the console no longer prints:\n" + "\n".join(stale)
