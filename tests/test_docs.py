@@ -129,6 +129,9 @@ def test_quoted_run_folder_lines_are_what_the_console_prints(
     quoted = {page: quoted_run_folder_lines(page) for page in [README, *PAGES]}
     quoting = {page.name for page, lines in quoted.items() if lines}
     assert {"README.md", "getting-started.md", "files.md", "sweeps.md", "diagnosis.md"} <= quoting
+    for run in {run for lines in quoted.values() for run, _ in lines}:  # runs with a TensorBoard logger
+        (tmp_path / run).mkdir(parents=True, exist_ok=True)
+        (tmp_path / run / "events.out.tfevents.0").touch()
     stale = [
         f"{shown(page)}: {line}"
         for page, lines in quoted.items()
@@ -136,3 +139,6 @@ def test_quoted_run_folder_lines_are_what_the_console_prints(
         if line != run_folder_line(tmp_path / run)
     ]
     assert not stale, "quoted Run folder: lines the console no longer prints:\n" + "\n".join(stale)
+    # a run without TensorBoard event files (no TensorBoard logger) is not offered a TensorBoard command
+    (tmp_path / "plain").mkdir()
+    assert run_folder_line(tmp_path / "plain") == "Run folder: plain"

@@ -206,9 +206,11 @@ def test_every_tensorboard_image_is_also_a_png_under_figures(user_run) -> None:
 # -- 5. legible at card size, a legend for every colour ---------------------------------------------------
 def _figures() -> dict[str, Figure]:
     """One of each figure TensorBoard shows, from made-up numbers shaped like a run's."""
+    from lossdiag.diagnosis.judge.causes import GROUPS
     from lossdiag.render.figures import (
         WORST_TILES,
         data_map_figure,
+        groups_figure,
         loss_distribution_figure,
         reliability_figure,
         worst_caption,
@@ -228,10 +230,14 @@ def _figures() -> dict[str, Figure]:
             rng.uniform(size=150), rng.uniform(0, 0.4, 150), rng.uniform(size=150) < 0.1
         ),
         "worst_samples": worst_samples_figure(torch.rand(WORST_TILES, 3, 32, 32), captions, title="title"),
+        "rise_by_group": groups_figure(
+            {g: {"n": 10, "rise": r, "share": r / 0.3} for g, r in zip(GROUPS, (0.2, 0.0, 0.15, 0.05, -0.02, -0.08), strict=True)},
+            {g: {"n": 10, "loss": v, "share": v / 0.5} for g, v in zip(GROUPS, (0.2, 0.0, 0.2, 0.05, 0.01, 0.04), strict=True)},
+        ),
     }
 
 
-@pytest.mark.parametrize("name", ["reliability", "loss_distribution", "data_map", "worst_samples"])
+@pytest.mark.parametrize("name", ["reliability", "loss_distribution", "data_map", "worst_samples", "rise_by_group"])
 def test_every_text_is_legible_in_tensorboards_card(name: str) -> None:
     from lossdiag.render.figures import CARD_TEXT_PX, card_scale, figure_samples, render
 

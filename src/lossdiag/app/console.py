@@ -128,6 +128,8 @@ def run_folder_line(run_dir: str | Path) -> str:
     neighbours, and says which name that is.
     """
     run = Path(run_dir).resolve()
+    if not any(run.glob("events.out.tfevents.*")):  # no TensorBoard logger (e.g. ~logger): nothing to open
+        return f"Run folder: {display_path(run)}"
     return (
         f"Run folder: {display_path(run)}  "
         f"(TensorBoard: tensorboard --logdir {display_path(run.parent)}, run {run.name})"

@@ -142,7 +142,7 @@ def sweep_job_dirname(sweep_dir: str, task_overrides: Sequence[str], override_di
 
 
 def evaluation_suffix(ckpt_path: str | None, data_root: str | None = None) -> str:
-    """``"_best_of_10-26-53_loss=bounded"`` for ``ckpt_path=<run>/checkpoints/best.ckpt`` (the checkpoint, then the
+    """``"_best_val_acc_of_10-26-53_loss=bounded"`` for ``ckpt_path=<run>/checkpoints/best_val_acc.ckpt`` (the checkpoint, then the
     run it comes from), plus ``"_on_<folder>"`` when ``data.root`` is another image folder than the run's own;
     ``""`` without a checkpoint. For an evaluation's folder name (``conf/evaluate.yaml``).
     """

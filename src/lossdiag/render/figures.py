@@ -21,6 +21,7 @@ import torch
 from matplotlib import rc_context
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 from matplotlib.ticker import NullFormatter
 from PIL import Image
 
@@ -192,46 +193,41 @@ MODEL_COLOURS = {
 
 # how the groups of val samples of rise_by_group read on a chart
 GROUP_LABELS = {
-    "suspected_label_error": "likely label error",
+    "suspected_label_error": "label error?",
     "collapsed_class": "collapsed class",
-    "wrong_both": "wrong at min and end",
+    "wrong_both": "wrong, stayed",
     "newly_wrong": "became wrong",
     "newly_right": "became right",
-    "right_both": "right at min and end",
+    "right_both": "right, stayed",
 }
 
 
 def groups_figure(
     rise: Mapping[str, Mapping[str, float]], final: Mapping[str, Mapping[str, float]]
 ) -> Figure:
-    """Two bar charts over the same groups of val samples: each group's part of the rise (they add up to the
-    rise; red adds to it, blue is a group whose loss fell) and its part of the final loss, labelled with its
-    number of samples and share."""
+    """One chart over the groups of val samples (tick labels with their size): each group's share of the rise of
+    the mean val loss (red when it adds to it, blue when its loss fell; the shares add up to 100%) and, beside it,
+    its share of the final mean loss (grey)."""
     names = list(rise)
-    fig = Figure(figsize=(9.0, 3.9), dpi=FIGURE_DPI)
-    panels = ((rise, "rise", "part of the rise of mean val loss"), (final, "loss", "part of the final mean val loss"))
-    for col, (data, key, title) in enumerate(panels):
-        ax = fig.add_subplot(1, 2, col + 1)
-        values = np.array([data[name][key] for name in names], dtype=np.float64)
-        colours = ["tab:gray" if col else ("tab:red" if v > 0 else "tab:blue") for v in values]
-        ax.barh(range(len(names)), values, color=colours)
-        span = max(float(np.abs(values).max()), 1e-12)
-        for y, (name, v) in enumerate(zip(names, values, strict=True)):
-            share = data[name]["share"]
-            label = f"{data[name]['n']}" + ("" if share is None else f", {100 * share:.0f}%")
-            ax.text(v + (0.02 if v >= 0 else -0.02) * span, y, label, va="center",
-                    ha="left" if v >= 0 else "right", fontsize=10)  # fmt: skip
-        low = min(0.0, float(values.min())) - (0.7 * span if values.min() < 0 else 0.0)
-        ax.set_xlim(low, max(0.0, float(values.max())) + 0.45 * span)
-        ax.set_yticks(range(len(names)), [GROUP_LABELS.get(n, n) for n in names] if col == 0 else [""] * len(names))
-        ax.invert_yaxis()
-        ax.axvline(0, color="black", linewidth=0.8)
-        ax.set_title(title, fontsize=11.5)
-        ax.tick_params(labelsize=10)
-        ax.grid(axis="x", alpha=0.3)
-    fig.text(0.5, 0.01, "labels: val samples, share; left: red adds to the rise, blue lowers it", ha="center",
-             va="bottom", fontsize=9.5)  # fmt: skip
-    fig.subplots_adjust(left=0.2, right=0.98, bottom=0.14, top=0.91, wspace=0.06)
+    fig, ax = _chart()
+    y = np.arange(len(names))
+    rise_share = np.array([100 * (rise[n]["share"] or 0.0) for n in names])
+    final_share = np.array([100 * (final[n]["share"] or 0.0) for n in names])
+    colours = ["tab:red" if v > 0 else "tab:blue" for v in rise_share]
+    ax.barh(y - 0.2, rise_share, height=0.4, color=colours)
+    ax.barh(y + 0.2, final_share, height=0.4, color="tab:gray")
+    ax.set_yticks(y, [f"{GROUP_LABELS.get(n, n)} ({rise[n]['n']})" for n in names])
+    ax.invert_yaxis()
+    ax.set_xlabel("share (%)")
+    ax.grid(axis="x", alpha=0.3)
+    legend = [
+        Patch(color="tab:red", label="of the rise: adds"),
+        Patch(color="tab:blue", label="of the rise: fell"),
+        Patch(color="tab:gray", label="of the final loss"),
+    ]
+    ax.legend(handles=legend, loc="lower right", handlelength=1.0, borderaxespad=0.3, fontsize=CHART_PT)
+    ax.set_title("what carried the rise (val samples)", fontsize=CHART_PT + 1)
+    fig.subplots_adjust(left=0.33, right=0.98, bottom=0.17, top=0.9)
     return fig
 
 
