@@ -50,7 +50,7 @@ def report_path(run_dir: str | Path, model: str, suffix: str) -> Path:
 
 
 def checkpoint_path(run_dir: str | Path, name: str) -> Path:
-    """``<run>/checkpoints/<name>.ckpt`` (``initial``, ``best``, ``last``)."""
+    """``<run>/checkpoints/<name>.ckpt`` (``initial``, ``best_val_acc``, ``min_val_loss``, ``last``)."""
     return Path(run_dir) / CHECKPOINTS_DIR / f"{name}.ckpt"
 
 
