@@ -15,7 +15,7 @@ from torch import nn
 
 from lossdiag.data.datamodules import ImageFolderDataModule
 from lossdiag.functional.losses import loss_cap_from_initial, per_sample_cross_entropy
-from lossdiag.models.predict import iter_logits, predict, sample_bytes
+from lossdiag.models.predict import iter_logits, predict_records, sample_bytes
 from lossdiag.models.shallownet import ShallowNet
 
 SIZE = 160  # one 3x160x160 float32 image: 307,200 bytes
@@ -153,12 +153,44 @@ def test_iter_logits_cuts_loader_batches_to_the_budget() -> None:
     per_sample = sample_bytes(net, (3, 2, 2), torch.device("cpu"))
     assert per_sample == 48 + 2 * 48  # the input, then Flatten's input and output (a view, counted as a copy)
     net.seen.clear()
-    out = predict(net, loader, max_bytes=2 * per_sample)  # two samples per chunk
+    out = predict_records(net, loader, max_bytes=2 * per_sample)  # two samples per chunk
+    assert out is not None
     assert [c[0] for c in net.calls] == [96, 96, 96, 96, 96]
     assert torch.equal(out.index, torch.arange(10) + 100) and torch.equal(out.target, y)
     assert torch.allclose(out.logits, net.net(x), atol=1e-6)
-    first = next(iter_logits(net, [(x, y)], max_bytes=10**6))  # batches without an index: positions
-    assert torch.equal(first.index, torch.arange(10))
+    unindexed = [(x[:6], y[:6]), (x[6:], y[6:])]
+    assert [p.index.tolist() for p in iter_logits(net, unindexed)] == [list(range(6)), list(range(6, 10))]
+    assert predict_records(net, unindexed, require_index=True) is None  # a shuffled order is not told apart
+
+
+def test_end_of_fit_evaluations_cut_loader_batches_to_the_budget() -> None:
+    """``LossDiagnosis``'s evaluations of whole models (initial, best, last) go through the same streaming path:
+    a loader batch larger than ``eval_chunk_mb`` is cut, and the records are those of the whole batch."""
+    from types import SimpleNamespace
+
+    from lossdiag.callbacks import LossDiagnosis
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from lossdiag.callbacks.evaluation import evaluate_loader
+
+    class Module(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = InputSizes(nn.Sequential(nn.Flatten(), nn.Linear(12, 3)))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x)
+
+    torch.manual_seed(0)
+    module = Module()
+    x, y = torch.randn(10, 3, 2, 2), torch.arange(10) % 3
+    callback = LossDiagnosis("unused", eval_chunk_mb=3 * 144 / 2**20)  # 3 samples: 48 bytes in, 96 in Flatten
+    trainer = SimpleNamespace(world_size=1)
+    loader = DataLoader(TensorDataset(x, y), batch_size=10)  # one batch of 10, without an index
+    rec = evaluate_loader(trainer, module, loader, "val", callback.eval_chunk_bytes)  # type: ignore[arg-type]
+    assert rec is not None and [c[0] for c in module.net.calls] == [144, 144, 144, 48]
+    assert torch.equal(rec.index, torch.arange(10)) and torch.allclose(rec.logits, module.net.net(x), atol=1e-6)
+    assert evaluate_loader(trainer, module, loader, "train") is None  # a shuffled order without an index
 
 
 VAL_BATCH_SIZES: list[int] = []

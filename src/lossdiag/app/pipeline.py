@@ -170,7 +170,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     for logger in trainer.loggers:
         logger.log_hyperparams(config)  # type: ignore[arg-type]  # hparams.yaml
     # TensorBoard's HParams tab (what a person compares runs by) and Custom Scalars layout
-    trainer.callbacks.append(TensorBoardDashboards(run_hparams(shown, datamodule), cfg.paths.output_dir))  # type: ignore[arg-type]
+    trainer.callbacks.append(TensorBoardDashboards(run_hparams(shown, datamodule)))  # type: ignore[arg-type]
     log.info(
         "data: %d train / %d val samples, %d classes, %dx%dx%d; loss=%s; augment=%s",
         len(datamodule.train),  # type: ignore[arg-type]
