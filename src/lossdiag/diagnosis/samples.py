@@ -29,8 +29,10 @@ key                         shape      meaning
 ``train_index/target/path`` (Nt,)      as for val, for the training split
 ``models``                  (M,) str   evaluated models, e.g. ``initial``, ``best``, ``last``
 ``model_epoch``             (M,)       epoch the model's weights come from (-1: before training)
-``model_{val,train}_<f>``   (M, N|Nt)  ``loss``, ``p_true``, ``pred``, ``conf`` of each model
-``model_{val,train}_<calib>`` (M,)     calibration of each model on that split
+``model_val_<f>``           (M, N)     ``loss``, ``p_true``, ``pred``, ``conf`` of each model
+``train_models``            (Mt,) str  the models evaluated on the training split too (``last``)
+``model_train_<f>``         (Mt, Nt)   the same on the training split, rows in ``train_models`` order
+``model_{val,train}_<calib>`` (M|Mt,)  calibration of each model on that split
 ``dynamics_epochs``         (Et,)      epochs of the training dynamics below
 ``train_p_given``           (Et, Nt)   probability of the given label in the training step (float16)
 ``train_margin``            (Et, Nt)   given-label logit minus the largest other logit, same step (float16)
@@ -135,9 +137,11 @@ class Samples:
             arrays["train_p_given"] = np.stack(self.train_p_given)
             arrays["train_margin"] = np.stack(self.train_margin)
         for split in SPLITS:
-            evals = [self.models[m][split] for m in self.models if split in self.models[m]]
-            if evals and len(evals) == len(self.models):
-                arrays.update(_flatten(f"model_{split}", stack(evals)))
+            names = [m for m in self.models if split in self.models[m]]
+            if names:
+                arrays.update(_flatten(f"model_{split}", stack([self.models[m][split] for m in names])))
+        if "model_train_loss" in arrays:  # the rows of model_train_*: the models evaluated on train too
+            arrays["train_models"] = np.asarray([m for m in self.models if "train" in self.models[m]], dtype=str)
         return arrays
 
     def save(self, path: str | Path, durable: bool = True) -> Path:
@@ -205,10 +209,11 @@ def load_samples(run_dir_or_file: str | Path) -> Samples:
         samples.train_p_given = list(arrays["train_p_given"])
         samples.train_margin = list(arrays["train_margin"])
     names = [str(m) for m in arrays["models"]]
+    rows = {"val": names, "train": [str(m) for m in arrays.get("train_models", names)]}  # older files: every model
     for split in SPLITS:
         stacked = _unflatten(arrays, f"model_{split}")
         if stacked is not None:
-            for i, name in enumerate(names):
+            for i, name in enumerate(rows[split]):
                 samples.models.setdefault(name, {})[split] = stacked[i]
     samples.model_epoch = {name: int(e) for name, e in zip(names, arrays["model_epoch"], strict=True)}
     for name in names:

@@ -28,10 +28,34 @@ FIGURE_DPI = 100
 CAPTION_PT = (14.0, 12.0)  # preferred and smallest caption font size (points at FIGURE_DPI)
 _GAP_PX = 14
 _TITLE_PX = 40
+_NOTE_PX = 22  # a second title line, saying how the images were brought into [0, 1] for display
+
+Normalization = tuple[list[float], list[float]]  # per-channel (mean, std) the inputs were normalised with
+UNNORMALISED = "un-normalised with the data's mean/std"
+MIN_MAX = "each channel min-max scaled over these images"
+
+
+def display_images(images: torch.Tensor, norm: Normalization | None = None) -> tuple[torch.Tensor, str]:
+    """``(k, C, H, W)`` inputs as images in [0, 1], and how they were brought there (``""``: shown as they are).
+
+    With ``norm`` (the data's ``Normalize`` mean/std, one value or one per channel) they are un-normalised;
+    without, inputs outside [0, 1] are min-max scaled per channel over all ``k`` images (the relative brightness
+    of the images is kept). Never clipped to [0, 1] first: a normalised image would turn black.
+    """
+    x = images.detach().float().cpu()
+    channels = x.shape[1] if x.ndim == 4 else 0
+    if norm is not None and channels and len(norm[0]) in (1, channels):
+        mean, std = (torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1) for v in norm)
+        return (x * std + mean).clamp(0, 1), UNNORMALISED
+    if not x.numel() or (float(x.min()) >= -1e-6 and float(x.max()) <= 1 + 1e-6):
+        return x.clamp(0, 1), ""
+    dims = (0, 2, 3) if x.ndim == 4 else tuple(range(x.ndim))
+    low, high = x.amin(dim=dims, keepdim=True), x.amax(dim=dims, keepdim=True)
+    return (x - low) / (high - low).clamp_min(1e-12), MIN_MAX
 
 
 def _tiles(images: torch.Tensor) -> tuple[np.ndarray, int, int]:
-    """``(k, C, H, W)`` images in [0, 1] as ``(k, h, w, 3)`` uint8 tiles about :data:`TILE_PX` pixels wide.
+    """``(k, C, H, W)`` images in [0, 1] (see :func:`display_images`) as ``(k, h, w, 3)`` uint8 tiles about :data:`TILE_PX` pixels wide.
 
     Small images grow by a whole factor (every source pixel the same size), large ones shrink (area).
     """
@@ -80,8 +104,10 @@ def worst_samples_figure(
     captions: Sequence[str],
     columns: int = WORST_COLUMNS,
     title: str = "highest-loss val samples",
+    norm: Normalization | None = None,
 ) -> Figure:
-    """A grid of images ``(k, C, H, W)`` in [0, 1], each with its caption lines below it.
+    """A grid of inputs ``(k, C, H, W)``, each with its caption lines below it, shown by :func:`display_images`
+    (``norm``: the data's mean/std); a second title line says when they were un-normalised or rescaled.
 
     Laid out in pixels so it reads at TensorBoard's card size: tiles of about :data:`TILE_PX` pixels (whole
     pixel multiples of small images), caption lines in one font size sized to the tile width, cut with an
@@ -90,8 +116,10 @@ def worst_samples_figure(
     k = len(captions)
     cols = max(1, min(columns, k))
     rows = max(1, -(-k // cols))
+    shown, note = display_images(images[:k], norm) if k else (images[:0], "")
+    title_px = _TITLE_PX + (_NOTE_PX if note else 0)
     tiles, th, tw = (
-        _tiles(images[:k]) if k else (np.zeros((0, TILE_PX, TILE_PX, 3), np.uint8), TILE_PX, TILE_PX)
+        _tiles(shown) if k else (np.zeros((0, TILE_PX, TILE_PX, 3), np.uint8), TILE_PX, TILE_PX)
     )
     cell_w = max(tw, TILE_PX)
     fig = Figure(dpi=FIGURE_DPI)
@@ -101,14 +129,14 @@ def worst_samples_figure(
     line_px = size * FIGURE_DPI / 72 * 1.3
     band = int(np.ceil(n_lines * line_px)) + 8
     width = cols * cell_w + (cols + 1) * _GAP_PX
-    height = _TITLE_PX + rows * (th + band + _GAP_PX)
+    height = title_px + rows * (th + band + _GAP_PX)
     fig.set_size_inches(width / FIGURE_DPI, height / FIGURE_DPI)
     grid = np.full((height, width, 3), 255, np.uint8)
     it = iter(fitted)
     for i in range(k):
         r, c = divmod(i, cols)
         left = _GAP_PX + c * (cell_w + _GAP_PX) + (cell_w - tw) // 2
-        top = _TITLE_PX + r * (th + band + _GAP_PX)
+        top = title_px + r * (th + band + _GAP_PX)
         grid[top : top + th, left : left + tw] = tiles[i]
         x = (left + tw / 2) / width
         for j in range(len(lines[i])):
@@ -119,6 +147,8 @@ def worst_samples_figure(
     ax.imshow(grid, interpolation="nearest", aspect="auto")
     ax.axis("off")
     fig.text(0.5, 1 - 8 / height, title, ha="center", va="top", fontsize=CAPTION_PT[0] + 1, weight="bold")
+    if note:
+        fig.text(0.5, 1 - (_TITLE_PX - 2) / height, f"({note})", ha="center", va="top", fontsize=CAPTION_PT[1] - 1)
     return fig
 
 

@@ -48,7 +48,7 @@ def rank_run(samples: Samples, model: str | None = None) -> Suspects | None:
     """The run's suspects (``None`` when it recorded neither training dynamics nor an evaluated model)."""
     ref = _reference_model(samples, model)
     evals = samples.models.get(ref, {}) if ref else {}
-    train_eval = evals.get("train")
+    train_eval = evals.get("train", samples.models.get("last", {}).get("train"))  # else the last model's
     dynamics = samples.dynamics_epochs and samples.train is not None and model is None
     val_eval = evals.get("val")
     if not dynamics and val_eval is None:
