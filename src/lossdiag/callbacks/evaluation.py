@@ -20,16 +20,12 @@ from lightning.pytorch.utilities import move_data_to_device
 
 from lossdiag.callbacks.contract import Contract
 from lossdiag.callbacks.data_info import first_loader
-from lossdiag.diagnosis.judge.suspects import rank_run, wanted_images
+from lossdiag.diagnosis.judge.suspects import REFERENCE_MODELS, rank_run, wanted_images
 from lossdiag.diagnosis.samples import Samples
 from lossdiag.functional.breakdown import worst_indices
 from lossdiag.models.predict import predict_records
 from lossdiag.models.recorder import SampleRecorder, SampleRecords
 from lossdiag.rundir.checkpoints import load_checkpoint
-
-# the end-of-fit models evaluated on the training split too: the last one, whose train losses the verdict
-# (n_train_above_cap) and the suspects list read; the others are evaluated on val only
-TRAIN_MODELS = ("last",)
 
 
 def _batches(trainer: L.Trainer, loader: Any, stage: str) -> Iterator[Any]:
@@ -69,6 +65,14 @@ def evaluate_loader(
     return None if rec is None else contract.check(rec, stage, pl_module, trainer.world_size)
 
 
+def train_models(names: list[str]) -> set[str]:
+    """The end-of-fit models evaluated on the training split too: the last (its train losses give the verdict's
+    ``n_train_above_cap``) and the one that scores the suspects (``best_val_acc`` when there is one: it names the
+    class a mislabeled training image belongs to better than the last, which has memorised more of them). The
+    others (initial, min_val_loss, ...) are evaluated on val only."""
+    return {"last", next(m for m in (*REFERENCE_MODELS, "last") if m in names)}
+
+
 def evaluate_models(
     trainer: L.Trainer,
     pl_module: L.LightningModule,
@@ -76,14 +80,15 @@ def evaluate_models(
     contract: Contract,
 ) -> dict[str, tuple[int, dict[str, SampleRecords]]]:
     """Each of ``states`` (``{name: (epoch, state_dict)}``) loaded into ``pl_module`` in turn and evaluated on the
-    val loader (and, for :data:`TRAIN_MODELS`, the train loader): ``{name: (epoch, {split: records})}``. The
+    val loader (and, for :func:`train_models`, the train loader): ``{name: (epoch, {split: records})}``. The
     last state is loaded back at the end, whatever happens."""
     models: dict[str, tuple[int, dict[str, SampleRecords]]] = {}
     loaders = {"val": trainer.val_dataloaders, "train": trainer.train_dataloader}
+    with_train = train_models(list(states))
     try:
         for name, (epoch, state) in states.items():
             pl_module.load_state_dict(state)
-            splits = ("val", "train") if name in TRAIN_MODELS else ("val",)
+            splits = ("val", "train") if name in with_train else ("val",)
             records = {s: evaluate_loader(trainer, pl_module, loaders[s], s, contract) for s in splits}
             models[name] = (epoch, {s: r for s, r in records.items() if r is not None})
     finally:

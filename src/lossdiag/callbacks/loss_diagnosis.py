@@ -74,7 +74,8 @@ class LossDiagnosis(L.Callback):
     train records), one logger write per epoch at ``step=epoch``, evaluated in blocks of epochs
     (``flush_every_n_epochs`` or ``flush_every_s``, whichever comes first). Every ``figures_every_n_epochs`` epochs
     (and the last) it draws a reliability diagram and the worst val images. At the end of fit it evaluates the
-    initial, best and last weights on the val loader (the last on the train loader too) and writes the files.
+    initial, best and last weights on the val loader (those the verdict and the suspects read on the train loader
+    too, see :func:`~lossdiag.callbacks.evaluation.train_models`) and writes the files.
     """
 
     def __init__(

@@ -30,7 +30,7 @@ key                         shape      meaning
 ``models``                  (M,) str   evaluated models, e.g. ``initial``, ``best``, ``last``
 ``model_epoch``             (M,)       epoch the model's weights come from (-1: before training)
 ``model_val_<f>``           (M, N)     ``loss``, ``p_true``, ``pred``, ``conf`` of each model
-``train_models``            (Mt,) str  the models evaluated on the training split too (``last``)
+``train_models``            (Mt,) str  the models evaluated on the training split too (last, best_val_acc)
 ``model_train_<f>``         (Mt, Nt)   the same on the training split, rows in ``train_models`` order
 ``model_{val,train}_<calib>`` (M|Mt,)  calibration of each model on that split
 ``dynamics_epochs``         (Et,)      epochs of the training dynamics below

@@ -37,18 +37,21 @@ class SuspectRow:
 SUSPECT_COLUMNS = tuple(f.name for f in fields(SuspectRow))  # suspects.csv's header
 
 
+REFERENCE_MODELS = ("best_val_acc", "best", "last")  # the first a run has scores the suspects
+
+
 def _reference_model(samples: Samples, model: str | None = None) -> str | None:
     """The model whose outputs score the val samples and name the class the model prefers."""
     if model is not None:
         return model
-    return next((m for m in ("best_val_acc", "best", "last") if m in samples.models), None)
+    return next((m for m in REFERENCE_MODELS if m in samples.models), None)
 
 
 def rank_run(samples: Samples, model: str | None = None) -> Suspects | None:
     """The run's suspects (``None`` when it recorded neither training dynamics nor an evaluated model)."""
     ref = _reference_model(samples, model)
     evals = samples.models.get(ref, {}) if ref else {}
-    train_eval = evals.get("train", samples.models.get("last", {}).get("train"))  # else the last model's
+    train_eval = evals.get("train")
     dynamics = samples.dynamics_epochs and samples.train is not None and model is None
     val_eval = evals.get("val")
     if not dynamics and val_eval is None:
