@@ -133,7 +133,9 @@ class RichForward(MLP):
 def test_forward_returning_a_tuple_a_dict_or_an_object_with_logits(tmp_path: Path, shape: str) -> None:
     model = RichForward(shape)
     val = blobs(60, 1)
-    out = run(tmp_path, model, DataLoader(blobs(96, 0), batch_size=32), DataLoader(val, batch_size=16), epochs=2)
+    out = run(
+        tmp_path, model, DataLoader(blobs(96, 0), batch_size=32), DataLoader(val, batch_size=16), epochs=2
+    )
     samples = load_samples(out)
     assert set(samples.models) == {"initial", "last"}
     expected = F.cross_entropy(val_logits(model.net, val.tensors[0]), val.tensors[1], reduction="none")
@@ -191,12 +193,16 @@ def test_dict_batches_and_a_two_input_forward_through_the_hooks(tmp_path: Path, 
     samples = load_samples(out)
     expected = F.cross_entropy(val_logits(model.net, val.tensors[0]), val.tensors[1], reduction="none")
     np.testing.assert_allclose(samples.models["last"]["val"].loss, expected.numpy(), rtol=1e-4, atol=1e-6)
-    assert samples.models["initial"]["val"].loss.mean() == pytest.approx(np.log(3), abs=0.3)  # the untrained pass
+    assert samples.models["initial"]["val"].loss.mean() == pytest.approx(
+        np.log(3), abs=0.3
+    )  # the untrained pass
 
 
 def test_dict_batches_without_a_hook_are_one_line_that_names_the_keys(tmp_path: Path) -> None:
     train = DataLoader(DictBatches(blobs(32, 0)), batch_size=32)
-    with pytest.raises(UserError, match=r"batch_fn=lambda batch: \(batch\['features'\], batch\['label'\]\)\)$"):
+    with pytest.raises(
+        UserError, match=r"batch_fn=lambda batch: \(batch\['features'\], batch\['label'\]\)\)$"
+    ):
         run(tmp_path, TwoInputs(), train, DataLoader(DictBatches(blobs(16, 1)), batch_size=16), epochs=1,
             logits_fn=lambda module, x: module(x, torch.ones_like(x)))  # fmt: skip
 
@@ -258,14 +264,18 @@ def rows(n: int, seed: int, soft: bool) -> TensorDataset:
 
 def test_one_hot_targets_are_class_indices(tmp_path: Path) -> None:
     val = rows(60, 1, soft=False)
-    out = run(tmp_path, TargetsAs(), DataLoader(rows(96, 0, False), batch_size=32), DataLoader(val, batch_size=16))
+    out = run(
+        tmp_path, TargetsAs(), DataLoader(rows(96, 0, False), batch_size=32), DataLoader(val, batch_size=16)
+    )
     samples = load_samples(out)
     np.testing.assert_array_equal(samples.val.target, val.tensors[1].argmax(1).numpy())
     assert json.loads((out / "diagnosis.json").read_text())["n_samples"] == 60
 
 
 def test_soft_targets_are_one_line(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match=r"one class per val sample, got rows of shape \(batch, 3\) that are not one-hot"):
+    with pytest.raises(
+        UserError, match=r"one class per val sample, got rows of shape \(batch, 3\) that are not one-hot"
+    ):
         run(tmp_path, TargetsAs(), DataLoader(rows(32, 0, True), batch_size=32),
             DataLoader(rows(16, 1, True), batch_size=16), epochs=1)  # fmt: skip
 
@@ -274,7 +284,13 @@ def test_labels_out_of_range_for_the_logits_are_one_line(tmp_path: Path) -> None
     x, y = blobs(32, 1).tensors
     val = TensorDataset(x, torch.where(torch.arange(32) == 5, 3, y))  # label 3 for a 3-logit model
     with pytest.raises(UserError, match=r"val label 3 is out of range for 3 logits \(classes 0..2\)"):
-        run(tmp_path, IndexedMLP(), DataLoader(blobs(32, 0), batch_size=32), DataLoader(val, batch_size=16), epochs=1)
+        run(
+            tmp_path,
+            IndexedMLP(),
+            DataLoader(blobs(32, 0), batch_size=32),
+            DataLoader(val, batch_size=16),
+            epochs=1,
+        )
 
 
 # -- no logger: a warning, and diagnosis.md names only what exists ---------------------------------------------
@@ -315,3 +331,34 @@ def test_diagnosis_names_only_the_tensorboard_outputs_and_figures_written(tmp_pa
     assert not {"val/worst_samples", "val/reliability"} & set(tags["images"])
     assert "data_map" not in markdown and "suspects/train" not in markdown  # no train records: neither exists
     assert not (out / "figures" / "data_map.png").exists()
+
+
+def test_limited_val_batches_are_the_same_samples_in_every_pass(tmp_path: Path) -> None:
+    """With ``limit_val_batches`` the untrained pass and the end-of-fit evaluations read the batches the epochs
+    read (else the order check would see other samples, and the models other sample counts)."""
+    torch.manual_seed(0)
+    out = tmp_path / "diagnosis"
+    L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, limit_val_batches=2,
+              callbacks=[LossDiagnosis(out, figures_every_n_epochs=0)], **QUIET).fit(
+        MLP(), DataLoader(blobs(96, 0), batch_size=32), DataLoader(blobs(60, 1), batch_size=16))  # fmt: skip
+    samples = load_samples(out)
+    assert samples.history.loss.shape == (2, 32)
+    assert len(samples.models["initial"]["val"].loss) == len(samples.models["last"]["val"].loss) == 32
+
+
+def test_a_resumed_run_checks_the_val_order_of_the_first_attempt(tmp_path: Path) -> None:
+    """The first pass's labels travel in the checkpoint: a resumed run whose val loader gives another order stops."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    x, y = blobs(60, 1).tensors
+    train = DataLoader(blobs(96, 0), batch_size=32)
+
+    def fit(epochs: int, val: TensorDataset, ckpt_path: Path | None = None) -> None:
+        every = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="{epoch}", save_top_k=-1)
+        L.Trainer(max_epochs=epochs, logger=False, callbacks=[LossDiagnosis(tmp_path / "diagnosis"), every],
+                  **QUIET).fit(IndexedMLP(), train, DataLoader(val, batch_size=16), ckpt_path=ckpt_path)  # fmt: skip
+
+    fit(2, TensorDataset(x, y))
+    reordered = torch.randperm(60, generator=torch.Generator().manual_seed(1))
+    with pytest.raises(UserError, match="in another order in epoch 2 than before"):
+        fit(3, TensorDataset(x[reordered], y[reordered]), tmp_path / "ckpt" / "epoch=1.ckpt")

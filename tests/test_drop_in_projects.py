@@ -57,7 +57,9 @@ def image_folder_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Su
 
     tmp = tmp_path_factory.mktemp("image_folder")
     write_image_folder(tmp / "data", {"cats": 20, "dogs": 20, "pandas": 20}, size=12)
-    folder = ImageFolder(tmp / "data", transforms.Compose([transforms.ToTensor(), transforms.Normalize(MEAN, STD)]))
+    folder = ImageFolder(
+        tmp / "data", transforms.Compose([transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
+    )
     order = torch.randperm(len(folder), generator=torch.Generator().manual_seed(0)).tolist()
     train, val = Subset(folder, order[:36]), Subset(folder, order[36:])
     torch.manual_seed(0)
@@ -102,7 +104,7 @@ def test_normalised_images_are_shown_un_normalised(image_folder_run: tuple[Path,
 
 
 # -- lightning-hydra-template's MNIST module ------------------------------------------------------------------
-TEMPLATE_MODULE = '''
+TEMPLATE_MODULE = """
 import torch
 from lightning import LightningModule
 from torch import nn
@@ -165,7 +167,7 @@ class MNISTLitModule(LightningModule):
 
     def configure_optimizers(self):
         return {"optimizer": self.hparams.optimizer(params=self.trainer.model.parameters())}
-'''
+"""
 
 TEMPLATE_DATA = '''
 import torch
@@ -195,7 +197,7 @@ class RandomMNISTDataModule(LightningDataModule):
         return DataLoader(digits(100, 1), batch_size=self.batch_size, shuffle=self.shuffle_val)
 '''
 
-TEMPLATE_TRAIN = '''
+TEMPLATE_TRAIN = """
 import hydra
 import lightning as L
 from hydra.utils import instantiate
@@ -210,9 +212,9 @@ def main(cfg):
 
 if __name__ == "__main__":
     main()
-'''
+"""
 
-TEMPLATE_CONFIG = '''
+TEMPLATE_CONFIG = """
 model:
   _target_: src.models.mnist_module.MNISTLitModule
   net:
@@ -239,7 +241,7 @@ callbacks:
 hydra:
   run:
     dir: run
-'''
+"""
 
 
 def write_template_project(root: Path) -> None:
@@ -279,7 +281,9 @@ def test_the_template_module_in_order_gets_its_own_val_loss(tmp_path: Path) -> N
     trainer.fit(model, datamodule=data.RandomMNISTDataModule())
     samples = load_samples(tmp_path / "diagnosis")
     assert samples.history.loss.shape == (3, 100)
-    assert samples.history.loss[-1].mean() == pytest.approx(float(trainer.callback_metrics["val/loss"]), rel=1e-4)
+    assert samples.history.loss[-1].mean() == pytest.approx(
+        float(trainer.callback_metrics["val/loss"]), rel=1e-4
+    )
     acc = (samples.history.pred[-1] == samples.val.target).mean()
     assert acc == pytest.approx(float(trainer.callback_metrics["val/acc"]), abs=1e-6)
 

@@ -179,13 +179,17 @@ class Contract:
         error; a device sync or two per call (and a gather under DDP, so every rank raises alike)."""
         flags, self._soft[stage] = self._soft[stage], []
         device = rec.target.device
-        local = torch.stack([f for f, _ in flags]) if flags else torch.zeros(1, dtype=torch.bool, device=device)
+        local = (
+            torch.stack([f for f, _ in flags]) if flags else torch.zeros(1, dtype=torch.bool, device=device)
+        )
         bad = bool(local.any())
         if world_size > 1 and pl_module is not None:
             bad = bool(pl_module.all_gather(local.any().int()).any())
         if bad:
             hit = local.cpu().tolist()
-            what = next((d for (_, d), b in zip(flags, hit, strict=False) if b), "soft targets (on another process)")
+            what = next(
+                (d for (_, d), b in zip(flags, hit, strict=False) if b), "soft targets (on another process)"
+            )
             raise UserError(
                 f"LossDiagnosis needs one class per {stage} sample, got {what} (soft labels, mixup or multi-label): "
                 "return class indices, e.g. LossDiagnosis(batch_fn=lambda batch: (batch[0], batch[1].argmax(1)))"

@@ -91,7 +91,12 @@ def _dataset_paths(dataset: Any) -> list[str] | None:
         parts = [_dataset_paths(d) for d in dataset.datasets]
         return None if any(p is None for p in parts) else [p for part in parts for p in part or ()]
     samples = getattr(dataset, "samples", None)
-    if isinstance(samples, list) and samples and isinstance(samples[0], tuple) and isinstance(samples[0][0], str):
+    if (
+        isinstance(samples, list)
+        and samples
+        and isinstance(samples[0], tuple)
+        and isinstance(samples[0][0], str)
+    ):
         return [s[0] for s in samples]
     return None
 

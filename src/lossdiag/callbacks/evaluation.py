@@ -47,7 +47,9 @@ def evaluate_loader(
 
     def outputs() -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
         for batch in _batches(trainer, loader, stage):
-            x, y, index = contract.split(move_data_to_device(batch, pl_module.device), stage, trainer.world_size)
+            x, y, index = contract.split(
+                move_data_to_device(batch, pl_module.device), stage, trainer.world_size
+            )
             if index is None and stage == "train":
                 yield x, y, None  # predict_records stops here: no records without an index
                 return
@@ -58,7 +60,10 @@ def evaluate_loader(
     pl_module.eval()
     try:
         rec = predict_records(
-            lambda logits, n: logits, outputs(), SampleRecorder().to(pl_module.device), require_index=stage == "train"
+            lambda logits, n: logits,
+            outputs(),
+            SampleRecorder().to(pl_module.device),
+            require_index=stage == "train",
         )
     finally:
         pl_module.train(was_training)  # also after an error
@@ -116,7 +121,6 @@ def loader_inputs(loader: Any, stage: str, wanted: set[int], contract: Contract)
     return found
 
 
-
 def end_states(
     trainer: L.Trainer,
     pl_module: L.LightningModule,
@@ -148,6 +152,8 @@ def figure_images(
     val_images = loader_inputs(trainer.val_dataloaders, "val", {*worst, *suspects.get("val", ())}, contract)
     suspect_images = {"val": val_images}
     if "train" in suspects:
-        suspect_images["train"] = loader_inputs(trainer.train_dataloader, "train", set(suspects["train"]), contract)
+        suspect_images["train"] = loader_inputs(
+            trainer.train_dataloader, "train", set(suspects["train"]), contract
+        )
     final_images = {i: val_images[i] for i in worst if i in val_images}
     return final_images, suspect_images if tensorboard else None
