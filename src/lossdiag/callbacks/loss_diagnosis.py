@@ -337,7 +337,8 @@ class LossDiagnosis(L.Callback):
         states = end_states(trainer, pl_module, self.initial, self.reports, last_epoch)
         models = evaluate_models(trainer, pl_module, states, self.contract)
         for name, (_, records) in models.items():
-            self.order.check(records["val"], self.contract.indexed["val"], f"in the evaluation of the {name} model")
+            if "val" in records:
+                self.order.check(records["val"], self.contract.indexed["val"], f"in the evaluation of the {name} model")
         if trainer.global_rank != 0 or samples is None:
             return
         self.recorder.take_dynamics()
