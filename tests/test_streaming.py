@@ -146,16 +146,18 @@ def test_on_train_start_computes_the_cap_in_chunks(make_cfg, large_images: Path)
 
 
 def test_iter_logits_cuts_loader_batches_to_the_budget() -> None:
+    """A loader's first batch is evaluated as it comes and measured on the way (no extra forward pass); later
+    batches larger than the budget are cut to it."""
     torch.manual_seed(0)
     net = InputSizes(nn.Sequential(nn.Flatten(), nn.Linear(12, 3)))
     x, y = torch.randn(10, 3, 2, 2), torch.arange(10) % 3
-    loader = [(x[:6], y[:6], torch.arange(6) + 100), (x[6:], y[6:], torch.arange(4) + 106)]
+    loader = [(x[:2], y[:2], torch.arange(2) + 100), (x[2:], y[2:], torch.arange(8) + 102)]
     per_sample = sample_bytes(net, (3, 2, 2), torch.device("cpu"))
     assert per_sample == 48 + 2 * 48  # the input, then Flatten's input and output (a view, counted as a copy)
     net.seen.clear()
     out = predict_records(net, loader, max_bytes=2 * per_sample)  # two samples per chunk
     assert out is not None
-    assert [c[0] for c in net.calls] == [96, 96, 96, 96, 96]
+    assert [c[0] for c in net.seen] == [96, 96, 96, 96, 96]
     assert torch.equal(out.index, torch.arange(10) + 100) and torch.equal(out.target, y)
     assert torch.allclose(out.logits, net.net(x), atol=1e-6)
     unindexed = [(x[:6], y[:6]), (x[6:], y[6:])]
@@ -166,11 +168,10 @@ def test_iter_logits_cuts_loader_batches_to_the_budget() -> None:
 def test_end_of_fit_evaluations_cut_loader_batches_to_the_budget() -> None:
     """``LossDiagnosis``'s evaluations of whole models (initial, best, last) go through the same streaming path:
     a loader batch larger than ``eval_chunk_mb`` is cut, and the records are those of the whole batch."""
+    import math
     from types import SimpleNamespace
 
     from lossdiag.callbacks import LossDiagnosis
-    from torch.utils.data import DataLoader, TensorDataset
-
     from lossdiag.callbacks.evaluation import evaluate_loader
 
     class Module(L.LightningModule):
@@ -183,14 +184,19 @@ def test_end_of_fit_evaluations_cut_loader_batches_to_the_budget() -> None:
 
     torch.manual_seed(0)
     module = Module()
-    x, y = torch.randn(10, 3, 2, 2), torch.arange(10) % 3
+    x, y = torch.randn(11, 3, 2, 2), torch.arange(11) % 3
+    loader = [[(x[:1], y[:1]), (x[1:], y[1:])]]  # one loader: a batch of 1, then one of 10, without an index
     callback = LossDiagnosis("unused", eval_chunk_mb=3 * 144 / 2**20)  # 3 samples: 48 bytes in, 96 in Flatten
-    trainer = SimpleNamespace(world_size=1)
-    loader = DataLoader(TensorDataset(x, y), batch_size=10)  # one batch of 10, without an index
-    rec = evaluate_loader(trainer, module, loader, "val", callback.eval_chunk_bytes)  # type: ignore[arg-type]
-    assert rec is not None and [c[0] for c in module.net.calls] == [144, 144, 144, 48]
-    assert torch.equal(rec.index, torch.arange(10)) and torch.allclose(rec.logits, module.net.net(x), atol=1e-6)
-    assert evaluate_loader(trainer, module, loader, "train") is None  # a shuffled order without an index
+    callback.contract.bind(module)
+    trainer = SimpleNamespace(world_size=1, num_val_batches=[math.inf], num_training_batches=math.inf)
+    rec = evaluate_loader(trainer, module, loader, "val", callback.contract, callback.eval_chunk_bytes)  # type: ignore[arg-type]
+    assert rec is not None and [c[0] for c in module.net.seen] == [48, 144, 144, 144, 48]
+    assert torch.equal(rec.index, torch.arange(11)) and torch.allclose(
+        rec.logits, module.net.net(x), atol=1e-6
+    )
+    module.net.seen.clear()
+    assert evaluate_loader(trainer, module, loader, "train", callback.contract) is None  # shuffled, no index
+    assert module.net.seen == []  # stopped before any forward pass
 
 
 VAL_BATCH_SIZES: list[int] = []

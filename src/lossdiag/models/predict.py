@@ -16,14 +16,15 @@ It takes either
   loader workers): ``split.chunks(max_bytes, device)`` yields ``(x, y, index)`` float batches of at most
   ``max_bytes`` each;
 - any DataLoader-like iterable of ``(x, y, index)`` (or ``(x, y)``; an index of ``None`` means "none")
-  batches: a batch larger than the budget is cut into pieces that fit; smaller batches are used as they come;
-  a batch without an index gets its positions in the order seen;
+  batches: the first batch is evaluated as it comes (the loader's batches already went through the network in
+  validation) and measured on the way; a later batch larger than the budget is cut into pieces that fit (inputs
+  that are not one tensor, e.g. a dict given to a foreign module's ``logits_fn``, are used as they come); a
+  batch without an index gets its positions in the order seen;
 - a float tensor of inputs (no labels): cut into chunks that fit.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple, Protocol, runtime_checkable
@@ -43,7 +44,7 @@ TRIM_EVERY_N_CHUNKS = (
 )
 
 Data = Any  # a ChunkedSplit, an iterable of (x, y[, index]) batches, or a tensor of inputs
-Forward = Callable[[torch.Tensor], torch.Tensor]
+Forward = Callable[[Any, int], torch.Tensor]  # (inputs, number of samples) -> logits
 
 
 class Predicted(NamedTuple):
@@ -66,16 +67,10 @@ class ChunkedSplit(Protocol):
     def chunks(self, max_bytes: int, device: torch.device) -> Iterable[Any]: ...
 
 
-def sample_bytes(
-    net: nn.Module,
-    sample_shape: tuple[int, ...] | torch.Size,
-    device: torch.device,
-    example: torch.Tensor | None = None,
-) -> int:
-    """Bytes one sample of ``sample_shape`` takes through ``net`` without gradients: its float32 input plus
-    the widest layer's input and output (the largest working set of any leaf module, as forward hooks
-    see it on one sample: ``example[:1]`` when given, else zeros). Operations outside modules (functional
-    calls) are not seen."""
+def _footprint(net: nn.Module, forward: Forward, x: Any, n: int) -> tuple[torch.Tensor, int]:
+    """``forward(x, n)`` without gradients, and the bytes one of its ``n`` samples takes: its float32 input plus
+    its share of the widest layer's input and output (the largest working set of any leaf module, as forward
+    hooks see it). Operations outside modules (functional calls) are not seen."""
     widest = [0]
 
     def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
@@ -86,26 +81,31 @@ def sample_bytes(
 
     leaves = [m for m in net.modules() if next(m.children(), None) is None]
     handles = [m.register_forward_hook(hook) for m in leaves]
-    one = torch.zeros(1, *sample_shape, device=device) if example is None else example[:1].to(device)
     try:
         with torch.no_grad():
-            net(one)
+            logits = forward(x, n)
     finally:
         for handle in handles:
             handle.remove()
-    return 4 * math.prod(sample_shape) + widest[0]
+    inputs = 4 * x[0].nelement() if torch.is_tensor(x) else 0
+    return logits, inputs + -(-widest[0] // max(n, 1))
+
+
+def sample_bytes(net: nn.Module, sample_shape: tuple[int, ...] | torch.Size, device: torch.device) -> int:
+    """Bytes one sample of ``sample_shape`` takes through ``net`` without gradients (measured on one zero
+    sample: see :func:`_footprint`)."""
+    return _footprint(net, lambda x, n: net(x), torch.zeros(1, *sample_shape, device=device), 1)[1]
 
 
 def input_budget(
-    net: nn.Module,
-    sample_shape: tuple[int, ...] | torch.Size,
-    max_bytes: int,
-    device: torch.device,
-    example: torch.Tensor | None = None,
+    net: nn.Module, sample_shape: tuple[int, ...] | torch.Size, max_bytes: int, device: torch.device
 ) -> int:
     """The float32 input bytes per chunk that keep input and activations within ``max_bytes``."""
-    per_sample = sample_bytes(net, sample_shape, device, example)
-    return max(1, int(max_bytes) * 4 * math.prod(sample_shape) // per_sample)
+    return _budget(sample_shape, max_bytes, sample_bytes(net, sample_shape, device))
+
+
+def _budget(sample_shape: tuple[int, ...] | torch.Size, max_bytes: int, per_sample: int) -> int:
+    return max(1, int(max_bytes) * 4 * math.prod(sample_shape) // max(per_sample, 1))
 
 
 def rows_within(net: nn.Module, sample_shape: tuple[int, ...] | torch.Size, max_bytes: int) -> int:
@@ -114,7 +114,7 @@ def rows_within(net: nn.Module, sample_shape: tuple[int, ...] | torch.Size, max_
     return input_budget(net, sample_shape, max_bytes, device) // (4 * math.prod(sample_shape)) or 1
 
 
-def _unpack(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+def _unpack(batch: Any) -> tuple[Any, torch.Tensor | None, torch.Tensor | None]:
     """``(x, y, index)`` of a tensor of inputs or a ``(x, y, index)`` / ``(x, y)`` batch (``None`` if absent)."""
     if isinstance(batch, torch.Tensor):
         return batch, None, None
@@ -122,29 +122,50 @@ def _unpack(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor
     return x, y, rest[0] if rest else None
 
 
-def rechunk(batches: Iterable[Any], max_bytes: int) -> Iterator[tuple[torch.Tensor, Any, Any]]:
+def rechunk(batches: Iterable[Any], max_bytes: int) -> Iterator[tuple[Any, Any, Any]]:
     """The batches of ``batches`` as ``(x, y, index)``, each one larger than ``max_bytes`` of float32 input cut
-    into pieces that fit."""
+    into pieces that fit (an ``x`` that is not a tensor is left whole)."""
     for batch in batches:
         x, y, index = _unpack(batch)
+        if not torch.is_tensor(x):
+            yield x, y, index
+            continue
         step = rows_per_chunk(x.shape[1:], max_bytes)
         for start in range(0, len(x), step):
             end = start + step
             yield tuple(None if t is None else t[start:end] for t in (x, y, index))  # type: ignore[misc]
 
 
-def _source(net: nn.Module, data: Data, max_bytes: int, device: torch.device) -> Iterator[Any]:
-    """The chunks of ``data``, each one's input cut so that input and activations fit in ``max_bytes``."""
-    if isinstance(data, ChunkedSplit):
-        yield from data.chunks(input_budget(net, data.sample_shape, max_bytes, device), device)
+def _size(x: Any, y: torch.Tensor | None) -> int:
+    return len(y) if y is not None else len(x)
+
+
+def _to(x: Any, device: torch.device) -> Any:
+    return x.to(device, non_blocking=True) if torch.is_tensor(x) else x
+
+
+def _logits(
+    net: nn.Module, forward: Forward, data: Data, max_bytes: int, device: torch.device
+) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]]:
+    """``(logits, y, index)`` per chunk of ``data``, each chunk's input cut so that input and activations fit in
+    ``max_bytes`` (see the module docstring)."""
+    if isinstance(data, ChunkedSplit | torch.Tensor):
+        shape = data.sample_shape if isinstance(data, ChunkedSplit) else data.shape[1:]
+        budget = input_budget(net, shape, max_bytes, device)
+        chunks = data.chunks(budget, device) if isinstance(data, ChunkedSplit) else rechunk([data], budget)
+        for x, y, index in chunks:
+            yield forward(_to(x, device), _size(x, y)), y, index
         return
-    batches = iter([data] if isinstance(data, torch.Tensor) else data)
+    batches = iter(data)
     first = next(batches, None)
     if first is None:
         return
-    x = _unpack(first)[0]
-    budget = input_budget(net, x.shape[1:], max_bytes, device, example=x)
-    yield from rechunk(itertools.chain([first], batches), budget)
+    x, y, index = _unpack(first)
+    logits, per_sample = _footprint(net, forward, _to(x, device), _size(x, y))
+    yield logits, y, index
+    budget = _budget(x.shape[1:], max_bytes, per_sample) if torch.is_tensor(x) else 0
+    for x, y, index in rechunk(batches, budget):
+        yield forward(_to(x, device), _size(x, y)), y, index
 
 
 def iter_logits(
@@ -153,25 +174,24 @@ def iter_logits(
     """``net``'s logits (float32, on its device) chunk by chunk, in eval mode and without gradients.
 
     Each chunk's float32 input and the activations of it take at most ``max_bytes`` (see the module
-    docstring; one sample if a single one is larger). ``forward(x)`` gives the logits (default ``net(x)``:
-    e.g. a check of a foreign module's output). The network's train/eval mode is restored when the iteration
-    ends, also when it is abandoned early or fails.
+    docstring; one sample if a single one is larger). ``forward(x, n)`` gives the ``n`` samples' logits
+    (default ``net(x)``: e.g. a foreign module's own hooks and checks). The network's train/eval mode is
+    restored when the iteration ends, also when it is abandoned early or fails.
     """
     device = next(net.parameters()).device
-    forward = forward or net
+    forward = forward or (lambda x, n: net(x))
     was_training = net.training
     net.eval()
     offset = 0
     try:
-        for i, (x, y, index) in enumerate(_source(net, data, max_bytes, device)):
-            with torch.no_grad():
-                logits = forward(x.to(device, non_blocking=True)).float()
-            if index is None:
-                index = torch.arange(offset, offset + len(x), device=logits.device)
-            offset += len(x)
-            yield Predicted(logits, y, index)
-            if i % TRIM_EVERY_N_CHUNKS == TRIM_EVERY_N_CHUNKS - 1:
-                release_free_heap()
+        with torch.no_grad():
+            for i, (logits, y, index) in enumerate(_logits(net, forward, data, max_bytes, device)):
+                if index is None:
+                    index = torch.arange(offset, offset + len(logits), device=logits.device)
+                offset += len(logits)
+                yield Predicted(logits.float(), y, index)
+                if i % TRIM_EVERY_N_CHUNKS == TRIM_EVERY_N_CHUNKS - 1:
+                    release_free_heap()
     finally:
         net.train(was_training)
 
@@ -194,10 +214,12 @@ def predict_records(
     forward: Forward | None = None,
     recorder: SampleRecorder | None = None,
     require_index: bool = False,
+    target: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> SampleRecords | None:
     """:func:`iter_logits` over labelled ``data``, recorded by sample index and gathered by ``recorder`` (a
     :class:`SampleRecorder`; across processes under DDP). With ``require_index`` (e.g. a shuffled training
-    loader, whose order cannot be told apart) batches without an index give ``None``. Only the logits are kept.
+    loader, whose order cannot be told apart) batches without an index give ``None``. ``target(y, logits)``
+    turns a chunk's labels into class indices (default: as given). Only the logits are kept.
     """
     recorder = recorder if recorder is not None else SampleRecorder()
     if require_index and not isinstance(data, ChunkedSplit):
@@ -205,7 +227,8 @@ def predict_records(
     try:
         for p in iter_logits(net, data, max_bytes, forward):
             assert p.target is not None, "predict_records needs labelled batches (x, y[, index])"
-            recorder.update(p.index.to(p.logits.device), p.target.to(p.logits.device), p.logits)
+            y = p.target if target is None else target(p.target, p.logits)
+            recorder.update(p.index.to(p.logits.device), y.to(p.logits.device), p.logits)
     except _Unindexed:
         return None
     return recorder.compute()
