@@ -34,6 +34,9 @@ key                         shape      meaning
 ``dynamics_epochs``         (Et,)      epochs of the training dynamics below
 ``train_p_given``           (Et, Nt)   probability of the given label in the training step (float16)
 ``train_margin``            (Et, Nt)   given-label logit minus the largest other logit, same step (float16)
+``train_oof_probs``         (Nt, C)    ``suspects.folds=K`` only: every training image's class probabilities
+                                       from the one of K extra trainings that held it out (float32)
+``oof_folds``               ()         K (absent without ``train_oof_probs``)
 =========================== ========== ================================================================
 
 ``val/loss`` of epoch ``e`` is ``val_loss[e].mean()``; ``val/acc`` is ``(val_pred[e] == val_target).mean()``.
@@ -91,6 +94,9 @@ class Samples:
     train_p_given: list[np.ndarray] = field(default_factory=list)
     train_margin: list[np.ndarray] = field(default_factory=list)
     objective: str = ""  # the training loss (standard, bounded); "" when unknown
+    # suspects.folds=K: out-of-fold class probabilities of every training sample (train.index order), and K
+    train_oof: np.ndarray | None = None
+    oof_folds: int = 0
 
     def add_epoch(self, epoch: int, evaluation: Evaluation) -> None:
         self.epochs.append(int(epoch))
@@ -134,6 +140,9 @@ class Samples:
             arrays["dynamics_epochs"] = np.asarray(self.dynamics_epochs, dtype=np.int64)
             arrays["train_p_given"] = np.stack(self.train_p_given)
             arrays["train_margin"] = np.stack(self.train_margin)
+        if self.train_oof is not None:
+            arrays["train_oof_probs"] = np.asarray(self.train_oof, dtype=np.float32)
+            arrays["oof_folds"] = np.asarray(self.oof_folds, dtype=np.int64)
         for split in SPLITS:
             evals = [self.models[m][split] for m in self.models if split in self.models[m]]
             if evals and len(evals) == len(self.models):
@@ -204,6 +213,9 @@ def load_samples(run_dir_or_file: str | Path) -> Samples:
         samples.dynamics_epochs = [int(e) for e in arrays["dynamics_epochs"]]
         samples.train_p_given = list(arrays["train_p_given"])
         samples.train_margin = list(arrays["train_margin"])
+    if "train_oof_probs" in arrays:
+        samples.train_oof = arrays["train_oof_probs"]
+        samples.oof_folds = int(arrays["oof_folds"])
     names = [str(m) for m in arrays["models"]]
     for split in SPLITS:
         stacked = _unflatten(arrays, f"model_{split}")

@@ -19,14 +19,23 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from lossdiag.diagnosis.judge.suspects import SHOWN, SUSPECT_COLUMNS, SuspectRow, rank_run, suspect_rows
+from lossdiag.diagnosis.judge.suspects import (
+    SHOWN,
+    SUSPECT_COLUMNS,
+    RunSuspects,
+    SuspectRow,
+    model_thresholds,
+    rank_run,
+    suspect_rows,
+)
 from lossdiag.diagnosis.judge.verdict import Verdict, judge
 from lossdiag.diagnosis.samples import Samples
 from lossdiag.functional.breakdown import worst_indices
 from lossdiag.functional.class_report import Report, classification_report
+from lossdiag.functional.jsonable import json_ready
 from lossdiag.functional.outputs import Evaluation
 from lossdiag.functional.remedies import RemedyResult
-from lossdiag.functional.suspects import Suspects, cartography
+from lossdiag.functional.suspects import cartography
 from lossdiag.render.diagnosis import diagnosis_texts
 from lossdiag.render.figures import (
     WORST_TILES,
@@ -51,6 +60,7 @@ from lossdiag.rundir.paths import (
     DIAGNOSIS_JSON,
     SAMPLES_FILE,
     SUSPECTS_CSV,
+    SUSPECTS_JSON,
     SUSPECTS_MD,
     SWEEP_REPORT_CSV,
     WORST_FILE,
@@ -72,7 +82,7 @@ class Findings:
     final_epoch: int
     verdict: Verdict
     reports: dict[str, Report]
-    suspects: Suspects | None
+    suspects: RunSuspects | None
     suspect_rows: list[SuspectRow]
     remedies: list[RemedyResult]
     worst_k: int
@@ -91,23 +101,31 @@ def find(
     val_images: Images | None = None,
     suspect_images: Mapping[str, Mapping[int, torch.Tensor]] | None = None,
     tensorboard: bool = False,
+    flag_thresholds: np.ndarray | None = None,
+    flags_off: str | None = None,
 ) -> Findings:
-    """Compute everything the outputs of ``samples`` show (the verdict covers ``model`` or the recorded epochs)."""
+    """Compute everything the outputs of ``samples`` show (the verdict covers ``model`` or the recorded epochs).
+
+    ``flag_thresholds`` / ``flags_off``: the likely label errors' per-class thresholds (default: calibrated on this
+    val split) or why there are no flags (:func:`lossdiag.diagnosis.judge.suspects.rank_run`)."""
     reports = {
         name: classification_report(splits["val"].pred, samples.val.target, samples.classes)
         for name, splits in samples.models.items()
         if "val" in splits
     }
-    suspects = rank_run(samples, model)
+    verdict = judge(samples, model, evaluated_on)
+    suspects = rank_run(
+        samples, model, verdict.kind, verdict.stats.collapsed_classes, flag_thresholds, flags_off
+    )
     return Findings(
         samples=samples,
         model=model,
         final=samples.models[model]["val"] if model is not None else samples.val_epochs[-1],
         final_epoch=samples.model_epoch[model] if model is not None else samples.epochs[-1],
-        verdict=judge(samples, model, evaluated_on),
+        verdict=verdict,
         reports=reports,
         suspects=suspects,
-        suspect_rows=suspect_rows(samples, suspects) if suspects is not None else [],
+        suspect_rows=suspect_rows(samples, suspects.suspects) if suspects is not None else [],
         remedies=read_remedies_report(Path(out_dir).resolve().parent / SWEEP_REPORT_CSV),
         worst_k=worst_k,
         val_images=val_images,
@@ -227,22 +245,27 @@ def _figures(f: Findings, done: Rendered) -> Rendered:
 
 
 def _suspects(f: Findings, done: Rendered) -> Rendered:
-    if f.suspects is None:
+    run = f.suspects
+    if run is None:
         return []
     table = [
         [r.rank, r.split, r.index, r.path, r.given, r.suspected, f"{r.score:.6g}", f"{r.raw_score:.6g}",
-         f"{r.p_given:.6g}", int(r.flagged)]
+         f"{r.p_given:.6g}", f"{r.early_p_given:.6g}", "" if r.oof_p_given != r.oof_p_given else f"{r.oof_p_given:.6g}",
+         r.ranked_by, int(r.flagged), r.flag_rule]
         for r in f.suspect_rows
     ]  # fmt: skip
     items = [
         Item(SUSPECTS_CSV, csv_text(SUSPECT_COLUMNS, table)),
-        Item(SUSPECTS_MD, suspects_markdown(f.suspect_rows)),
+        Item(SUSPECTS_MD, suspects_markdown(f.suspect_rows, run)),
     ]
+    if f.model is None:
+        items.append(Item(SUSPECTS_JSON, json.dumps(_suspects_json(f, run), indent=2) + "\n"))
     samples = f.samples
     if samples.dynamics_epochs and samples.train is not None:
         confidence, variability = cartography(np.stack(samples.train_p_given))
         flagged = np.zeros(len(samples.train.index), dtype=bool)
-        flagged[f.suspects.where[(f.suspects.split == "train") & f.suspects.flagged]] = True
+        ranked = run.suspects
+        flagged[ranked.where[(ranked.split == "train") & ranked.flagged]] = True
         items.append(
             Item(
                 figure_path("", "data_map"),
@@ -261,13 +284,33 @@ def _suspects(f: Findings, done: Rendered) -> Rendered:
     return items
 
 
+def _suspects_json(f: Findings, run: RunSuspects) -> dict[str, Any]:
+    """``suspects.json``: the per-class thresholds of every model (``src.evaluate`` flags with them) and how the
+    list was made."""
+    rows = f.suspect_rows
+    return json_ready(
+        {
+            "format_version": 1,
+            "classes": f.samples.classes,
+            "thresholds": model_thresholds(f.samples),
+            "thresholds_from": run.thresholds_from,
+            "min_epoch": run.min_epoch,
+            "early_window_end": run.window_end,
+            "folds": run.folds,
+            "flags_off": run.gate.off,
+            "flags_excluded_classes": list(run.gate.excluded),
+            "flagged": {s: sum(r.flagged for r in rows if r.split == s) for s in ("train", "val")},
+        }
+    )
+
+
 def _diagnosis(f: Findings, done: Rendered) -> Rendered:
     paths = {item.path for item in done if item.path is not None}
     reports = [name for name in f.reports if report_path("", name, "md") in paths]
     figures = [i.path.stem for i in done if i.path is not None and i.tag and i.tag.startswith("diagnosis/")]
     markdown, summary = diagnosis_texts(f.verdict, reports, figures, f.tensorboard)
     if f.suspects is not None:
-        markdown += mislabeled_section(f.suspect_rows, _worst_val_indices(f))
+        markdown += mislabeled_section(f.suspect_rows, f.suspects, _worst_val_indices(f))
     markdown += _what_you_can_do(f, suspects_file=str(SUSPECTS_CSV) if f.suspects is not None else None)
     f.extra["summary"] = summary
     numbers = f.verdict.to_dict(reason(f.verdict), advice(f.verdict))
@@ -335,17 +378,21 @@ def write_diagnosis(
     model: str | None = None,
     evaluated_on: str = "val split",
     suspect_images: Mapping[str, Mapping[int, torch.Tensor]] | None = None,
+    flag_thresholds: np.ndarray | None = None,
+    flags_off: str | None = None,
 ) -> Diagnosis:
     """Find, render and write every output of :data:`OUTPUTS` into ``out_dir`` (and ``writer``, at ``step``).
 
     ``val_images`` (inputs by val sample index) draws the worst-samples grid; ``suspect_images`` (split -> index
     -> input) the grids of the likely label errors. ``model`` names the evaluated model the verdict is about
-    (``src.evaluate``); ``evaluated_on`` says what the val samples are.
+    (``src.evaluate``); ``evaluated_on`` says what the val samples are; ``flag_thresholds`` / ``flags_off`` set
+    the likely label errors' flags (:func:`find`).
     """
     out = Path(out_dir)
     findings = find(
-        out, samples, model, evaluated_on, worst_k, val_images, suspect_images, writer is not None
-    )
+        out, samples, model, evaluated_on, worst_k, val_images, suspect_images, writer is not None,
+        flag_thresholds, flags_off,
+    )  # fmt: skip
     markdown = ""
     for item in render(findings):
         content = item.content

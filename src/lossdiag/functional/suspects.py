@@ -212,9 +212,102 @@ def quantile(score: Array, tiebreak: Array | None = None) -> np.ndarray:
     return q
 
 
+# -- before memorisation, and flags calibrated per class ---------------------------------------------------
+MIN_WINDOW = 5  # the early window holds at least this many epochs
+
+
+def early_window(min_epoch: int, n_epochs: int, least: int = MIN_WINDOW) -> int:
+    """How many of the first epochs show the model before it memorises: those up to the val-loss minimum
+    (``min_epoch``, 0-based, included), at least ``least`` and at most ``n_epochs``."""
+    return int(min(max(min_epoch + 1, least), n_epochs))
+
+
+def early_aum(margin: Array, window: int) -> np.ndarray:
+    """Minus the mean margin over the first ``window`` epochs: higher = more suspect."""
+    m = _epochs(margin, "margin")
+    return -m[: max(1, min(window, len(m)))].mean(axis=0)
+
+
+def val_suspicion(p_model: Array, p_early: Array) -> np.ndarray:
+    """``1 -`` the mean of a val image's ``p_given`` under the reference model and over the early epochs."""
+    return 1.0 - 0.5 * (_vector(p_model, "p_model") + _vector(p_early, "p_early"))
+
+
+def class_thresholds(p_given: Array, given: Array, n_classes: int) -> np.ndarray:
+    """Confident learning's per-class self-confidence thresholds: ``t[c]`` = mean ``p_given`` of the images
+    labelled ``c`` (NaN for a class without images)."""
+    p = _vector(p_given, "p_given")
+    g = np.asarray(given, dtype=np.int64)
+    counts = np.bincount(g, minlength=n_classes)
+    sums = np.bincount(g, weights=p, minlength=n_classes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+def confident_other(pred: Array, conf: Array, given: Array, thresholds: Array) -> np.ndarray:
+    """Images whose model prefers another class *confidently*: ``pred != given`` and ``p(pred) >= t[pred]``
+    (the off-diagonal of confident learning's confident joint)."""
+    pred_ = np.asarray(pred, dtype=np.int64)
+    t = np.asarray(thresholds, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return (pred_ != np.asarray(given, dtype=np.int64)) & (_vector(conf, "conf") >= t[pred_])
+
+
+def train_flags(margin: Array, p_given: Array, given: Array, n_classes: int) -> np.ndarray:
+    """Training images flagged from the early-window dynamics ``(W, Nt)``: another class out-scored the given
+    label on average, and that class's mean probability ``p_given * exp(-margin)`` reached the lowest per-class
+    threshold (the given labels' mean early ``p_given``)."""
+    m, p = _epochs(margin, "margin"), _epochs(p_given, "p_given")
+    other = (p * np.exp(-np.clip(m, -50, 50))).mean(axis=0)
+    t = class_thresholds(p.mean(axis=0), given, n_classes)
+    return (m.mean(axis=0) < 0) & (other >= np.nanmin(t))
+
+
+def combine(q_dynamics: Array, q_folds: Array, weight: float = 0.5) -> np.ndarray:
+    """One score from two suspicion quantiles: ``weight`` on the cross-validated one."""
+    return weight * _vector(q_folds, "q_folds") + (1.0 - weight) * _vector(q_dynamics, "q_dynamics")
+
+
 # -- one ranked list over both splits ----------------------------------------------------------------
-TRAIN_SCORE = "aum"  # minus the area under the margin over all epochs (Pleiss et al. 2020)
-VAL_SCORE = "1-p_given"  # 1 - p(given label) under the best model (the val images were never trained on)
+# the rules that flag an image as a likely label error (suspects.csv's ``flag_rule``)
+CONFIDENT_OTHER = "confident_other"  # a model that never trained on it prefers another class, confidently
+EARLY_DYNAMICS = "early_dynamics"  # before memorisation, another class out-scored the given one, confidently
+CLEANLAB = "cleanlab"  # cleanlab's find_label_issues on the out-of-fold probabilities
+
+
+def cleanlab_issues(given: Array, probs: Array) -> tuple[np.ndarray, np.ndarray]:
+    """``(label quality, issue mask)`` of cleanlab on out-of-fold probabilities ``(N, C)``: its
+    ``get_label_quality_scores`` (self-confidence; low = suspect) and ``find_label_issues`` (confident learning,
+    pruned by the estimated noise rate per pair of classes)."""
+    from cleanlab.filter import find_label_issues
+    from cleanlab.rank import get_label_quality_scores
+
+    g = np.asarray(given, dtype=np.int64)
+    p = np.asarray(probs, dtype=np.float64)
+    p = p / p.sum(axis=1, keepdims=True)
+    quality = get_label_quality_scores(g, p, method="self_confidence")
+    issues = np.zeros(len(g), dtype=bool)
+    issues[find_label_issues(g, p)] = True
+    return np.asarray(quality, dtype=np.float64), issues
+
+
+@dataclass(frozen=True)
+class SplitScores:
+    """One split's suspicion before the splits are merged; every array is ``(N,)`` in the split's order.
+
+    ``raw`` is the split's own score (higher = more suspect); ``flag_rule`` names the rule that flagged an image
+    (:data:`CONFIDENT_OTHER`, :data:`EARLY_DYNAMICS`, :data:`CLEANLAB`), ``""`` for the others; ``ranked_by``
+    says which signals ``raw`` combines.
+    """
+
+    split: str
+    raw: np.ndarray
+    p_given: np.ndarray  # under the reference model (NaN: none)
+    early_p_given: np.ndarray  # mean over the early window (NaN: not recorded)
+    oof_p_given: np.ndarray  # out of fold (NaN: no folds)
+    preferred: np.ndarray  # the class the reference model prefers (-1: unknown)
+    flag_rule: np.ndarray
+    ranked_by: str
 
 
 @dataclass(frozen=True)
@@ -222,10 +315,7 @@ class Suspects:
     """Every sample of both splits, most suspect first (``split[i]``, position ``where[i]`` in that split).
 
     ``score`` is the suspicion quantile within the sample's split (1 = most suspect), which puts the two
-    splits' different scores on one scale; ``raw`` is the split's own score (train: minus the AUM, val:
-    ``1 - p_given``); ``preferred`` the class the model prefers; ``flagged`` marks likely label errors by a
-    rule a reader can check: train, the given-label logit was on average below another class's (AUM < 0);
-    val, the best model prefers another class.
+    splits' different scores on one scale; the other arrays are the :class:`SplitScores` fields, row by row.
     """
 
     split: np.ndarray
@@ -233,48 +323,35 @@ class Suspects:
     score: np.ndarray
     raw: np.ndarray
     p_given: np.ndarray
+    early_p_given: np.ndarray
+    oof_p_given: np.ndarray
     preferred: np.ndarray
-    flagged: np.ndarray
+    flag_rule: np.ndarray
+    ranked_by: np.ndarray
+
+    @property
+    def flagged(self) -> np.ndarray:
+        return self.flag_rule != ""
 
     def top(self, split: str, k: int) -> np.ndarray:
         """Positions (in ``split``) of its ``k`` most suspect samples, most suspect first."""
         return self.where[self.split == split][:k]
 
 
-def rank_suspects(
-    train_margin: Array | None = None,
-    train_p_given: Array | None = None,
-    train_preferred: Array | None = None,
-    val_p_given: Array | None = None,
-    val_preferred: Array | None = None,
-    val_given: Array | None = None,
-) -> Suspects:
-    """Rank train samples by :data:`TRAIN_SCORE` from their ``(E, Nt)`` margins and val samples by
-    :data:`VAL_SCORE`, and merge both into one list (:func:`quantile`). ``train_p_given`` / ``*_preferred``
-    are one model's (N,) values shown beside the score. Either split may be absent."""
-    parts: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-    if train_margin is not None:
-        raw = -aum(train_margin)
-        n = raw.shape[0]
-        p = _vector(train_p_given, "train_p_given") if train_p_given is not None else np.full(n, np.nan)
-        pref = np.asarray(train_preferred, dtype=np.int64) if train_preferred is not None else np.full(n, -1)
-        parts.append(("train", raw, p, pref, raw > 0, quantile(raw)))
-    if val_p_given is not None:
-        p = _vector(val_p_given, "val_p_given")
-        raw = 1.0 - p
-        pref = np.asarray(val_preferred, dtype=np.int64)
-        flagged = pref != np.asarray(val_given, dtype=np.int64)
-        parts.append(("val", raw, p, pref, flagged, quantile(raw)))
+def merge_splits(parts: Sequence[SplitScores]) -> Suspects:
+    """One list over the splits: each split's ``raw`` score becomes its quantile (:func:`quantile`), then most
+    suspect first by quantile, the split's own score, val before train, and position."""
     if not parts:
-        raise ValueError("no split to rank: give train margins or val probabilities")
-    split = np.concatenate([np.full(len(raw), name) for name, raw, *_ in parts])
-    where = np.concatenate([np.arange(len(raw)) for _, raw, *_ in parts])
-    raw = np.concatenate([r for _, r, *_ in parts])
-    p_given = np.concatenate([p for _, _, p, *_ in parts])
-    preferred = np.concatenate([pref for *_, pref, _, _ in parts])
-    flagged = np.concatenate([f for *_, f, _ in parts])
-    score = np.concatenate([q for *_, q in parts])
-    # most suspect first: merged quantile, then the split's own score, then val before train, then position
-    order = np.lexsort((where, split == "train", -raw, -score))
-    return Suspects(split[order], where[order], score[order], raw[order], p_given[order], preferred[order],
-                    flagged[order])  # fmt: skip
+        raise ValueError("no split to rank: give train or val scores")
+    n = [len(p.raw) for p in parts]
+    cat = {
+        name: np.concatenate([np.asarray(getattr(p, name)) for p in parts])
+        for name in ("raw", "p_given", "early_p_given", "oof_p_given", "preferred", "flag_rule")
+    }
+    split = np.concatenate([np.full(k, p.split) for p, k in zip(parts, n, strict=True)])
+    where = np.concatenate([np.arange(k) for k in n])
+    score = np.concatenate([quantile(p.raw) for p in parts])
+    ranked_by = np.concatenate([np.full(k, p.ranked_by) for p, k in zip(parts, n, strict=True)])
+    order = np.lexsort((where, split == "train", -cat["raw"], -score))
+    return Suspects(split=split[order], where=where[order], score=score[order], ranked_by=ranked_by[order],
+                    **{name: v[order] for name, v in cat.items()})  # fmt: skip

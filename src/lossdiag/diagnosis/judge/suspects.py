@@ -1,20 +1,57 @@
-"""A run's likely label errors: every sample of both splits ranked, as rows of ``suspects.csv``.
+"""A run's likely label errors: every sample of both splits ranked, and flagged where the model can judge.
 
-The ranking (:func:`lossdiag.functional.suspects.rank_suspects`) uses what the run already recorded: the training
-dynamics of every epoch (``samples.train_margin``) and the best model's outputs on the val split (a
-``src.evaluate`` folder: the evaluated model's). Nothing is re-run.
+The ranking uses what the run recorded (nothing is re-run), read before the model memorises: the *early window*
+is the epochs up to the val-loss minimum (at least :data:`~lossdiag.functional.suspects.MIN_WINDOW`).
+
+- Training images: minus the area under the margin of their own training steps over the early window
+  (:func:`~lossdiag.functional.suspects.early_aum`); with ``suspects.folds=K`` (``samples.train_oof``) combined
+  with cleanlab's label quality on the out-of-fold probabilities (:data:`FOLDS_WEIGHT` on the folds).
+- Validation images: ``p_given`` under the reference model (the best one; ``src.evaluate``: the evaluated one)
+  averaged with its mean over the early window (:func:`~lossdiag.functional.suspects.val_suspicion`).
+
+Flags mean label noise, not training state: none when the verdict is ``not_learning``, none for images labelled
+with a collapsed class, and thresholds calibrated per class (confident learning: ``t[c]`` = mean ``p_given`` of
+the val images labelled ``c``). A val image is flagged when the model prefers another class ``j`` with
+``p(j) >= t[j]``; a training image when, over the early window, another class out-scored its label with at
+least the lowest class threshold (:func:`~lossdiag.functional.suspects.train_flags`), or, with folds, when
+cleanlab's ``find_label_issues`` finds it on the out-of-fold probabilities. ``src.evaluate`` flags with the
+thresholds its training run stored (``suspects.json``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 import numpy as np
 
+from lossdiag.diagnosis.judge.stats import mean_losses
 from lossdiag.diagnosis.samples import Samples
-from lossdiag.functional.suspects import Suspects, rank_suspects
+from lossdiag.functional.outputs import Evaluation
+from lossdiag.functional.suspects import (
+    CLEANLAB,
+    CONFIDENT_OTHER,
+    EARLY_DYNAMICS,
+    SplitScores,
+    Suspects,
+    class_thresholds,
+    cleanlab_issues,
+    combine,
+    confident_other,
+    early_aum,
+    early_window,
+    merge_splits,
+    quantile,
+    train_flags,
+    val_suspicion,
+)
 
 SHOWN = 32  # rows of suspects.md and tiles of each image grid
+FOLDS_WEIGHT = (
+    0.5  # share of the cross-validated signal in a training image's score (benchmarks/suspects_prototype.py)
+)
+NOT_LEARNING = "not_learning"  # why flags are off: the verdict says the model did not learn
+NO_THRESHOLDS = "no_thresholds"  # src.evaluate on another folder without the training run's thresholds
 
 
 @dataclass(frozen=True)
@@ -30,70 +67,230 @@ class SuspectRow:
     score: float
     raw_score: float
     p_given: float
+    early_p_given: float
+    oof_p_given: float
+    ranked_by: str
     flagged: bool
+    flag_rule: str
 
 
 SUSPECT_COLUMNS = tuple(f.name for f in fields(SuspectRow))  # suspects.csv's header
 
 
-def _reference_model(samples: Samples, model: str | None = None) -> str | None:
+@dataclass(frozen=True)
+class FlagGate:
+    """Where flags may fall: nowhere (``off`` says why), or everywhere but the images labelled ``excluded``."""
+
+    off: str | None
+    excluded: tuple[str, ...]
+
+    def allows(self, given: np.ndarray, classes: Sequence[str]) -> np.ndarray:
+        if self.off is not None:
+            return np.zeros(len(given), dtype=bool)
+        ids = [classes.index(c) for c in self.excluded if c in classes]
+        return ~np.isin(np.asarray(given), ids)
+
+
+def flag_gate(
+    verdict_kind: str | None, collapsed_classes: Sequence[str] = (), off: str | None = None
+) -> FlagGate:
+    """No flags when the verdict is ``not_learning`` (or ``off`` names another reason); none inside collapsed
+    classes (recall 0 beyond chance: the model cannot judge an image it never assigns to its label)."""
+    if off is None and verdict_kind is not None and str(verdict_kind) == NOT_LEARNING:
+        off = NOT_LEARNING
+    return FlagGate(off, tuple(collapsed_classes))
+
+
+@dataclass(frozen=True)
+class RunSuspects:
+    """The ranked suspects and how they were made (what ``suspects.md`` and ``suspects.json`` say)."""
+
+    suspects: Suspects
+    gate: FlagGate
+    min_epoch: int | None  # the val-loss minimum the early window ends at (None: one evaluated model)
+    window_end: int | None  # the last epoch of the early window
+    folds: int  # K of suspects.folds (0: one training)
+    thresholds: np.ndarray | None  # the val flags' per-class thresholds
+    thresholds_from: str  # whose val outputs they come from ("best", or "training run's best")
+
+
+def reference_model(samples: Samples, model: str | None = None) -> str | None:
     """The model whose outputs score the val samples and name the class the model prefers."""
     if model is not None:
         return model
     return next((m for m in ("best", "last") if m in samples.models), None)
 
 
-def rank_run(samples: Samples, model: str | None = None) -> Suspects | None:
-    """The run's suspects (``None`` when it recorded neither training dynamics nor an evaluated model)."""
-    ref = _reference_model(samples, model)
-    evals = samples.models.get(ref, {}) if ref else {}
-    train_eval = evals.get("train")
-    dynamics = samples.dynamics_epochs and samples.train is not None and model is None
-    val_eval = evals.get("val")
-    if not dynamics and val_eval is None:
+def _val_outputs(samples: Samples, model: str | None) -> Evaluation | None:
+    ref = reference_model(samples, model)
+    ev = samples.models.get(ref, {}).get("val") if ref else None
+    if ev is None and model is None and samples.val_epochs:
+        return samples.val_epochs[-1]  # no whole model evaluated (reports=false): the last recorded epoch
+    return ev
+
+
+def early_epochs(samples: Samples, history: Evaluation | None = None) -> tuple[int, int] | None:
+    """``(min_epoch, window_end)``: the epoch of the lowest mean val loss and the last epoch of the early window
+    (up to it, at least ``MIN_WINDOW`` epochs of training dynamics); ``None`` without recorded epochs.
+    ``history``: ``samples.history`` when the caller has it already."""
+    if not samples.val_epochs:
         return None
-    return rank_suspects(
-        train_margin=np.stack(samples.train_margin) if dynamics else None,
-        train_p_given=train_eval.p_true if dynamics and train_eval is not None else
-        (np.asarray(samples.train_p_given[-1], dtype=np.float64) if dynamics else None),
-        train_preferred=train_eval.pred if dynamics and train_eval is not None else None,
-        val_p_given=val_eval.p_true if val_eval is not None else None,
-        val_preferred=val_eval.pred if val_eval is not None else None,
-        val_given=samples.val.target if val_eval is not None else None,
-    )  # fmt: skip
+    history = history if history is not None else samples.history
+    min_epoch = samples.epochs[int(np.argmin(mean_losses(history.loss)))]
+    recorded = samples.dynamics_epochs or samples.epochs
+    upto = sum(e <= min_epoch for e in recorded)
+    return min_epoch, recorded[early_window(upto - 1, len(recorded)) - 1]
 
 
-def suspect_rows(samples: Samples, suspects: Suspects) -> list[SuspectRow]:
+def model_thresholds(samples: Samples) -> dict[str, list[float]]:
+    """Every evaluated model's per-class thresholds on the val split (what ``suspects.json`` stores)."""
+    return {
+        name: class_thresholds(splits["val"].p_true, samples.val.target, len(samples.classes)).tolist()
+        for name, splits in samples.models.items()
+        if "val" in splits
+    }
+
+
+def val_label_suspects(
+    samples: Samples,
+    verdict_kind: str | None,
+    collapsed_classes: Sequence[str] = (),
+    model: str | None = None,
+    thresholds: np.ndarray | None = None,
+) -> np.ndarray:
+    """The val samples flagged as likely label errors, ``(N_val,)`` bool in val row order.
+
+    Under ``model`` (default: the reference model, best then last), with ``thresholds`` per class (default:
+    calibrated on these val outputs), gated by the verdict (``verdict_kind``, ``collapsed_classes``: names).
+    """
+    ev = _val_outputs(samples, model)
+    target = np.asarray(samples.val.target)
+    gate = flag_gate(verdict_kind, collapsed_classes)
+    if ev is None:
+        return np.zeros(len(target), dtype=bool)
+    return _val_flags(ev, target, samples.classes, gate, thresholds)
+
+
+def _val_flags(
+    ev: Evaluation, target: np.ndarray, classes: Sequence[str], gate: FlagGate, thresholds: np.ndarray | None
+) -> np.ndarray:
+    t = thresholds if thresholds is not None else class_thresholds(ev.p_true, target, len(classes))
+    return confident_other(ev.pred, ev.conf, target, t) & gate.allows(target, classes)
+
+
+def _rules(flagged: np.ndarray, rule: str) -> np.ndarray:
+    return np.where(flagged, rule, "")
+
+
+def _train_scores(samples: Samples, window_end: int, gate: FlagGate) -> SplitScores:
+    assert samples.train is not None
+    target = np.asarray(samples.train.target)
+    window = sum(e <= window_end for e in samples.dynamics_epochs)
+    margin = np.stack(samples.train_margin[:window]).astype(np.float64)
+    p = np.stack(samples.train_p_given[:window]).astype(np.float64)
+    raw = early_aum(margin, window)
+    ref = samples.models.get(reference_model(samples) or "", {}).get("train")
+    n = len(target)
+    p_given = ref.p_true.astype(np.float64) if ref is not None else np.full(n, np.nan)
+    preferred = ref.pred.astype(np.int64) if ref is not None else np.full(n, -1)
+    allowed = gate.allows(target, samples.classes)
+    rule = _rules(train_flags(margin, p, target, len(samples.classes)) & allowed, EARLY_DYNAMICS)
+    oof_p, ranked_by = np.full(n, np.nan), "early_aum"
+    if samples.train_oof is not None:
+        oof = np.asarray(samples.train_oof, dtype=np.float64)
+        quality, issues = cleanlab_issues(target, oof)
+        raw = combine(quantile(raw), quantile(1.0 - quality), FOLDS_WEIGHT)
+        oof_p, preferred = oof[np.arange(n), target], oof.argmax(axis=1)
+        rule = np.where((rule == "") & issues & allowed, CLEANLAB, rule)
+        ranked_by = f"early_aum+cleanlab_{samples.oof_folds}_folds"
+    return SplitScores("train", raw, p_given, p.mean(axis=0), oof_p, preferred, rule, ranked_by)
+
+
+def rank_run(
+    samples: Samples,
+    model: str | None = None,
+    verdict_kind: str | None = None,
+    collapsed_classes: Sequence[str] = (),
+    thresholds: np.ndarray | None = None,
+    flags_off: str | None = None,
+) -> RunSuspects | None:
+    """The run's suspects (``None`` when it recorded neither training dynamics nor val outputs).
+
+    ``model`` is the evaluated model (``src.evaluate``: no training dynamics then), ``verdict_kind`` and
+    ``collapsed_classes`` gate the flags (:func:`flag_gate`; ``flags_off`` turns them off with that reason),
+    ``thresholds`` are the val flags' per-class thresholds (default: calibrated on this val split). The order
+    of the list depends on neither.
+    """
+    gate = flag_gate(verdict_kind, collapsed_classes, flags_off)
+    history = samples.history if model is None and samples.val_epochs else None
+    early = early_epochs(samples, history) if history is not None else None
+    parts = []
+    if model is None and early is not None and samples.dynamics_epochs and samples.train is not None:
+        parts.append(_train_scores(samples, early[1], gate))
+    ev = _val_outputs(samples, model)
+    target = np.asarray(samples.val.target)
+    t = (
+        thresholds
+        if thresholds is not None or ev is None
+        else class_thresholds(ev.p_true, target, len(samples.classes))
+    )
+    if ev is not None:
+        p = ev.p_true.astype(np.float64)
+        if history is not None and early is not None:
+            p_early = history.p_true[np.asarray(samples.epochs) <= early[1]].astype(np.float64).mean(axis=0)
+        else:
+            p_early = p
+        rule = _rules(_val_flags(ev, target, samples.classes, gate, t), CONFIDENT_OTHER)
+        ranked_by = "p_given+early_p_given" if history is not None else "p_given"
+        parts.append(SplitScores("val", val_suspicion(p, p_early), p, p_early, np.full(len(p), np.nan),
+                                 ev.pred.astype(np.int64), rule, ranked_by))  # fmt: skip
+    if not parts:
+        return None
+    return RunSuspects(
+        suspects=merge_splits(parts),
+        gate=gate,
+        min_epoch=early[0] if early else None,
+        window_end=early[1] if early else None,
+        folds=samples.oof_folds if samples.train_oof is not None and model is None else 0,
+        thresholds=t,
+        thresholds_from=reference_model(samples, model) or "last epoch",
+    )
+
+
+def suspect_rows(samples: Samples, ranked: Suspects) -> list[SuspectRow]:
     rows = []
-    for rank, (split, where) in enumerate(zip(suspects.split, suspects.where, strict=True), start=1):
+    for i, (split, where) in enumerate(zip(ranked.split, ranked.where, strict=True)):
         info = samples.train if split == "train" else samples.val
         assert info is not None
-        i = rank - 1
-        preferred = int(suspects.preferred[i])
+        preferred = int(ranked.preferred[i])
         rows.append(
             SuspectRow(
-                rank=rank,
+                rank=i + 1,
                 split=str(split),
                 index=int(info.index[where]),
                 path=str(info.path[where]),
                 given=samples.classes[int(info.target[where])],
                 suspected=samples.classes[preferred] if preferred >= 0 else "",
-                score=float(suspects.score[i]),
-                raw_score=float(suspects.raw[i]),
-                p_given=float(suspects.p_given[i]),
-                flagged=bool(suspects.flagged[i]),
+                score=float(ranked.score[i]),
+                raw_score=float(ranked.raw[i]),
+                p_given=float(ranked.p_given[i]),
+                early_p_given=float(ranked.early_p_given[i]),
+                oof_p_given=float(ranked.oof_p_given[i]),
+                ranked_by=str(ranked.ranked_by[i]),
+                flagged=bool(ranked.flag_rule[i] != ""),
+                flag_rule=str(ranked.flag_rule[i]),
             )
         )
     return rows
 
 
-def wanted_images(suspects: Suspects | None, samples: Samples, shown: int = SHOWN) -> dict[str, list[int]]:
+def wanted_images(run: RunSuspects | None, samples: Samples, shown: int = SHOWN) -> dict[str, list[int]]:
     """Sample indices (per split) whose images the TensorBoard grids show: each split's ``shown`` first."""
-    if suspects is None:
+    if run is None:
         return {}
     out = {}
     for split in ("train", "val"):
         info = samples.train if split == "train" else samples.val
         if info is not None:
-            out[split] = [int(info.index[w]) for w in suspects.top(split, shown)]
+            out[split] = [int(info.index[w]) for w in run.suspects.top(split, shown)]
     return out
