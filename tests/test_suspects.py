@@ -143,7 +143,63 @@ def test_val_scores_best_model() -> None:
 
 def test_quantile_makes_splits_comparable() -> None:
     q = S.quantile(np.array([0.2, 5.0, -1.0, 0.2]))
-    # most suspect 1.0, then 0.75 ...; ties in index order, as rank() gives them
-    assert q.tolist() == [0.75, 1.0, 0.25, 0.5]
+    # most suspect 1.0, then 0.75 and 0.5 shared by the tie, then 0.25
+    assert q.tolist() == [0.625, 1.0, 0.25, 0.625]
     train, val = S.quantile(-S.aum(MARGIN)), S.quantile(np.array([0.9, 0.1]))
     assert train[NEVER] == val[0] == 1.0
+
+
+# -- before memorisation, per-class thresholds, merging ------------------------------------------------
+def test_early_window_spans_the_epochs_up_to_the_val_loss_minimum() -> None:
+    assert S.early_window(min_epoch=20, n_epochs=100) == 21  # epochs 0..20
+    assert S.early_window(min_epoch=1, n_epochs=100) == S.MIN_WINDOW  # at least MIN_WINDOW
+    assert S.early_window(min_epoch=1, n_epochs=3) == 3  # at most the epochs there are
+    # before memorisation the late learner (still below 0 in epochs 0-2) is more suspect than the forgotten one
+    assert S.rank(S.early_aum(MARGIN, 3)).tolist() == [NEVER, LATE, FORGOTTEN, CLEAN]
+    assert S.early_aum(MARGIN, 3) == pytest.approx(-MARGIN[:3].mean(axis=0))
+
+
+def test_class_thresholds_are_each_class_mean_self_confidence() -> None:
+    p = np.array([0.9, 0.7, 0.2, 0.4, 0.6])
+    given = np.array([0, 0, 1, 1, 1])
+    t = S.class_thresholds(p, given, 3)
+    assert t[:2] == pytest.approx([0.8, 0.4]) and np.isnan(t[2])  # class 2 has no image
+
+
+def test_confident_other_needs_the_other_class_above_its_own_threshold() -> None:
+    t = np.array([0.9, 0.5, 0.7])
+    pred = np.array([1, 1, 0, 0, 2])
+    conf = np.array([0.6, 0.4, 0.95, 0.85, 0.99])
+    given = np.array([0, 0, 1, 1, 2])
+    # 0: prefers 1 with 0.6 >= 0.5; 1: 0.4 < 0.5; 2: prefers 0 with 0.95 >= 0.9; 3: 0.85 < 0.9; 4: agrees
+    assert S.confident_other(pred, conf, given, t).tolist() == [True, False, True, False, False]
+
+
+def test_train_flags_are_out_scored_outliers_of_their_class() -> None:
+    # early mean margins of 8 images, two classes: class 0 learned easily (median 3), class 1 slowly (median 0.3)
+    early = np.array([3.0, 3.2, 2.8, -1.0, 0.3, 0.1, 0.5, -0.4, -3.0])
+    given = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1])
+    bounds = S.class_outliers(early, given, 2)
+    # class 0: median 2.9, MAD 0.2: 2.9 - 2 x 1.4826 x 0.2; class 1: median 0.1, MAD 0.4
+    assert bounds == pytest.approx([2.9 - 2 * 1.4826 * 0.2, 0.1 - 2 * 1.4826 * 0.4])
+    flags = S.train_flags(early[None], given, 2)
+    # out-scored in class 0 is an outlier (bound above 0: 0 counts); in class 1 only below -1.09: -0.4 is not
+    assert flags.tolist() == [False, False, False, True, False, False, False, False, True]
+
+
+def test_merge_splits_puts_both_splits_on_one_scale() -> None:
+    def part(split: str, raw: list[float], rule: list[str]) -> S.SplitScores:
+        n = len(raw)
+        nan = np.full(n, np.nan)
+        return S.SplitScores(split, np.array(raw), nan, nan, nan, np.full(n, -1), np.array(rule), split)
+
+    ranked = S.merge_splits(
+        [part("train", [3.0, -1.0, 0.5, 9.0], ["", "", "x", "y"]), part("val", [0.2, 0.9], ["", ""])]
+    )
+    assert list(zip(ranked.split, ranked.where, strict=True)) == [
+        ("train", 3), ("val", 1), ("train", 0), ("train", 2), ("val", 0), ("train", 1)
+    ]  # fmt: skip
+    # quantiles within each split; a tie (0.5) goes to the higher own score (train's 0.5 over val's 0.2)
+    assert ranked.score.tolist() == [1.0, 1.0, 0.75, 0.5, 0.5, 0.25]
+    assert ranked.flagged.tolist() == [True, False, False, True, False, False]
+    assert ranked.top("train", 2).tolist() == [3, 0]

@@ -144,6 +144,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = build_datamodule(cfg)
     model = build_module(cfg, datamodule)
     trainer = build_trainer(cfg)
+    diagnosis = _cross_validated_suspects(cfg, trainer, datamodule)  # before anything is written
     config = OmegaConf.to_container(cfg, resolve=True)
     shown = cfg  # what the HParams tab shows: the config, with the learning rate actually used
     if cfg.optimizer.get("lr") == AUTO_LR:
@@ -176,7 +177,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     )
     if cfg.get("ckpt_path"):
         check_checkpoint(cfg.ckpt_path, model)
-    diagnosis = _cross_validated_suspects(cfg, trainer, datamodule)
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     except SIGTERMException:

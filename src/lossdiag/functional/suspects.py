@@ -199,21 +199,22 @@ def rank(score: Array, tiebreak: Array | None = None) -> np.ndarray:
     return np.lexsort(keys)
 
 
-def quantile(score: Array, tiebreak: Array | None = None) -> np.ndarray:
-    """Each sample's suspicion quantile in ``(0, 1]`` (1 = most suspect), in the order of :func:`rank`.
+def quantile(score: Array) -> np.ndarray:
+    """Each sample's suspicion quantile in ``(0, 1]`` (1 = most suspect); tied scores share their mean quantile.
 
     Scores of different scales (train AUM, val ``1 - p_given``) become comparable this way, so the two
-    splits can be merged into one list; that assumes both hold about the same fraction of label errors,
-    as a stratified split of randomly placed errors does.
+    splits can be merged into one list and two signals averaged; that assumes both splits hold about the same
+    fraction of label errors, as a stratified split of randomly placed errors does.
     """
-    order = rank(score, tiebreak)
-    q = np.empty(len(order))
-    q[order] = 1.0 - np.arange(len(order)) / len(order)
-    return q
+    from scipy.stats import rankdata
+
+    s = _vector(score, "score")
+    return rankdata(s, method="average") / len(s)
 
 
 # -- before memorisation, and flags calibrated per class ---------------------------------------------------
 MIN_WINDOW = 5  # the early window holds at least this many epochs
+OUTLIER_SPREAD = 2.0  # a training image is flagged below its class's median early margin minus this many robust SDs
 
 
 def early_window(min_epoch: int, n_epochs: int, least: int = MIN_WINDOW) -> int:
@@ -253,14 +254,27 @@ def confident_other(pred: Array, conf: Array, given: Array, thresholds: Array) -
         return (pred_ != np.asarray(given, dtype=np.int64)) & (_vector(conf, "conf") >= t[pred_])
 
 
-def train_flags(margin: Array, p_given: Array, given: Array, n_classes: int) -> np.ndarray:
-    """Training images flagged from the early-window dynamics ``(W, Nt)``: another class out-scored the given
-    label on average, and that class's mean probability ``p_given * exp(-margin)`` reached the lowest per-class
-    threshold (the given labels' mean early ``p_given``)."""
-    m, p = _epochs(margin, "margin"), _epochs(p_given, "p_given")
-    other = (p * np.exp(-np.clip(m, -50, 50))).mean(axis=0)
-    t = class_thresholds(p.mean(axis=0), given, n_classes)
-    return (m.mean(axis=0) < 0) & (other >= np.nanmin(t))
+def class_outliers(values: Array, given: Array, n_classes: int, spread: float = OUTLIER_SPREAD) -> np.ndarray:
+    """Per-class lower bounds: each class's median of ``values`` minus ``spread`` robust standard deviations
+    (1.4826 x the median absolute deviation) of that class (NaN for a class without images)."""
+    v = _vector(values, "values")
+    g = np.asarray(given, dtype=np.int64)
+    bounds = np.full(n_classes, np.nan)
+    for c in np.unique(g):
+        own = v[g == c]
+        median = np.median(own)
+        bounds[c] = median - spread * 1.4826 * np.median(np.abs(own - median))
+    return bounds
+
+
+def train_flags(margin: Array, given: Array, n_classes: int, spread: float = OUTLIER_SPREAD) -> np.ndarray:
+    """Training images flagged from the early-window margins ``(W, Nt)``: another class out-scored the given label
+    on average (mean margin < 0), by more than the images of that label usually trail (below its class's robust
+    lower bound, :func:`class_outliers`). On data the model learns easily the bound is above 0 and every
+    out-scored image is flagged; where it learns slowly, only the clear outliers of each class are."""
+    early = _epochs(margin, "margin").mean(axis=0)
+    bound = class_outliers(early, given, n_classes, spread)
+    return early < np.minimum(0.0, bound[np.asarray(given, dtype=np.int64)])
 
 
 def combine(q_dynamics: Array, q_folds: Array, weight: float = 0.5) -> np.ndarray:
@@ -287,7 +301,7 @@ def cleanlab_issues(given: Array, probs: Array) -> tuple[np.ndarray, np.ndarray]
     p = p / p.sum(axis=1, keepdims=True)
     quality = get_label_quality_scores(g, p, method="self_confidence")
     issues = np.zeros(len(g), dtype=bool)
-    issues[find_label_issues(g, p)] = True
+    issues[find_label_issues(g, p, n_jobs=1)] = True
     return np.asarray(quality, dtype=np.float64), issues
 
 

@@ -194,7 +194,7 @@ def _train_scores(samples: Samples, window_end: int, gate: FlagGate) -> SplitSco
     p_given = ref.p_true.astype(np.float64) if ref is not None else np.full(n, np.nan)
     preferred = ref.pred.astype(np.int64) if ref is not None else np.full(n, -1)
     allowed = gate.allows(target, samples.classes)
-    rule = _rules(train_flags(margin, p, target, len(samples.classes)) & allowed, EARLY_DYNAMICS)
+    rule = _rules(train_flags(margin, target, len(samples.classes)) & allowed, EARLY_DYNAMICS)
     oof_p, ranked_by = np.full(n, np.nan), "early_aum"
     if samples.train_oof is not None:
         oof = np.asarray(samples.train_oof, dtype=np.float64)
