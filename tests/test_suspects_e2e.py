@@ -148,15 +148,28 @@ def test_folds_rank_with_out_of_fold_probabilities_and_a_resume_keeps_finished_f
     folder_with_moved_images(tmp_path / "images", per_class=16, moved_per_class=2)
     run = tmp_path / "run"
     args = ["data=folder", f"data.root={tmp_path / 'images'}", "data.image_size=16", "trainer.max_epochs=4",
-            "suspects.folds=2", "~callbacks.progress_bar"]  # fmt: skip
+            "suspects.folds=2", "launcher=joblib", "~callbacks.progress_bar"]  # fmt: skip
     proc = run_module("src.train", *args, f"hydra.run.dir={run}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "suspects.folds: fold 1/2 done" in proc.stdout and "fold 2/2 done" in proc.stdout
+    # in parallel joblib jobs, as a sweep's, with the run's console: Lightning's lines only in its train.log
+    assert "2 at a time (launcher=joblib)" in proc.stdout or (os.cpu_count() or 1) < 2
+    assert (
+        "GPU available" not in proc.stdout + proc.stderr
+        and "GPU available" in (run / "train.log").read_text()
+    )
     rows = read_suspects(run)
     train = [r for r in rows if r["split"] == "train"]
     assert train and all(r["ranked_by"] == "early_aum+cleanlab_2_folds" and r["oof_p_given"] for r in train)
+    assert all(
+        r["ranked_by"] == "p_given+early_p_given+early_aum_2_folds" for r in rows if r["split"] == "val"
+    )
     samples = load_samples(run)
     assert samples.oof_folds == 2 and samples.train_oof.shape == (len(train), 3)
+    # the folds' own dynamics: every training image learned by 1 fold, every val image by both
+    assert samples.train_folds_aum.shape == (len(train),) and samples.val_folds_aum.shape == (
+        len(rows) - len(train),
+    )
     np.testing.assert_allclose(samples.train_oof.sum(axis=1), 1.0, rtol=1e-5)
     folds = run / "suspects_folds"
     assert sorted(p.name for p in folds.iterdir()) == ["fold_0.npz", "fold_1.npz"]

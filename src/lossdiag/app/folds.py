@@ -38,6 +38,7 @@ from lossdiag.data.datamodules import InMemoryDataModule
 from lossdiag.data.splits import concatenate, take
 from lossdiag.errors import UserError
 from lossdiag.functional.softmax import class_softmax
+from lossdiag.functional.suspects import early_aum, early_window_end, given_label_dynamics
 from lossdiag.models.predict import predict_records
 from lossdiag.rundir.folds import FoldResult, load_fold, save_fold
 from lossdiag.rundir.paths import FOLDS_DIR, display_path
@@ -93,17 +94,44 @@ def fold_datamodule(dm: InMemoryDataModule, held: np.ndarray) -> InMemoryDataMod
     return fold
 
 
+class FoldDynamics(L.Callback):
+    """A fold's own training dynamics: every epoch's training-step margins of its training images (from the
+    module's gathered records) and its held-out mean loss, which places its early window."""
+
+    def __init__(self) -> None:
+        self.train_epochs: list[int] = []
+        self.margins: list[np.ndarray] = []
+        self.val_epochs: list[int] = []
+        self.val_loss: list[float] = []
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        rec = pl_module.epoch_records("train")  # type: ignore[operator]
+        self.train_epochs.append(trainer.current_epoch)
+        self.margins.append(given_label_dynamics(rec.logits, rec.target)[1].cpu().numpy().astype(np.float16))
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self.val_epochs.append(trainer.current_epoch)
+            self.val_loss.append(float(pl_module.epoch_records("val").cross_entropy.mean()))  # type: ignore[operator]
+
+    def early_aum(self) -> np.ndarray:
+        """Minus each training image's mean margin over the fold's early window (higher = more suspect)."""
+        _, end = early_window_end(self.train_epochs, self.val_epochs, self.val_loss)
+        return early_aum(np.stack(self.margins), sum(e <= end for e in self.train_epochs))
+
+
 def train_fold(cfg: DictConfig, dm: InMemoryDataModule, plan: FoldPlan, fold: int) -> FoldResult:
-    """Fold ``fold``'s training (the run's configuration; no loggers, checkpoints or diagnosis) and its
-    held-out probabilities from the last model."""
+    """Fold ``fold``'s training (the run's configuration; no loggers, checkpoints or diagnosis): the held-out
+    probabilities from its last model and its training images' early-window AUM."""
     from lossdiag.app.pipeline import build_module, build_trainer
 
     start = time.perf_counter()
     data = fold_datamodule(dm, plan.held[fold])
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     module = build_module(cfg, data)
+    dynamics = FoldDynamics()
     trainer = build_trainer(
-        cfg, callbacks=[NonFiniteLossGuard()], logger=False, enable_checkpointing=False,
+        cfg, callbacks=[dynamics, NonFiniteLossGuard()], logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False,
     )  # fmt: skip
     if trainer.world_size > 1:
@@ -116,17 +144,18 @@ def train_fold(cfg: DictConfig, dm: InMemoryDataModule, plan: FoldPlan, fold: in
     assert records is not None
     probs = class_softmax(records.logits.double().cpu()).float().numpy()
     accuracy = float((probs.argmax(1) == records.target.cpu().numpy()).mean())
-    return FoldResult(fold, plan.held[fold], probs, time.perf_counter() - start, accuracy, plan.fingerprint)
+    seconds = time.perf_counter() - start
+    return FoldResult(fold, plan.held[fold], probs, dynamics.early_aum(), seconds, accuracy, plan.fingerprint)
 
 
 def _fold_job(config: dict[str, Any], plan: FoldPlan, fold: int, run_dir: str) -> FoldResult:
     """One fold in a joblib worker: the data rebuilt from the configuration, the result saved where it ran."""
-    from lossdiag.app.console import quiet_lightning
+    from lossdiag.app.console import quiet_spawned_process
     from lossdiag.app.pipeline import build_datamodule, prepare
 
     cfg = OmegaConf.create(config)
+    quiet_spawned_process()  # as the run logs: plain lines, Lightning's into its train.log only
     prepare(cfg)
-    quiet_lightning()
     dm = build_datamodule(cfg)
     if dm.train is None or len(dm.train) != plan.n_train:
         raise RuntimeError("the rebuilt training split differs from the run's: the folds cannot be matched")
@@ -166,10 +195,22 @@ def _run_folds(cfg: DictConfig, dm: InMemoryDataModule, plan: FoldPlan, todo: li
     yield from parallel(delayed(_fold_job)(config, plan, fold, str(run_dir)) for fold in todo)
 
 
-def cross_validate(cfg: DictConfig, dm: InMemoryDataModule, run_dir: str | Path) -> tuple[np.ndarray, int]:
-    """Out-of-fold class probabilities ``(Nt, C)`` of every training image, and K; finished folds of an earlier
-    attempt (same plan) are kept, the others trained and saved one by one."""
-    assert dm.train is not None
+@dataclass(frozen=True)
+class CrossValidation:
+    """What the K folds give the suspects: out-of-fold probabilities ``(Nt, C)`` of every training image, and the
+    folds' own early-window AUM of the images they trained on, averaged per image (train: over K-1 folds, val:
+    over K)."""
+
+    folds: int
+    oof: np.ndarray
+    train_aum: np.ndarray
+    val_aum: np.ndarray
+
+
+def cross_validate(cfg: DictConfig, dm: InMemoryDataModule, run_dir: str | Path) -> CrossValidation:
+    """:class:`CrossValidation` of the run's training split; finished folds of an earlier attempt (same plan) are
+    kept, the others trained and saved one by one."""
+    assert dm.train is not None and dm.val is not None
     run_dir = Path(run_dir)
     plan = plan_folds(cfg, dm.train.y.numpy(), dm.num_classes)
     done = {k: r for k in range(plan.folds) if (r := load_fold(run_dir, k, plan.fingerprint)) is not None}
@@ -190,7 +231,17 @@ def cross_validate(cfg: DictConfig, dm: InMemoryDataModule, run_dir: str | Path)
             f"suspects.folds: fold {result.fold + 1}/{plan.folds} done in {result.seconds:.1f} s (held-out accuracy "
             f"{result.accuracy:.3f} on {len(result.held)} images; {len(done)} of {plan.folds} done)",
         )
+    return combine_folds(plan, list(done.values()), len(dm.val))
+
+
+def combine_folds(plan: FoldPlan, results: list[FoldResult], n_val: int) -> CrossValidation:
+    """The folds' results as one :class:`CrossValidation` (a fold trained on the rest of train, then all of val)."""
     oof = np.zeros((plan.n_train, plan.n_classes), dtype=np.float32)
-    for result in done.values():
+    aum_sum, count = np.zeros(plan.n_train + n_val), np.zeros(plan.n_train + n_val)
+    for result in results:
         oof[result.held] = result.probs
-    return oof, plan.folds
+        fit = np.concatenate([np.setdiff1d(np.arange(plan.n_train), result.held), plan.n_train + np.arange(n_val)])
+        aum_sum[fit] += result.early_aum
+        count[fit] += 1
+    aum = (aum_sum / np.maximum(count, 1)).astype(np.float32)
+    return CrossValidation(plan.folds, oof, aum[: plan.n_train], aum[plan.n_train :])

@@ -194,7 +194,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if samples is None:
             log.warning("suspects.folds: the run recorded no validation epoch to rank: no folds were trained")
         else:
-            samples.train_oof, samples.oof_folds = cross_validate(cfg, datamodule, cfg.paths.output_dir)
+            folds = cross_validate(cfg, datamodule, cfg.paths.output_dir)
+            samples.train_oof, samples.oof_folds = folds.oof, folds.folds
+            samples.train_folds_aum, samples.val_folds_aum = folds.train_aum, folds.val_aum
             diagnosis.write(trainer)
     return final_metrics(trainer, model, cfg.paths.output_dir)
 

@@ -37,6 +37,9 @@ key                         shape      meaning
 ``train_oof_probs``         (Nt, C)    ``suspects.folds=K`` only: every training image's class probabilities
                                        from the one of K extra trainings that held it out (float32)
 ``oof_folds``               ()         K (absent without ``train_oof_probs``)
+``train_folds_early_aum``   (Nt,)      minus the early-window mean margin in the K-1 folds that trained on the
+                                       image, averaged (float32)
+``val_folds_early_aum``     (N,)       the same over the K folds (each trains on the val split)
 =========================== ========== ================================================================
 
 ``val/loss`` of epoch ``e`` is ``val_loss[e].mean()``; ``val/acc`` is ``(val_pred[e] == val_target).mean()``.
@@ -97,6 +100,9 @@ class Samples:
     # suspects.folds=K: out-of-fold class probabilities of every training sample (train.index order), and K
     train_oof: np.ndarray | None = None
     oof_folds: int = 0
+    # and the folds' own training dynamics: minus each image's early-window mean margin, averaged over the folds
+    train_folds_aum: np.ndarray | None = None
+    val_folds_aum: np.ndarray | None = None
 
     def add_epoch(self, epoch: int, evaluation: Evaluation) -> None:
         self.epochs.append(int(epoch))
@@ -143,6 +149,12 @@ class Samples:
         if self.train_oof is not None:
             arrays["train_oof_probs"] = np.asarray(self.train_oof, dtype=np.float32)
             arrays["oof_folds"] = np.asarray(self.oof_folds, dtype=np.int64)
+        for key, value in (
+            ("train_folds_early_aum", self.train_folds_aum),
+            ("val_folds_early_aum", self.val_folds_aum),
+        ):
+            if value is not None:
+                arrays[key] = np.asarray(value, dtype=np.float32)
         for split in SPLITS:
             evals = [self.models[m][split] for m in self.models if split in self.models[m]]
             if evals and len(evals) == len(self.models):
@@ -216,6 +228,8 @@ def load_samples(run_dir_or_file: str | Path) -> Samples:
     if "train_oof_probs" in arrays:
         samples.train_oof = arrays["train_oof_probs"]
         samples.oof_folds = int(arrays["oof_folds"])
+    samples.train_folds_aum = arrays.get("train_folds_early_aum")
+    samples.val_folds_aum = arrays.get("val_folds_early_aum")
     names = [str(m) for m in arrays["models"]]
     for split in SPLITS:
         stacked = _unflatten(arrays, f"model_{split}")

@@ -223,6 +223,18 @@ def early_window(min_epoch: int, n_epochs: int, least: int = MIN_WINDOW) -> int:
     return int(min(max(min_epoch + 1, least), n_epochs))
 
 
+def early_window_end(
+    dynamics_epochs: Sequence[int], val_epochs: Sequence[int], val_mean_loss: Array
+) -> tuple[int, int]:
+    """``(min_epoch, window_end)``: the epoch (number) of the lowest mean val loss and the last epoch of the early
+    window, the recorded training epochs up to it (at least :data:`MIN_WINDOW` of them)."""
+    loss = _vector(val_mean_loss, "val_mean_loss")
+    min_epoch = int(val_epochs[int(np.argmin(loss))])
+    recorded = list(dynamics_epochs) or list(val_epochs)
+    upto = sum(e <= min_epoch for e in recorded)
+    return min_epoch, int(recorded[early_window(upto - 1, len(recorded)) - 1])
+
+
 def early_aum(margin: Array, window: int) -> np.ndarray:
     """Minus the mean margin over the first ``window`` epochs: higher = more suspect."""
     m = _epochs(margin, "margin")

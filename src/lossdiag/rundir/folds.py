@@ -1,8 +1,9 @@
 """``<run>/suspects_folds/fold_<k>.npz``: one finished fold of ``suspects.folds=K``, written atomically.
 
 Each file holds the held-out training images' class probabilities (``probs`` (n, C) float32, rows in the order of
-``held``, positions in the run's training split) and the ``plan`` fingerprint of the split and configuration it was
-made for; a resumed run keeps the files whose fingerprint still matches and trains only the other folds.
+``held``, positions in the run's training split), the fold's own early-window AUM of the images it trained on
+(``early_aum``: the rest of the training split in order, then the val split) and the ``plan`` fingerprint of the
+split and configuration it was made for; a resumed run keeps the files whose fingerprint still matches and trains only the other folds.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class FoldResult:
     fold: int
     held: np.ndarray  # positions in the run's training split
     probs: np.ndarray  # (len(held), C) float32
+    early_aum: np.ndarray  # the fold's training images (the rest of train, then val): minus their early mean margin
     seconds: float
     accuracy: float  # on the held-out images' given labels
     plan: str  # fingerprint of the split and configuration
@@ -41,6 +43,7 @@ def save_fold(run_dir: str | Path, result: FoldResult) -> Path:
         fold=np.asarray(result.fold),
         held=np.asarray(result.held, dtype=np.int64),
         probs=np.asarray(result.probs, dtype=np.float32),
+        early_aum=np.asarray(result.early_aum, dtype=np.float32),
         seconds=np.asarray(result.seconds),
         accuracy=np.asarray(result.accuracy),
         plan=np.asarray(result.plan),
@@ -58,7 +61,8 @@ def load_fold(run_dir: str | Path, fold: int, plan: str) -> FoldResult | None:
             if str(data["plan"]) != plan or int(data["fold"]) != fold:
                 return None
             return FoldResult(
-                fold, data["held"], data["probs"], float(data["seconds"]), float(data["accuracy"]), plan
-            )
+                fold, data["held"], data["probs"], data["early_aum"], float(data["seconds"]),
+                float(data["accuracy"]), plan,
+            )  # fmt: skip
     except (OSError, KeyError, ValueError):
         return None

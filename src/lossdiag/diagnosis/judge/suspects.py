@@ -4,10 +4,12 @@ The ranking uses what the run recorded (nothing is re-run), read before the mode
 is the epochs up to the val-loss minimum (at least :data:`~lossdiag.functional.suspects.MIN_WINDOW`).
 
 - Training images: minus the area under the margin of their own training steps over the early window
-  (:func:`~lossdiag.functional.suspects.early_aum`); with ``suspects.folds=K`` (``samples.train_oof``) combined
-  with cleanlab's label quality on the out-of-fold probabilities (:data:`FOLDS_WEIGHT` on the folds).
+  (:func:`~lossdiag.functional.suspects.early_aum`); with ``suspects.folds=K`` (``samples.train_oof``) that AUM
+  averaged with the K-1 folds' that also trained on the image, combined with cleanlab's label quality on the
+  out-of-fold probabilities (:data:`FOLDS_WEIGHT` on the folds).
 - Validation images: ``p_given`` under the reference model (the best one; ``src.evaluate``: the evaluated one)
-  averaged with its mean over the early window (:func:`~lossdiag.functional.suspects.val_suspicion`).
+  averaged with its mean over the early window (:func:`~lossdiag.functional.suspects.val_suspicion`); with
+  ``suspects.folds=K`` combined with the K folds' early-window AUM (each fold trains on the val split).
 
 Flags mean label noise, not training state: none when the verdict is ``not_learning``, none for images labelled
 with a collapsed class, and thresholds calibrated per class (confident learning: ``t[c]`` = mean ``p_given`` of
@@ -39,7 +41,7 @@ from lossdiag.functional.suspects import (
     combine,
     confident_other,
     early_aum,
-    early_window,
+    early_window_end,
     merge_splits,
     quantile,
     train_flags,
@@ -136,10 +138,7 @@ def early_epochs(samples: Samples, history: Evaluation | None = None) -> tuple[i
     if not samples.val_epochs:
         return None
     history = history if history is not None else samples.history
-    min_epoch = samples.epochs[int(np.argmin(mean_losses(history.loss)))]
-    recorded = samples.dynamics_epochs or samples.epochs
-    upto = sum(e <= min_epoch for e in recorded)
-    return min_epoch, recorded[early_window(upto - 1, len(recorded)) - 1]
+    return early_window_end(samples.dynamics_epochs, samples.epochs, mean_losses(history.loss))
 
 
 def model_thresholds(samples: Samples) -> dict[str, list[float]]:
@@ -199,6 +198,9 @@ def _train_scores(samples: Samples, window_end: int, gate: FlagGate) -> SplitSco
     if samples.train_oof is not None:
         oof = np.asarray(samples.train_oof, dtype=np.float64)
         quality, issues = cleanlab_issues(target, oof)
+        if samples.train_folds_aum is not None:  # the mean over every training that learned the image: K of them
+            k = samples.oof_folds
+            raw = (raw + (k - 1) * np.asarray(samples.train_folds_aum, dtype=np.float64)) / k
         raw = combine(quantile(raw), quantile(1.0 - quality), FOLDS_WEIGHT)
         oof_p, preferred = oof[np.arange(n), target], oof.argmax(axis=1)
         rule = np.where((rule == "") & issues & allowed, CLEANLAB, rule)
@@ -242,8 +244,12 @@ def rank_run(
             p_early = p
         rule = _rules(_val_flags(ev, target, samples.classes, gate, t), CONFIDENT_OTHER)
         ranked_by = "p_given+early_p_given" if history is not None else "p_given"
-        parts.append(SplitScores("val", val_suspicion(p, p_early), p, p_early, np.full(len(p), np.nan),
-                                 ev.pred.astype(np.int64), rule, ranked_by))  # fmt: skip
+        raw = val_suspicion(p, p_early)
+        if model is None and samples.val_folds_aum is not None:  # every fold trained on the val split
+            raw = combine(quantile(samples.val_folds_aum), quantile(raw), FOLDS_WEIGHT)
+            ranked_by += f"+early_aum_{samples.oof_folds}_folds"
+        parts.append(SplitScores("val", raw, p, p_early, np.full(len(p), np.nan), ev.pred.astype(np.int64), rule,
+                                 ranked_by))  # fmt: skip
     if not parts:
         return None
     return RunSuspects(
