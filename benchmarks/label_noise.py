@@ -121,7 +121,7 @@ def one_training_rows(run: Path) -> list[dict[str, Any]]:
     from lossdiag.diagnosis.samples import load_samples
 
     samples = load_samples(run)
-    samples.train_oof, samples.oof_folds = None, 0
+    samples.train_oof, samples.oof_folds, samples.train_folds_aum, samples.val_folds_aum = None, 0, None, None
     verdict = judge(samples)
     ranked = rank_run(samples, None, verdict.kind, verdict.stats.collapsed_classes)
     assert ranked is not None

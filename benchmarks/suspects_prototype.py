@@ -82,7 +82,12 @@ class Run:
         """Mean held-out cross-entropy on the given labels of each of the first ``epochs`` epochs."""
         logits = torch.from_numpy(self.held_logits[:epochs])
         target = torch.from_numpy(self.held_given).expand(epochs, -1)
-        return F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none").view(epochs, -1).mean(1).numpy()
+        return (
+            F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none")
+            .view(epochs, -1)
+            .mean(1)
+            .numpy()
+        )
 
     def held_acc(self, epochs: int) -> np.ndarray:
         return (self.held_logits[:epochs].argmax(-1) == self.held_given).mean(1)
@@ -148,36 +153,41 @@ def cached_train(cache: Path | None, name: str, *args: object) -> Run:
 # -- candidates ----------------------------------------------------------------------------------------------
 def train_candidates(run: Run, epochs: int) -> dict[str, np.ndarray]:
     """One-training scores of the training images (higher = more suspect) from the first ``epochs`` epochs."""
+    from scipy.stats import rankdata
+
     m, p = run.margin[:epochs].astype(np.float64), run.p_given[:epochs].astype(np.float64)
     lo = run.min_epoch(epochs)
-    out = {
-        "AUM, all epochs (today)": -m.mean(0),
+    ranks = np.stack([rankdata(-row) / len(row) for row in m])  # each epoch's rank: 1 = lowest margin
+    return {
+        "AUM, all epochs (before)": -m.mean(0),
         "AUM, epochs to the val-loss min": -m[: lo + 1].mean(0),
-        "AUM, epochs to 2x the val-loss min": -m[: 2 * lo + 2].mean(0),
         "AUM, first 5 epochs": -m[:5].mean(0),
         "AUM, first 10 epochs": -m[:10].mean(0),
         "AUM, first 20 epochs": -m[:20].mean(0),
+        "mean per-epoch rank of the margin, all epochs": ranks.mean(0),
         "1 - p_given, epochs to the val-loss min": 1 - p[: lo + 1].mean(0),
-        "loss, epochs to the val-loss min": -np.log(np.clip(p[: lo + 1], 1e-12, 1)).mean(0),
+        "AUM, twice the epochs to the val-loss min (product)": S.early_aum(m, S.early_window(lo, epochs)),
     }
-    out["early window (product)"] = S.early_aum(m, S.early_window(lo, epochs))
-    return out
+
+
+def val_p_given(run: Run, epochs: int) -> np.ndarray:
+    """``(epochs, n_held)`` p of the given label of every held-out image after each epoch."""
+    idx = np.arange(len(run.held_given))
+    return np.stack([run.probs(e)[idx, run.held_given] for e in range(epochs)])
 
 
 def val_candidates(run: Run, epochs: int) -> dict[str, np.ndarray]:
     """Scores of the val images (never trained on) from the same training."""
     best, lo = run.best_epoch(epochs), run.min_epoch(epochs)
-    idx = np.arange(len(run.held_given))
-    p = np.stack([run.probs(e)[idx, run.held_given] for e in range(epochs)])
+    p = val_p_given(run, epochs)
     early = p[: S.early_window(lo, epochs)].mean(0)
     return {
-        "best-model p_given (today)": 1 - p[best],
+        "best-model p_given (before)": 1 - p[best],
         "min-loss-epoch p_given": 1 - p[lo],
-        "mean p_given, epochs to the min": 1 - early,
-        "best-model and early mean (product)": S.val_suspicion(p[best], early),
-        "mean p_given, all epochs": 1 - p.mean(0),
         "last-epoch p_given": 1 - p[-1],
+        "mean p_given over the early window": 1 - early,
         "last-epoch and early mean": S.val_suspicion(p[-1], early),
+        "best-model and early mean (product)": S.val_suspicion(p[best], early),
     }
 
 
@@ -189,10 +199,21 @@ def oof_probs(folds: list[tuple[np.ndarray, Run]], n: int, c: int, epochs: int, 
             probs[held] = r.probs(r.best_epoch(epochs))
         elif pick == "last epoch":
             probs[held] = r.probs(epochs - 1)
-        else:  # mean over the early window
-            window = S.early_window(r.min_epoch(epochs), epochs)
-            probs[held] = np.mean([r.probs(e) for e in range(window)], axis=0)
+        else:  # mean over the second half of the epochs
+            probs[held] = np.mean([r.probs(e) for e in range(epochs // 2, epochs)], axis=0)
     return probs
+
+
+def ensemble_aum(
+    run: Run, folds: list[tuple[np.ndarray, Run]], n: int, tr: np.ndarray, epochs: int
+) -> np.ndarray:
+    """Every image's early-window AUM (suspicion) averaged over the trainings that learned it: the run (train
+    images) and the folds (the rest of train, and val), each with its own early window."""
+    total, count = np.zeros(n), np.zeros(n)
+    for fit, r in [(tr, run), *((r.fit, r) for _, r in folds)]:
+        total[fit] += S.early_aum(r.margin[:epochs], S.early_window(r.min_epoch(epochs), epochs))
+        count[fit] += 1
+    return total / np.maximum(count, 1)
 
 
 # -- metrics -------------------------------------------------------------------------------------------------
@@ -203,18 +224,19 @@ def at_k(score: np.ndarray, moved: np.ndarray) -> float:
 
 
 def merged(n: int, parts: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """One score over both splits: each split's quantiles, as suspects.csv merges them."""
     out = np.full(n, np.nan)
     for idx, score in parts:
         out[idx] = S.quantile(score)
     return out
 
 
-def flag_metrics(flag: np.ndarray, moved: np.ndarray) -> dict[str, float]:
+def flag_metrics(flag: np.ndarray, moved: np.ndarray, prefix: str = "") -> dict[str, float]:
     hits = int((flag & moved).sum())
     return {
-        "flagged": float(flag.sum()),
-        "flag precision": hits / flag.sum() if flag.any() else float("nan"),
-        "flag recall": hits / moved.sum() if moved.any() else float("nan"),
+        f"{prefix}flagged": float(flag.sum()),
+        f"{prefix}flag precision": hits / flag.sum() if flag.any() else float("nan"),
+        f"{prefix}flag recall": hits / moved.sum() if moved.any() else float("nan"),
     }
 
 
@@ -230,16 +252,123 @@ class Row:
     metrics: dict[str, float]
 
 
+@dataclass
+class Data:
+    """One folder, its split and its trainings."""
+
+    y: np.ndarray
+    moved: np.ndarray
+    tr: np.ndarray
+    va: np.ndarray
+    run: Run
+    folds: list[tuple[np.ndarray, Run]]
+
+    @property
+    def n(self) -> int:
+        return len(self.y)
+
+    @property
+    def c(self) -> int:
+        return int(self.y.max()) + 1
+
+
+def one_training_rows(d: Data, epochs: int) -> list[tuple[str, str, dict[str, float]]]:
+    """Scores and flags of one training."""
+    out = []
+    trains, vals = train_candidates(d.run, epochs), val_candidates(d.run, epochs)
+    out += [
+        ("one training: train images", name, {"P@k": at_k(s, d.moved[d.tr])}) for name, s in trains.items()
+    ]
+    out += [("one training: val images", name, {"P@k": at_k(s, d.moved[d.va])}) for name, s in vals.items()]
+    for name, t, v in (("before", "AUM, all epochs (before)", "best-model p_given (before)"),
+                       ("product", "AUM, twice the epochs to the val-loss min (product)",
+                        "best-model and early mean (product)")):  # fmt: skip
+        out.append(
+            (
+                "one training: all images",
+                name,
+                {"P@k": at_k(merged(d.n, [(d.tr, trains[t]), (d.va, vals[v])]), d.moved)},
+            )
+        )
+    lo, best = d.run.min_epoch(epochs), d.run.best_epoch(epochs)
+    m = d.run.margin[: S.early_window(lo, epochs)]
+    pv = d.run.probs(best)
+    yv = d.y[d.va]
+    t = S.class_thresholds(pv[np.arange(len(yv)), yv], yv, d.c)
+    val_cl = S.confident_other(pv.argmax(1), pv.max(1), yv, t)
+    rules = {
+        "before: AUM < 0 | val: the model says another class": (-S.aum(d.run.margin[:epochs]) > 0, pv.argmax(1) != yv),
+        "early mean margin < 0 | val: per-class thresholds": (m.astype(np.float64).mean(0) < 0, val_cl),
+        "product: below its class's robust bound and 0 | val: per-class thresholds": (S.train_flags(m, d.y[d.tr], d.c), val_cl),
+    }  # fmt: skip
+    for name, (ft, fv) in rules.items():
+        both = np.zeros(d.n, bool)
+        both[d.tr], both[d.va] = ft, fv
+        metrics = {**flag_metrics(ft, d.moved[d.tr], "train "), **flag_metrics(fv, d.moved[d.va], "val "),
+                   **flag_metrics(both, d.moved, "all ")}  # fmt: skip
+        out.append(("one training: flags", name, metrics))
+    return out
+
+
+def folds_rows(d: Data, epochs: int, k: int) -> list[tuple[str, str, dict[str, float]]]:
+    """cleanlab alone on the out-of-fold probabilities, and the product's combination with the dynamics."""
+    out = []
+    yt = d.y[d.tr]
+    lo, best = d.run.min_epoch(epochs), d.run.best_epoch(epochs)
+    pv = d.run.probs(best)
+    ens = ensemble_aum(d.run, d.folds, d.n, d.tr, epochs)
+    main = S.early_aum(d.run.margin[:epochs], S.early_window(lo, epochs))
+    val_product = val_candidates(d.run, epochs)["best-model and early mean (product)"]
+    val_folds = S.combine(S.quantile(ens[d.va]), S.quantile(val_product), 0.5)
+    for pick in ("last epoch", "best epoch", "mean of the second half"):
+        probs = oof_probs(d.folds, d.n, d.c, epochs, pick)
+        probs[d.va] = pv
+        label = f"{k} folds, {pick}"
+        quality, cl = S.cleanlab_issues(
+            d.y, probs
+        )  # every image: train out of fold, val from the run's best model
+        default = np.zeros(d.n, bool)
+        from cleanlab.filter import find_label_issues
+
+        default[d.tr] = find_label_issues(yt, probs[d.tr], n_jobs=1)
+        out.append(("folds: cleanlab alone", label, {"P@k": at_k(1 - quality, d.moved), "train P@k": at_k(1 - quality[d.tr], d.moved[d.tr]),
+                    "val P@k": at_k(1 - quality[d.va], d.moved[d.va]), **flag_metrics(default[d.tr], d.moved[d.tr], "train ")}))  # fmt: skip
+        q_oof = S.quantile(1 - quality[d.tr])
+        variants = {
+            f"{label}: run's dynamics, weight 0.5": (S.combine(S.quantile(main), q_oof, 0.5), val_product),
+            f"{label}: every training's dynamics, weight 0.25": (S.combine(S.quantile(ens[d.tr]), q_oof, 0.25), val_folds),
+            f"{label}: every training's dynamics, weight 0.75": (S.combine(S.quantile(ens[d.tr]), q_oof, 0.75), val_folds),
+            f"{label}: every training's dynamics, weight 0.5 (product)": (S.combine(S.quantile(ens[d.tr]), q_oof, 0.5), val_folds),
+        }  # fmt: skip
+        for name, (ts, vs) in variants.items():
+            out.append(("folds: + dynamics", name, {"P@k": at_k(merged(d.n, [(d.tr, ts), (d.va, vs)]), d.moved),
+                        "train P@k": at_k(ts, d.moved[d.tr]), "val P@k": at_k(vs, d.moved[d.va])}))  # fmt: skip
+        dyn_flag = S.train_flags(-ens[d.tr][None], yt, d.c)
+        agree = S.quantile(ens[d.tr]) > 0.75
+        for name, flag in ((f"{label}: cleanlab default (prune by noise rate)", default[d.tr]),
+                           (f"{label}: cleanlab confident learning", cl[d.tr]),
+                           (f"{label}: product (confident learning where the dynamics agree, or the dynamics)",
+                            (cl[d.tr] & agree) | dyn_flag)):  # fmt: skip
+            both = np.zeros(d.n, bool)
+            both[d.tr], both[d.va] = flag, S.confident_other(pv.argmax(1), pv.max(1), d.y[d.va],
+                                                             S.class_thresholds(pv[np.arange(len(d.va)), d.y[d.va]], d.y[d.va], d.c))  # fmt: skip
+            out.append(
+                (
+                    "folds: flags",
+                    name,
+                    {**flag_metrics(flag, d.moved[d.tr], "train "), **flag_metrics(both, d.moved, "all ")},
+                )
+            )
+    return out
+
+
 def experiment(
     kind: str, seed: int, epochs_list: list[int], k_folds: int, noise: float, cache: Path | None = None
 ) -> list[Row]:
     """Every candidate on one folder: one training, and ``k_folds`` trainings on folds of its train split."""
-    from cleanlab.filter import find_label_issues
-    from cleanlab.rank import get_label_quality_scores
-
     with tempfile.TemporaryDirectory() as tmp:
         x, y, moved = load(make_folder(kind, Path(tmp) / "data", seed, noise))
-    n, c = len(y), int(y.max()) + 1
+    n = len(y)
     idx = np.arange(n)
     tr, va = train_test_split(idx, test_size=round(n * VAL_FRACTION), stratify=y, random_state=seed)
     tr, va = np.sort(tr), np.sort(va)
@@ -249,84 +378,19 @@ def experiment(
     split = StratifiedKFold(k_folds, shuffle=True, random_state=seed).split(tr, y[tr])
     folds = [(tr[h], cached_train(cache, f"{tag}_fold{i}of{k_folds}", x, y, np.sort(np.concatenate([tr[f], va])),
                                   tr[h], top, seed)) for i, (f, h) in enumerate(split)]  # fmt: skip
+    d = Data(y, moved, tr, va, run, folds)
     rows: list[Row] = []
     for epochs in epochs_list:
         secs = float(run.seconds[epochs - 1])
-        fold_secs = sum(float(r.seconds[epochs - 1]) for _, r in folds)
-
-        def add(group: str, method: str, trainings: int, seconds: float, metrics: dict[str, float],
-                epochs: int = epochs) -> None:  # fmt: skip
-            rows.append(Row(kind, seed, epochs, group, method, trainings, seconds, metrics))
-
-        trains, vals = train_candidates(run, epochs), val_candidates(run, epochs)
-        val_product = vals["best-model and early mean (product)"]
-        for name, score in trains.items():
-            add("one training: train images", name, 1, secs, {"P@k": at_k(score, moved[tr])})
-        train_product = trains["early window (product)"]
-        for name, score in vals.items():
-            add("one training: val images", name, 1, secs, {"P@k": at_k(score, moved[va])})
-        for (tname, tscore), vscore in [(("today", trains["AUM, all epochs (today)"]), vals["best-model p_given (today)"]),
-                                        (("product", train_product), val_product)]:  # fmt: skip
-            add("one training: all images", tname, 1, secs, {"P@k": at_k(merged(n, [(tr, tscore), (va, vscore)]), moved)})
-        window = S.early_window(run.min_epoch(epochs), epochs)
-        p_early_train = run.p_given[:window].astype(np.float64).mean(0)
-        raw = np.zeros(n)
-        raw[tr], raw[va] = 1 - p_early_train, val_product
-        add("one training: all images", "product, merged by value (1 - early p_given)", 1, secs, {"P@k": at_k(raw, moved)})
-        # flags of one training
+        fold_secs = secs + sum(float(r.seconds[epochs - 1]) for _, r in folds)
+        rows += [Row(kind, seed, epochs, g, name, 1, secs, m) for g, name, m in one_training_rows(d, epochs)]
+        rows += [
+            Row(kind, seed, epochs, g, name, 1 + k_folds, fold_secs, m)
+            for g, name, m in folds_rows(d, epochs, k_folds)
+        ]
         best = run.best_epoch(epochs)
-        pv = run.probs(best)
-        t = S.class_thresholds(pv[np.arange(len(va)), y[va]], y[va], c)
-        lo = run.min_epoch(epochs)
-        window = S.early_window(lo, epochs)
-        m_early = run.margin[:window].astype(np.float64)
-        p_early = run.p_given[:window].astype(np.float64)
-        flag_rules: dict[str, tuple[np.ndarray, np.ndarray]] = {
-            "today: AUM < 0 | model says another": (-S.aum(run.margin[:epochs]) > 0, pv.argmax(1) != y[va]),
-            "early AUM < 0 | CL threshold": (m_early.mean(0) < 0, S.confident_other(pv.argmax(1), pv.max(1), y[va], t)),
-            "out-scored in 3/4 of early epochs | CL threshold": ((m_early < 0).mean(0) >= 0.75, S.confident_other(pv.argmax(1), pv.max(1), y[va], t)),
-            "product": (S.train_flags(m_early, p_early, y[tr], c), S.confident_other(pv.argmax(1), pv.max(1), y[va], t)),
-            "early AUM < 0 and early p_given below half its class mean": (
-                (m_early.mean(0) < 0) & (p_early.mean(0) < 0.5 * S.class_thresholds(p_early.mean(0), y[tr], c)[y[tr]]),
-                S.confident_other(pv.argmax(1), pv.max(1), y[va], t)),
-        }  # fmt: skip
-        for name, (ft, fv) in flag_rules.items():
-            add("one training: flags", f"train {name}", 1, secs, {f"train {k}": v for k, v in flag_metrics(ft, moved[tr]).items()})
-            add("one training: flags", f"val {name}", 1, secs, {f"val {k}": v for k, v in flag_metrics(fv, moved[va]).items()})
-        pl = run.probs(epochs - 1)
-        tl = S.class_thresholds(pl[np.arange(len(va)), y[va]], y[va], c)
-        fl = S.confident_other(pl.argmax(1), pl.max(1), y[va], tl)
-        add("one training: flags", "val CL threshold, last model", 1, secs, {f"val {k}": v for k, v in flag_metrics(fl, moved[va]).items()})
-        # K folds
-        for pick in ("best epoch", "last epoch", "early mean"):
-            probs = oof_probs(folds, n, c, epochs, pick)
-            probs[va] = pv
-            quality = get_label_quality_scores(y, probs, method="self_confidence")
-            cl = 1 - quality
-            issues = np.zeros(n, bool)
-            issues[find_label_issues(y, probs)] = True
-            label = f"{k_folds} folds ({pick})"
-            add("cleanlab alone", label, 1 + k_folds, secs + fold_secs,
-                {"P@k": at_k(cl, moved), "train P@k": at_k(cl[tr], moved[tr]),
-                 **{f"train {k}": v for k, v in flag_metrics(issues[tr], moved[tr]).items()}})  # fmt: skip
-            oof_p = probs[tr, y[tr]]
-            t_oof = S.class_thresholds(oof_p, y[tr], c)
-            for w in (0.25, 0.5, 0.75):
-                comb = S.combine(S.quantile(train_product), S.quantile(1 - oof_p), w)
-                add("folds + dynamics", f"{label}, weight {w} on folds", 1 + k_folds, secs + fold_secs,
-                    {"P@k": at_k(merged(n, [(tr, comb), (va, val_product)]), moved), "train P@k": at_k(comb, moved[tr])})  # fmt: skip
-            raw = np.zeros(n)
-            raw[tr], raw[va] = 1 - 0.5 * (oof_p + p_early_train), val_product
-            add("folds + dynamics", f"{label}, mean of OOF and early p_given, merged by value", 1 + k_folds,
-                secs + fold_secs, {"P@k": at_k(raw, moved), "train P@k": at_k(raw[tr], moved[tr])})  # fmt: skip
-            cl_flag = S.confident_other(probs[tr].argmax(1), probs[tr].max(1), y[tr], t_oof)
-            add("folds: flags", f"{label}: CL threshold", 1 + k_folds, secs + fold_secs,
-                {f"train {k}": v for k, v in flag_metrics(cl_flag, moved[tr]).items()})  # fmt: skip
-            both = cl_flag | (S.train_flags(m_early, p_early, y[tr], c) & (oof_p < t_oof[y[tr]]))
-            add("folds: flags", f"{label}: CL threshold or early flag below its class threshold", 1 + k_folds,
-                secs + fold_secs, {f"train {k}": v for k, v in flag_metrics(both, moved[tr]).items()})  # fmt: skip
-        add("accuracy", "best held-out accuracy (given labels)", 1, secs,
-            {"acc": float(run.held_acc(epochs)[best]), "min epoch": float(lo), "window": float(window)})  # fmt: skip
+        rows.append(Row(kind, seed, epochs, "accuracy", "best held-out accuracy (given labels)", 1, secs,
+                        {"acc": float(run.held_acc(epochs)[best]), "val-loss min epoch": float(run.min_epoch(epochs))}))  # fmt: skip
     return rows
 
 
@@ -344,7 +408,9 @@ def markdown(rows: list[Row]) -> str:
             each = " ".join(f"{v:.2f}" for v in values)
             cells.append(f"{key} **{np.nanmean(values):.2f}** ({each})")
         secs = np.mean([r.seconds for r in g])
-        out.append(f"| {kind} | {epochs} | {group} | {method} | {g[0].trainings} | {secs:.0f} | {'; '.join(cells)} |")
+        out.append(
+            f"| {kind} | {epochs} | {group} | {method} | {g[0].trainings} | {secs:.0f} | {'; '.join(cells)} |"
+        )
     return "\n".join(out) + "\n"
 
 
@@ -370,6 +436,7 @@ def main(argv: list[str] | None = None) -> str:
     table = markdown(rows)
     print(table)
     return table
+
 
 if __name__ == "__main__":
     main()

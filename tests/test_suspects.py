@@ -150,10 +150,13 @@ def test_quantile_makes_splits_comparable() -> None:
 
 
 # -- before memorisation, per-class thresholds, merging ------------------------------------------------
-def test_early_window_spans_the_epochs_up_to_the_val_loss_minimum() -> None:
-    assert S.early_window(min_epoch=20, n_epochs=100) == 21  # epochs 0..20
+def test_early_window_spans_twice_the_epochs_up_to_the_val_loss_minimum() -> None:
+    assert S.early_window(min_epoch=20, n_epochs=100) == 42  # twice epochs 0..20
+    assert S.early_window(min_epoch=60, n_epochs=100) == 100  # at most the epochs there are
     assert S.early_window(min_epoch=1, n_epochs=100) == S.MIN_WINDOW  # at least MIN_WINDOW
-    assert S.early_window(min_epoch=1, n_epochs=3) == 3  # at most the epochs there are
+    assert S.early_window(min_epoch=1, n_epochs=3) == 3
+    # training recorded every epoch, val every second: minimum at epoch 4, window 10 epochs (0-9)
+    assert S.early_window_end(range(20), [0, 2, 4, 6, 8], [3.0, 2.0, 1.0, 1.5, 2.0]) == (4, 9)
     # before memorisation the late learner (still below 0 in epochs 0-2) is more suspect than the forgotten one
     assert S.rank(S.early_aum(MARGIN, 3)).tolist() == [NEVER, LATE, FORGOTTEN, CLEAN]
     assert S.early_aum(MARGIN, 3) == pytest.approx(-MARGIN[:3].mean(axis=0))
@@ -203,3 +206,21 @@ def test_merge_splits_puts_both_splits_on_one_scale() -> None:
     assert ranked.score.tolist() == [1.0, 1.0, 0.75, 0.5, 0.5, 0.25]
     assert ranked.flagged.tolist() == [True, False, False, True, False, False]
     assert ranked.top("train", 2).tolist() == [3, 0]
+
+
+def test_confident_other_is_cleanlabs_confident_learning_filter() -> None:
+    """The val flags (one model's pred and confidence) and cleanlab's flags on out-of-fold probabilities are the same
+    rule: the off-diagonal of confident learning's confident joint."""
+    from cleanlab.filter import find_label_issues
+
+    rng = np.random.default_rng(0)
+    given = rng.integers(0, 4, 400)
+    logits = rng.normal(0, 1, (400, 4))
+    logits[np.arange(400), given] += 2.0
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    ours = S.confident_other(
+        probs.argmax(1), probs.max(1), given, S.class_thresholds(probs[np.arange(400), given], given, 4)
+    )
+    theirs = find_label_issues(given, probs, filter_by="confident_learning", n_jobs=1)
+    assert ours.sum() > 10 and (ours == theirs).all()
+    assert (S.cleanlab_issues(given, probs)[1] == ours).all()

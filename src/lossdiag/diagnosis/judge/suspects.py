@@ -1,7 +1,7 @@
 """A run's likely label errors: every sample of both splits ranked, and flagged where the model can judge.
 
 The ranking uses what the run recorded (nothing is re-run), read before the model memorises: the *early window*
-is the epochs up to the val-loss minimum (at least :data:`~lossdiag.functional.suspects.MIN_WINDOW`).
+is twice the epochs up to the val-loss minimum (:func:`~lossdiag.functional.suspects.early_window`).
 
 - Training images: minus the area under the margin of their own training steps over the early window
   (:func:`~lossdiag.functional.suspects.early_aum`); with ``suspects.folds=K`` (``samples.train_oof``) that AUM
@@ -14,9 +14,10 @@ is the epochs up to the val-loss minimum (at least :data:`~lossdiag.functional.s
 Flags mean label noise, not training state: none when the verdict is ``not_learning``, none for images labelled
 with a collapsed class, and thresholds calibrated per class (confident learning: ``t[c]`` = mean ``p_given`` of
 the val images labelled ``c``). A val image is flagged when the model prefers another class ``j`` with
-``p(j) >= t[j]``; a training image when, over the early window, another class out-scored its label with at
-least the lowest class threshold (:func:`~lossdiag.functional.suspects.train_flags`), or, with folds, when
-cleanlab's ``find_label_issues`` finds it on the out-of-fold probabilities. ``src.evaluate`` flags with the
+``p(j) >= t[j]``; a training image when, over the early window, another class out-scored its label by more
+than the images of its class usually trail (:func:`~lossdiag.functional.suspects.train_flags`), or, with folds,
+when cleanlab's ``find_label_issues`` (confident learning) finds it on the out-of-fold probabilities and its
+dynamics agree (it is in the most suspect :data:`DYNAMICS_AGREE` of its split). ``src.evaluate`` flags with the
 thresholds its training run stored (``suspects.json``).
 """
 
@@ -49,9 +50,10 @@ from lossdiag.functional.suspects import (
 )
 
 SHOWN = 32  # rows of suspects.md and tiles of each image grid
-FOLDS_WEIGHT = (
-    0.5  # share of the cross-validated signal in a training image's score (benchmarks/suspects_prototype.py)
-)
+# share of the cross-validated signal in a training image's score (benchmarks/suspects_prototype.py)
+FOLDS_WEIGHT = 0.5
+# a cleanlab issue is flagged when the dynamics put it in this most suspect share of its split
+DYNAMICS_AGREE = 0.25
 NOT_LEARNING = "not_learning"  # why flags are off: the verdict says the model did not learn
 NO_THRESHOLDS = "no_thresholds"  # src.evaluate on another folder without the training run's thresholds
 
@@ -193,17 +195,18 @@ def _train_scores(samples: Samples, window_end: int, gate: FlagGate) -> SplitSco
     p_given = ref.p_true.astype(np.float64) if ref is not None else np.full(n, np.nan)
     preferred = ref.pred.astype(np.int64) if ref is not None else np.full(n, -1)
     allowed = gate.allows(target, samples.classes)
-    rule = _rules(train_flags(margin, target, len(samples.classes)) & allowed, EARLY_DYNAMICS)
     oof_p, ranked_by = np.full(n, np.nan), "early_aum"
+    if samples.train_folds_aum is not None:  # the mean over every training that learned the image: K of them
+        k = samples.oof_folds
+        raw = (raw + (k - 1) * np.asarray(samples.train_folds_aum, dtype=np.float64)) / k
+    rule = _rules(train_flags(-raw[None], target, len(samples.classes)) & allowed, EARLY_DYNAMICS)
     if samples.train_oof is not None:
         oof = np.asarray(samples.train_oof, dtype=np.float64)
         quality, issues = cleanlab_issues(target, oof)
-        if samples.train_folds_aum is not None:  # the mean over every training that learned the image: K of them
-            k = samples.oof_folds
-            raw = (raw + (k - 1) * np.asarray(samples.train_folds_aum, dtype=np.float64)) / k
+        agree = quantile(raw) > 1.0 - DYNAMICS_AGREE
         raw = combine(quantile(raw), quantile(1.0 - quality), FOLDS_WEIGHT)
         oof_p, preferred = oof[np.arange(n), target], oof.argmax(axis=1)
-        rule = np.where((rule == "") & issues & allowed, CLEANLAB, rule)
+        rule = np.where((rule == "") & issues & agree & allowed, CLEANLAB, rule)
         ranked_by = f"early_aum+cleanlab_{samples.oof_folds}_folds"
     return SplitScores("train", raw, p_given, p.mean(axis=0), oof_p, preferred, rule, ranked_by)
 
