@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -250,7 +251,7 @@ def _suspects(f: Findings, done: Rendered) -> Rendered:
         return []
     table = [
         [r.rank, r.split, r.index, r.path, r.given, r.suspected, f"{r.score:.6g}", f"{r.raw_score:.6g}",
-         f"{r.p_given:.6g}", f"{r.early_p_given:.6g}", "" if r.oof_p_given != r.oof_p_given else f"{r.oof_p_given:.6g}",
+         f"{r.p_given:.6g}", f"{r.early_p_given:.6g}", "" if math.isnan(r.oof_p_given) else f"{r.oof_p_given:.6g}",
          r.ranked_by, int(r.flagged), r.flag_rule]
         for r in f.suspect_rows
     ]  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from lossdiag.diagnosis.judge.suspects import (
@@ -19,7 +20,7 @@ from lossdiag.render.text import plural
 RULE_WORDS = {
     CONFIDENT_OTHER: "the model prefers another class above that class's threshold",
     EARLY_DYNAMICS: "another class out-scored its label before memorisation",
-    CLEANLAB: "cleanlab's find_label_issues on the out-of-fold probabilities",
+    CLEANLAB: "cleanlab's confident learning on the out-of-fold probabilities, its dynamics agreeing",
 }
 
 
@@ -53,35 +54,44 @@ def gate_line(gate: FlagGate) -> str:
 
 
 def _how(run: RunSuspects) -> str:
-    window = (
-        f"epochs 0-{run.window_end} (the val loss was lowest at epoch {run.min_epoch}; later the model memorises "
-        "the training images, mislabeled ones included)"
-        if run.window_end is not None
-        else "the evaluated model"
-    )
-    train = (
-        f"Training images are scored by minus their area under the margin (the given label's logit minus the "
-        f"largest other logit, from their own training steps) over {window}"
+    if run.window_end is None:  # one evaluated model (src.evaluate)
+        ranking = f"Images are scored by 1 - p(given label) under the {run.thresholds_from} model."
+    else:
+        ranking = (
+            "Training images are scored by minus their area under the margin (the given label's logit minus the "
+            f"largest other logit, from their own training steps) over epochs 0-{run.window_end}: twice the epochs "
+            f"up to the lowest val loss (epoch {run.min_epoch}), before the model memorises the training images, "
+            "mislabeled ones included"
+        )
+        if run.folds:
+            ranking += (
+                f", averaged with the same area in the {run.folds} extra trainings of `suspects.folds` that also "
+                "learned the image, and combined half and half with cleanlab's label quality of the image in the "
+                "one that held it out (`oof_p_given`, out of fold)"
+            )
+        ranking += (
+            f"; validation images by 1 - the mean of p(given label) under the {run.thresholds_from} model and over "
+            "the same early epochs (`early_p_given`)"
+        )
+        ranking += (
+            f", combined with their area under the margin in the {run.folds} folds." if run.folds else "."
+        )
+    flags = (
+        "An image is flagged (`flag_rule`) when a model that has not memorised it disagrees with its label "
+        "confidently: a validation image when the model prefers another class with at least that class's "
+        "threshold (the mean p(given label) of the validation images of that class: per class, as in confident "
+        "learning); a training image when, over the early epochs, another class out-scored its label by more than "
+        "the images of its class usually trail (below 0 and below the class's median minus two robust standard "
+        "deviations)"
     )
     if run.folds:
-        train += (
-            f", combined with cleanlab's label quality on out-of-fold probabilities from {run.folds} extra trainings "
-            "that each held out a fold of the training images (`oof_p_given`)"
+        flags += (
+            ", or when cleanlab's confident-learning filter finds it on the out-of-fold probabilities and its "
+            "training dynamics put it in the most suspect quarter of the training images"
         )
-    val = (
-        f"validation images by 1 - p(given label) under the {run.thresholds_from} model, averaged with its mean "
-        "over the same early epochs (`early_p_given`)"
-        if run.window_end is not None
-        else f"validation images by 1 - p(given label) under the {run.thresholds_from} model"
-    )
     return (
-        f"{train}; {val}. `score` is the image's suspicion quantile within its split (1 = most suspect), so both "
-        "lists merge into one. An image is flagged (`flag_rule`) when a model that had not memorised it disagrees "
-        "with its label confidently: a validation image when the model prefers another class with at least that "
-        "class's threshold (the mean p(given label) of the validation images of that class, per class as in "
-        "confident learning); a training image when, over the early epochs, another class out-scored its label "
-        "with at least the lowest class threshold"
-        + (", or cleanlab finds it on the out-of-fold probabilities." if run.folds else ".")
+        f"{ranking} `score` is the image's suspicion quantile within its split (1 = most suspect), so both lists "
+        f"merge into one. {flags}."
     )
 
 
@@ -107,7 +117,7 @@ def suspects_markdown(rows: Sequence[SuspectRow], run: RunSuspects, shown: int =
     ]
     line = gate_line(run.gate)
     lines += ["", line] if line else []
-    with_oof = any(r.oof_p_given == r.oof_p_given for r in rows)  # not NaN
+    with_oof = any(not math.isnan(r.oof_p_given) for r in rows)
     header = ["rank", "split", "index", "file", "given", "model says", "score", "p(given)", "early p(given)"]
     header += ["out-of-fold p(given)"] if with_oof else []
     table = [
@@ -156,7 +166,8 @@ def mislabeled_section(
         lines += [
             f"- {r.split} #{r.index}{f' `{r.path}`' if r.path else ''}: labelled {r.given}"
             + (f", the model says {r.suspected}" if r.suspected and r.suspected != r.given else "")
-            + f" (p(given) = {r.p_given:.2g}, early {r.early_p_given:.2g})"
+            + f" (p(given) = {r.p_given:.2g}, early {r.early_p_given:.2g}"
+            + (f", out of fold {r.oof_p_given:.2g})" if not math.isnan(r.oof_p_given) else ")")
             + (f" **flagged**: {RULE_WORDS.get(r.flag_rule, r.flag_rule)}" if r.flagged else "")
             for r in rows[:few]
         ]
