@@ -144,3 +144,26 @@ def test_out_of_fold_probabilities_join_the_dynamics() -> None:
     # dog, not the cat whose training never trailed
     assert rows[HARD].flag_rule == CLEANLAB and rows[OOF_ONLY].flag_rule == ""
     assert [i for i, r in rows.items() if r.flagged] == [MEMORISED, HARD]
+
+
+def test_with_folds_both_splits_rank_on_one_scale() -> None:
+    """With folds every image has the same two signals, so the list ranks them together: 4 label errors among the
+    30 training images and none among the 12 val images are the 4 first rows (by quantile within each split, the
+    most suspect val image would come second)."""
+    samples = train_samples()
+    target = np.asarray(samples.train.target)
+    errors = [2, 11, 21, 25]
+    oof = np.full((N_TRAIN, 3), 0.05)
+    oof[np.arange(N_TRAIN), target] = 0.9
+    oof[errors] = np.roll(oof[errors], 1, axis=1)  # confidently another class out of fold
+    aum = np.full(N_TRAIN, -2.0)
+    aum[errors] = 2.0  # and out-scored while the folds learned them
+    samples.train_oof, samples.oof_folds, samples.train_folds_aum = oof.astype(np.float32), 4, aum
+    samples.val_folds_aum = np.full(12, -2.0)  # every val image learned at once by the folds
+    ranked = rank_run(samples, None, "phenomenon", ())
+    assert ranked is not None
+    top = list(zip(ranked.suspects.split[:4], ranked.suspects.where[:4], strict=True))
+    assert sorted(where for split, where in top if split == "train") == errors, top
+    assert (
+        ranked.suspects.score[0] > ranked.suspects.score[4]
+    )  # one score over both splits, not two quantiles

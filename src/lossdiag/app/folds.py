@@ -3,7 +3,9 @@
 The run's training split is cut into K stratified folds (seeded by ``seed``). Fold ``k`` trains the run's own
 configuration (data, model, loss, optimizer, epochs, seed) on the other K-1 folds plus the run's val split (which
 the run itself held out: reusing it keeps each fold's training set about as large as the run's) and predicts the
-held-out fold with its last model. cleanlab scores these out-of-fold probabilities and the suspects combine them
+held-out fold after every epoch, keeping the epoch of the best held-out accuracy (as the run keeps ``best.ckpt``:
+better than the last epoch where the model overfits, benchmarks/suspects_prototype.py). It also keeps its own
+training dynamics: minus the early-window mean margin of every image it trained on. cleanlab scores these out-of-fold probabilities and the suspects combine them
 with the run's own dynamics (:mod:`lossdiag.diagnosis.judge.suspects`).
 
 Each fold is written atomically to ``<run>/suspects_folds/fold_<k>.npz`` as soon as it finishes, with a
@@ -39,7 +41,6 @@ from lossdiag.data.splits import concatenate, take
 from lossdiag.errors import UserError
 from lossdiag.functional.softmax import class_softmax
 from lossdiag.functional.suspects import early_aum, early_window_end, given_label_dynamics
-from lossdiag.models.predict import predict_records
 from lossdiag.rundir.folds import FoldResult, load_fold, save_fold
 from lossdiag.rundir.paths import FOLDS_DIR, display_path
 
@@ -95,14 +96,17 @@ def fold_datamodule(dm: InMemoryDataModule, held: np.ndarray) -> InMemoryDataMod
 
 
 class FoldDynamics(L.Callback):
-    """A fold's own training dynamics: every epoch's training-step margins of its training images (from the
-    module's gathered records) and its held-out mean loss, which places its early window."""
+    """What a fold keeps of its training, from the module's gathered records: every epoch's training-step margins
+    of its training images and held-out mean loss (which places its early window), and the held-out class
+    probabilities of the epoch with the best held-out accuracy (the first on ties), as ``best.ckpt`` is chosen."""
 
     def __init__(self) -> None:
         self.train_epochs: list[int] = []
         self.margins: list[np.ndarray] = []
         self.val_epochs: list[int] = []
         self.val_loss: list[float] = []
+        self.best_accuracy = -1.0
+        self.best_probs: np.ndarray | None = None
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         rec = pl_module.epoch_records("train")  # type: ignore[operator]
@@ -110,9 +114,15 @@ class FoldDynamics(L.Callback):
         self.margins.append(given_label_dynamics(rec.logits, rec.target)[1].cpu().numpy().astype(np.float16))
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.sanity_checking:
-            self.val_epochs.append(trainer.current_epoch)
-            self.val_loss.append(float(pl_module.epoch_records("val").cross_entropy.mean()))  # type: ignore[operator]
+        if trainer.sanity_checking:
+            return
+        rec = pl_module.epoch_records("val")  # type: ignore[operator]
+        self.val_epochs.append(trainer.current_epoch)
+        self.val_loss.append(float(rec.cross_entropy.mean()))
+        probs = class_softmax(rec.logits.detach().double()).cpu()
+        accuracy = float((probs.argmax(1) == rec.target.cpu()).double().mean())
+        if accuracy > self.best_accuracy:
+            self.best_accuracy, self.best_probs = accuracy, probs.float().numpy()
 
     def early_aum(self) -> np.ndarray:
         """Minus each training image's mean margin over the fold's early window (higher = more suspect)."""
@@ -122,7 +132,7 @@ class FoldDynamics(L.Callback):
 
 def train_fold(cfg: DictConfig, dm: InMemoryDataModule, plan: FoldPlan, fold: int) -> FoldResult:
     """Fold ``fold``'s training (the run's configuration; no loggers, checkpoints or diagnosis): the held-out
-    probabilities from its last model and its training images' early-window AUM."""
+    probabilities of its best epoch and its training images' early-window AUM."""
     from lossdiag.app.pipeline import build_module, build_trainer
 
     start = time.perf_counter()
@@ -139,13 +149,10 @@ def train_fold(cfg: DictConfig, dm: InMemoryDataModule, plan: FoldPlan, fold: in
             "suspects.folds trains in the run's own process: use a single-device trainer (trainer.devices=1)"
         )
     trainer.fit(module, datamodule=data)
-    net = module.net.eval()
-    records = predict_records(lambda x, n: net(x).float(), data.eval_dataloader("val"))
-    assert records is not None
-    probs = class_softmax(records.logits.double().cpu()).float().numpy()
-    accuracy = float((probs.argmax(1) == records.target.cpu().numpy()).mean())
+    assert dynamics.best_probs is not None
     seconds = time.perf_counter() - start
-    return FoldResult(fold, plan.held[fold], probs, dynamics.early_aum(), seconds, accuracy, plan.fingerprint)
+    return FoldResult(fold, plan.held[fold], dynamics.best_probs, dynamics.early_aum(), seconds,
+                      dynamics.best_accuracy, plan.fingerprint)  # fmt: skip
 
 
 def _fold_job(config: dict[str, Any], plan: FoldPlan, fold: int, run_dir: str) -> FoldResult:
@@ -240,7 +247,9 @@ def combine_folds(plan: FoldPlan, results: list[FoldResult], n_val: int) -> Cros
     aum_sum, count = np.zeros(plan.n_train + n_val), np.zeros(plan.n_train + n_val)
     for result in results:
         oof[result.held] = result.probs
-        fit = np.concatenate([np.setdiff1d(np.arange(plan.n_train), result.held), plan.n_train + np.arange(n_val)])
+        fit = np.concatenate(
+            [np.setdiff1d(np.arange(plan.n_train), result.held), plan.n_train + np.arange(n_val)]
+        )
         aum_sum[fit] += result.early_aum
         count[fit] += 1
     aum = (aum_sum / np.maximum(count, 1)).astype(np.float32)

@@ -219,8 +219,12 @@ def quantile(score: Array) -> np.ndarray:
 
 # -- before memorisation, and flags calibrated per class ---------------------------------------------------
 MIN_WINDOW = 5  # the early window holds at least this many epochs
-WINDOW_FACTOR = 2  # and spans this many times the epochs up to the val-loss minimum (benchmarks/suspects_prototype.py)
-OUTLIER_SPREAD = 2.0  # a training image is flagged below its class's median early margin minus this many robust SDs
+WINDOW_FACTOR = (
+    2  # and spans this many times the epochs up to the val-loss minimum (benchmarks/suspects_prototype.py)
+)
+OUTLIER_SPREAD = (
+    2.0  # a training image is flagged below its class's median early margin minus this many robust SDs
+)
 
 
 def early_window(min_epoch: int, n_epochs: int, least: int = MIN_WINDOW, factor: int = WINDOW_FACTOR) -> int:
@@ -375,9 +379,10 @@ class Suspects:
         return self.where[self.split == split][:k]
 
 
-def merge_splits(parts: Sequence[SplitScores]) -> Suspects:
-    """One list over the splits: each split's ``raw`` score becomes its quantile (:func:`quantile`), then most
-    suspect first by quantile, the split's own score, val before train, and position."""
+def merge_splits(parts: Sequence[SplitScores], one_scale: bool = False) -> Suspects:
+    """One list over the splits: each split's ``raw`` score becomes its quantile (:func:`quantile`; with
+    ``one_scale`` the scores are comparable already and are the ``score``), then most suspect first by that, the
+    split's own score, val before train, and position."""
     if not parts:
         raise ValueError("no split to rank: give train or val scores")
     n = [len(p.raw) for p in parts]
@@ -387,7 +392,9 @@ def merge_splits(parts: Sequence[SplitScores]) -> Suspects:
     }
     split = np.concatenate([np.full(k, p.split) for p, k in zip(parts, n, strict=True)])
     where = np.concatenate([np.arange(k) for k in n])
-    score = np.concatenate([quantile(p.raw) for p in parts])
+    score = np.concatenate(
+        [np.asarray(p.raw, dtype=np.float64) if one_scale else quantile(p.raw) for p in parts]
+    )
     ranked_by = np.concatenate([np.full(k, p.ranked_by) for p, k in zip(parts, n, strict=True)])
     order = np.lexsort((where, split == "train", -cat["raw"], -score))
     return Suspects(split=split[order], where=where[order], score=score[order], ranked_by=ranked_by[order],
