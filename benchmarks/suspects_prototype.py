@@ -311,54 +311,54 @@ def one_training_rows(d: Data, epochs: int) -> list[tuple[str, str, dict[str, fl
 
 
 def folds_rows(d: Data, epochs: int, k: int) -> list[tuple[str, str, dict[str, float]]]:
-    """cleanlab alone on the out-of-fold probabilities, and the product's combination with the dynamics."""
+    """cleanlab alone on the out-of-fold probabilities, and its combinations with the dynamics."""
+    from cleanlab.filter import find_label_issues
+
     out = []
-    yt = d.y[d.tr]
+    yt, yv = d.y[d.tr], d.y[d.va]
     lo, best = d.run.min_epoch(epochs), d.run.best_epoch(epochs)
     pv = d.run.probs(best)
+    val_flags = S.confident_other(pv.argmax(1), pv.max(1), yv, S.class_thresholds(pv[np.arange(len(yv)), yv], yv, d.c))
     ens = ensemble_aum(d.run, d.folds, d.n, d.tr, epochs)
     main = S.early_aum(d.run.margin[:epochs], S.early_window(lo, epochs))
     val_product = val_candidates(d.run, epochs)["best-model and early mean (product)"]
     val_folds = S.combine(S.quantile(ens[d.va]), S.quantile(val_product), 0.5)
-    for pick in ("last epoch", "best epoch", "mean of the second half"):
+    for pick in ("best epoch", "last epoch", "mean of the second half"):
         probs = oof_probs(d.folds, d.n, d.c, epochs, pick)
-        probs[d.va] = pv
+        probs[d.va] = pv  # every image: train out of fold, val from the run's best model
         label = f"{k} folds, {pick}"
-        quality, cl = S.cleanlab_issues(
-            d.y, probs
-        )  # every image: train out of fold, val from the run's best model
-        default = np.zeros(d.n, bool)
-        from cleanlab.filter import find_label_issues
-
-        default[d.tr] = find_label_issues(yt, probs[d.tr], n_jobs=1)
-        out.append(("folds: cleanlab alone", label, {"P@k": at_k(1 - quality, d.moved), "train P@k": at_k(1 - quality[d.tr], d.moved[d.tr]),
-                    "val P@k": at_k(1 - quality[d.va], d.moved[d.va]), **flag_metrics(default[d.tr], d.moved[d.tr], "train ")}))  # fmt: skip
+        quality, cl = S.cleanlab_issues(d.y, probs)
+        default = find_label_issues(yt, probs[d.tr], n_jobs=1)
+        alone = {"P@k": at_k(1 - quality, d.moved), "train P@k": at_k(1 - quality[d.tr], d.moved[d.tr]),
+                 "val P@k": at_k(1 - quality[d.va], d.moved[d.va])}  # fmt: skip
+        out.append(("folds: cleanlab alone", label, alone))
         q_oof = S.quantile(1 - quality[d.tr])
         variants = {
-            f"{label}: run's dynamics, weight 0.5": (S.combine(S.quantile(main), q_oof, 0.5), val_product),
-            f"{label}: every training's dynamics, weight 0.25": (S.combine(S.quantile(ens[d.tr]), q_oof, 0.25), val_folds),
-            f"{label}: every training's dynamics, weight 0.75": (S.combine(S.quantile(ens[d.tr]), q_oof, 0.75), val_folds),
-            f"{label}: every training's dynamics, weight 0.5 (product)": (S.combine(S.quantile(ens[d.tr]), q_oof, 0.5), val_folds),
-        }  # fmt: skip
+            "run's dynamics, weight 0.5": (S.combine(S.quantile(main), q_oof, 0.5), val_product),
+            "every training's dynamics, weight 0.25": (S.combine(S.quantile(ens[d.tr]), q_oof, 0.25), val_folds),
+            "every training's dynamics, weight 0.75": (S.combine(S.quantile(ens[d.tr]), q_oof, 0.75), val_folds),
+            "every training's dynamics, weight 0.5": (S.combine(S.quantile(ens[d.tr]), q_oof, 0.5), val_folds),
+        }
         for name, (ts, vs) in variants.items():
-            out.append(("folds: + dynamics", name, {"P@k": at_k(merged(d.n, [(d.tr, ts), (d.va, vs)]), d.moved),
-                        "train P@k": at_k(ts, d.moved[d.tr]), "val P@k": at_k(vs, d.moved[d.va])}))  # fmt: skip
+            out.append(("folds: + dynamics", f"{label}: {name}, per-split quantiles",
+                        {"P@k": at_k(merged(d.n, [(d.tr, ts), (d.va, vs)]), d.moved), "train P@k": at_k(ts, d.moved[d.tr]),
+                         "val P@k": at_k(vs, d.moved[d.va])}))  # fmt: skip
+        held = np.zeros(d.n)
+        held[d.tr], held[d.va] = 1 - quality[d.tr], val_product
+        one = S.combine(S.quantile(ens), S.quantile(held), 0.5)
+        out.append(("folds: + dynamics", f"{label}: every training's dynamics, weight 0.5, one scale (product)",
+                    {"P@k": at_k(one, d.moved), "train P@k": at_k(one[d.tr], d.moved[d.tr]),
+                     "val P@k": at_k(one[d.va], d.moved[d.va])}))  # fmt: skip
         dyn_flag = S.train_flags(-ens[d.tr][None], yt, d.c)
         agree = S.quantile(ens[d.tr]) > 0.75
-        for name, flag in ((f"{label}: cleanlab default (prune by noise rate)", default[d.tr]),
-                           (f"{label}: cleanlab confident learning", cl[d.tr]),
-                           (f"{label}: product (confident learning where the dynamics agree, or the dynamics)",
+        for name, flag in (("cleanlab default (prune by noise rate)", default),
+                           ("cleanlab confident learning", cl[d.tr]),
+                           ("product (confident learning where the dynamics agree, or the dynamics)",
                             (cl[d.tr] & agree) | dyn_flag)):  # fmt: skip
             both = np.zeros(d.n, bool)
-            both[d.tr], both[d.va] = flag, S.confident_other(pv.argmax(1), pv.max(1), d.y[d.va],
-                                                             S.class_thresholds(pv[np.arange(len(d.va)), d.y[d.va]], d.y[d.va], d.c))  # fmt: skip
-            out.append(
-                (
-                    "folds: flags",
-                    name,
-                    {**flag_metrics(flag, d.moved[d.tr], "train "), **flag_metrics(both, d.moved, "all ")},
-                )
-            )
+            both[d.tr], both[d.va] = flag, val_flags
+            metrics = {**flag_metrics(flag, d.moved[d.tr], "train "), **flag_metrics(both, d.moved, "all ")}
+            out.append(("folds: flags", f"{label}: {name}", metrics))
     return out
 
 

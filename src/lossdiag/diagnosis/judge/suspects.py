@@ -24,7 +24,7 @@ thresholds its training run stored (``suspects.json``).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
@@ -183,7 +183,9 @@ def _rules(flagged: np.ndarray, rule: str) -> np.ndarray:
     return np.where(flagged, rule, "")
 
 
-def _train_scores(samples: Samples, window_end: int, gate: FlagGate) -> SplitScores:
+def _train_scores(samples: Samples, window_end: int, gate: FlagGate) -> tuple[SplitScores, np.ndarray | None]:
+    """The training images scored by their early dynamics (with folds: over every training that learned them), and
+    with folds their out-of-fold suspicion (``1 -`` cleanlab's label quality), else ``None``."""
     assert samples.train is not None
     target = np.asarray(samples.train.target)
     window = sum(e <= window_end for e in samples.dynamics_epochs)
@@ -195,7 +197,7 @@ def _train_scores(samples: Samples, window_end: int, gate: FlagGate) -> SplitSco
     p_given = ref.p_true.astype(np.float64) if ref is not None else np.full(n, np.nan)
     preferred = ref.pred.astype(np.int64) if ref is not None else np.full(n, -1)
     allowed = gate.allows(target, samples.classes)
-    oof_p, ranked_by = np.full(n, np.nan), "early_aum"
+    oof_p, ranked_by, held = np.full(n, np.nan), "early_aum", None
     if samples.train_folds_aum is not None:  # the mean over every training that learned the image: K of them
         k = samples.oof_folds
         raw = (raw + (k - 1) * np.asarray(samples.train_folds_aum, dtype=np.float64)) / k
@@ -204,11 +206,36 @@ def _train_scores(samples: Samples, window_end: int, gate: FlagGate) -> SplitSco
         oof = np.asarray(samples.train_oof, dtype=np.float64)
         quality, issues = cleanlab_issues(target, oof)
         agree = quantile(raw) > 1.0 - DYNAMICS_AGREE
-        raw = combine(quantile(raw), quantile(1.0 - quality), FOLDS_WEIGHT)
+        held = 1.0 - quality
         oof_p, preferred = oof[np.arange(n), target], oof.argmax(axis=1)
         rule = np.where((rule == "") & issues & agree & allowed, CLEANLAB, rule)
         ranked_by = f"early_aum+cleanlab_{samples.oof_folds}_folds"
-    return SplitScores("train", raw, p_given, p.mean(axis=0), oof_p, preferred, rule, ranked_by)
+    return SplitScores("train", raw, p_given, p.mean(axis=0), oof_p, preferred, rule, ranked_by), held
+
+
+def _val_scores(
+    samples: Samples, ev: Evaluation, p_early: np.ndarray, gate: FlagGate, t: np.ndarray | None, history: bool
+) -> SplitScores:
+    target = np.asarray(samples.val.target)
+    p = ev.p_true.astype(np.float64)
+    rule = _rules(_val_flags(ev, target, samples.classes, gate, t), CONFIDENT_OTHER)
+    ranked_by = "p_given+early_p_given" if history else "p_given"
+    return SplitScores("val", val_suspicion(p, p_early), p, p_early, np.full(len(p), np.nan), ev.pred.astype(np.int64),
+                       rule, ranked_by)  # fmt: skip
+
+
+def _on_one_scale(
+    train: SplitScores, held: np.ndarray, val: SplitScores, val_aum: np.ndarray, folds: int
+) -> list[SplitScores]:
+    """With folds both splits have the same two signals, so one score ranks them together (no per-split merge):
+    the dynamics (train: every training that learned the image; val: the K folds, which all trained on it) and a
+    held-out view (train: out of fold; val: the run's own model), each as a quantile over every image,
+    :data:`FOLDS_WEIGHT` on the held-out one."""
+    n = len(train.raw)
+    dynamics = np.concatenate([train.raw, np.asarray(val_aum, dtype=np.float64)])
+    combined = combine(quantile(dynamics), quantile(np.concatenate([held, val.raw])), FOLDS_WEIGHT)
+    val_by = f"{val.ranked_by}+early_aum_{folds}_folds"
+    return [replace(train, raw=combined[:n]), replace(val, raw=combined[n:], ranked_by=val_by)]
 
 
 def rank_run(
@@ -229,9 +256,9 @@ def rank_run(
     gate = flag_gate(verdict_kind, collapsed_classes, flags_off)
     history = samples.history if model is None and samples.val_epochs else None
     early = early_epochs(samples, history) if history is not None else None
-    parts = []
+    train = held = None
     if model is None and early is not None and samples.dynamics_epochs and samples.train is not None:
-        parts.append(_train_scores(samples, early[1], gate))
+        train, held = _train_scores(samples, early[1], gate)
     ev = _val_outputs(samples, model)
     target = np.asarray(samples.val.target)
     t = (
@@ -239,28 +266,28 @@ def rank_run(
         if thresholds is not None or ev is None
         else class_thresholds(ev.p_true, target, len(samples.classes))
     )
+    val = None
     if ev is not None:
-        p = ev.p_true.astype(np.float64)
+        p_early = ev.p_true.astype(np.float64)
         if history is not None and early is not None:
             p_early = history.p_true[np.asarray(samples.epochs) <= early[1]].astype(np.float64).mean(axis=0)
-        else:
-            p_early = p
-        rule = _rules(_val_flags(ev, target, samples.classes, gate, t), CONFIDENT_OTHER)
-        ranked_by = "p_given+early_p_given" if history is not None else "p_given"
-        raw = val_suspicion(p, p_early)
-        if model is None and samples.val_folds_aum is not None:  # every fold trained on the val split
-            raw = combine(quantile(samples.val_folds_aum), quantile(raw), FOLDS_WEIGHT)
-            ranked_by += f"+early_aum_{samples.oof_folds}_folds"
-        parts.append(SplitScores("val", raw, p, p_early, np.full(len(p), np.nan), ev.pred.astype(np.int64), rule,
-                                 ranked_by))  # fmt: skip
-    if not parts:
+        val = _val_scores(samples, ev, p_early, gate, t, history is not None)
+    if train is not None and held is not None and val is not None and samples.val_folds_aum is not None:
+        ranked = merge_splits(
+            _on_one_scale(train, held, val, samples.val_folds_aum, samples.oof_folds), one_scale=True
+        )
+    elif train is not None or val is not None:
+        if train is not None and held is not None:  # folds without a val split to rank with
+            train = replace(train, raw=combine(quantile(train.raw), quantile(held), FOLDS_WEIGHT))
+        ranked = merge_splits([part for part in (train, val) if part is not None])
+    else:
         return None
     return RunSuspects(
-        suspects=merge_splits(parts),
+        suspects=ranked,
         gate=gate,
         min_epoch=early[0] if early else None,
         window_end=early[1] if early else None,
-        folds=samples.oof_folds if samples.train_oof is not None and model is None else 0,
+        folds=samples.oof_folds if held is not None else 0,
         thresholds=t,
         thresholds_from=reference_model(samples, model) or "last epoch",
     )
