@@ -37,18 +37,12 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.suspects_prototype import make_folder
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks" / "results"
 KINDS = ("colours", "stripes", "digits")
 METHODS = ("one training", "suspects.folds", "cleanlab alone")
-
-
-def folder(kind: str, root: Path, seed: int, noise: float) -> Any:
-    from lossdiag.data.synthetic import make_digits_folder, make_image_folder
-
-    if kind == "digits":
-        return make_digits_folder(root, noise_fraction=noise, seed=seed)
-    return make_image_folder(root, per_class=200, noise_fraction=noise, seed=seed, kind=kind)
 
 
 def data_overrides(kind: str, root: Path) -> list[str]:
@@ -173,7 +167,7 @@ def fold_seconds(run: Path) -> float:
 
 def measure(kind: str, seed: int, work: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Every method on one folder of ``kind``, and the untrained and clean-folder checks (``seed`` = first)."""
-    made = folder(kind, work / "images", seed, args.noise)
+    made = make_folder(kind, work / "images", seed, args.noise, args.per_class)
     moved = {str(p) for p in made.moved}
     run = work / "run"
     common = [*data_overrides(kind, made.root), f"seed={seed}", f"trainer.max_epochs={args.epochs}"]
@@ -194,25 +188,27 @@ def measure(kind: str, seed: int, work: Path, args: argparse.Namespace) -> dict[
                                 **ranking_scores(cleanlab_rows(run, cfg), moved)}  # fmt: skip
     if seed == args.seeds[0]:
         result["untrained"] = untrained_flags(kind, common, work)
-        result["clean folder"] = clean_folder_flags(kind, seed, run, work)
+        result["clean folder"] = clean_folder_flags(kind, seed, run, work, args.per_class)
     return result
 
 
 def untrained_flags(kind: str, common: list[str], work: Path) -> dict[str, Any]:
-    """A run that cannot learn (``optimizer.lr=1e-6``): its verdict and how many images it flags."""
+    """A run that does not learn (``optimizer.lr=1e-8``, 10 epochs; the easy folder is learned even at 1e-6): its
+    verdict, best val accuracy and how many images it flags."""
     run = work / "untrained"
-    _, seconds = train([*common, "optimizer.lr=1e-6"], run)
+    _, seconds = train([*common, "optimizer.lr=1e-8", "trainer.max_epochs=10"], run)
     rows = csv_rows(run)
-    verdict = json.loads((run / "diagnosis.json").read_text())["verdict"]
+    numbers = json.loads((run / "diagnosis.json").read_text())
     return {
-        "verdict": verdict,
+        "verdict": numbers["verdict"],
+        "acc_best": numbers["acc_best"],
         "flagged": sum(r["flagged"] for r in rows),
         "images": len(rows),
         "seconds": seconds,
     }
 
 
-def clean_folder_flags(kind: str, seed: int, run: Path, work: Path) -> dict[str, Any] | None:
+def clean_folder_flags(kind: str, seed: int, run: Path, work: Path, per_class: int) -> dict[str, Any] | None:
     """``src.evaluate`` of ``best.ckpt`` on a clean folder of the same kind (another seed): the share it flags.
     ``None`` for the digits, one fixed set the run trained on most of."""
     from hydra import compose as hydra_compose
@@ -222,7 +218,7 @@ def clean_folder_flags(kind: str, seed: int, run: Path, work: Path) -> dict[str,
 
     if kind == "digits":
         return None
-    clean = folder(kind, work / "clean", seed + 1000, 0.0)
+    clean = make_folder(kind, work / "clean", seed + 1000, 0.0, per_class)
     out = work / "evaluation"
     # `python -m src.evaluate ckpt_path=<best.ckpt> data=folder data.root=<clean>`
     given = [f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}", "data=folder", f"data.root={clean.root}"]
@@ -273,7 +269,9 @@ def markdown(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
             clean = (
                 f"{c['flagged']} of {c['images']} ({c['share']:.1%})" if c else "- (no held-out clean digits)"
             )
-            lines.append(f"| {r['kind']} | {u['verdict']}, {u['acc_best']:.2f}, {u['flagged']} of {u['images']} | {clean} |")
+            lines.append(
+                f"| {r['kind']} | {u['verdict']}, {u['acc_best']:.2f}, {u['flagged']} of {u['images']} | {clean} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -284,6 +282,7 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--noise", type=float, default=0.08)
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--folds", type=int, default=4)
+    p.add_argument("--per-class", type=int, default=200, help="images per class of the generated folders")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = p.parse_args(argv)
     import torch

@@ -10,10 +10,12 @@ trainings on K folds of the train split (each trained on the other folds plus th
 ``suspects.folds=K`` does) out-of-fold probabilities for every training image, scored with cleanlab alone
 and combined with the dynamics. Flag rules are scored by precision and recall against the moved images.
 
-    python -m benchmarks.suspects_prototype --seeds 0 1 2 --epochs 40 100 --out benchmarks/results/suspects_prototype.md
+    python -m benchmarks.suspects_prototype --seeds 0 1 2 --cache /tmp/suspects-cache \
+        --out benchmarks/results/suspects_prototype.md     # 45 trainings: ~1.5 h on 2 shared cores
 
-The learning rate is constant, so the first 40 epochs of a 100-epoch training are a 40-epoch run: every
-row reads the records up to its epoch count. cleanlab is needed (``pip install -e ".[dev]"`` has it).
+``--cache`` keeps every training's records, so the comparison can be re-run (seconds) after a change of the
+scores. The learning rate is constant, so the first 40 epochs of a 100-epoch training are a 40-epoch run: every
+row reads the records up to its epoch count.
 """
 
 from __future__ import annotations
@@ -40,11 +42,11 @@ VAL_FRACTION = 0.25
 KINDS = ("colours", "stripes", "digits")
 
 
-def make_folder(kind: str, root: Path, seed: int, noise: float) -> GeneratedFolder:
-    """One folder of ``kind`` with ``noise`` of its labels moved."""
+def make_folder(kind: str, root: Path, seed: int, noise: float, per_class: int = 200) -> GeneratedFolder:
+    """One folder of ``kind`` with ``noise`` of its labels moved (the digits: all 1,797, ``per_class`` unused)."""
     if kind == "digits":
         return make_digits_folder(root, noise_fraction=noise, seed=seed)
-    return make_image_folder(root, per_class=200, noise_fraction=noise, seed=seed, kind=kind)
+    return make_image_folder(root, per_class=per_class, noise_fraction=noise, seed=seed, kind=kind)
 
 
 def load(folder: GeneratedFolder) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
@@ -318,7 +320,9 @@ def folds_rows(d: Data, epochs: int, k: int) -> list[tuple[str, str, dict[str, f
     yt, yv = d.y[d.tr], d.y[d.va]
     lo, best = d.run.min_epoch(epochs), d.run.best_epoch(epochs)
     pv = d.run.probs(best)
-    val_flags = S.confident_other(pv.argmax(1), pv.max(1), yv, S.class_thresholds(pv[np.arange(len(yv)), yv], yv, d.c))
+    val_flags = S.confident_other(
+        pv.argmax(1), pv.max(1), yv, S.class_thresholds(pv[np.arange(len(yv)), yv], yv, d.c)
+    )
     ens = ensemble_aum(d.run, d.folds, d.n, d.tr, epochs)
     main = S.early_aum(d.run.margin[:epochs], S.early_window(lo, epochs))
     val_product = val_candidates(d.run, epochs)["best-model and early mean (product)"]
@@ -335,9 +339,18 @@ def folds_rows(d: Data, epochs: int, k: int) -> list[tuple[str, str, dict[str, f
         q_oof = S.quantile(1 - quality[d.tr])
         variants = {
             "run's dynamics, weight 0.5": (S.combine(S.quantile(main), q_oof, 0.5), val_product),
-            "every training's dynamics, weight 0.25": (S.combine(S.quantile(ens[d.tr]), q_oof, 0.25), val_folds),
-            "every training's dynamics, weight 0.75": (S.combine(S.quantile(ens[d.tr]), q_oof, 0.75), val_folds),
-            "every training's dynamics, weight 0.5": (S.combine(S.quantile(ens[d.tr]), q_oof, 0.5), val_folds),
+            "every training's dynamics, weight 0.25": (
+                S.combine(S.quantile(ens[d.tr]), q_oof, 0.25),
+                val_folds,
+            ),
+            "every training's dynamics, weight 0.75": (
+                S.combine(S.quantile(ens[d.tr]), q_oof, 0.75),
+                val_folds,
+            ),
+            "every training's dynamics, weight 0.5": (
+                S.combine(S.quantile(ens[d.tr]), q_oof, 0.5),
+                val_folds,
+            ),
         }
         for name, (ts, vs) in variants.items():
             out.append(("folds: + dynamics", f"{label}: {name}, per-split quantiles",
@@ -363,17 +376,18 @@ def folds_rows(d: Data, epochs: int, k: int) -> list[tuple[str, str, dict[str, f
 
 
 def experiment(
-    kind: str, seed: int, epochs_list: list[int], k_folds: int, noise: float, cache: Path | None = None
-) -> list[Row]:
+    kind: str, seed: int, epochs_list: list[int], k_folds: int, noise: float, cache: Path | None = None,
+    per_class: int = 200,
+) -> list[Row]:  # fmt: skip
     """Every candidate on one folder: one training, and ``k_folds`` trainings on folds of its train split."""
     with tempfile.TemporaryDirectory() as tmp:
-        x, y, moved = load(make_folder(kind, Path(tmp) / "data", seed, noise))
+        x, y, moved = load(make_folder(kind, Path(tmp) / "data", seed, noise, per_class))
     n = len(y)
     idx = np.arange(n)
     tr, va = train_test_split(idx, test_size=round(n * VAL_FRACTION), stratify=y, random_state=seed)
     tr, va = np.sort(tr), np.sort(va)
     top = max(epochs_list)
-    tag = f"{kind}_seed{seed}_e{top}_noise{noise}"
+    tag = f"{kind}_seed{seed}_e{top}_noise{noise}" + ("" if per_class == 200 else f"_per{per_class}")
     run = cached_train(cache, f"{tag}_run", x, y, tr, va, top, seed)
     split = StratifiedKFold(k_folds, shuffle=True, random_state=seed).split(tr, y[tr])
     folds = [(tr[h], cached_train(cache, f"{tag}_fold{i}of{k_folds}", x, y, np.sort(np.concatenate([tr[f], va])),
@@ -399,14 +413,24 @@ def markdown(rows: list[Row]) -> str:
     groups: dict[tuple[str, int, str, str], list[Row]] = {}
     for r in rows:
         groups.setdefault((r.kind, r.epochs, r.group, r.method), []).append(r)
-    out = ["| data | epochs | group | method | trainings | s | metrics (mean over seeds; each seed) |",
-           "|---|---|---|---|---|---|---|"]  # fmt: skip
+    out = [
+        "# Label-error scores and flags: the prototype's comparison",
+        "",
+        "`python -m benchmarks.suspects_prototype --seeds 0 1 2 --cache <folder>` (plain-PyTorch ShallowNet trainings, "
+        "8% of the labels moved). P@k = R@k with k = the moved images of that part (train, val, or all images, merged "
+        "as suspects.csv merges them); flags: count, precision, recall. `s`: wall seconds of the training(s) on a "
+        "shared 2-core machine (noisy). `(product)` marks what lossdiag does.",
+        "",
+        "| data | epochs | group | method | trainings | s | metrics (mean over seeds; each seed) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for (kind, epochs, group, method), g in groups.items():
         cells = []
         for key in g[0].metrics:
             values = [r.metrics[key] for r in g]
             each = " ".join(f"{v:.2f}" for v in values)
-            cells.append(f"{key} **{np.nanmean(values):.2f}** ({each})")
+            finite = [v for v in values if v == v]  # NaN: no moved image or no flag in that part
+            cells.append(f"{key} **{np.mean(finite) if finite else float('nan'):.2f}** ({each})")
         secs = np.mean([r.seconds for r in g])
         out.append(
             f"| {kind} | {epochs} | {group} | {method} | {g[0].trainings} | {secs:.0f} | {'; '.join(cells)} |"
@@ -424,12 +448,17 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--cache", type=Path, help="keep every training's records here and reuse them")
+    parser.add_argument(
+        "--per-class", type=int, default=200, help="images per class of the generated folders"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows: list[Row] = []
     for kind in args.kinds:
         for seed in args.seeds:
-            rows += experiment(kind, seed, sorted(args.epochs), args.folds, args.noise, args.cache)
+            rows += experiment(
+                kind, seed, sorted(args.epochs), args.folds, args.noise, args.cache, args.per_class
+            )
             print(f"{kind} seed {seed} done", flush=True)
             if args.out:
                 args.out.write_text(markdown(rows))
