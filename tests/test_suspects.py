@@ -82,40 +82,13 @@ def test_cartography_confidence_and_variability() -> None:
     assert variability[NEVER] < variability[LATE]
 
 
-def test_forgetting_events_and_first_learned() -> None:
-    correct = S.correct_from_margin(MARGIN)
-    events = S.forgetting_events(correct)
-    assert events[CLEAN] == 0 and events[LATE] == 0 and events[FORGOTTEN] == 2
-    assert events[NEVER] == np.inf
-    assert S.first_learned(correct).tolist() == [0, 3, 4, 6]
-    # a zero margin is a tie with another class, not a correct prediction
-    assert S.correct_from_margin(np.array([[0.0, 0.1]])).tolist() == [[False, True]]
-
-
-def test_suspect_scores_higher_is_more_suspect() -> None:
-    scores = S.suspect_scores(P_GIVEN, MARGIN)
-    assert set(scores) == set(S.METHODS)
-    for method in ("aum", "aum_late", "confidence", "hard_to_learn", "loss", "forgetting"):
-        assert S.rank(scores[method])[0] == NEVER, method
-    assert scores["aum"] == pytest.approx(-S.aum(MARGIN))
-    assert scores["aum_late"] == pytest.approx(-S.aum(MARGIN, start=3))
-    assert scores["confidence"] == pytest.approx(1 - P_GIVEN.mean(axis=0))
-    assert scores["loss"][CLEAN] == pytest.approx(-np.log(P_GIVEN[:, CLEAN]).mean())
-    assert S.rank(scores["aum"]).tolist() == [NEVER, LATE, FORGOTTEN, CLEAN]
-    # over the last half, the late learner has caught up with the forgotten sample and passed it
-    assert S.rank(scores["aum_late"]).tolist() == [NEVER, FORGOTTEN, LATE, CLEAN]
-    # forgetting alone cannot tell the clean from the late learner: both have no event
-    assert scores["forgetting"][CLEAN] == scores["forgetting"][LATE] == 0
-
-
 def test_inputs_in_half_precision_and_as_tensors() -> None:
-    half = S.suspect_scores(torch.tensor(P_GIVEN, dtype=torch.float16), MARGIN.astype(np.float16))
-    full = S.suspect_scores(P_GIVEN, MARGIN)
-    for method in S.METHODS:
-        assert half[method].dtype == np.float64
-        np.testing.assert_allclose(half[method], full[method], atol=2e-3)
-    with pytest.raises(ValueError, match="same"):
-        S.suspect_scores(P_GIVEN, MARGIN[:, :3])
+    half = S.early_aum(torch.tensor(MARGIN, dtype=torch.float16), 4)
+    assert half.dtype == np.float64
+    np.testing.assert_allclose(half, S.early_aum(MARGIN, 4), atol=2e-3)
+    np.testing.assert_allclose(
+        S.cartography(P_GIVEN.astype(np.float16))[0], S.cartography(P_GIVEN)[0], atol=2e-3
+    )
     with pytest.raises(ValueError, match="epochs, samples"):
         S.aum(np.zeros((2, 2, 2)))
 
@@ -126,19 +99,6 @@ def test_rank_breaks_ties_by_tiebreak_then_index() -> None:
     assert S.rank(score, tiebreak=np.array([0.0, 0.0, 5.0, 9.0, 2.0])).tolist() == [1, 2, 4, 0, 3]
     with pytest.raises(ValueError, match="one value per sample"):
         S.rank(MARGIN)
-    events = S.forgetting_events(S.correct_from_margin(MARGIN))
-    # forgetting ranks the never-learned sample first; the AUM tie-break orders the late learner before the clean
-    assert S.rank(events, tiebreak=-S.aum(MARGIN)).tolist() == [NEVER, FORGOTTEN, LATE, CLEAN]
-
-
-def test_val_scores_best_model() -> None:
-    logits = np.array([[4.0, 0.0, 0.0], [0.0, 3.0, 0.0], [1.0, 1.0, 1.0]], dtype=np.float16)
-    val = S.val_scores(logits, np.array([0, 0, 2]))
-    assert val.preferred.tolist() == [0, 1, 0]
-    assert val.margin == pytest.approx([4.0, -3.0, 0.0])
-    assert val.p_given[2] == pytest.approx(1 / 3)
-    assert val.p_given[1] == pytest.approx(1 / (2 + math.exp(3)))
-    assert np.argsort(-val.suspect).tolist() == [1, 2, 0]
 
 
 def test_quantile_makes_splits_comparable() -> None:

@@ -8,12 +8,10 @@ pass) gives ``(E, N)`` arrays over ``E`` epochs, from which the published scores
 * Area Under the Margin (Pleiss et al. 2020): the mean margin over epochs; low = suspect.
 * Dataset Cartography (Swayamdipta et al. 2020): confidence = mean ``p_given``, variability = its std;
   low confidence (with low variability: "hard to learn") = suspect.
-* Forgetting events (Toneva et al. 2019): how often a sample goes from correct to incorrect; a sample never
-  learned counts as infinitely often forgotten.
 * For validation images, which are never trained on: ``p_given`` under the best model; low = suspect.
 
-:func:`suspect_scores` turns all of them into one convention, higher = more suspect, :func:`rank` orders
-samples by it and :func:`quantile` / :func:`merge_splits` merge the train and val lists. Every function takes numpy arrays or
+Scores here are oriented so that higher = more suspect; :func:`rank` orders samples by one and :func:`quantile` /
+:func:`merge_splits` merge the train and val lists. Every function takes numpy arrays or
 tensors of any float dtype (float16 included) and computes in float64.
 
 Which to use (``benchmarks/suspects_prototype.py``: ShallowNet, 8% of the labels moved, 3 seeds each of an
@@ -36,8 +34,6 @@ import torch
 from lossdiag.functional.softmax import class_softmax
 
 Array = np.ndarray | torch.Tensor | Sequence[float] | Sequence[Sequence[float]]
-
-METHODS = ("aum", "aum_late", "confidence", "hard_to_learn", "forgetting", "loss")
 
 
 def given_label_dynamics(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,89 +98,6 @@ def cartography(p_given: Array, start: int | float = 0) -> tuple[np.ndarray, np.
     return p.mean(axis=0), p.std(axis=0)
 
 
-def mean_loss(p_given: Array, start: int | float = 0, eps: float = 1e-12) -> np.ndarray:
-    """Mean per-epoch cross-entropy ``-log p_given``: what a loss-based "top losses" list ranks by."""
-    p = _epochs(p_given, "p_given")
-    return -np.log(np.clip(p[_from(start, len(p)) :], eps, 1.0)).mean(axis=0)
-
-
-def correct_from_margin(margin: Array) -> np.ndarray:
-    """``(E, N)`` bool: the given label is the argmax (a tie counts as not correct)."""
-    return _epochs(margin, "margin") > 0
-
-
-def forgetting_events(correct: Array) -> np.ndarray:
-    """Toneva et al.'s forgetting count: correct -> incorrect transitions per sample, ``inf`` if never learned.
-
-    A sample never predicted correctly has no event to count, yet it is the most suspect of all, hence
-    ``inf`` (their convention). The first epoch has no predecessor, so it is never a forgetting event.
-    """
-    c = _epochs(correct, "correct") > 0
-    events = (c[:-1] & ~c[1:]).sum(axis=0).astype(np.float64)
-    events[~c.any(axis=0)] = np.inf
-    return events
-
-
-def first_learned(correct: Array) -> np.ndarray:
-    """Epoch after which a sample stays correct to the end (``E`` if wrong at the last epoch)."""
-    c = _epochs(correct, "correct") > 0
-    wrong = ~c
-    # last wrong epoch + 1; samples never wrong were learned from the start
-    last_wrong = len(c) - 1 - np.argmax(wrong[::-1], axis=0)
-    return np.where(wrong.any(axis=0), last_wrong + 1, 0)
-
-
-@dataclass(frozen=True)
-class ValScores:
-    """Validation images under one model (the best one): ``p_given`` (low = suspect) and the class it prefers."""
-
-    p_given: np.ndarray
-    margin: np.ndarray
-    preferred: np.ndarray
-
-    @property
-    def suspect(self) -> np.ndarray:
-        """Higher = more suspect: ``1 - p_given``."""
-        return 1.0 - self.p_given
-
-
-def val_scores(logits: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray) -> ValScores:
-    """Scores for images the model never trained on, from its logits: one epoch, so no dynamics."""
-    logits_t, target_t = torch.as_tensor(logits), torch.as_tensor(target)
-    p_given, margin = given_label_dynamics(logits_t, target_t)
-    return ValScores(
-        p_given=p_given.cpu().double().numpy(),
-        margin=margin.cpu().double().numpy(),
-        preferred=logits_t.detach().float().argmax(dim=1).cpu().numpy(),
-    )
-
-
-def suspect_scores(
-    p_given: Array, margin: Array, start: int | float = 0, late: float = 0.5
-) -> dict[str, np.ndarray]:
-    """Every method's ``(N,)`` score from ``(E, N)`` dynamics, all oriented so that HIGHER = more suspect.
-
-    * ``loss``: mean ``-log p_given``. * ``aum``: minus the mean margin over epochs ``start:``.
-    * ``aum_late``: minus the mean margin over the last ``late`` fraction of the epochs.
-    * ``confidence``: ``1 -`` mean ``p_given``. * ``hard_to_learn``: ``1 -`` confidence ``-`` variability
-      (low confidence and low variability, cartography's "hard to learn" corner).
-    * ``forgetting``: forgetting events, ``inf`` when never learned (many ties: rank with a tie-break).
-    """
-    m = _epochs(margin, "margin")
-    p = _epochs(p_given, "p_given")
-    if m.shape != p.shape:
-        raise ValueError(f"p_given {p.shape} and margin {m.shape} must have the same (epochs, samples) shape")
-    confidence, variability = cartography(p, start)
-    return {
-        "aum": -aum(m, start),
-        "aum_late": -aum(m, 1.0 - late if late < 1.0 else 0),
-        "confidence": 1.0 - confidence,
-        "hard_to_learn": 1.0 - confidence - variability,
-        "forgetting": forgetting_events(correct_from_margin(m)),
-        "loss": mean_loss(p, start),
-    }
-
-
 def rank(score: Array, tiebreak: Array | None = None) -> np.ndarray:
     """Sample indices, most suspect (highest ``score``) first; ties by higher ``tiebreak``, then by index."""
     s = _vector(score, "score")
@@ -219,12 +132,10 @@ def quantile(score: Array) -> np.ndarray:
 
 # -- before memorisation, and flags calibrated per class ---------------------------------------------------
 MIN_WINDOW = 5  # the early window holds at least this many epochs
-WINDOW_FACTOR = (
-    2  # and spans this many times the epochs up to the val-loss minimum (benchmarks/suspects_prototype.py)
-)
-OUTLIER_SPREAD = (
-    2.0  # a training image is flagged below its class's median early margin minus this many robust SDs
-)
+# the early window spans this many times the epochs up to the val-loss minimum (benchmarks/suspects_prototype.py)
+WINDOW_FACTOR = 2
+# a training image is flagged below its class's median early margin minus this many robust standard deviations
+OUTLIER_SPREAD = 2.0
 
 
 def early_window(min_epoch: int, n_epochs: int, least: int = MIN_WINDOW, factor: int = WINDOW_FACTOR) -> int:
