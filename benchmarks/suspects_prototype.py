@@ -299,9 +299,9 @@ def one_training_rows(d: Data, epochs: int) -> list[tuple[str, str, dict[str, fl
     t = S.class_thresholds(pv[np.arange(len(yv)), yv], yv, d.c)
     val_cl = S.confident_other(pv.argmax(1), pv.max(1), yv, t)
     rules = {
-        "before: AUM < 0 | val: the model says another class": (-S.aum(d.run.margin[:epochs]) > 0, pv.argmax(1) != yv),
-        "early mean margin < 0 | val: per-class thresholds": (m.astype(np.float64).mean(0) < 0, val_cl),
-        "product: below its class's robust bound and 0 | val: per-class thresholds": (S.train_flags(m, d.y[d.tr], d.c), val_cl),
+        "before: AUM < 0; val: the model says another class": (-S.aum(d.run.margin[:epochs]) > 0, pv.argmax(1) != yv),
+        "early mean margin < 0; val: per-class thresholds": (m.astype(np.float64).mean(0) < 0, val_cl),
+        "product: below its class's robust bound and 0; val: per-class thresholds": (S.train_flags(m, d.y[d.tr], d.c), val_cl),
     }  # fmt: skip
     for name, (ft, fv) in rules.items():
         both = np.zeros(d.n, bool)
