@@ -19,7 +19,7 @@ with ``data=folder suspects.folds=4`` trains once and then 4 folds, and from wha
 Scores against the moved images: precision@k and recall@k over all images with k = the number moved (equal when
 the ranking covers every image), P@k within each split, and the flags' count, precision and recall; the trainings
 and wall seconds each needs. Two more checks per kind (first seed): an untrained run (``optimizer.lr=1e-8``, 10 epochs) must
-flag nothing, and ``src.evaluate`` of the run's ``best.ckpt`` on a *clean* folder of the same kind (another seed)
+flag nothing, and ``src.evaluate`` of the run's ``best_val_acc.ckpt`` on a *clean* folder of the same kind (another seed)
 must flag at most 5% of it.
 """
 
@@ -144,7 +144,7 @@ def cleanlab_rows(run: Path, cfg: Any) -> list[dict[str, Any]]:
     samples = load_samples(run)
     assert samples.train is not None and samples.train_oof is not None
     dm = run_datamodule(run, cfg)
-    net, _ = load_net(run, "best", dm, cfg)
+    net, _ = load_net(run, "best_val_acc", dm, cfg)
     probs = np.concatenate([samples.train_oof, val_probabilities(net, dm, samples.val.index)])
     given = np.concatenate([samples.train.target, samples.val.target])
     paths = [*samples.train.path, *samples.val.path]
@@ -209,7 +209,7 @@ def untrained_flags(kind: str, common: list[str], work: Path) -> dict[str, Any]:
 
 
 def clean_folder_flags(kind: str, seed: int, run: Path, work: Path, per_class: int) -> dict[str, Any] | None:
-    """``src.evaluate`` of ``best.ckpt`` on a clean folder of the same kind (another seed): the share it flags.
+    """``src.evaluate`` of ``best_val_acc.ckpt`` on a clean folder of the same kind (another seed): the share it flags.
     ``None`` for the digits, one fixed set the run trained on most of."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
@@ -220,8 +220,8 @@ def clean_folder_flags(kind: str, seed: int, run: Path, work: Path, per_class: i
         return None
     clean = make_folder(kind, work / "clean", seed + 1000, 0.0, per_class)
     out = work / "evaluation"
-    # `python -m src.evaluate ckpt_path=<best.ckpt> data=folder data.root=<clean>`
-    given = [f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}", "data=folder", f"data.root={clean.root}"]
+    # `python -m src.evaluate ckpt_path=<best_val_acc.ckpt> data=folder data.root=<clean>`
+    given = [f"ckpt_path={run / 'checkpoints' / 'best_val_acc.ckpt'}", "data=folder", f"data.root={clean.root}"]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = hydra_compose("evaluate", overrides=[*given, f"paths.output_dir={out}"])
     evaluate_checkpoint(cfg, overrides=given)
@@ -261,7 +261,7 @@ def markdown(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         lines.append(
             f"- {r['kind']} seed {r['seed']}: " + " / ".join(f"{r[m]['p_at_k']:.2f}" for m in METHODS)
         )
-    lines += ["", "| data | untrained run (lr 1e-8, 10 epochs): verdict, best val acc, flagged | src.evaluate of best.ckpt on a clean folder: flagged |",
+    lines += ["", "| data | untrained run (lr 1e-8, 10 epochs): verdict, best val acc, flagged | src.evaluate of best_val_acc.ckpt on a clean folder: flagged |",
               "|---|---|---|"]  # fmt: skip
     for r in results:
         if "untrained" in r:

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from lossdiag.diagnosis.judge import stats as rk
+from lossdiag.diagnosis.judge.causes import Cause
 from lossdiag.diagnosis.judge.rules import KIND_ORDER, RULES, Case, Kind, decide
 from lossdiag.diagnosis.judge.stats import RISE_THRESHOLD, run_stats
 from lossdiag.functional import bootstrap
@@ -22,8 +23,9 @@ from lossdiag.functional.bootstrap import (
     percentile_interval,
     relative_rise,
 )
-from lossdiag.functional.calibration import T_MAX, crossfit_temperature
+from lossdiag.functional.crossfit import CROSSFIT_SPLITS, crossfit_temperature
 from lossdiag.functional.jsonable import json_ready
+from lossdiag.functional.temperature import T_MAX
 from lossdiag.render.reasons import advice, reason
 from lossdiag.render.text import accuracy_move
 
@@ -42,7 +44,11 @@ def run(loss, pred, target, n_classes=4, epochs=None, **kw) -> SimpleNamespace:
     epochs = list(range(len(loss))) if epochs is None else epochs
     stats, facts = run_stats(loss, pred, target, list(NAMES[:n_classes]), epochs, **kw)
     row = decide(Case(stats, facts))
-    judged = SimpleNamespace(stats=stats, facts=facts, rule=row.rule, history=stats.history, scaling_removes=None)
+    # the words read the kind, the rule and the statistics; the cause (which needs whole models) is left out here
+    judged = SimpleNamespace(
+        stats=stats, facts=facts, kind=row.kind, rule=row.rule, cause=Cause.NONE, history=stats.history,
+        scaling_removes=None, objective=None, n_train_above_cap=None,
+    )  # fmt: skip
     return SimpleNamespace(
         **asdict(stats),
         kind=row.kind,
@@ -77,7 +83,7 @@ def test_clear_phenomenon():
     assert r.min_epoch == 3 and r.last_epoch == 9
     assert r.rise_ci[0] > 0 and r.acc_change == 0 and r.acc_change_ci == (0.0, 0.0)
     assert r.rise_ci[0] <= r.rise_rel <= r.rise_ci[1]
-    assert "val loss rose" in r.reason and "val accuracy was unchanged at 0.895 (change +0.000" in r.reason
+    assert "val loss rose" in r.reason and "val accuracy was net unchanged at 0.895 (0 samples became wrong, 0 became right; change +0.000" in r.reason
     assert r.unlearned_classes == () and r.samples_to_settle is None
 
 
@@ -89,7 +95,7 @@ def test_clear_overfitting():
     r = run(loss, pred, target)
     assert r.kind == "overfitting", r.reason
     assert r.acc_change_ci[1] < 0 and r.acc_change == pytest.approx(-0.15)
-    assert "epoch 3" in r.advice
+    assert "from the single lowest epoch (0.2306 at epoch 3)" in r.reason
 
 
 def test_small_noisy_rise_is_inconclusive():
@@ -127,7 +133,8 @@ def test_flat_at_chance_is_not_learning():
     r = run(loss, pred, target)
     assert r.kind == "not_learning", r.reason
     assert r.majority_rate == 0.25 and r.acc_best_lower <= 0.27
-    assert "optimizer.lr" in r.advice and "labels" in r.advice
+    # flat at chance with a loss that barely moved: the learning rate is too low, not too high
+    assert r.advice.startswith("Raise `optimizer.lr`") and "barely moved" in r.advice
 
 
 def test_loss_never_below_untrained_is_not_learning():
@@ -314,7 +321,7 @@ def test_lowest_at_the_last_epoch_has_not_risen():
     loss = np.tile(np.array([1.0, 0.7, 0.4])[:, None], (1, n))
     r = run(loss, np.tile(target, (3, 1)), target, initial_loss=1.5)
     assert r.kind == "no_rise" and r.min_epoch == r.last_epoch == 2
-    assert "lowest at the last epoch" in r.reason and "it has not risen" in r.reason
+    assert "lowest at the end" in r.reason and "it has not risen" in r.reason
 
 
 def test_accuracy_that_did_not_move_reads_unchanged():
@@ -330,11 +337,13 @@ def test_calibration_summary_records_the_cross_fitted_numbers_but_logs_only_the_
     logits, target = calibrated_logits(n=400)
     summary = calibration_summary(logits * 4, target)
     cf = crossfit_temperature(logits * 4, target)
-    assert summary["nll_crossfit"] == pytest.approx(cf.nll_scaled) and summary[
-        "ece_crossfit"
-    ] == pytest.approx(cf.ece_scaled)
-    # scored out of sample, the scaled NLL cannot beat the in-sample optimum
-    assert summary["nll_crossfit"] >= summary["nll_temperature_scaled"]
+    # split 0 of the repeated cross-fit is the single seeded split; the recorded number is the median over splits
+    splits = summary["nll_crossfit_splits"]
+    assert splits.shape == (CROSSFIT_SPLITS,) and len(set(splits.tolist())) > CROSSFIT_SPLITS // 2
+    assert splits[0] == pytest.approx(cf.nll_scaled) and summary["ece_crossfit_splits"][0] == pytest.approx(cf.ece_scaled)
+    assert summary["nll_crossfit"] == pytest.approx(float(np.median(splits)))
+    # scored out of sample, the scaled NLL cannot beat the in-sample optimum, in any split
+    assert splits.min() >= summary["nll_temperature_scaled"]
     ev = evaluate_logits(logits.float(), target)
     scalars = epoch_scalars(logits, target, ev)
     assert set(LOGGED_CALIBRATION_KEYS) <= set(scalars) and "nll_crossfit" not in scalars
@@ -359,23 +368,6 @@ def test_learned_then_lost_is_not_learning_not_a_partial_collapse():
     )
 
 
-def test_the_min_loss_epoch_is_always_among_the_lowest_so_far():
-    """The per-epoch diagnosis cross-fits only these epochs (and the last): the verdict's min epoch must be one."""
-    mean = np.array([2.0, 1.0, 1.5, 1.0, np.nan, 0.5, 0.7])
-    assert rk.at_lowest_so_far(mean).tolist() == [True, True, False, True, True, True, False]
-    # a block after epochs whose lowest mean was 0.9: only the epochs below it (or NaN) qualify
-    assert rk.at_lowest_so_far(mean, lowest_before=0.9).tolist() == [False] * 4 + [True, True, False]
-    gen = np.random.default_rng(0)
-    for _ in range(50):
-        losses = gen.gamma(2.0, size=(30, 40)).astype(np.float32)
-        mean = rk.mean_losses(losses)
-        split = int(gen.integers(1, 30))  # two blocks, the second after the first's lowest
-        chosen = np.concatenate([
-            rk.at_lowest_so_far(mean[:split]), rk.at_lowest_so_far(mean[split:], float(mean[:split].min()))
-        ])  # fmt: skip
-        assert chosen[int(np.argmin(rk.mean_losses(losses)))]
-
-
 def test_calibration_summaries_cross_fit_only_the_rows_asked_for():
     from lossdiag.functional.calibration import calibration_summaries
 
@@ -384,7 +376,7 @@ def test_calibration_summaries_cross_fit_only_the_rows_asked_for():
     every = calibration_summaries(block, target)
     some = calibration_summaries(block, target, crossfit=torch.tensor([False, True, False]))
     for key, values in every.items():
-        if key.endswith("_crossfit"):
-            assert torch.isnan(some[key][[0, 2]]).all() and some[key][1] == values[1], key
+        if "_crossfit" in key:  # the medians and the per-split values
+            assert torch.isnan(some[key][[0, 2]]).all() and torch.equal(some[key][1], values[1]), key
         else:
             assert torch.equal(some[key], values), key

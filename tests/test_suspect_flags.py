@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 
 from lossdiag.diagnosis.judge.suspects import (
+    NO_THRESHOLDS,
     NOT_LEARNING,
     rank_run,
     suspect_rows,
     val_label_suspects,
 )
+from lossdiag.diagnosis.judge.verdict import judge
 from lossdiag.diagnosis.samples import Samples, SplitInfo
 from lossdiag.functional.outputs import Evaluation
 from lossdiag.functional.suspects import CLEANLAB, CONFIDENT_OTHER, EARLY_DYNAMICS
@@ -36,12 +38,12 @@ def evaluation(p: np.ndarray, pred: np.ndarray, conf: np.ndarray, loss: float | 
 
 
 def val_samples(epochs: int = 1) -> Samples:
-    """The 12 val images, ``epochs`` recorded epochs whose mean val loss is lowest at epoch 3, a ``best`` model."""
+    """The 12 val images, ``epochs`` recorded epochs (mean val loss lowest at epoch 3), a ``best_val_acc`` model."""
     samples = Samples(classes=CLASSES, loss_cap=float("nan"), val=SplitInfo.create(range(12), VAL_TARGET))
     best = evaluation(VAL_P, VAL_PRED, VAL_CONF)
     for epoch in range(epochs):
         samples.add_epoch(epoch, evaluation(VAL_P, VAL_PRED, VAL_CONF, loss=abs(epoch - 3) + 1.0))
-    samples.add_models({"best": (3, {"val": best})})
+    samples.add_models({"best_val_acc": (3, {"val": best})})
     return samples
 
 
@@ -69,6 +71,25 @@ def test_no_flags_when_not_learning_and_none_inside_collapsed_classes() -> None:
     assert np.flatnonzero(val_label_suspects(samples, "partial_collapse", ("fox",))).tolist() == [3]
     ranked = rank_run(samples, None, NOT_LEARNING, ())
     assert ranked is not None and not ranked.suspects.flagged.any() and ranked.gate.off == NOT_LEARNING
+
+
+def test_the_verdicts_label_error_group_is_the_flagged_val_rows() -> None:
+    """One idea in one place: the verdict's ``suspected_label_error`` group is what ``suspects.csv`` flags."""
+    samples = val_samples(epochs=6)
+    verdict = judge(samples)
+    ranked = rank_run(samples, None, verdict.kind, verdict.stats.collapsed_classes)
+    assert ranked is not None and verdict.kind != NOT_LEARNING
+    rows = ranked.suspects
+    flagged = sorted(
+        int(w) for s, w, f in zip(rows.split, rows.where, rows.flagged, strict=True) if s == "val" and f
+    )
+    assert flagged == CONFIDENT
+    assert verdict.final_loss_by_group["suspected_label_error"]["n"] == len(CONFIDENT)
+    # src.evaluate on another folder without the training run's thresholds: nothing flagged, nothing in the group
+    off = judge(samples, "best_val_acc", flags_off=NO_THRESHOLDS)
+    assert off.final_loss_by_group["suspected_label_error"]["n"] == 0
+    stored = judge(samples, "best_val_acc", flag_thresholds=np.array([0.5, 0.5, 0.5]))
+    assert stored.final_loss_by_group["suspected_label_error"]["n"] == 3
 
 
 # 30 training images, 10 per class, 10 epochs; the val loss is lowest at epoch 3, so the early window is epochs

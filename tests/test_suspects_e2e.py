@@ -15,7 +15,7 @@ from PIL import Image
 
 from lossdiag.diagnosis.samples import load_samples
 from lossdiag.functional.suspects import confident_other
-from tests.conftest import read_events, run_module
+from tests.conftest import read_events, read_images, run_module
 from tests.images import pattern
 
 CLASSES = ("cats", "dogs", "pandas")
@@ -74,7 +74,10 @@ def test_moved_images_are_the_top_rows_and_the_flags(moved_run: tuple[Path, set[
     assert hits / len(flagged) >= 0.8 and hits / len(moved) >= 0.5, (len(flagged), hits)
     assert {r["flag_rule"] for r in rows if r["flagged"] == "1"} <= {"early_dynamics", "confident_other"}
     thresholds = json.loads((run / "suspects.json").read_text())["thresholds"]
-    assert set(thresholds) == {"initial", "best", "last"} and len(thresholds["best"]) == 3
+    assert (
+        set(thresholds) == {"initial", "best_val_acc", "min_val_loss", "last"}
+        and len(thresholds["best_val_acc"]) == 3
+    )
 
     assert "flagged" in (run / "suspects.md").read_text()
     assert (run / "figures" / "data_map.png").stat().st_size > 5000
@@ -83,7 +86,7 @@ def test_moved_images_are_the_top_rows_and_the_flags(moved_run: tuple[Path, set[
     # the top of the ranking, flagged or not, with its files
     assert "Most suspect first" in section and rows[0]["path"] in section and "suspects.csv" in section
     events = read_events(run)
-    assert {"suspects/train", "suspects/val", "suspects/data_map"} <= set(events.Tags()["images"])
+    assert {"suspects/train", "suspects/val", "suspects/data_map"} <= set(read_images(events))
 
 
 @pytest.mark.slow
@@ -91,7 +94,7 @@ def test_evaluating_another_folder_flags_with_the_training_runs_thresholds(
     moved_run: tuple[Path, set[str]], tmp_path: Path
 ) -> None:
     run, _ = moved_run
-    ckpt = run / "checkpoints" / "best.ckpt"
+    ckpt = run / "checkpoints" / "best_val_acc.ckpt"
 
     def evaluate(folder: Path, out: Path) -> list[dict[str, str]]:
         proc = run_module("src.evaluate", f"ckpt_path={ckpt}", f"data.root={folder}", f"hydra.run.dir={out}")
@@ -107,8 +110,8 @@ def test_evaluating_another_folder_flags_with_the_training_runs_thresholds(
     new_moved = folder_with_moved_images(other, per_class=20, moved_per_class=2, seed=2)
     rows = evaluate(other, tmp_path / "eval_other")
     samples = load_samples(tmp_path / "eval_other")
-    ev = samples.models["best"]["val"]
-    stored = json.loads((run / "suspects.json").read_text())["thresholds"]["best"]
+    ev = samples.models["best_val_acc"]["val"]
+    stored = json.loads((run / "suspects.json").read_text())["thresholds"]["best_val_acc"]
     expected = confident_other(ev.pred, ev.conf, samples.val.target, np.asarray(stored))
     by_path = {r["path"]: r["flagged"] == "1" for r in rows}
     assert [by_path[p] for p in samples.val.path] == expected.tolist()
@@ -117,7 +120,7 @@ def test_evaluating_another_folder_flags_with_the_training_runs_thresholds(
     saved = (run / "suspects.json").read_text()
     try:
         data = json.loads(saved)
-        data["thresholds"]["best"] = [1.01] * 3
+        data["thresholds"]["best_val_acc"] = [1.01] * 3
         (run / "suspects.json").write_text(json.dumps(data))
         assert not any(r["flagged"] == "1" for r in evaluate(other, tmp_path / "eval_high"))
         (run / "suspects.json").unlink()  # none stored: no flags, and suspects.md says why

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf, open_dict
 
 from lossdiag.app.pipeline import build_datamodule, build_net, prepare
 from lossdiag.app.resume import override_key
-from lossdiag.app.run_config import RUN_GROUPS, run_cfg, run_choices, run_dir_of
+from lossdiag.app.run_config import RUN_GROUPS, other_folder, run_cfg, run_choices, run_dir_of
 from lossdiag.callbacks.console import announce
 from lossdiag.data.datamodules import ImageFolderDataModule, InMemoryDataModule
 from lossdiag.diagnosis.judge.suspects import NO_THRESHOLDS
@@ -30,7 +30,7 @@ from lossdiag.functional.breakdown import worst_indices
 from lossdiag.functional.outputs import evaluate_logits
 from lossdiag.models.predict import predict_records
 from lossdiag.rundir.checkpoints import load_weights, read_checkpoint
-from lossdiag.rundir.paths import DIAGNOSIS_FILE
+from lossdiag.rundir.paths import DIAGNOSIS_FILE, display_path
 from lossdiag.rundir.suspects import read_thresholds
 
 RUN_KEYS = (*RUN_GROUPS, "seed")
@@ -68,26 +68,9 @@ def with_run_config(cfg: Any, ckpt: Path, overrides: Sequence[str] = ()) -> Any:
     return cfg
 
 
-def other_folder(cfg: Any, ckpt: Path) -> Path | None:
-    """The image folder ``cfg.data`` points at when it is not the checkpoint's run's own, else ``None``.
-
-    ``None`` too when the run's config is unknown (a checkpoint outside its run folder): then the
-    configured data is split as in training.
-    """
-    root = OmegaConf.select(cfg, "data.root", default=None)
-    run = run_cfg(ckpt)
-    if root is None or run is None:
-        return None
-    run_root = OmegaConf.select(run, "data.root", default=None)
-    here = Path(str(root)).expanduser().resolve()
-    if run_root is not None and Path(str(run_root)).expanduser().resolve() == here:
-        return None
-    return here
-
-
 def _data(cfg: Any, ckpt: Path) -> tuple[InMemoryDataModule, str, bool]:
     """The data module, what its val split is (``evaluated_on``), and whether it has a training split."""
-    folder = other_folder(cfg, ckpt)
+    folder = other_folder(ckpt, OmegaConf.select(cfg, "data.root", default=None))
     if folder is None:
         return build_datamodule(cfg), "val split", True
     dm = instantiate(cfg.data)
@@ -107,7 +90,7 @@ def evaluate_checkpoint(cfg: Any, overrides: Sequence[str] = ()) -> Diagnosis:
     from torch.utils.tensorboard import SummaryWriter
 
     if not cfg.get("ckpt_path"):
-        raise UserError("ckpt_path is not set: python -m src.evaluate ckpt_path=<run>/checkpoints/best.ckpt")
+        raise UserError("ckpt_path is not set: python -m src.evaluate ckpt_path=<run>/checkpoints/best_val_acc.ckpt")
     path = Path(str(cfg.ckpt_path)).expanduser()
     weights, cap, epoch = read_checkpoint(path)
     cfg = with_run_config(cfg, path, overrides)
@@ -121,7 +104,7 @@ def evaluate_checkpoint(cfg: Any, overrides: Sequence[str] = ()) -> Diagnosis:
     assert dm.val is not None and dm.train is not None
     net.eval()
     evaluations = {
-        split: evaluate_logits(records.logits, records.target)
+        split: evaluate_logits(records.logits, records.target, crossfit=split == "val")
         for split in (("val", "train") if has_train else ("val",))
         if (records := predict_records(lambda x, n: net(x).float(), dm.eval_dataloader(split))) is not None
     }
@@ -150,5 +133,5 @@ def evaluate_checkpoint(cfg: Any, overrides: Sequence[str] = ()) -> Diagnosis:
         )  # fmt: skip
     finally:
         writer.close()
-    announce(log, f"{diagnosis.summary}\nFull diagnosis: {out / DIAGNOSIS_FILE}")
+    announce(log, f"{diagnosis.summary}\nFull diagnosis: {display_path(out / DIAGNOSIS_FILE)}")
     return diagnosis

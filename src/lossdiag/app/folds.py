@@ -3,10 +3,11 @@
 The run's training split is cut into K stratified folds (seeded by ``seed``). Fold ``k`` trains the run's own
 configuration (data, model, loss, optimizer, epochs, seed) on the other K-1 folds plus the run's val split (which
 the run itself held out: reusing it keeps each fold's training set about as large as the run's) and predicts the
-held-out fold after every epoch, keeping the epoch of the best held-out accuracy (as the run keeps ``best.ckpt``:
-better than the last epoch where the model overfits, benchmarks/suspects_prototype.py). It also keeps its own
-training dynamics: minus the early-window mean margin of every image it trained on. cleanlab scores these out-of-fold probabilities and the suspects combine them
-with the run's own dynamics (:mod:`lossdiag.diagnosis.judge.suspects`).
+held-out fold after every epoch, keeping the epoch of the best held-out accuracy (as the run keeps
+``best_val_acc.ckpt``: better than the last epoch where the model overfits, benchmarks/suspects_prototype.py). It
+also keeps its own training dynamics: minus the early-window mean margin of every image it trained on. cleanlab
+scores these out-of-fold probabilities and the suspects combine them with the run's own dynamics
+(:mod:`lossdiag.diagnosis.judge.suspects`).
 
 Each fold is written atomically to ``<run>/suspects_folds/fold_<k>.npz`` as soon as it finishes, with a
 fingerprint of the split and the configuration it was made for: a killed run, continued with
@@ -98,7 +99,8 @@ def fold_datamodule(dm: InMemoryDataModule, held: np.ndarray) -> InMemoryDataMod
 class FoldDynamics(L.Callback):
     """What a fold keeps of its training, from the module's gathered records: every epoch's training-step margins
     of its training images and held-out mean loss (which places its early window), and the held-out class
-    probabilities of the epoch with the best held-out accuracy (the first on ties), as ``best.ckpt`` is chosen."""
+    probabilities of the epoch with the best held-out accuracy (the first on ties), as ``best_val_acc.ckpt`` is
+    chosen."""
 
     def __init__(self) -> None:
         self.train_epochs: list[int] = []

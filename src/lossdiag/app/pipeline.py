@@ -163,7 +163,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     for logger in trainer.loggers:
         logger.log_hyperparams(config)  # type: ignore[arg-type]  # hparams.yaml
     # TensorBoard's HParams tab (what a person compares runs by) and Custom Scalars layout
-    trainer.callbacks.append(TensorBoardDashboards(run_hparams(shown, datamodule), cfg.paths.output_dir))  # type: ignore[arg-type]
+    trainer.callbacks.append(TensorBoardDashboards(run_hparams(shown, datamodule)))  # type: ignore[arg-type]
     log.info(
         "data: %d train / %d val samples, %d classes, %dx%dx%d; loss=%s; augment=%s",
         len(datamodule.train),  # type: ignore[arg-type]
@@ -190,7 +190,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if diagnosis is not None:
         from lossdiag.app.folds import cross_validate
 
-        samples = diagnosis.restore_samples()  # resumed after its last epoch (killed during the folds): as saved
+        # resumed after its last epoch (killed during the folds): as saved
+        samples = diagnosis.restore_samples()
         if samples is None:
             log.warning("suspects.folds: the run recorded no validation epoch to rank: no folds were trained")
         else:

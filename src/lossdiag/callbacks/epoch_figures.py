@@ -10,14 +10,16 @@ training time gets them when training ends (``now``), at the same steps: the sam
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from lossdiag.diagnosis.samples import Samples
-from lossdiag.diagnosis.write import epoch_figures
+from lossdiag.diagnosis.write import epoch_figures, write_figure
 from lossdiag.functional.breakdown import worst_indices
-from lossdiag.render.figures import WORST_TILES, log_figure
+from lossdiag.render.figures import WORST_TILES
+from lossdiag.rundir.paths import epoch_figure_path
 
 TIME_SHARE = 0.1  # at most this share of the time since the last drawing goes to drawing mid-run
 
@@ -52,8 +54,11 @@ class EpochFigures:
         self.pending.append((epoch, {i: x for i, x in self._images.items() if i in keep}))
         self._images = {}
 
-    def draw(self, writer: Any, samples: Samples | None, evaluated_through: int, now: bool = False) -> None:
-        """Draw the pending epochs up to ``evaluated_through`` (when due, or ``now``) as ``val/<figure>``."""
+    def draw(
+        self, writer: Any, samples: Samples | None, evaluated_through: int, out_dir: Path, now: bool = False
+    ) -> None:
+        """Draw the pending epochs up to ``evaluated_through`` (when due, or ``now``) as TensorBoard ``val/<figure>``
+        and ``<out_dir>/figures/epochs/<figure>_<epoch>.png``."""
         if writer is None or samples is None:
             self.pending = []
             return
@@ -63,10 +68,9 @@ class EpochFigures:
         start = time.monotonic()
         for epoch, images in ready:
             ev = samples.val_epochs[samples.epochs.index(epoch)]
-            for name, fig in epoch_figures(
-                samples, ev, images, self.worst_k, epoch, f"val, epoch {epoch}"
-            ).items():
-                log_figure(writer, f"val/{name}", fig, epoch)
+            figures = epoch_figures(samples, ev, images, self.worst_k, epoch, f"val, epoch {epoch}")
+            for name, fig in figures.items():
+                write_figure(epoch_figure_path(out_dir, name, epoch), fig, writer, f"val/{name}", epoch)
         self._draw_s = (time.monotonic() - start) / len(ready)
         self._drawn_at = time.monotonic()
         self.pending = [(e, images) for e, images in self.pending if e > evaluated_through]

@@ -90,6 +90,7 @@ class LossDiagnosis(L.Callback):
         k: float = 3.0,
         flush_every_n_epochs: int = 50,
         flush_every_s: float = 2.0,
+        config_keys: bool = False,
     ) -> None:
         if not str(output_dir):
             raise UserError("LossDiagnosis needs output_dir: the folder its files go to")
@@ -105,6 +106,7 @@ class LossDiagnosis(L.Callback):
         self.save_initial_checkpoint = save_initial_checkpoint
         self.histograms = histograms
         self.k = float(k)
+        self.config_keys = config_keys  # the advice may name lossdiag config keys (python -m src.train)
         self.recorder = Recorder(self.output_dir, flush_every_n_epochs, flush_every_s, write_every_n_epochs)
         self.step_recorders = {
             stage: SampleRecorder() for stage in STAGES
@@ -279,9 +281,8 @@ class LossDiagnosis(L.Callback):
         self._draw_figures(trainer)
 
     def _draw_figures(self, trainer: L.Trainer, now: bool = False) -> None:
-        self.figures.draw(
-            tensorboard_writer(trainer), self.recorder.samples, self.recorder.logged_through, now
-        )
+        writer, samples = tensorboard_writer(trainer), self.recorder.samples
+        self.figures.draw(writer, samples, self.recorder.logged_through, self.output_dir, now)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # before any callback's on_fit_end (e.g. the HParams summary reads the logged history)
@@ -314,10 +315,11 @@ class LossDiagnosis(L.Callback):
         states: dict[str, tuple[int, dict[str, torch.Tensor]]] = {}
         if self.initial is not None and self.reports:
             states["initial"] = (-1, self.initial)
-        best = getattr(trainer.checkpoint_callback, "best_model_path", "") if self.reports else ""
-        if best and Path(best).is_file():
-            ckpt = load_checkpoint(best)
-            states["best"] = (int(ckpt.get("epoch", -1)), ckpt["state_dict"])
+        for callback in trainer.checkpoint_callbacks if self.reports else ():
+            best = Path(getattr(callback, "best_model_path", "") or "")
+            if best.name and best.is_file():  # named after its file (best_val_acc, min_val_loss, ...)
+                ckpt = load_checkpoint(best)
+                states[best.stem] = (int(ckpt.get("epoch", -1)), ckpt["state_dict"])
         samples = self.recorder.samples
         last_epoch = samples.epochs[-1] if samples and samples.val_epochs else trainer.current_epoch
         states["last"] = (last_epoch, {k: v.detach().clone() for k, v in pl_module.state_dict().items()})
@@ -335,11 +337,11 @@ class LossDiagnosis(L.Callback):
         models = evaluate_models(trainer, pl_module, self._states(trainer, pl_module))
         if trainer.global_rank != 0 or samples is None:
             return
-        self.recorder.take_dynamics()
+        self.recorder.take_split()
         if samples.train is None and "train" in models.get("last", (0, {}))[1]:
             samples.train = split_info(trainer, models["last"][1]["train"], "train")
         evaluated = {
-            name: (epoch, {s: evaluate_logits(r.logits, r.target) for s, r in records.items()})
+            name: (epoch, {s: evaluate_logits(r.logits, r.target, crossfit=s == "val") for s, r in records.items()})
             for name, (epoch, records) in models.items()
         }
         samples.add_models(evaluated if self.reports else {})
@@ -391,6 +393,7 @@ class LossDiagnosis(L.Callback):
             writer,
             samples.epochs[-1],  # the last validation epoch: every figure and text is at step = epoch
             suspect_images=suspect_images if writer is not None else None,
+            config_keys=self.config_keys,
         )
         announce(
             log, f"{self.diagnosis.summary}\nFull diagnosis: {display_path(self.output_dir / DIAGNOSIS_FILE)}"

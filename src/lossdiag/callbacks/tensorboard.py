@@ -1,17 +1,17 @@
 """TensorBoard glue: the run's ``SummaryWriter``, its HParams tab and its Custom Scalars layout.
 
 The HParams tab compares runs by a few hyperparameters a person would vary (chosen by the app, see
-:mod:`lossdiag.app.hparams`) and by :data:`HPARAM_METRICS`, summary scalars written once at the end of fit
-from the run's whole per-epoch history (a resumed run included). The Custom Scalars tab
+:mod:`lossdiag.app.hparams`) and by :data:`HPARAM_METRICS`: per-epoch metrics whose last value sums the run up
+(``val/acc_best`` is the best val accuracy so far, ``val/loss_min`` the lowest val loss so far), so the tab shows
+the same names as the CSV and the sweep report, and the Scalars tab gets no one-point summary charts: its tag
+groups are ``train/`` and ``val/`` only (TensorBoard orders groups by their first tag). The Custom Scalars tab
 (:data:`LAYOUT`) puts the curves that tell the story side by side: val loss against val accuracy,
 the loss tail, the loss carried by correct and by wrong samples, calibration.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -20,20 +20,14 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.compat.proto.summary_pb2 import HistogramProto, Summary
 
 from lossdiag.functional.breakdown import equal_width_histograms
-from lossdiag.rundir.metrics_csv import read_history
 
 # per-sample loss histogram bins: enough for a few hundred to thousands of samples, and every byte of an event
 # costs (TensorBoard's writer checksums events in pure Python without TensorFlow: ~0.1 ms per KB)
 HISTOGRAM_BINS = 32
 
-# HParams metric tag -> (per-epoch metric, how the run's history of it is summarised)
-HPARAM_METRICS: dict[str, tuple[str, str]] = {
-    "hparams/val_acc_best": ("val/acc", "max"),
-    "hparams/val_acc_last": ("val/acc", "last"),
-    "hparams/val_loss_min": ("val/loss", "min"),
-    "hparams/val_loss_last": ("val/loss", "last"),
-    "hparams/val_ece_last": ("val/ece", "last"),
-}
+# the HParams tab's metrics: per-epoch tags, each shown by its value at the run's last epoch (a resumed run's too:
+# val/acc_best and val/loss_min are module buffers, restored from last.ckpt)
+HPARAM_METRICS: tuple[str, ...] = ("val/acc_best", "val/acc", "val/loss_min", "val/loss", "val/ece")
 
 
 def _exactly(*tags: str) -> list[str]:
@@ -58,7 +52,7 @@ LAYOUT: dict[str, dict[str, list[Any]]] = {
     "train vs val": {
         "loss": ["Multiline", _exactly("train/loss", "val/loss")],
         "accuracy": ["Multiline", _exactly("train/acc", "val/acc")],
-        "bounded loss (every sample capped at loss/cap)": [
+        "bounded loss (every sample capped at train/loss_cap)": [
             "Multiline",
             _exactly("train/loss_bounded", "val/loss_bounded"),
         ],
@@ -139,22 +133,12 @@ def hparam_value(value: Any) -> bool | int | float | str:
     return value if isinstance(value, bool | int | float | str) else str(value)
 
 
-def summarise_history(history: Mapping[str, Sequence[float]]) -> dict[str, float]:
-    """:data:`HPARAM_METRICS` of a per-epoch history (``{metric: [value per epoch]}``); absent metrics are left out."""
-    out: dict[str, float] = {}
-    for tag, (metric, how) in HPARAM_METRICS.items():
-        values = [v for v in history.get(metric, ()) if math.isfinite(v)]
-        if values:
-            out[tag] = {"max": max, "min": min, "last": lambda v: v[-1]}[how](values)
-    return out
-
-
 def log_hparams(trainer: L.Trainer, hparams: Mapping[str, Any]) -> None:
     """Write ``hparams`` to TensorBoard's HParams tab (rank 0), declaring :data:`HPARAM_METRICS`.
 
     Lightning's ``log_hyperparams`` only writes the HParams summary together with metric values,
     which would add a fake step-0 point to those curves; the summary alone is enough for TensorBoard,
-    which shows each metric's last value in this run.
+    which shows each metric's last value in this run (the per-epoch values the module logs).
     """
     writer = tensorboard_writer(trainer)
     if writer is None:
@@ -175,40 +159,12 @@ def log_layout(trainer: L.Trainer) -> None:
 
 
 class TensorBoardDashboards(L.Callback):
-    """HParams and Custom Scalars for the run, written inside the training process(es) (so spawned
-    multi-process runs write into rank 0's event file rather than opening one in the launcher).
+    """HParams and Custom Scalars for the run, written at the start of fit inside the training process(es) (so
+    spawned multi-process runs write into rank 0's event file rather than opening one in the launcher)."""
 
-    ``hparams`` go to the HParams tab at the start of fit; at its end, :data:`HPARAM_METRICS` are
-    computed from ``<run_dir>/csv/metrics.csv`` (every epoch, including those before a resume) or,
-    without that file, from this fit's last values, and written at step = last epoch.
-    """
-
-    def __init__(self, hparams: Mapping[str, Any], run_dir: str | Path | None = None) -> None:
+    def __init__(self, hparams: Mapping[str, Any]) -> None:
         self.hparams = dict(hparams)
-        self.run_dir = Path(run_dir) if run_dir is not None else None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         log_hparams(trainer, self.hparams)
         log_layout(trainer)
-
-    def _history(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, list[float]]:
-        if self.run_dir is not None:
-            try:
-                return read_history(self.run_dir)
-            except FileNotFoundError:
-                pass
-        last: dict[str, float] = {}
-        for owner in (pl_module, *trainer.callbacks):  # type: ignore[attr-defined]
-            last.update(getattr(owner, "epoch_values", {}))
-        return {key: [value] for key, value in last.items()}
-
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        writer = tensorboard_writer(trainer)
-        if writer is None:
-            return
-        history = self._history(trainer, pl_module)
-        # the last epoch (when fit has ended, current_epoch is one past it)
-        step = int(history["epoch"][-1]) if history.get("epoch") else max(trainer.current_epoch - 1, 0)
-        for tag, value in summarise_history(history).items():
-            writer.add_scalar(tag, value, global_step=step)
-        writer.flush()

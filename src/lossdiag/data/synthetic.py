@@ -185,7 +185,12 @@ def make_image_folder(
 
 
 def _labelled(
-    root: Path, names: list[str], labels: np.ndarray, noise_fraction: float, rng: np.random.Generator, ext: str
+    root: Path,
+    names: list[str],
+    labels: np.ndarray,
+    noise_fraction: float,
+    rng: np.random.Generator,
+    ext: str,
 ) -> GeneratedFolder:
     """The files of ``labels`` (true classes) with ``round(noise_fraction * N)`` of them moved, spread over the
     true classes, each to a wrong class folder chosen uniformly among the others."""
@@ -210,7 +215,9 @@ def _write(out: GeneratedFolder, pixels: Callable[[int], np.ndarray], fmt: str) 
         Image.fromarray(pixels(i)).save(path, format=fmt)
 
 
-def make_digits_folder(root: Path, noise_fraction: float = 0.0, seed: int = 0, reuse: bool = True) -> GeneratedFolder:
+def make_digits_folder(
+    root: Path, noise_fraction: float = 0.0, seed: int = 0, reuse: bool = True
+) -> GeneratedFolder:
     """scikit-learn's bundled 8x8 digits (1,797 images, classes ``digit_0`` ... ``digit_9``) written as one-channel
     PNGs, ``root/<class>/img_#####.png``, with ``noise_fraction`` of them moved to a wrong class as
     :func:`make_image_folder` does (train on them with ``data=folder data.channels=1 data.image_size=8``)."""
@@ -244,11 +251,19 @@ def main(argv: list[str] | None = None) -> GeneratedFolder:
     parser.add_argument("--noise", type=float, default=0.0, help="fraction of images moved to a wrong class")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--format", default="png", choices=sorted(FORMATS))
-    parser.add_argument("--kind", default="stripes", choices=KINDS, help="stripes: slow to learn; colours: easy")
+    parser.add_argument(
+        "--kind", default="stripes", choices=KINDS, help="stripes: slow to learn; colours: easy"
+    )
     args = parser.parse_args(argv)
     try:
         folder = make_image_folder(
-            args.root, args.classes, args.per_class, args.size, args.noise, args.seed, args.format,
+            args.root,
+            args.classes,
+            args.per_class,
+            args.size,
+            args.noise,
+            args.seed,
+            args.format,
             kind=args.kind,
         )
     except ValueError as err:

@@ -5,8 +5,9 @@ epochs as one vectorised block and returns each epoch's values for the loggers. 
 (temperature fits, ECE, loss tails) costs ~10x the framework overhead of a few hundred samples' worth of
 computation; a block of ten costs about what one epoch did. A flush is due every ``flush_every_n_epochs`` epochs
 or ``flush_every_s`` seconds (so a slow run's TensorBoard is never behind), or before the pending logits pass
-:data:`MAX_PENDING_BYTES`. Evaluated val epochs go to ``samples`` and the val journal, training dynamics to the
-dynamics journal (:mod:`lossdiag.rundir.journal`); pending epochs travel in :meth:`Recorder.state_dict`, so a
+:data:`MAX_PENDING_BYTES`. Evaluated val epochs and the training dynamics go to the journals on disk
+(:mod:`lossdiag.rundir.journal`), which are ``samples``' history: nothing of it is held in memory; pending epochs
+travel in :meth:`Recorder.state_dict`, so a
 resumed run records them.
 
 The per-epoch scalars are one table, :data:`SCALARS`: a new scalar is a key of one of its functions (or a new row).
@@ -23,17 +24,15 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from lossdiag.diagnosis.judge.stats import at_lowest_so_far, mean_losses
+from lossdiag.diagnosis.judge.stats import mean_losses
 from lossdiag.diagnosis.samples import Samples, SplitInfo
 from lossdiag.functional.breakdown import epoch_scalar_block, loss_distributions
 from lossdiag.functional.losses import per_sample_cross_entropy
-from lossdiag.functional.outputs import Evaluation, evaluate_epochs, evaluate_logits
+from lossdiag.functional.outputs import Evaluation, evaluate_epochs
 from lossdiag.functional.suspects import given_label_dynamics
 from lossdiag.rundir.journal import (
     Journal,
     dynamics_journal,
-    evaluation_record,
-    record_evaluation,
     val_journal,
 )
 from lossdiag.rundir.paths import SAMPLES_FILE, TRAIN_JOURNAL, VAL_JOURNAL
@@ -88,7 +87,6 @@ class Recorder:
         # per-epoch logits not yet evaluated, by stage: [(epoch, logits (N, C))]; each split's labels
         self.pending: dict[str, list[tuple[int, torch.Tensor]]] = {stage: [] for stage in STAGES}
         self.targets: dict[str, torch.Tensor] = {}
-        self.dynamics: list[tuple[int, np.ndarray, np.ndarray]] = []  # every train epoch's, until fit end
         self.logged_through = -1  # the last epoch evaluated and handed to the loggers
         self.resumed_at: int | None = None  # the epoch a resumed run starts at
         self._journal_before: int | None = (
@@ -98,10 +96,11 @@ class Recorder:
         self._last_flush = time.monotonic()
         self._saved_at = 0  # how many val epochs samples.npz held when last written
         self._lowest_val_loss = math.inf  # the lowest mean val loss of the epochs evaluated so far
-        # the latest evaluated val epoch (epoch, logits) while it has no cross-fitted calibration: the verdict may
-        # read it if it turns out to be the last (see finish); not in the state (a run resumed after its last val
-        # epoch leaves that epoch without it)
-        self._uncrossfitted_last: tuple[int, torch.Tensor] | None = None
+        # the two val epochs the verdict's calibration reads, (epoch, logits): the lowest mean loss so far (first on
+        # ties) and the latest; they get the cross-fitted calibration when training ends (see finish). The lowest
+        # travels in the state; the latest does not (a run resumed after its last val epoch leaves it without)
+        self._lowest_logits: tuple[int, torch.Tensor] | None = None
+        self._latest_logits: tuple[int, torch.Tensor] | None = None
 
     # -- every epoch ---------------------------------------------------------------------------------------
     def keep(self, stage: str, epoch: int, logits: torch.Tensor, target: torch.Tensor) -> None:
@@ -155,7 +154,6 @@ class Recorder:
         if stage == "val":
             return self._evaluate_val(epochs, logits, target, cap)
         p_given, margin = (t.numpy().astype(np.float16) for t in given_label_dynamics(logits, target))
-        self.dynamics += [(epoch, p_given[i], margin[i]) for i, epoch in enumerate(epochs)]
         self._journals["train"].append_many(epochs, {"p_given": p_given, "margin": margin})
         return StageBlock(epochs, logits, target, per_sample_cross_entropy(logits, target), None, cap)
 
@@ -163,38 +161,37 @@ class Recorder:
         self, epochs: list[int], logits: torch.Tensor, target: torch.Tensor, cap: float
     ) -> StageBlock:
         assert self.samples is not None
-        # the cross-fitted calibration only where the verdict may read it: the epochs at the lowest val loss so far,
-        # and the last one (finish, at the end)
-        mean = mean_losses(per_sample_cross_entropy(logits, target).numpy())
-        crossfit = at_lowest_so_far(mean, self._lowest_val_loss)
-        self._lowest_val_loss = float(np.fmin.reduce(mean, initial=self._lowest_val_loss))
-        ev = evaluate_epochs(logits, target, crossfit=torch.from_numpy(crossfit))
-        self._uncrossfitted_last = None if crossfit[-1] else (epochs[-1], logits[-1].clone())
-        for i, epoch in enumerate(epochs):
-            self.samples.add_epoch(epoch, ev[i])
-        self._journals["val"].append_many(epochs, evaluation_record(ev))
+        # no cross-fitted calibration here: the verdict reads it for two epochs only, given them in finish()
+        ev = evaluate_epochs(logits, target, crossfit=torch.zeros(len(epochs), dtype=torch.bool))
+        mean = mean_losses(ev.loss)
+        lowest = int(np.argmin(mean))  # first on ties, as the verdict's min epoch
+        if mean[lowest] < self._lowest_val_loss:
+            self._lowest_val_loss = float(mean[lowest])
+            self._lowest_logits = (epochs[lowest], logits[lowest].clone())
+        self._latest_logits = (epochs[-1], logits[-1].clone())
+        self.samples.add_epochs(epochs, ev)
         return StageBlock(epochs, logits, target, torch.from_numpy(ev.loss), ev, cap)
 
     def finish(self) -> None:
-        """Give the last evaluated val epoch its cross-fitted calibration (a flush before cannot know which epoch
-        will be the last): in ``samples`` and, as a newer record of it, in the journal."""
-        if self._uncrossfitted_last is None or self.samples is None or "val" not in self._journals:
+        """Give the lowest-loss and the last val epochs their cross-fitted calibration (repeated over random splits:
+        two rows of temperature fits per split, paid once): in ``samples`` and, as newer records, in the journal."""
+        if self.samples is None or "val" not in self._journals:
             return
-        epoch, logits = self._uncrossfitted_last
-        self._uncrossfitted_last = None
-        if self.samples.epochs and self.samples.epochs[-1] == epoch:
-            ev = evaluate_logits(logits, self.targets["val"])
-            self.samples.val_epochs[-1] = ev
-            self._journals["val"].append(epoch, evaluation_record(ev))
+        kept = {epoch: logits for epoch, logits in (self._lowest_logits, self._latest_logits) if logits is not None}
+        kept = {epoch: logits for epoch, logits in kept.items() if epoch in self.samples.epochs}
+        if not kept:
+            return
+        epochs = sorted(kept)
+        ev = evaluate_epochs(torch.stack([kept[e] for e in epochs]), self.targets["val"])
+        for i, epoch in enumerate(epochs):
+            self.samples.replace_epoch(epoch, ev[i])
+        self._latest_logits = None  # done: a second finish (after a failure) does not repeat it
 
-    def take_dynamics(self) -> None:
-        """Put the training dynamics of every recorded epoch into ``samples`` (at the end of fit)."""
+    def take_split(self) -> None:
+        """Put the training split's identity into ``samples`` (at the end of fit; its dynamics are in the journal)."""
         assert self.samples is not None
         if self.train_info is not None and self.samples.train is None:
             self.samples.train = self.train_info
-        self.samples.dynamics_epochs, self.samples.train_p_given, self.samples.train_margin = [], [], []
-        for epoch, p_given, margin in self.dynamics:
-            self.samples.add_dynamics(epoch, p_given, margin)
 
     # -- resume --------------------------------------------------------------------------------------------
     def _open_journals(self) -> None:
@@ -205,23 +202,24 @@ class Recorder:
         checkpoint), every epoch before the resumed one.
         """
         assert self.samples is not None
-        self._journals["val"] = val_journal(self.output_dir / VAL_JOURNAL, len(self.samples.val.index))
+        samples = self.samples
+        self._journals["val"] = val_journal(self.output_dir / VAL_JOURNAL, len(samples.val.index), len(samples.classes))
         if "train" in self.targets:
             self._journals["train"] = dynamics_journal(
                 self.output_dir / TRAIN_JOURNAL, len(self.targets["train"])
             )
+        # the journals are the samples' history from here on
+        samples.val_journal, samples.dynamics = self._journals["val"], self._journals.get("train")
         if self.resumed_at is None:
             for journal in self._journals.values():
                 journal.reset()
             return
         before = self._journal_before if self._journal_before is not None else self.resumed_at
-        for epoch, record in self._journals["val"].restore(before_epoch=before):
-            self.samples.add_epoch(epoch, record_evaluation(record))
-        if self.samples.val_epochs:
-            self._lowest_val_loss = float(np.nanmin(mean_losses(self.samples.history.loss), initial=math.inf))
-        if "train" in self._journals:
-            restored = self._journals["train"].restore(before_epoch=before)
-            self.dynamics += [(e, r["p_given"], r["margin"]) for e, r in restored]
+        for journal in self._journals.values():
+            journal.restore(before_epoch=before)
+        loss = self._journals["val"].records()["loss"]
+        if len(loss):
+            self._lowest_val_loss = float(np.nanmin(loss.mean(1, dtype=np.float64), initial=math.inf))
 
     def state_dict(self) -> dict[str, Any]:
         # each stage's pending logits as one stacked tensor: a checkpoint pays per stored tensor
@@ -232,12 +230,14 @@ class Recorder:
             }
             for stage, items in self.pending.items()
         }
-        return {"logged_through": self.logged_through, "pending": pending}
+        return {"logged_through": self.logged_through, "pending": pending, "lowest": self._lowest_logits}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Take the checkpoint's not-yet-logged epochs back at once, so a checkpoint saved before the next flush
         still holds them (a second resume then finds them)."""
         self.logged_through = int(state["logged_through"])
+        if state.get("lowest") is not None:
+            self._lowest_logits = state["lowest"]
         self._journal_before = self.logged_through + 1  # the journals keep the epochs logged before
         for stage, block in state["pending"].items():
             if block["logits"] is not None:

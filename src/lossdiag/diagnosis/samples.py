@@ -1,72 +1,48 @@
-"""The per-sample records file of a run, ``<run>/samples.npz``, and its loader :func:`load_samples`.
+"""What a run records per sample, and its files: ``<run>/samples.npz`` and the journals under ``<run>/records/``.
 
-One uncompressed ``numpy.savez`` archive, rewritten atomically every ``write_every_n_epochs``
-validation epochs (callback config, default 5) and once more at the end of training (with the initial/best/last models). ``N`` = val samples, ``Nt`` = train
-samples, ``E`` = validation epochs recorded, ``M`` = evaluated models, ``C`` = classes.
+``samples.npz`` (one uncompressed ``numpy.savez`` archive, written atomically at the end of training and every
+``write_every_n_epochs`` validation epochs) holds what is small: the class names, the splits' sample indices,
+given labels and file paths, the bounded-loss cap, the objective, and the evaluated models' per-sample outputs.
+The per-epoch history lives in the append-only journals the run writes as it goes (:mod:`lossdiag.rundir.journal`):
+``records/val_epochs.bin`` (every val sample, every epoch) and ``records/train_dynamics.bin`` (every training
+sample, every epoch). :func:`load_samples` maps them: nothing of the history is read until it is used, so a run
+of any size loads at once, and ``samples.history.loss[e]`` reads one epoch. ``N`` = val samples, ``Nt`` = train
+samples, ``E`` = validation epochs, ``Et`` = epochs of training dynamics, ``M`` = evaluated models, ``C`` = classes;
+the full table is in the docs (docs/diagnosis.md, *samples.npz*).
 
-=========================== ========== ================================================================
-key                         shape      meaning
-=========================== ========== ================================================================
-``format_version``          ()         1
-``classes``                 (C,) str   class names, index = class id
-``loss_cap``                ()         the bounded-loss cap of the run (``loss/cap``)
-``objective``               () str     the loss the model was trained with (``standard``, ``bounded``;
-                                       ``""``: unknown, e.g. a module without ``hparams.loss``)
-``val_index``               (N,)       sample index in the val split (row order of every ``val_*``)
-``val_target``              (N,)       true class
-``val_path``                (N,) str   image file (folder data), ``""`` for built-in data
-``epochs``                  (E,)       epoch number of each row of the ``val_*`` (E, N) arrays
-``val_loss``                (E, N)     per-sample cross-entropy (float32, from log-softmax)
-``val_p_true``              (E, N)     probability of the true class (float32)
-``val_pred``                (E, N)     predicted class (int16)
-``val_conf``                (E, N)     probability of the predicted class (float32)
-``val_<calib>``             (E,)       ``ece``, ``temperature``, ``nll_temperature_scaled``,
-                                       ``ece_temperature_scaled`` (temperature fitted and scored on the
-                                       same samples, as the ``val/`` scalars) of each epoch; ``nll_crossfit``,
-                                       ``ece_crossfit`` (scored out of sample, as the verdict) of the epochs
-                                       the verdict may read (at the lowest val loss so far, and the last),
-                                       NaN for the others
-``train_index/target/path`` (Nt,)      as for val, for the training split
-``models``                  (M,) str   evaluated models, e.g. ``initial``, ``best``, ``last``
-``model_epoch``             (M,)       epoch the model's weights come from (-1: before training)
-``model_{val,train}_<f>``   (M, N|Nt)  ``loss``, ``p_true``, ``pred``, ``conf`` of each model
-``model_{val,train}_<calib>`` (M,)     calibration of each model on that split
-``dynamics_epochs``         (Et,)      epochs of the training dynamics below
-``train_p_given``           (Et, Nt)   probability of the given label in the training step (float16)
-``train_margin``            (Et, Nt)   given-label logit minus the largest other logit, same step (float16)
-``train_oof_probs``         (Nt, C)    ``suspects.folds=K`` only: every training image's class probabilities
-                                       from the one of K extra trainings that held it out (float32)
-``oof_folds``               ()         K (absent without ``train_oof_probs``)
-``train_folds_early_aum``   (Nt,)      minus the early-window mean margin in the K-1 folds that trained on the
-                                       image, averaged (float32)
-``val_folds_early_aum``     (N,)       the same over the K folds (each trains on the val split)
-=========================== ========== ================================================================
-
-``val/loss`` of epoch ``e`` is ``val_loss[e].mean()``; ``val/acc`` is ``(val_pred[e] == val_target).mean()``.
+``val/loss`` of epoch ``e`` is ``history.loss[e].mean()``; ``val/acc`` is ``(history.pred[e] == val.target).mean()``.
+A ``samples.npz`` of format 1 (the history inside the archive) still loads.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from lossdiag.functional.calibration import CALIBRATION_KEYS
+from lossdiag.functional.calibration import CALIBRATION_KEYS, SPLIT_KEYS
 from lossdiag.functional.outputs import EVALUATION_FIELDS, Evaluation, stack
 from lossdiag.rundir.atomic import atomic_write_bytes
-from lossdiag.rundir.paths import SAMPLES_FILE
+from lossdiag.rundir.journal import (
+    Journal,
+    dynamics_journal,
+    evaluation_record,
+    record_evaluation,
+    val_journal,
+)
+from lossdiag.rundir.paths import SAMPLES_FILE, TRAIN_JOURNAL, VAL_JOURNAL
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the per-epoch history in records/, not in samples.npz
 FIELDS = EVALUATION_FIELDS
 SPLITS = ("val", "train")
 
 
 @dataclass
 class SplitInfo:
-    """What identifies the samples of one split: index, true class, file path."""
+    """What identifies the samples of one split: index, given class (the label in the data), file path."""
 
     index: np.ndarray
     target: np.ndarray
@@ -80,22 +56,33 @@ class SplitInfo:
         return cls(index, np.asarray(target, dtype=np.int64), path)
 
 
+class EpochRows(Sequence[Evaluation]):
+    """The val history as a sequence of one :class:`Evaluation` per epoch, read from the journal when indexed."""
+
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+
+    def __len__(self) -> int:
+        return len(self.journal.records())
+
+    def __getitem__(self, i):  # type: ignore[override]
+        records = self.journal.records()
+        if isinstance(i, slice):
+            return [record_evaluation(r) for r in records[i]]
+        return record_evaluation(records[i])
+
+
 @dataclass
 class Samples:
-    """Everything in ``samples.npz``: per-epoch val outputs and per-model val/train outputs."""
+    """Everything a run recorded per sample: per-epoch val outputs and training dynamics (journals, on disk for a
+    run), and per-model val/train outputs."""
 
     classes: list[str]
     loss_cap: float
     val: SplitInfo
     train: SplitInfo | None = None
-    epochs: list[int] = field(default_factory=list)
-    val_epochs: list[Evaluation] = field(default_factory=list)  # one per epoch, same order as ``epochs``
     models: dict[str, dict[str, Evaluation]] = field(default_factory=dict)  # name -> split -> outputs
     model_epoch: dict[str, int] = field(default_factory=dict)
-    # training dynamics: per epoch, every training sample's p(given label) and margin (train.index order)
-    dynamics_epochs: list[int] = field(default_factory=list)
-    train_p_given: list[np.ndarray] = field(default_factory=list)
-    train_margin: list[np.ndarray] = field(default_factory=list)
     objective: str = ""  # the training loss (standard, bounded); "" when unknown
     # suspects.folds=K: out-of-fold class probabilities of every training sample (train.index order), and K
     train_oof: np.ndarray | None = None
@@ -103,34 +90,81 @@ class Samples:
     # and the folds' own training dynamics: minus each image's early-window mean margin, averaged over the folds
     train_folds_aum: np.ndarray | None = None
     val_folds_aum: np.ndarray | None = None
+    # per-epoch val records (records/val_epochs.bin, or in memory) and training dynamics (records/train_dynamics.bin)
+    val_journal: Journal | None = None
+    dynamics: Journal | None = None
+
+    def __post_init__(self) -> None:
+        if self.val_journal is None:
+            self.val_journal = val_journal(None, len(self.val.index), len(self.classes))
+
+    # -- the per-epoch val history ---------------------------------------------------------------------------
+    @property
+    def epochs(self) -> list[int]:
+        assert self.val_journal is not None
+        return [int(e) for e in self.val_journal.records()["epoch"]]
+
+    @property
+    def val_epochs(self) -> EpochRows:
+        """One :class:`Evaluation` per recorded epoch (read when indexed)."""
+        assert self.val_journal is not None
+        return EpochRows(self.val_journal)
+
+    @property
+    def history(self) -> Evaluation:
+        """All epochs' val outputs: fields (E, N) (``loss`` and ``pred`` read from the journal as they are used),
+        calibration values (E,) and (E, S)."""
+        assert self.val_journal is not None
+        return record_evaluation(self.val_journal.records())
 
     def add_epoch(self, epoch: int, evaluation: Evaluation) -> None:
-        self.epochs.append(int(epoch))
-        self.val_epochs.append(evaluation)
+        self.add_epochs([epoch], stack([evaluation]))
 
+    def add_epochs(self, epochs: Sequence[int], evaluations: Evaluation) -> None:
+        """Record a block of epochs (``evaluations`` with a leading epoch axis) in one write."""
+        assert self.val_journal is not None
+        self.val_journal.append_many([int(e) for e in epochs], evaluation_record(evaluations))
+
+    def replace_epoch(self, epoch: int, evaluation: Evaluation) -> None:
+        """Overwrite a recorded epoch (e.g. with its cross-fitted calibration, given at the end), in place."""
+        assert self.val_journal is not None
+        self.val_journal.write_at(self.epochs.index(int(epoch)), evaluation_record(evaluation))
+
+    # -- the training dynamics -------------------------------------------------------------------------------
+    @property
+    def dynamics_epochs(self) -> list[int]:
+        return [] if self.dynamics is None else [int(e) for e in self.dynamics.records()["epoch"]]
+
+    @property
+    def train_p_given(self) -> np.ndarray:
+        """(Et, Nt) float16: each epoch's probability of the given label in the training step."""
+        return self.dynamics.records()["p_given"] if self.dynamics is not None else np.zeros((0, 0), np.float16)
+
+    @property
+    def train_margin(self) -> np.ndarray:
+        """(Et, Nt) float16: the given label's logit minus the largest other logit, same step."""
+        return self.dynamics.records()["margin"] if self.dynamics is not None else np.zeros((0, 0), np.float16)
+
+    def add_dynamics(self, epoch: int, p_given: np.ndarray, margin: np.ndarray) -> None:
+        if self.dynamics is None:
+            self.dynamics = dynamics_journal(None, len(p_given))
+        self.dynamics.append(int(epoch), {"p_given": p_given, "margin": margin})
+
+    # -- whole models ----------------------------------------------------------------------------------------
     def add_models(self, models: Mapping[str, tuple[int, Mapping[str, Evaluation]]]) -> None:
         """Replace the evaluated models: ``{name: (epoch of its weights, {split: outputs})}``; a model without
         val outputs is left out. The one way both a training run and ``src.evaluate`` record whole models."""
         self.models = {name: dict(splits) for name, (_, splits) in models.items() if "val" in splits}
         self.model_epoch = {name: int(epoch) for name, (epoch, splits) in models.items() if "val" in splits}
 
-    def add_dynamics(self, epoch: int, p_given: np.ndarray, margin: np.ndarray) -> None:
-        self.dynamics_epochs.append(int(epoch))
-        self.train_p_given.append(np.asarray(p_given, dtype=np.float16))
-        self.train_margin.append(np.asarray(margin, dtype=np.float16))
-
-    @property
-    def history(self) -> Evaluation:
-        """All epochs' val outputs stacked: fields are (E, N), calibration values (E,)."""
-        return stack(self.val_epochs)
-
+    # -- files -----------------------------------------------------------------------------------------------
     def to_arrays(self) -> dict[str, np.ndarray]:
+        """What ``samples.npz`` holds (everything but the journals)."""
         arrays: dict[str, np.ndarray] = {
             "format_version": np.asarray(FORMAT_VERSION),
             "classes": np.asarray(self.classes, dtype=str),
             "loss_cap": np.asarray(self.loss_cap, dtype=np.float64),
             "objective": np.asarray(self.objective, dtype=str),
-            "epochs": np.asarray(self.epochs, dtype=np.int64),
             "models": np.asarray(list(self.models), dtype=str),
             "model_epoch": np.asarray([self.model_epoch[m] for m in self.models], dtype=np.int64),
         }
@@ -140,12 +174,6 @@ class Samples:
                 arrays.update(
                     {f"{split}_index": info.index, f"{split}_target": info.target, f"{split}_path": info.path}
                 )
-        if self.val_epochs:
-            arrays.update(_flatten("val", self.history))
-        if self.dynamics_epochs:
-            arrays["dynamics_epochs"] = np.asarray(self.dynamics_epochs, dtype=np.int64)
-            arrays["train_p_given"] = np.stack(self.train_p_given)
-            arrays["train_margin"] = np.stack(self.train_margin)
         if self.train_oof is not None:
             arrays["train_oof_probs"] = np.asarray(self.train_oof, dtype=np.float32)
             arrays["oof_folds"] = np.asarray(self.oof_folds, dtype=np.int64)
@@ -162,8 +190,12 @@ class Samples:
         return arrays
 
     def save(self, path: str | Path, durable: bool = True) -> Path:
-        """Write atomically (a reader never sees a half-written file); ``durable=False`` skips the fsync
-        (for the rewrites during training: a machine crash loses at most the latest)."""
+        """Write ``samples.npz`` atomically (a reader never sees a half-written file; ``durable=False`` skips the
+        fsync, for the rewrites during training) and, for journals held in memory, their files beside it."""
+        path = Path(path)
+        for journal, name in ((self.val_journal, VAL_JOURNAL), (self.dynamics, TRAIN_JOURNAL)):
+            if journal is not None and journal.path is None:
+                atomic_write_bytes(path.parent / name, journal.records().tobytes(), durable)
         buffer = io.BytesIO()
         np.savez(buffer, **self.to_arrays())
         return atomic_write_bytes(path, buffer.getvalue(), durable)
@@ -178,7 +210,7 @@ def _flatten(prefix: str, ev: Evaluation) -> dict[str, np.ndarray]:
 def _unflatten(arrays, prefix: str) -> Evaluation | None:
     if f"{prefix}_loss" not in arrays:
         return None
-    calibration = {k: arrays[f"{prefix}_{k}"] for k in CALIBRATION_KEYS if f"{prefix}_{k}" in arrays}
+    calibration = {k: arrays[f"{prefix}_{k}"] for k in (*CALIBRATION_KEYS, *SPLIT_KEYS) if f"{prefix}_{k}" in arrays}
     return Evaluation(*(arrays[f"{prefix}_{name}"] for name in FIELDS), calibration=calibration)
 
 
@@ -194,37 +226,37 @@ def read_classes(run_dir_or_file: str | Path) -> list[str] | None:
 
 
 def load_samples(run_dir_or_file: str | Path) -> Samples:
-    """Read ``<run>/samples.npz`` (or the file itself) back into :class:`Samples`."""
+    """Read ``<run>/samples.npz`` (or the file itself) back into :class:`Samples`, the journals beside it mapped
+    (read as they are used)."""
     path = Path(run_dir_or_file)
     if path.is_dir():
         path = path / SAMPLES_FILE
     if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} does not exist: is it a run folder written by src.train or src.evaluate?"
-        )
+        raise FileNotFoundError(f"{path} does not exist: is it a run folder written by src.train or src.evaluate?")
     with np.load(path, allow_pickle=False) as data:
         arrays = {k: data[k] for k in data.files}
     splits = {
-        s: SplitInfo(arrays[f"{s}_index"], arrays[f"{s}_target"], arrays[f"{s}_path"])
-        if f"{s}_index" in arrays
-        else None
+        s: SplitInfo(arrays[f"{s}_index"], arrays[f"{s}_target"], arrays[f"{s}_path"]) if f"{s}_index" in arrays else None
         for s in SPLITS
     }
+    classes = [str(c) for c in arrays["classes"]]
     samples = Samples(
-        classes=[str(c) for c in arrays["classes"]],
+        classes=classes,
         loss_cap=float(arrays["loss_cap"]),
         val=splits["val"],  # type: ignore[arg-type]
         train=splits["train"],
-        epochs=[int(e) for e in arrays["epochs"]],
         objective=str(arrays["objective"]) if "objective" in arrays else "",
     )
-    history = _unflatten(arrays, "val")
-    if history is not None:
-        samples.val_epochs = [history[i] for i in range(len(samples.epochs))]
-    if "dynamics_epochs" in arrays:
-        samples.dynamics_epochs = [int(e) for e in arrays["dynamics_epochs"]]
-        samples.train_p_given = list(arrays["train_p_given"])
-        samples.train_margin = list(arrays["train_margin"])
+    if "epochs" in arrays:  # format 1: the history inside the archive
+        history = _unflatten(arrays, "val")
+        if history is not None:
+            samples.add_epochs([int(e) for e in arrays["epochs"]], history)
+        for i, e in enumerate(arrays.get("dynamics_epochs", [])):
+            samples.add_dynamics(int(e), arrays["train_p_given"][i], arrays["train_margin"][i])
+    else:
+        samples.val_journal = val_journal(path.parent / VAL_JOURNAL, len(samples.val.index), len(classes))
+        if samples.train is not None and (path.parent / TRAIN_JOURNAL).is_file():
+            samples.dynamics = dynamics_journal(path.parent / TRAIN_JOURNAL, len(samples.train.index))
     if "train_oof_probs" in arrays:
         samples.train_oof = arrays["train_oof_probs"]
         samples.oof_folds = int(arrays["oof_folds"])

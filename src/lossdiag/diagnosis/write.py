@@ -19,29 +19,33 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from tensorboard.compat.proto.summary_pb2 import Summary
+from tensorboard.plugins.image import metadata as image_metadata
+from tensorboard.util import tensor_util
 
 from lossdiag.diagnosis.judge.suspects import (
-    SHOWN,
     SUSPECT_COLUMNS,
+    TILES,
     RunSuspects,
     SuspectRow,
-    model_thresholds,
     rank_run,
     suspect_rows,
+    suspects_record,
 )
 from lossdiag.diagnosis.judge.verdict import Verdict, judge
 from lossdiag.diagnosis.samples import Samples
 from lossdiag.functional.breakdown import worst_indices
 from lossdiag.functional.class_report import Report, classification_report
-from lossdiag.functional.jsonable import json_ready
 from lossdiag.functional.outputs import Evaluation
 from lossdiag.functional.remedies import RemedyResult
 from lossdiag.functional.suspects import cartography
 from lossdiag.render.diagnosis import diagnosis_texts
 from lossdiag.render.figures import (
+    WORST_COLUMNS,
     WORST_TILES,
     data_map_figure,
-    log_figure,
+    figure_samples,
+    groups_figure,
     loss_distribution_figure,
     png_bytes,
     reliability_figure,
@@ -51,12 +55,13 @@ from lossdiag.render.figures import (
 from lossdiag.render.figures import (
     render as render_figure,
 )
-from lossdiag.render.reasons import advice, reason
+from lossdiag.render.reasons import Context, advice, reason
 from lossdiag.render.remedies import what_you_can_do
 from lossdiag.render.suspects import mislabeled_section, suspect_caption, suspects_markdown
 from lossdiag.render.tables import csv_text, report_csv, report_markdown
 from lossdiag.rundir.atomic import atomic_write_bytes, atomic_write_text
 from lossdiag.rundir.paths import (
+    CHECKPOINTS_DIR,
     DIAGNOSIS_FILE,
     DIAGNOSIS_JSON,
     SAMPLES_FILE,
@@ -90,6 +95,7 @@ class Findings:
     val_images: Images | None = None
     suspect_images: Mapping[str, Mapping[int, torch.Tensor]] | None = None
     tensorboard: bool = False
+    ctx: Context = field(default_factory=Context)  # what the advice may point to
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -102,22 +108,30 @@ def find(
     val_images: Images | None = None,
     suspect_images: Mapping[str, Mapping[int, torch.Tensor]] | None = None,
     tensorboard: bool = False,
+    config_keys: bool = True,
     flag_thresholds: np.ndarray | None = None,
     flags_off: str | None = None,
 ) -> Findings:
     """Compute everything the outputs of ``samples`` show (the verdict covers ``model`` or the recorded epochs).
 
+    ``config_keys``: the advice may name lossdiag config keys (``python -m src.train``; not in a project of your
+    own). Checkpoints are named only when ``<out_dir>/checkpoints/<model>.ckpt`` exists for an evaluated model.
     ``flag_thresholds`` / ``flags_off``: the likely label errors' per-class thresholds (default: calibrated on this
-    val split) or why there are no flags (:func:`lossdiag.diagnosis.judge.suspects.rank_run`)."""
+    val split) or why there are no flags (:func:`lossdiag.diagnosis.judge.suspects.rank_run`); the verdict's
+    ``suspected_label_error`` group is the val samples flagged."""
     reports = {
         name: classification_report(splits["val"].pred, samples.val.target, samples.classes)
         for name, splits in samples.models.items()
         if "val" in splits
     }
-    verdict = judge(samples, model, evaluated_on)
-    suspects = rank_run(
-        samples, model, verdict.kind, verdict.stats.collapsed_classes, flag_thresholds, flags_off
-    )
+    verdict = judge(samples, model, evaluated_on, flag_thresholds, flags_off)
+    suspects = rank_run(samples, model, verdict.kind, verdict.stats.collapsed_classes, flag_thresholds, flags_off)
+    checkpoints = {
+        f"{CHECKPOINTS_DIR}/{name}.ckpt": epoch
+        for name, epoch in samples.model_epoch.items()
+        if (Path(out_dir) / CHECKPOINTS_DIR / f"{name}.ckpt").is_file()
+    }
+    ctx = Context(checkpoints, config_keys, str(SUSPECTS_CSV) if suspects is not None else None)
     return Findings(
         samples=samples,
         model=model,
@@ -132,6 +146,7 @@ def find(
         val_images=val_images,
         suspect_images=suspect_images,
         tensorboard=tensorboard,
+        ctx=ctx,
     )
 
 
@@ -143,8 +158,8 @@ def worst_rows(
     recorded epoch (``with_history``; an evaluation of one model has none)."""
     target = samples.val.target
     epochs = samples.epochs if with_history and samples.val_epochs else []
-    history = samples.history.loss if epochs else np.empty((0, len(target)))
-    header = ["rank", "index", "path", "true", "predicted", "p_true", "confidence", "loss"]
+    history = samples.val_journal.records()["loss"] if epochs else np.empty((0, len(target)))
+    header = ["rank", "index", "path", "given", "predicted", "p_given", "p_predicted", "loss"]
     header += [f"loss_epoch_{e}" for e in epochs]
     rows = [
         [
@@ -182,9 +197,7 @@ def worst_figure(
         )
         for i in order
     ]
-    title = f"{len(order)} highest-loss val samples (of {len(ev.loss)})" + (
-        "" if epoch is None else f", epoch {epoch}"
-    )
+    title = f"highest-loss val samples (of {len(ev.loss)})" + ("" if epoch is None else f", epoch {epoch}")
     return worst_samples_figure(
         torch.stack([images[int(samples.val.index[i])] for i in order]), captions, title=title
     )
@@ -198,6 +211,37 @@ def epoch_figures(
     if images is not None and len(images) and worst_k > 0:
         figures["worst_samples"] = worst_figure(samples, ev, images, worst_k, epoch)
     return figures
+
+
+# -- figures: every image TensorBoard shows is also a PNG under figures/ --------------------------------------
+def image_summary(tag: str, images: list[np.ndarray], pngs: list[bytes], description: str = "") -> Summary:
+    """One TensorBoard image summary holding ``images`` (their encoded ``pngs``) as its samples: TensorBoard's own
+    image format (a string tensor ``[width, height, png, ...]`` with the ``images`` plugin's metadata)."""
+    height, width = images[0].shape[:2]
+    content = np.array([str(width).encode(), str(height).encode(), *pngs], dtype=object)
+    metadata = image_metadata.create_summary_metadata(display_name=tag, description=description)
+    return Summary(
+        value=[Summary.Value(tag=tag, metadata=metadata, tensor=tensor_util.make_tensor_proto(content))]
+    )
+
+
+def write_figure(
+    path: str | Path,
+    fig: Figure,
+    writer: Any = None,
+    tag: str = "",
+    step: int = 0,
+    description: str = "",
+) -> np.ndarray:
+    """Render ``fig`` once; write it to ``path`` as a PNG and, with a ``writer`` (a ``SummaryWriter``), to
+    TensorBoard as image ``tag`` at ``step`` (a tile grid as one sample per row). Returns the pixels."""
+    image = render_figure(fig)
+    samples = figure_samples(fig, image)
+    pngs = [png_bytes(sample) for sample in samples]
+    atomic_write_bytes(Path(path), pngs[0] if len(samples) == 1 else png_bytes(image))
+    if writer is not None:
+        writer.file_writer.add_summary(image_summary(tag, samples, pngs, description), global_step=step)
+    return image
 
 
 # -- the outputs --------------------------------------------------------------------------------------------
@@ -237,6 +281,8 @@ def _worst(f: Findings, done: Rendered) -> Rendered:
 
 def _figures(f: Findings, done: Rendered) -> Rendered:
     figures = epoch_figures(f.samples, f.final, f.val_images, f.worst_k, f.final_epoch, "final model, val")
+    if f.verdict.rise_by_group is not None and f.verdict.stats.rise:
+        figures["rise_by_group"] = groups_figure(f.verdict.rise_by_group, f.verdict.final_loss_by_group)
     if f.samples.models:
         figures["loss_distribution"] = loss_distribution_figure(
             {name: s["val"].loss for name, s in f.samples.models.items() if "val" in s},
@@ -260,7 +306,7 @@ def _suspects(f: Findings, done: Rendered) -> Rendered:
         Item(SUSPECTS_MD, suspects_markdown(f.suspect_rows, run)),
     ]
     if f.model is None:
-        items.append(Item(SUSPECTS_JSON, json.dumps(_suspects_json(f, run), indent=2) + "\n"))
+        items.append(Item(SUSPECTS_JSON, json.dumps(suspects_record(f.samples, run, f.suspect_rows), indent=2) + "\n"))
     samples = f.samples
     if samples.dynamics_epochs and samples.train is not None:
         confidence, variability = cartography(np.stack(samples.train_p_given))
@@ -275,46 +321,26 @@ def _suspects(f: Findings, done: Rendered) -> Rendered:
             )
         )
     for split, images in (f.suspect_images or {}).items():
-        shown = [r for r in f.suspect_rows if r.split == split and r.index in images][:SHOWN]
+        shown = [r for r in f.suspect_rows if r.split == split and r.index in images][:TILES]
         if shown:
             fig = worst_samples_figure(
                 torch.stack([images[r.index] for r in shown]), [suspect_caption(r) for r in shown],
-                columns=8, title=f"most suspect {split} images (likely label errors first)",
+                columns=WORST_COLUMNS, title=f"most suspect {split} images (likely label errors)",
             )  # fmt: skip
-            items.append(Item(None, fig, f"suspects/{split}"))
+            items.append(Item(figure_path("", f"suspects_{split}"), fig, f"suspects/{split}"))
     return items
-
-
-def _suspects_json(f: Findings, run: RunSuspects) -> dict[str, Any]:
-    """``suspects.json``: the per-class thresholds of every model (``src.evaluate`` flags with them) and how the
-    list was made."""
-    rows = f.suspect_rows
-    return json_ready(
-        {
-            "format_version": 1,
-            "classes": f.samples.classes,
-            "thresholds": model_thresholds(f.samples),
-            "thresholds_from": run.thresholds_from,
-            "min_epoch": run.min_epoch,
-            "early_window_end": run.window_end,
-            "folds": run.folds,
-            "flags_off": run.gate.off,
-            "flags_excluded_classes": list(run.gate.excluded),
-            "flagged": {s: sum(r.flagged for r in rows if r.split == s) for s in ("train", "val")},
-        }
-    )
 
 
 def _diagnosis(f: Findings, done: Rendered) -> Rendered:
     paths = {item.path for item in done if item.path is not None}
     reports = [name for name in f.reports if report_path("", name, "md") in paths]
     figures = [i.path.stem for i in done if i.path is not None and i.tag and i.tag.startswith("diagnosis/")]
-    markdown, summary = diagnosis_texts(f.verdict, reports, figures, f.tensorboard)
+    markdown, summary = diagnosis_texts(f.verdict, reports, figures, f.tensorboard, f.ctx)
     if f.suspects is not None:
         markdown += mislabeled_section(f.suspect_rows, f.suspects, _worst_val_indices(f))
-    markdown += _what_you_can_do(f, suspects_file=str(SUSPECTS_CSV) if f.suspects is not None else None)
+    markdown += what_you_can_do(f.verdict, f.ctx, f.remedies)
     f.extra["summary"] = summary
-    numbers = f.verdict.to_dict(reason(f.verdict), advice(f.verdict))
+    numbers = f.verdict.to_dict(reason(f.verdict), advice(f.verdict, f.ctx))
     return [
         Item(DIAGNOSIS_FILE, markdown, "diagnosis"),
         Item(DIAGNOSIS_JSON, json.dumps(numbers, indent=2) + "\n"),
@@ -323,22 +349,6 @@ def _diagnosis(f: Findings, done: Rendered) -> Rendered:
 
 def _worst_val_indices(f: Findings) -> list[int]:
     return [int(f.samples.val.index[i]) for i in worst_indices(f.final.loss, f.worst_k)]
-
-
-def _what_you_can_do(f: Findings, suspects_file: str | None) -> str:
-    """The "What you can do" section, appended when the run shows the phenomenon (a sweep's report included)."""
-    v = f.verdict
-    return what_you_can_do(
-        phenomenon=v.kind == "phenomenon",
-        temperature=v.final.temperature,
-        best_acc_epoch=v.stats.acc_best_epoch,
-        best_acc=v.stats.acc_best,
-        last_acc=v.stats.acc_last,
-        nll=v.final.loss,
-        nll_scaled=v.final.nll_crossfit,  # cross-fitted: not scored on the samples T was fitted on
-        remedies=f.remedies,
-        suspects_file=suspects_file,
-    )
 
 
 # the outputs, in the order they are rendered (diagnosis.md last: it names the files written before it)
@@ -379,6 +389,7 @@ def write_diagnosis(
     model: str | None = None,
     evaluated_on: str = "val split",
     suspect_images: Mapping[str, Mapping[int, torch.Tensor]] | None = None,
+    config_keys: bool = True,
     flag_thresholds: np.ndarray | None = None,
     flags_off: str | None = None,
 ) -> Diagnosis:
@@ -391,17 +402,17 @@ def write_diagnosis(
     """
     out = Path(out_dir)
     findings = find(
-        out, samples, model, evaluated_on, worst_k, val_images, suspect_images, writer is not None,
+        out, samples, model, evaluated_on, worst_k, val_images, suspect_images, writer is not None, config_keys,
         flag_thresholds, flags_off,
     )  # fmt: skip
     markdown = ""
     for item in render(findings):
         content = item.content
-        if isinstance(content, Figure):
-            tagged = item.tag is not None and writer is not None
-            image = log_figure(writer, item.tag, content, step) if tagged else render_figure(content)
-            content = png_bytes(image)
-        elif item.tag is not None and writer is not None:
+        if isinstance(content, Figure):  # a PNG under figures/ and, with a writer, the same pixels in TensorBoard
+            assert item.path is not None
+            write_figure(out / item.path, content, writer if item.tag else None, item.tag or "", step)
+            continue
+        if item.tag is not None and writer is not None:
             writer.add_text(item.tag, content, global_step=step)
         if item.path == DIAGNOSIS_FILE:
             markdown = str(content)

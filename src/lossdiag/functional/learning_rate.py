@@ -3,8 +3,9 @@
 One SGD step on a linear layer moves its outputs by about ``lr * ||h||^2`` times the error, and ``||h||^2``
 grows with the layer's fan-in (ShallowNet's conv keeps each activation's scale about the same whatever the
 image size or channel count). The forum's lr 0.1 was tuned for the 8x8 digits, fan-in 8 * 8 * 32 = 2048; a
-32x32 RGB folder has 16x the fan-in and stays at chance with lr 0.1 (README "What to do about it" has the
-measurements). ``auto`` keeps ``lr * fan_in`` at the digits' value: exactly 0.1 on the digits.
+32x32 RGB folder has 16x the fan-in and stays at chance with lr 0.1 (the measurements are in
+docs/configuration.md, "The default learning rate"). ``auto`` keeps ``lr * fan_in`` at the digits' value:
+exactly 0.1 on the digits.
 """
 
 from __future__ import annotations

@@ -25,7 +25,8 @@ class FoldResult:
     fold: int
     held: np.ndarray  # positions in the run's training split
     probs: np.ndarray  # (len(held), C) float32
-    early_aum: np.ndarray  # the fold's training images (the rest of train, then val): minus their early mean margin
+    # the fold's training images (the rest of train, then val): minus their early mean margin
+    early_aum: np.ndarray
     seconds: float
     accuracy: float  # on the held-out images' given labels
     plan: str  # fingerprint of the split and configuration

@@ -17,6 +17,10 @@ The rules, in order (thresholds in :mod:`lossdiag.diagnosis.stats`):
 4. ``no_rise``: the lowest loss at the last epoch (``lowest_at_end``), or a relative rise <= ``RISE_THRESHOLD``
    (``within_threshold``).
 5. ``inconclusive``: the rise is above the threshold but its 95% interval includes 0 (``interval_includes_zero``).
+
+The rise these rules read is the smoothed one: from the lowest to the last value of a centred moving average of
+the per-epoch mean val loss over ``SMOOTHING_WINDOW`` epochs, with its own paired-bootstrap interval (a minimum of
+one noisy epoch would overstate it). The single-epoch rise is reported beside it.
 6. ``overfitting``: the rise is significant and accuracy fell significantly (``accuracy_fell``).
 7. ``not_learning`` when the minimum is at the first recorded epoch and no untrained loss shows it ever fell
    (``no_fall_seen``).
@@ -89,11 +93,11 @@ RULES: tuple[RuleRow, ...] = (
     RuleRow(Rule.CLASSES_COLLAPSED, Kind.PARTIAL_COLLAPSE, lambda c: bool(c.stats.collapsed_classes)),
     RuleRow(Rule.ONE_MODEL, Kind.SINGLE_EVALUATION, lambda c: not c.stats.history),
     RuleRow(Rule.LOWEST_AT_END, Kind.NO_RISE, lambda c: c.facts.min_is_last),
-    RuleRow(Rule.WITHIN_THRESHOLD, Kind.NO_RISE, lambda c: (c.stats.rise_rel or 0.0) <= RISE_THRESHOLD),
+    RuleRow(Rule.WITHIN_THRESHOLD, Kind.NO_RISE, lambda c: (c.stats.rise_rel_smoothed or 0.0) <= RISE_THRESHOLD),
     RuleRow(
         Rule.INTERVAL_INCLUDES_ZERO,
         Kind.INCONCLUSIVE,
-        lambda c: c.stats.rise_ci is not None and c.stats.rise_ci[0] <= 0,
+        lambda c: c.stats.rise_ci_smoothed is not None and c.stats.rise_ci_smoothed[0] <= 0,
     ),
     RuleRow(
         Rule.ACCURACY_FELL,

@@ -7,8 +7,8 @@ is twice the epochs up to the val-loss minimum (:func:`~lossdiag.functional.susp
   (:func:`~lossdiag.functional.suspects.early_aum`); with ``suspects.folds=K`` (``samples.train_oof``) that AUM
   averaged with the K-1 folds' that also trained on the image, combined with cleanlab's label quality on the
   out-of-fold probabilities (:data:`FOLDS_WEIGHT` on the folds).
-- Validation images: ``p_given`` under the reference model (the best one; ``src.evaluate``: the evaluated one)
-  averaged with its mean over the early window (:func:`~lossdiag.functional.suspects.val_suspicion`); with
+- Validation images: ``p_given`` under the reference model (:func:`reference_model`; ``src.evaluate``: the
+  evaluated one) averaged with its mean over the early window (:func:`~lossdiag.functional.suspects.val_suspicion`); with
   ``suspects.folds=K`` combined with the K folds' early-window AUM (each fold trains on the val split).
 
 Flags mean label noise, not training state: none when the verdict is ``not_learning``, none for images labelled
@@ -18,18 +18,21 @@ the val images labelled ``c``). A val image is flagged when the model prefers an
 than the images of its class usually trail (:func:`~lossdiag.functional.suspects.train_flags`), or, with folds,
 when cleanlab's ``find_label_issues`` (confident learning) finds it on the out-of-fold probabilities and its
 dynamics agree (it is in the most suspect :data:`DYNAMICS_AGREE` of its split). ``src.evaluate`` flags with the
-thresholds its training run stored (``suspects.json``).
+thresholds its training run stored (``suspects.json``). The flagged val samples are the verdict's
+``suspected_label_error`` group (:func:`val_label_suspects`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
+from typing import Any
 
 import numpy as np
 
 from lossdiag.diagnosis.judge.stats import mean_losses
 from lossdiag.diagnosis.samples import Samples
+from lossdiag.functional.jsonable import json_ready
 from lossdiag.functional.outputs import Evaluation
 from lossdiag.functional.suspects import (
     CLEANLAB,
@@ -49,7 +52,8 @@ from lossdiag.functional.suspects import (
     val_suspicion,
 )
 
-SHOWN = 32  # rows of suspects.md and tiles of each image grid
+SHOWN = 32  # rows of suspects.md
+TILES = 9  # images in each split's grid (TensorBoard suspects/<split>, figures/suspects_<split>.png): 3 rows of 3
 # share of the cross-validated signal in a training image's score (benchmarks/suspects_prototype.py)
 FOLDS_WEIGHT = 0.5
 # a cleanlab issue is flagged when the dynamics put it in this most suspect share of its split
@@ -115,32 +119,43 @@ class RunSuspects:
     window_end: int | None  # the last epoch of the early window
     folds: int  # K of suspects.folds (0: one training)
     thresholds: np.ndarray | None  # the val flags' per-class thresholds
-    thresholds_from: str  # whose val outputs they come from ("best", or "training run's best")
+    thresholds_from: str  # the model whose val outputs are judged ("best_val_acc", ...; src.evaluate: the evaluated)
 
 
 def reference_model(samples: Samples, model: str | None = None) -> str | None:
-    """The model whose outputs score the val samples and name the class the model prefers."""
+    """The model whose outputs score the val samples and name the class the model prefers: ``model``, else the
+    best-accuracy one (``best_val_acc``; ``best`` in older runs), else ``last``; ``None`` when none was evaluated
+    (then the epoch of the lowest val loss)."""
     if model is not None:
         return model
-    return next((m for m in ("best", "last") if m in samples.models), None)
+    return next((m for m in ("best_val_acc", "best", "last") if m in samples.models), None)
 
 
 def _val_outputs(samples: Samples, model: str | None) -> Evaluation | None:
+    """The reference model's val outputs; with no whole model evaluated (``reports=false``, a bare record) the
+    epoch of the lowest val loss (before the rise: a memorised or over-confident epoch flags its own mistakes)."""
     ref = reference_model(samples, model)
     ev = samples.models.get(ref, {}).get("val") if ref else None
-    if ev is None and model is None and samples.val_epochs:
-        return samples.val_epochs[-1]  # no whole model evaluated (reports=false): the last recorded epoch
+    if ev is None and model is None and (early := early_epochs(samples)) is not None:
+        return samples.val_epochs[samples.epochs.index(early[0])]
     return ev
 
 
-def early_epochs(samples: Samples, history: Evaluation | None = None) -> tuple[int, int] | None:
+def early_epochs(samples: Samples) -> tuple[int, int] | None:
     """``(min_epoch, window_end)``: the epoch of the lowest mean val loss and the last epoch of the early window
-    (up to it, at least ``MIN_WINDOW`` epochs of training dynamics); ``None`` without recorded epochs.
-    ``history``: ``samples.history`` when the caller has it already."""
-    if not samples.val_epochs:
+    (up to it, at least ``MIN_WINDOW`` epochs of training dynamics); ``None`` without recorded epochs."""
+    if samples.val_journal is None or not len(samples.val_epochs):
         return None
-    history = history if history is not None else samples.history
-    return early_window_end(samples.dynamics_epochs, samples.epochs, mean_losses(history.loss))
+    loss = samples.val_journal.records()["loss"]  # (E, N), streamed in blocks of epochs
+    return early_window_end(samples.dynamics_epochs, samples.epochs, mean_losses(loss))
+
+
+def _early_p_given(samples: Samples, window_end: int) -> np.ndarray:
+    """Each val sample's mean p(given) over the recorded epochs of the early window (only those epochs are read)."""
+    assert samples.val_journal is not None
+    window = sum(e <= window_end for e in samples.epochs)
+    loss = samples.val_journal.records()["loss"][:window]
+    return np.exp(-np.asarray(loss, dtype=np.float64)).mean(axis=0)
 
 
 def model_thresholds(samples: Samples) -> dict[str, list[float]]:
@@ -158,15 +173,18 @@ def val_label_suspects(
     collapsed_classes: Sequence[str] = (),
     model: str | None = None,
     thresholds: np.ndarray | None = None,
+    flags_off: str | None = None,
 ) -> np.ndarray:
-    """The val samples flagged as likely label errors, ``(N_val,)`` bool in val row order.
+    """The val samples flagged as likely label errors, ``(N_val,)`` bool in val row order: the ``flagged`` val
+    rows of ``suspects.csv`` (the verdict's ``suspected_label_error`` group).
 
-    Under ``model`` (default: the reference model, best then last), with ``thresholds`` per class (default:
-    calibrated on these val outputs), gated by the verdict (``verdict_kind``, ``collapsed_classes``: names).
+    Under ``model`` (default: :func:`reference_model`), with ``thresholds`` per class (default:
+    calibrated on these val outputs), gated by the verdict (``verdict_kind``, ``collapsed_classes``: names;
+    ``flags_off``: none, for that reason).
     """
     ev = _val_outputs(samples, model)
     target = np.asarray(samples.val.target)
-    gate = flag_gate(verdict_kind, collapsed_classes)
+    gate = flag_gate(verdict_kind, collapsed_classes, flags_off)
     if ev is None:
         return np.zeros(len(target), dtype=bool)
     return _val_flags(ev, target, samples.classes, gate, thresholds)
@@ -189,8 +207,8 @@ def _train_scores(samples: Samples, window_end: int, gate: FlagGate) -> tuple[Sp
     assert samples.train is not None
     target = np.asarray(samples.train.target)
     window = sum(e <= window_end for e in samples.dynamics_epochs)
-    margin = np.stack(samples.train_margin[:window]).astype(np.float64)
-    p = np.stack(samples.train_p_given[:window]).astype(np.float64)
+    margin = np.asarray(samples.train_margin[:window], dtype=np.float64)
+    p = np.asarray(samples.train_p_given[:window], dtype=np.float64)
     raw = early_aum(margin, window)
     ref = samples.models.get(reference_model(samples) or "", {}).get("train")
     n = len(target)
@@ -214,12 +232,12 @@ def _train_scores(samples: Samples, window_end: int, gate: FlagGate) -> tuple[Sp
 
 
 def _val_scores(
-    samples: Samples, ev: Evaluation, p_early: np.ndarray, gate: FlagGate, t: np.ndarray | None, history: bool
+    samples: Samples, ev: Evaluation, p_early: np.ndarray, gate: FlagGate, t: np.ndarray | None, early: bool
 ) -> SplitScores:
     target = np.asarray(samples.val.target)
     p = ev.p_true.astype(np.float64)
     rule = _rules(_val_flags(ev, target, samples.classes, gate, t), CONFIDENT_OTHER)
-    ranked_by = "p_given+early_p_given" if history else "p_given"
+    ranked_by = "p_given+early_p_given" if early else "p_given"
     return SplitScores("val", val_suspicion(p, p_early), p, p_early, np.full(len(p), np.nan), ev.pred.astype(np.int64),
                        rule, ranked_by)  # fmt: skip
 
@@ -254,8 +272,7 @@ def rank_run(
     of the list depends on neither.
     """
     gate = flag_gate(verdict_kind, collapsed_classes, flags_off)
-    history = samples.history if model is None and samples.val_epochs else None
-    early = early_epochs(samples, history) if history is not None else None
+    early = early_epochs(samples) if model is None else None
     train = held = None
     if model is None and early is not None and samples.dynamics_epochs and samples.train is not None:
         train, held = _train_scores(samples, early[1], gate)
@@ -268,10 +285,8 @@ def rank_run(
     )
     val = None
     if ev is not None:
-        p_early = ev.p_true.astype(np.float64)
-        if history is not None and early is not None:
-            p_early = history.p_true[np.asarray(samples.epochs) <= early[1]].astype(np.float64).mean(axis=0)
-        val = _val_scores(samples, ev, p_early, gate, t, history is not None)
+        p_early = ev.p_true.astype(np.float64) if early is None else _early_p_given(samples, early[1])
+        val = _val_scores(samples, ev, p_early, gate, t, early is not None)
     if train is not None and held is not None and val is not None and samples.val_folds_aum is not None:
         ranked = merge_splits(
             _on_one_scale(train, held, val, samples.val_folds_aum, samples.oof_folds), one_scale=True
@@ -289,7 +304,7 @@ def rank_run(
         window_end=early[1] if early else None,
         folds=samples.oof_folds if held is not None else 0,
         thresholds=t,
-        thresholds_from=reference_model(samples, model) or "last epoch",
+        thresholds_from=reference_model(samples, model) or "lowest-val-loss epoch's",
     )
 
 
@@ -320,8 +335,8 @@ def suspect_rows(samples: Samples, ranked: Suspects) -> list[SuspectRow]:
     return rows
 
 
-def wanted_images(run: RunSuspects | None, samples: Samples, shown: int = SHOWN) -> dict[str, list[int]]:
-    """Sample indices (per split) whose images the TensorBoard grids show: each split's ``shown`` first."""
+def wanted_images(run: RunSuspects | None, samples: Samples, shown: int = TILES) -> dict[str, list[int]]:
+    """Sample indices (per split) whose images the grids show: each split's ``shown`` most suspect."""
     if run is None:
         return {}
     out = {}
@@ -330,3 +345,23 @@ def wanted_images(run: RunSuspects | None, samples: Samples, shown: int = SHOWN)
         if info is not None:
             out[split] = [int(info.index[w]) for w in run.suspects.top(split, shown)]
     return out
+
+
+
+def suspects_record(samples: Samples, run: RunSuspects, rows: Sequence[SuspectRow]) -> dict[str, Any]:
+    """``suspects.json``: the per-class thresholds of every model (``src.evaluate`` flags with them) and how the
+    list was made."""
+    return json_ready(
+        {
+            "format_version": 1,
+            "classes": samples.classes,
+            "thresholds": model_thresholds(samples),
+            "thresholds_from": run.thresholds_from,
+            "min_epoch": run.min_epoch,
+            "early_window_end": run.window_end,
+            "folds": run.folds,
+            "flags_off": run.gate.off,
+            "flags_excluded_classes": list(run.gate.excluded),
+            "flagged": {s: sum(r.flagged for r in rows if r.split == s) for s in ("train", "val")},
+        }
+    )
