@@ -339,7 +339,8 @@ def test_docs_samples_table_is_what_load_samples_gives(user_run) -> None:
         stored.update({f"{name}:{field}": np.asarray(records[field]) for field in records.dtype.names})
     sizes = {
         "N": len(s.val.index), "Nt": len(s.train.index), "E": len(s.epochs), "Et": len(s.dynamics_epochs),
-        "M": len(s.models), "C": len(s.classes), "S": CROSSFIT_SPLITS, "K": len(CALIBRATION_KEYS), "2": 2,
+        "M": len(s.models), "Mt": sum("train" in e for e in s.models.values()), "C": len(s.classes),
+        "S": CROSSFIT_SPLITS, "K": len(CALIBRATION_KEYS), "2": 2,
     }  # fmt: skip
     documented = set()
     for row in table:
@@ -358,8 +359,9 @@ def test_docs_samples_table_is_what_load_samples_gives(user_run) -> None:
                 attr = attrs[i]
                 for placeholder, value in substitution.items():
                     attr = attr.replace(placeholder, value)
-                if "[m]" in attr:
-                    got = np.stack([np.asarray(eval(attr, {"s": s, "m": m})) for m in s.models])
+                if "[m]" in attr:  # every model, or those evaluated on the training split too
+                    names = [m for m in s.models if "train" in s.models[m]] if '["train"]' in attr else s.models
+                    got = np.stack([np.asarray(eval(attr, {"s": s, "m": m})) for m in names])
                 else:
                     got = np.asarray(eval(attr, {"s": s}))
                 assert got.shape == shape and np.array_equal(got, stored[key], equal_nan=got.dtype.kind == "f"), (key, attr)

@@ -184,9 +184,11 @@ class Samples:
             if value is not None:
                 arrays[key] = np.asarray(value, dtype=np.float32)
         for split in SPLITS:
-            evals = [self.models[m][split] for m in self.models if split in self.models[m]]
-            if evals and len(evals) == len(self.models):
-                arrays.update(_flatten(f"model_{split}", stack(evals)))
+            names = [m for m in self.models if split in self.models[m]]
+            if names:
+                arrays.update(_flatten(f"model_{split}", stack([self.models[m][split] for m in names])))
+        if "model_train_loss" in arrays:  # the rows of model_train_*: the models evaluated on train too
+            arrays["train_models"] = np.asarray([m for m in self.models if "train" in self.models[m]], dtype=str)
         return arrays
 
     def save(self, path: str | Path, durable: bool = True) -> Path:
@@ -263,10 +265,11 @@ def load_samples(run_dir_or_file: str | Path) -> Samples:
     samples.train_folds_aum = arrays.get("train_folds_early_aum")
     samples.val_folds_aum = arrays.get("val_folds_early_aum")
     names = [str(m) for m in arrays["models"]]
+    rows = {"val": names, "train": [str(m) for m in arrays.get("train_models", names)]}  # older files: every model
     for split in SPLITS:
         stacked = _unflatten(arrays, f"model_{split}")
         if stacked is not None:
-            for i, name in enumerate(names):
+            for i, name in enumerate(rows[split]):
                 samples.models.setdefault(name, {})[split] = stacked[i]
     samples.model_epoch = {name: int(e) for name, e in zip(names, arrays["model_epoch"], strict=True)}
     for name in names:

@@ -9,12 +9,13 @@ from lossdiag.diagnosis.judge.suspects import (
     NO_THRESHOLDS,
     NOT_LEARNING,
     SHOWN,
+    SUSPECT_COLUMNS,
     FlagGate,
     RunSuspects,
     SuspectRow,
 )
 from lossdiag.functional.suspects import CLEANLAB, CONFIDENT_OTHER, EARLY_DYNAMICS
-from lossdiag.render.tables import markdown_table
+from lossdiag.render.tables import csv_text, markdown_table
 from lossdiag.render.text import plural
 
 RULE_WORDS = {
@@ -99,6 +100,17 @@ def _flag_cell(r: SuspectRow) -> str:
     return r.flag_rule if r.flagged else ""
 
 
+def suspects_csv(rows: Sequence[SuspectRow]) -> str:
+    """``suspects.csv``: every row, in :data:`SUSPECT_COLUMNS` order (``oof_p_given`` empty without folds)."""
+    table = [
+        [r.rank, r.split, r.index, r.path, r.given, r.suspected, f"{r.score:.6g}", f"{r.raw_score:.6g}",
+         f"{r.p_given:.6g}", f"{r.early_p_given:.6g}", "" if math.isnan(r.oof_p_given) else f"{r.oof_p_given:.6g}",
+         r.ranked_by, int(r.flagged), r.flag_rule]
+        for r in rows
+    ]  # fmt: skip
+    return csv_text(SUSPECT_COLUMNS, table)
+
+
 def suspects_markdown(rows: Sequence[SuspectRow], run: RunSuspects, shown: int = SHOWN) -> str:
     """``suspects.md``: how the list is made, where flags are off, and its first ``shown`` rows."""
     flagged = {s: sum(r.flagged for r in rows if r.split == s) for s in ("train", "val")}
@@ -140,11 +152,20 @@ def suspects_markdown(rows: Sequence[SuspectRow], run: RunSuspects, shown: int =
     return "\n".join(lines)
 
 
+def _and(parts: Sequence[str]) -> str:
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
 def mislabeled_section(
-    rows: Sequence[SuspectRow], run: RunSuspects, worst_val: Sequence[int], few: int = 5
+    rows: Sequence[SuspectRow],
+    run: RunSuspects,
+    worst_val: Sequence[int],
+    also: Sequence[str] = (),
+    few: int = 5,
 ) -> str:
     """The "Possibly mislabeled" section of ``diagnosis.md``: how many of the worst val samples and of the
-    training set are flagged, the top of the ranking with its flags, and what to do."""
+    training set are flagged, the top of the ranking with its flags, and what to do. ``also``: the other places
+    that show them (TensorBoard grids, the data map), named only when they were written."""
     by_key = {(r.split, r.index): r for r in rows}
     worst_flagged = sum(by_key[("val", i)].flagged for i in worst_val if ("val", i) in by_key)
     n_train = sum(r.split == "train" for r in rows)
@@ -173,8 +194,7 @@ def mislabeled_section(
         ]
     lines += [
         "",
-        "Open `suspects.csv` (or TensorBoard images `suspects/train` and `suspects/val`, and "
-        "`figures/data_map.png`), then fix or drop the labels that are wrong and train again. A flag is a place to "
-        "look, not a proof: hard but correct images get flagged too.",
+        f"Open `suspects.csv`{f' (or {_and(also)})' if also else ''}, then fix or drop the labels that are wrong "
+        "and train again. A flag is a place to look, not a proof: hard but correct images get flagged too.",
     ]
     return "\n".join(lines) + "\n"

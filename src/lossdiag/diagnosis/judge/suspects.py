@@ -122,13 +122,16 @@ class RunSuspects:
     thresholds_from: str  # the model whose val outputs are judged ("best_val_acc", ...; src.evaluate: the evaluated)
 
 
+REFERENCE_MODELS = ("best_val_acc", "best", "last")  # the first a run has scores the suspects
+
+
 def reference_model(samples: Samples, model: str | None = None) -> str | None:
     """The model whose outputs score the val samples and name the class the model prefers: ``model``, else the
     best-accuracy one (``best_val_acc``; ``best`` in older runs), else ``last``; ``None`` when none was evaluated
     (then the epoch of the lowest val loss)."""
     if model is not None:
         return model
-    return next((m for m in ("best_val_acc", "best", "last") if m in samples.models), None)
+    return next((m for m in REFERENCE_MODELS if m in samples.models), None)
 
 
 def _val_outputs(samples: Samples, model: str | None) -> Evaluation | None:
