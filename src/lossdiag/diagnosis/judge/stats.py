@@ -137,7 +137,8 @@ def mean_losses(loss: np.ndarray) -> np.ndarray:
     A history (E, N) is read in blocks of epochs (a memory-mapped journal is never copied whole)."""
     if np.ndim(loss) < 2:
         return np.asarray(loss, dtype=np.float64).mean(-1)
-    return np.concatenate([np.asarray(loss[b], dtype=np.float64).mean(-1) for b in _epoch_blocks(*loss.shape)])
+    blocks = _epoch_blocks(*loss.shape)
+    return np.concatenate([np.asarray(loss[b], dtype=np.float64).mean(-1) for b in blocks])
 
 
 def smoothing_window(n_epochs: int) -> int:
