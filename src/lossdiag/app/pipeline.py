@@ -17,11 +17,13 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from lossdiag.app.console import quiet_warnings
 from lossdiag.app.hparams import run_hparams
 from lossdiag.app.resume import resume_command
-from lossdiag.app.validate import validate
+from lossdiag.app.validate import suspects_folds, validate
 from lossdiag.callbacks.checkpoint_io import AtomicCheckpointIO
 from lossdiag.callbacks.guards import NonFiniteLossGuard
+from lossdiag.callbacks.loss_diagnosis import LossDiagnosis
 from lossdiag.callbacks.tensorboard import TensorBoardDashboards
 from lossdiag.data.datamodules import InMemoryDataModule
+from lossdiag.errors import UserError
 from lossdiag.functional.learning_rate import (
     AUTO_LR,
     REFERENCE_FAN_IN,
@@ -142,6 +144,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = build_datamodule(cfg)
     model = build_module(cfg, datamodule)
     trainer = build_trainer(cfg)
+    diagnosis = _cross_validated_suspects(cfg, trainer, datamodule)  # before anything is written
     config = OmegaConf.to_container(cfg, resolve=True)
     shown = cfg  # what the HParams tab shows: the config, with the learning rate actually used
     if cfg.optimizer.get("lr") == AUTO_LR:
@@ -184,4 +187,41 @@ def train(cfg: DictConfig) -> dict[str, float]:
         log.warning(message)
         print(message, file=sys.stderr)
         raise SystemExit(128 + signal.SIGTERM) from None
+    if diagnosis is not None:
+        from lossdiag.app.folds import cross_validate
+
+        # resumed after its last epoch (killed during the folds): as saved
+        samples = diagnosis.restore_samples()
+        if samples is None:
+            log.warning("suspects.folds: the run recorded no validation epoch to rank: no folds were trained")
+        else:
+            folds = cross_validate(cfg, datamodule, cfg.paths.output_dir)
+            samples.train_oof, samples.oof_folds = folds.oof, folds.folds
+            samples.train_folds_aum, samples.val_folds_aum = folds.train_aum, folds.val_aum
+            diagnosis.write(trainer)
     return final_metrics(trainer, model, cfg.paths.output_dir)
+
+
+def _cross_validated_suspects(
+    cfg: DictConfig, trainer: L.Trainer, datamodule: InMemoryDataModule
+) -> LossDiagnosis | None:
+    """With ``suspects.folds=K``, the run's diagnosis callback, told to write after the K extra trainings
+    (:mod:`lossdiag.app.folds`); the folds are planned now, so an impossible K fails before any training."""
+    if not suspects_folds(cfg):
+        return None
+    diagnosis = next((c for c in trainer.callbacks if isinstance(c, LossDiagnosis)), None)  # type: ignore[attr-defined]
+    if diagnosis is None:
+        raise UserError(
+            "suspects.folds needs the diagnosis callback (it writes suspects.csv): remove ~callbacks.diagnosis, "
+            "or set suspects.folds=0"
+        )
+    if trainer.world_size > 1:
+        raise UserError(
+            "suspects.folds trains its folds in the run's own process: use a single-device trainer, or suspects.folds=0"
+        )
+    from lossdiag.app.folds import plan_folds
+
+    assert datamodule.train is not None
+    plan_folds(cfg, datamodule.train.y.numpy(), datamodule.num_classes)
+    diagnosis.write_at_fit_end = False
+    return diagnosis

@@ -21,6 +21,20 @@ def _number(cfg: DictConfig, key: str) -> float | None:
     return value
 
 
+def suspects_folds(cfg: DictConfig) -> int:
+    """``suspects.folds`` as a count (0: off); one line naming the problem for anything else."""
+    from omegaconf import OmegaConf
+
+    folds = OmegaConf.select(cfg, "suspects.folds", default=0)
+    if folds is None:
+        return 0
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 0 or folds == 1:
+        raise UserError(
+            f"suspects.folds={folds!r} must be 0 (off) or a whole number >= 2 of extra trainings (e.g. 4)"
+        )
+    return folds
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise :class:`UserError` naming the first bad value and what it should be."""
     from omegaconf import OmegaConf
@@ -74,6 +88,7 @@ def validate(cfg: DictConfig) -> None:
         raise UserError(f"data.augment={augment!r} is unknown: use one of {', '.join(AUGMENTATIONS)}")
     if cfg.get("ckpt_path"):
         existing_checkpoint(cfg.ckpt_path)
+    suspects_folds(cfg)
     threads = _number(cfg, "threads")
     if threads is not None and threads < 1:
         raise UserError(f"threads={threads} must be >= 1, or null for torch's default")

@@ -23,6 +23,10 @@ DIAGNOSIS_JSON = Path("diagnosis.json")
 # every sample of both splits ranked as a likely label error, and the first ones in words (lossdiag.diagnosis.write)
 SUSPECTS_CSV = Path("suspects.csv")
 SUSPECTS_MD = Path("suspects.md")
+# how the suspects were flagged: per-class thresholds of every model (src.evaluate flags with them), early window
+SUSPECTS_JSON = Path("suspects.json")
+# suspects.folds=K: each fold's out-of-fold probabilities (lossdiag.app.folds), fold_<k>.npz, written atomically
+FOLDS_DIR = Path("suspects_folds")
 # the worst val samples with their loss history
 WORST_FILE = Path("worst.csv")
 # classification reports (<model>.md / .csv) and PNG figures
