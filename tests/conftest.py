@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,12 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
 
 torch.set_num_threads(1)  # tests are tiny; avoid oversubscribing the 2 CI cores
+
+# optimizer.lr=auto's range-test cache (conf/paths/default.yaml): one per test session, outside the repository,
+# for in-process configs and subprocesses alike; its results are deterministic, so sharing it changes no number
+LR_CACHE = Path(tempfile.mkdtemp(prefix="lossdiag-lr-cache-"))
+os.environ["LOSSDIAG_CACHE_DIR"] = str(LR_CACHE)
+atexit.register(shutil.rmtree, LR_CACHE, ignore_errors=True)
 
 
 @pytest.fixture
@@ -41,10 +50,10 @@ def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
 
 
 def run_module(
-    module: str, *args: str, cwd: Path = ROOT, timeout: float = 300
+    module: str, *args: str, cwd: Path = ROOT, timeout: float = 300, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
-    """Run ``python -m <module> <args>`` as the user would; returns the completed process."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    """Run ``python -m <module> <args>`` as the user would (``env``: extra environment); the completed process."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=cwd,

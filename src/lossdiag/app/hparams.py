@@ -27,7 +27,8 @@ PATH_WORDS = ("root", "dir", "path", "file")
 
 def _shown(key: str, value: Any) -> bool:
     parts = key.split(".")
-    if parts[0] in HIDDEN_ROOTS or parts[-1].startswith("_"):  # _target_, _partial_
+    # _target_, _partial_ are plumbing; a model class given on the command line is what the run compares by
+    if parts[0] in HIDDEN_ROOTS or (parts[-1].startswith("_") and key != "model._target_"):
         return False
     if any(word in part.lower() for part in parts for word in PATH_WORDS):
         return False

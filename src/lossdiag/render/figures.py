@@ -367,3 +367,30 @@ def data_map_figure(
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def lr_find_figure(
+    lrs: Sequence[float],
+    losses: Sequence[float],
+    smoothed: Sequence[float],
+    marker: tuple[float, str],
+    chosen: float,
+) -> Figure:
+    """The learning-rate range test: each step's loss and its smoothed curve against the rate (log scale), the
+    rate the choice was read at (``marker``: rate, what it is) and the chosen rate marked."""
+    at, what = marker
+    fig = Figure(figsize=(5.5, 3.6), dpi=90)
+    ax = fig.add_subplot()
+    ax.plot(lrs, losses, color="0.75", linewidth=1, label="loss of each step")
+    ax.plot(lrs, smoothed, color="C0", linewidth=2, label="smoothed")
+    ax.axvline(at, color="C3", linestyle=":", label=f"{what}: lr {at:.3g}")
+    ax.axvline(chosen, color="C2", linestyle="--", label=f"chosen: lr {chosen:g}")
+    # up to the marked rate: the diverging end would squash the rest
+    upto = int(np.argmin(np.abs(np.log(np.asarray(lrs)) - math.log(at)))) + 1
+    top = 1.3 * float(np.nanmax(np.asarray(smoothed)[:upto]))
+    ax.set(xscale="log", xlabel="learning rate", ylabel="training loss (cross-entropy)", ylim=(0, top))
+    ax.set_title("optimizer.lr=auto: learning-rate range test", fontsize=10)
+    ax.legend(fontsize=7.5, loc="lower left")
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    return fig

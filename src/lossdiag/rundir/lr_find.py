@@ -1,0 +1,86 @@
+"""``optimizer.lr=auto``'s files: the range test's curve in the run folder, and its cache across runs.
+
+A run writes ``lr_find.csv`` (lr, loss, smoothed loss per step) and ``figures/lr_find.png`` (also a TensorBoard
+image, ``lr_find``, with the choice as text). The cache holds one JSON file per key
+(``<cache_dir>/<key>.json``, written atomically); jobs of a sweep that would measure the same key wait on a
+lock file for the first one's result instead of measuring it again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from lossdiag.functional.learning_rate import smooth
+from lossdiag.render.figures import log_figure, lr_find_figure, png_bytes, render
+from lossdiag.rundir.atomic import atomic_write_bytes, atomic_write_text
+from lossdiag.rundir.paths import LR_FIND_CSV, LR_FIND_FIGURE, figure_path
+
+
+def cache_key(identity: Mapping[str, Any]) -> str:
+    """A short stable hash of ``identity`` (plain JSON values: model config, data fingerprint, optimizer, ...)."""
+    text = json.dumps(identity, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
+
+
+def read_cached(path: Path) -> dict[str, Any] | None:
+    """The cached result at ``path``; ``None`` if there is none (or it cannot be read: it is measured again)."""
+    try:
+        entry = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(entry, dict) or not {"lrs", "losses"} <= entry.keys():
+        return None
+    return entry
+
+
+def write_cached(path: Path, entry: Mapping[str, Any]) -> None:
+    atomic_write_text(path, json.dumps(entry, indent=1) + "\n")
+
+
+@contextlib.contextmanager
+def exclusive(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``<path>.lock`` (POSIX ``flock``; elsewhere no lock: at worst measured twice)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{path}.lock", "a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def write_lr_find(
+    run_dir: str | Path,
+    lrs: Sequence[float],
+    losses: Sequence[float],
+    marker: tuple[float, str],
+    chosen: float,
+    summary: str,
+    writer: Any = None,
+) -> None:
+    """``lr_find.csv`` and ``figures/lr_find.png`` in ``run_dir``; with a TensorBoard ``writer`` the figure as
+    image ``lr_find`` and ``summary`` as text ``lr_find``. ``marker``: the rate the choice was read at, named."""
+    smoothed = smooth(losses)
+    buffer = io.StringIO()
+    table = csv.writer(buffer, lineterminator="\n")
+    table.writerow(["step", "lr", "loss", "loss_smoothed"])
+    for step, (lr, loss, sm) in enumerate(zip(lrs, losses, smoothed, strict=True)):
+        table.writerow([step, f"{lr:.6g}", f"{loss:.6g}", f"{sm:.6g}"])
+    atomic_write_text(Path(run_dir) / LR_FIND_CSV, buffer.getvalue())
+    fig = lr_find_figure(lrs, losses, smoothed, marker, chosen)
+    image = log_figure(writer, LR_FIND_FIGURE, fig, 0) if writer is not None else render(fig)
+    atomic_write_bytes(figure_path(run_dir, LR_FIND_FIGURE), png_bytes(image))
+    if writer is not None:
+        writer.add_text(LR_FIND_FIGURE, summary, global_step=0)
