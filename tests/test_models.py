@@ -113,12 +113,24 @@ def test_torchvision_models_fit_the_data(make_cfg) -> None:
         (["model._target_=usermodels.TinyCN"], "did you mean usermodels.TinyCNN?"),
         (["model._target_=usermodels.NotAModule"], "not a torch.nn.Module"),
         (["model._target_=usermodels.broken"], "failed to build (ValueError: this model cannot be built)"),
-        (["model._target_=usermodels.wrong_shape"], "returns shape (2, 10, 6, 6) for a batch of shape (2, 1, 8, 8)"),
-        (["model._target_=torch.nn.Linear"], "give out_features on the command line (+model.out_features=...)"),
+        (
+            ["model._target_=usermodels.wrong_shape"],
+            "returns shape (2, 10, 6, 6) for a batch of shape (2, 1, 8, 8)",
+        ),
+        (
+            ["model._target_=torch.nn.Linear"],
+            "give out_features on the command line (+model.out_features=...)",
+        ),
         (["model._target_=torchvision.models.resnet18"], "use model=torchvision model.name=resnet18"),
-        (["model=torchvision", "model.name=resnt18"], "model.name=resnt18 is not a torchvision classification"),
+        (
+            ["model=torchvision", "model.name=resnt18"],
+            "model.name=resnt18 is not a torchvision classification",
+        ),
         (["model=resnet18", "model.weights=DEFAULT"], "pretrained weights would be downloaded"),
-        (["model=resnet18", "model.small_stem=maybe"], "model.small_stem='maybe' must be auto, true or false"),
+        (
+            ["model=resnet18", "model.small_stem=maybe"],
+            "model.small_stem='maybe' must be auto, true or false",
+        ),
     ],
 )
 def test_bad_models_are_one_line_errors(make_cfg, on_path: Path, overrides: list[str], needle: str) -> None:
@@ -151,11 +163,15 @@ def test_resnet18_from_the_command_line_and_src_evaluate_on_its_checkpoint(tmp_p
     assert "note: data.root is set without data=: using data=folder" in proc.stderr
     config = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
     assert config["model"]["name"] == "resnet18" and config["data"]["root"] == str(root)
-    state = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    state = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)[
+        "state_dict"
+    ]
     assert state["net.conv1.weight"].shape == (64, 3, 3, 3)  # the small-image stem, RGB
     assert state["net.fc.weight"].shape == (3, 512)
     evaluation = tmp_path / "evaluation"
-    proc = run_module("src.evaluate", f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}", f"hydra.run.dir={evaluation}")
+    proc = run_module(
+        "src.evaluate", f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}", f"hydra.run.dir={evaluation}"
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     trained = (run / "reports" / "best.md").read_text().split("\n## ")[0]
     evaluated = (evaluation / "reports" / "best.md").read_text().split("\n## ")[0]
@@ -204,8 +220,12 @@ def test_data_root_with_other_data_says_to_use_data_folder() -> None:
 
     from tests.conftest import CONF_DIR
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"), pytest.raises(
-        ConfigCompositionException
-    ) as err:
+    with (
+        initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"),
+        pytest.raises(ConfigCompositionException) as err,
+    ):
         compose("train", overrides=["data=digits", "data.root=/x"])
-    assert describe(err.value) == "data.root is a key of data=folder only: use data=folder data.root=<folder> for your images"
+    assert (
+        describe(err.value)
+        == "data.root is a key of data=folder only: use data=folder data.root=<folder> for your images"
+    )
