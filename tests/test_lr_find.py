@@ -153,3 +153,17 @@ def test_auto_lr_writes_its_curve_is_cached_and_changes_nothing_else(tmp_path: P
     assert all(torch.equal(initial[0][k], initial[1][k]) for k in initial[0])
     last = [torch.load(r / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"] for r in runs[::2]]
     assert all(torch.equal(last[0][k], last[1][k]) for k in last[0])  # trained identically
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("lr_find.steps=5", "lr_find.steps=5 must be a whole number >= 20"),
+        ("lr_find.min_lr=20", "lr_find.min_lr=20 and lr_find.max_lr=10.0 must satisfy 0 < min_lr < max_lr"),
+        ("lr_find.min_lr=1", "the range test's loss diverged within 10 steps"),  # no curve before it blows up
+    ],
+)
+def test_bad_range_test_settings_are_one_line_errors(make_cfg, override: str, needle: str) -> None:
+    with pytest.raises(UserError) as err:
+        pipeline.train(make_cfg(override))
+    assert needle in str(err.value)

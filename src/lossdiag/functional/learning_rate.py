@@ -31,7 +31,8 @@ DIVISOR = 10.0  # the chosen rate: the rate at the minimum of the smoothed loss 
 MIN_FALL = (
     0.05  # the smoothed loss must fall at least this fraction below its start, or the test is inconclusive
 )
-MEMORIZED = 0.01  # stop once this many recent losses are all below this fraction of the first: learned by heart
+# learned by heart: the last MEMORIZED_STEPS losses all below MEMORIZED x the first one
+MEMORIZED = 0.01
 MEMORIZED_STEPS = 5
 TURNED = 1.5  # the curve turned: its smoothed end is at least this many times its smoothed minimum
 SKIP_START = 10  # the first steps' smoothed values rest on few losses: never their minimum
