@@ -90,9 +90,9 @@ def test_a_model_that_does_not_learn_is_a_one_line_error(make_cfg) -> None:
         pipeline.build_module(cfg, dm)
 
 
-def test_parallel_jobs_measure_once(make_cfg, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_parallel_jobs_measure_once(make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Jobs of a sweep with the same key: one measures, the others wait for its result and read it."""
-    cfg = make_cfg()
+    cfg = make_cfg(f"lr_find.cache_dir={tmp_path / 'cache'}")  # empty: not the session's
     dm = pipeline.build_datamodule(cfg)
     net = pipeline.build_net(cfg, dm)
     measured: list[int] = []
@@ -135,7 +135,7 @@ def test_auto_lr_writes_its_curve_is_cached_and_changes_nothing_else(tmp_path: P
     assert (runs[0] / "figures" / "lr_find.png").stat().st_size > 10_000
     events = read_events(runs[0])
     assert "lr_find" in events.Tags()["images"]
-    assert "lr_find/text_summary" in events.Tags()["tensors"]
+    assert "lr_find/choice/text_summary" in events.Tags()["tensors"]
     assert yaml.safe_load((runs[0] / "hparams.yaml").read_text())["optimizer"]["lr"] == 0.1
     assert len(list((cache / "lr_find").glob("*.json"))) == 1
 

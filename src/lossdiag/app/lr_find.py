@@ -9,6 +9,7 @@ batch size and augmentation, the optimizer's settings other than ``lr``, the see
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import time
@@ -74,7 +75,7 @@ def data_fingerprint(datamodule: InMemoryDataModule) -> str:
     return digest.hexdigest()
 
 
-def identity(cfg: DictConfig, datamodule: InMemoryDataModule) -> dict[str, Any]:
+def identity(cfg: DictConfig, datamodule: InMemoryDataModule, processes: int = 1) -> dict[str, Any]:
     """Everything the range test's result depends on (the cache key's contents)."""
     optimizer = OmegaConf.to_container(cfg.optimizer, resolve=True)
     assert isinstance(optimizer, dict)
@@ -86,7 +87,7 @@ def identity(cfg: DictConfig, datamodule: InMemoryDataModule) -> dict[str, Any]:
         "version": VERSION,
         "model": OmegaConf.to_container(cfg.model, resolve=True),
         "data": data_fingerprint(datamodule),
-        "batch_size": datamodule.batch_size,
+        "batch_size": datamodule.batch_size * processes,
         "augment": datamodule.augment,
         "optimizer": optimizer,
         "seed": int(cfg.seed),
@@ -95,10 +96,18 @@ def identity(cfg: DictConfig, datamodule: InMemoryDataModule) -> dict[str, Any]:
 
 
 def _measure(
-    cfg: DictConfig, net: torch.nn.Module, datamodule: InMemoryDataModule, device: torch.device
+    cfg: DictConfig,
+    net: torch.nn.Module,
+    datamodule: InMemoryDataModule,
+    device: torch.device,
+    processes: int = 1,
 ) -> FoundLR:
     settings = cfg.lr_find
-    loader = datamodule.train_dataloader()
+    # one process, the global batch: the batches of the ranks of a multi-process run together (each steps on
+    # their averaged gradient), and exactly those samples, as they deal the shuffled order out round-robin
+    whole = copy.copy(datamodule)
+    whole.batch_size = datamodule.batch_size * processes
+    loader = whole.train_dataloader()
 
     def batches(epoch: int) -> Any:
         loader.sampler.set_epoch(epoch)  # each pass shuffled as training's epoch of that number is
@@ -121,23 +130,31 @@ def _measure(
 
 
 def find_learning_rate(
-    cfg: DictConfig, net: torch.nn.Module, datamodule: InMemoryDataModule, device: torch.device | str = "cpu"
+    cfg: DictConfig,
+    net: torch.nn.Module,
+    datamodule: InMemoryDataModule,
+    device: torch.device | str = "cpu",
+    processes: int = 1,
 ) -> FoundLR:
-    """The range test's choice for ``net`` on ``datamodule``'s training data: from the cache, else measured."""
+    """The range test's choice for ``net`` on ``datamodule``'s training data: from the cache, else measured.
+
+    ``processes``: how many processes train (each with ``data.batch_size``); the test steps on their global batch.
+    """
     cache_dir = cfg.lr_find.get("cache_dir")
     if not cache_dir:
-        return _measure(cfg, net, datamodule, torch.device(device))
-    path = Path(str(cache_dir)) / f"{cache_key(identity(cfg, datamodule))}.json"
+        return _measure(cfg, net, datamodule, torch.device(device), processes)
+    key = identity(cfg, datamodule, processes)
+    path = Path(str(cache_dir)) / f"{cache_key(key)}.json"
     with exclusive(path):  # a sweep's jobs with the same key: the first measures, the others read
         entry = read_cached(path)
         if entry is not None:  # the curve is the result; the choice is read off it again
             lrs, losses = list(entry["lrs"]), list(entry["losses"])
             choice = _choose(lrs, losses, float(cfg.lr_find.min_lr))
             return FoundLR(choice, lrs, losses, cached=path)
-        found = _measure(cfg, net, datamodule, torch.device(device))
+        found = _measure(cfg, net, datamodule, torch.device(device), processes)
         write_cached(
             path,
-            {"lr": found.lr, "lrs": found.lrs, "losses": found.losses, "seconds": round(found.seconds, 3), "identity": identity(cfg, datamodule)},
+            {"lr": found.lr, "lrs": found.lrs, "losses": found.losses, "seconds": round(found.seconds, 3), "identity": key},
         )  # fmt: skip
     return found
 
@@ -160,12 +177,11 @@ def describe(found: FoundLR) -> str:
     )
 
 
-def record_learning_rate(found: FoundLR, run_dir: str | Path, loggers: list[Any]) -> None:
-    """Write the curve into ``run_dir`` and the first TensorBoard logger's events; log :func:`describe`."""
-    from lightning.pytorch.loggers import TensorBoardLogger
-
-    writer = next((lg.experiment for lg in loggers if isinstance(lg, TensorBoardLogger)), None)
+def record_learning_rate(found: FoundLR, run_dir: str | Path) -> dict[str, tuple[str, Any]]:
+    """Write the curve into ``run_dir`` and log :func:`describe`; return the TensorBoard entries (tag ->
+    ``("image", pixels)`` / ``("text", text)``), which the training process writes (rank 0's event file)."""
     summary = describe(found)
     marker = "lowest smoothed loss" if found.choice.rule == "min" else "steepest fall"
-    write_lr_find(run_dir, found.lrs, found.losses, (found.choice.at, marker), found.lr, summary, writer)
+    image = write_lr_find(run_dir, found.lrs, found.losses, (found.choice.at, marker), found.lr)
     log.info(summary)
+    return {LR_FIND_FIGURE: ("image", image), f"{LR_FIND_FIGURE}/choice": ("text", summary)}

@@ -99,11 +99,16 @@ def build_net(cfg: DictConfig, datamodule: InMemoryDataModule) -> torch.nn.Modul
 
 
 def learning_rate(
-    cfg: DictConfig, net: torch.nn.Module, datamodule: InMemoryDataModule, device: torch.device | str = "cpu"
+    cfg: DictConfig, net: torch.nn.Module, datamodule: InMemoryDataModule, trainer: L.Trainer | None = None
 ) -> FoundLR | float | None:
-    """``optimizer.lr``: a number as given, ``auto`` measured by a range test (:mod:`lossdiag.app.lr_find`)."""
+    """``optimizer.lr``: a number as given, ``auto`` measured by a range test (:mod:`lossdiag.app.lr_find`) on
+    ``trainer``'s device and global batch (without a trainer: on the CPU, one process)."""
     lr = cfg.optimizer.get("lr")
-    return find_learning_rate(cfg, net, datamodule, device) if lr == AUTO_LR else lr
+    if lr != AUTO_LR:
+        return lr
+    if trainer is None:
+        return find_learning_rate(cfg, net, datamodule)
+    return find_learning_rate(cfg, net, datamodule, trainer.strategy.root_device, trainer.world_size)
 
 
 def loss_parameter(cfg: DictConfig) -> float | None:
@@ -189,20 +194,22 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = build_datamodule(cfg)
     net = build_net(cfg, datamodule)  # a bad model fails here, before any file is written
     trainer = build_trainer(cfg)
-    lr = learning_rate(cfg, net, datamodule, trainer.strategy.root_device)
+    lr = learning_rate(cfg, net, datamodule, trainer)
     model = build_module(cfg, datamodule, net, lr)
     config = OmegaConf.to_container(cfg, resolve=True)
     shown = cfg  # what the HParams tab shows: the config, with the learning rate actually used
+    extras: dict[str, tuple[str, Any]] = {}  # more TensorBoard entries at step 0 (the range test's curve)
     if isinstance(lr, FoundLR):
         config["optimizer"]["lr"] = lr.lr  # type: ignore[index]  # hparams.yaml and the HParams tab get the number
         shown = copy.deepcopy(cfg)
         with open_dict(shown):
             shown.optimizer.lr = lr.lr
-        record_learning_rate(lr, cfg.paths.output_dir, trainer.loggers)
+        extras = record_learning_rate(lr, cfg.paths.output_dir)
     for logger in trainer.loggers:
         logger.log_hyperparams(config)  # type: ignore[arg-type]  # hparams.yaml
     # TensorBoard's HParams tab (what a person compares runs by) and Custom Scalars layout
-    trainer.callbacks.append(TensorBoardDashboards(run_hparams(shown, datamodule), cfg.paths.output_dir))  # type: ignore[arg-type]
+    dashboards = TensorBoardDashboards(run_hparams(shown, datamodule), cfg.paths.output_dir, extras)
+    trainer.callbacks.append(dashboards)  # type: ignore[attr-defined]
     log.info(
         "data: %d train / %d val samples, %d classes, %dx%dx%d; loss=%s; augment=%s",
         len(datamodule.train),  # type: ignore[arg-type]

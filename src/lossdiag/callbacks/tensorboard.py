@@ -127,18 +127,33 @@ class TensorBoardDashboards(L.Callback):
     """HParams and Custom Scalars for the run, written inside the training process(es) (so spawned
     multi-process runs write into rank 0's event file rather than opening one in the launcher).
 
-    ``hparams`` go to the HParams tab at the start of fit; at its end, :data:`HPARAM_METRICS` are
+    ``hparams`` go to the HParams tab at the start of fit, with ``extras`` (tag -> ``("image", HWC uint8
+    pixels)`` or ``("text", markdown)``, made before fit, e.g. the learning-rate range test's) at step 0; at its
+    end, :data:`HPARAM_METRICS` are
     computed from ``<run_dir>/csv/metrics.csv`` (every epoch, including those before a resume) or,
     without that file, from this fit's last values, and written at step = last epoch.
     """
 
-    def __init__(self, hparams: Mapping[str, Any], run_dir: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        hparams: Mapping[str, Any],
+        run_dir: str | Path | None = None,
+        extras: Mapping[str, tuple[str, Any]] | None = None,
+    ) -> None:
         self.hparams = dict(hparams)
         self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.extras = dict(extras or {})
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         log_hparams(trainer, self.hparams)
         log_layout(trainer)
+        writer = tensorboard_writer(trainer)
+        if writer is not None:
+            for tag, (kind, value) in self.extras.items():
+                if kind == "image":
+                    writer.add_image(tag, value, global_step=0, dataformats="HWC")
+                else:
+                    writer.add_text(tag, value, global_step=0)
 
     def _history(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, list[float]]:
         if self.run_dir is not None:

@@ -80,8 +80,9 @@ def torchvision_classifier(
 
 
 def _set_module(net: nn.Module, dotted: str, module: nn.Module) -> None:
+    """Replace the submodule at ``dotted`` (``conv1``, ``features.0.0``) by ``module``."""
     parent, _, child = dotted.rpartition(".")
-    setattr(net.get_submodule(parent) if parent else net, child, module)
+    (net.get_submodule(parent) if parent else net).add_module(child, module)
 
 
 def adapt_stem(net: nn.Module, in_channels: int, small: bool, label: str) -> None:

@@ -1,7 +1,7 @@
 """``optimizer.lr=auto``'s files: the range test's curve in the run folder, and its cache across runs.
 
 A run writes ``lr_find.csv`` (lr, loss, smoothed loss per step) and ``figures/lr_find.png`` (also a TensorBoard
-image, ``lr_find``, with the choice as text). The cache holds one JSON file per key
+image, ``lr_find``, with the choice as text, written by the training process). The cache holds one JSON file per key
 (``<cache_dir>/<key>.json``, written atomically); jobs of a sweep that would measure the same key wait on a
 lock file for the first one's result instead of measuring it again.
 """
@@ -17,8 +17,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from lossdiag.functional.learning_rate import smooth
-from lossdiag.render.figures import log_figure, lr_find_figure, png_bytes, render
+from lossdiag.render.figures import lr_find_figure, png_bytes, render
 from lossdiag.rundir.atomic import atomic_write_bytes, atomic_write_text
 from lossdiag.rundir.paths import LR_FIND_CSV, LR_FIND_FIGURE, figure_path
 
@@ -67,11 +69,9 @@ def write_lr_find(
     losses: Sequence[float],
     marker: tuple[float, str],
     chosen: float,
-    summary: str,
-    writer: Any = None,
-) -> None:
-    """``lr_find.csv`` and ``figures/lr_find.png`` in ``run_dir``; with a TensorBoard ``writer`` the figure as
-    image ``lr_find`` and ``summary`` as text ``lr_find``. ``marker``: the rate the choice was read at, named."""
+) -> np.ndarray:
+    """``lr_find.csv`` and ``figures/lr_find.png`` in ``run_dir``; returns the figure's pixels (for TensorBoard,
+    which the training process writes). ``marker``: the rate the choice was read at, and what it is."""
     smoothed = smooth(losses)
     buffer = io.StringIO()
     table = csv.writer(buffer, lineterminator="\n")
@@ -79,8 +79,6 @@ def write_lr_find(
     for step, (lr, loss, sm) in enumerate(zip(lrs, losses, smoothed, strict=True)):
         table.writerow([step, f"{lr:.6g}", f"{loss:.6g}", f"{sm:.6g}"])
     atomic_write_text(Path(run_dir) / LR_FIND_CSV, buffer.getvalue())
-    fig = lr_find_figure(lrs, losses, smoothed, marker, chosen)
-    image = log_figure(writer, LR_FIND_FIGURE, fig, 0) if writer is not None else render(fig)
+    image = render(lr_find_figure(lrs, losses, smoothed, marker, chosen))
     atomic_write_bytes(figure_path(run_dir, LR_FIND_FIGURE), png_bytes(image))
-    if writer is not None:
-        writer.add_text(LR_FIND_FIGURE, summary, global_step=0)
+    return image
