@@ -27,8 +27,7 @@ PATH_WORDS = ("root", "dir", "path", "file")
 
 def _shown(key: str, value: Any) -> bool:
     parts = key.split(".")
-    # _target_, _partial_ are plumbing; a model class given on the command line is what the run compares by
-    if parts[0] in HIDDEN_ROOTS or (parts[-1].startswith("_") and key != "model._target_"):
+    if parts[0] in HIDDEN_ROOTS or parts[-1].startswith("_"):  # _target_, _partial_
         return False
     if any(word in part.lower() for part in parts for word in PATH_WORDS):
         return False
@@ -46,13 +45,17 @@ def _scalar(value: Any) -> bool | int | float | str:
 def override_hparams(cfg: DictConfig, overrides: Iterable[str]) -> dict[str, Any]:
     """``["loss=bounded", "optimizer.lr=0.01", "~callbacks.diagnosis"]`` -> ``{"loss": "bounded", "optimizer.lr": 0.01, ...}``.
 
-    A key that is a value in the config shows that value (typed); a config group shows the option chosen.
+    A key that is a value in the config shows that value (typed); a config group shows the option chosen;
+    ``model._target_=pkg.mod.MyNet`` shows as ``model: MyNet``.
     """
     out: dict[str, Any] = {}
     for override in overrides:
         override = str(override)
         key = override_key(override)
         raw = override.split("=", 1)[1] if "=" in override else ""
+        if key == "model._target_" and not override.startswith("~"):
+            out["model"] = raw.strip("'\"").rsplit(".", 1)[-1]  # the user's model class names the model column
+            continue
         if override.startswith("~"):
             value: Any = "removed"
         else:
