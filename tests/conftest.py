@@ -49,19 +49,39 @@ def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
     return _make
 
 
+def child_env() -> dict[str, str]:
+    """The environment of a subprocess a test starts: this checkout's code first (its ``src/`` and root, whatever
+    the interpreter's editable install points at), unbuffered output, one thread."""
+    path = os.pathsep.join(p for p in (str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
 def run_module(
     module: str, *args: str, cwd: Path = ROOT, timeout: float = 300, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
-    """Run ``python -m <module> <args>`` as the user would (``env``: extra environment); the completed process."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
+    """Run ``python -m <module> <args>`` as the user would (:func:`child_env`, updated by ``env``); the completed
+    process."""
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=cwd,
-        env=env,
+        env={**child_env(), **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,
     )
+
+
+def run_spawned(module: str, *args: str, cwd: Path = ROOT, output: Path | None = None) -> subprocess.CompletedProcess:
+    """:func:`run_module` for a run whose trainer spawns processes (ddp_spawn + gloo). Seen about once in 15
+    runs: a spawned gloo process aborts in C++ ("terminate called without an active exception", SIGABRT) with no
+    Python error; that crash of the process machinery gets one fresh attempt (``output``, the run's folder, is
+    removed first)."""
+    proc = run_module(module, *args, cwd=cwd)
+    if proc.returncode != 0 and "terminated with signal SIGABRT" in proc.stderr:
+        if output is not None:
+            shutil.rmtree(output, ignore_errors=True)
+        proc = run_module(module, *args, cwd=cwd)
+    return proc
 
 
 def read_events(run_dir: str | Path) -> Any:
@@ -70,3 +90,24 @@ def read_events(run_dir: str | Path) -> Any:
 
     guidance = {"scalars": 0, "histograms": 0, "images": 0, "tensors": 0}
     return EventAccumulator(str(run_dir), size_guidance=guidance).Reload()
+
+
+def read_images(events: Any) -> dict[str, list[tuple[int, list[bytes]]]]:
+    """The images of :func:`read_events`' ``events``: tag -> ``[(step, [PNG of each sample]), ...]``.
+
+    TensorBoard's image format: a string tensor ``[width, height, png, png, ...]`` (one PNG per sample).
+    """
+    return {
+        tag: [(e.step, list(e.tensor_proto.string_val[2:])) for e in events.Tensors(tag)]
+        for tag in events.PluginTagToContent("images")
+    }
+
+
+def png_pixels(png: bytes) -> Any:
+    """A PNG's pixels as an ``(H, W, 3)`` uint8 array."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))

@@ -217,3 +217,13 @@ def test_weights_only_checkpoint_cannot_be_resumed(make_cfg, tmp_path: Path) -> 
     torch.save({"state_dict": model.state_dict(), "epoch": -1, "global_step": 0}, initial)
     with pytest.raises(UserError, match=r"holds weights only.*python -m src.evaluate ckpt_path="):
         train(make_cfg(f"ckpt_path={initial}"))
+
+
+def test_a_config_group_set_to_null_is_removed_not_a_traceback() -> None:
+    """``logger=null`` (what the lightning-hydra-template writes for "no logger") means ``~logger``; Hydra itself
+    refuses null as a group choice with a traceback. Keys that are not groups keep their null."""
+    from lossdiag.app.cli import null_groups_removed
+
+    assert null_groups_removed(["logger=null", "+scheduler=None", "loss.cap=null", "seed=0"]) == [
+        "~logger", "~scheduler", "loss.cap=null", "seed=0",
+    ]  # fmt: skip

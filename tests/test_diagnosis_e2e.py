@@ -13,12 +13,12 @@ from omegaconf import OmegaConf, open_dict
 
 from lossdiag.app.evaluate import evaluate_checkpoint
 from lossdiag.app.pipeline import train
+from lossdiag.diagnosis.samples import load_samples
 from lossdiag.errors import UserError
 from lossdiag.models.shallownet import ShallowNet
 from lossdiag.rundir.checkpoints import load_weights
 from lossdiag.rundir.metrics_csv import read_history
-from lossdiag.rundir.samples import load_samples
-from tests.conftest import read_events, run_module
+from tests.conftest import read_events, read_images, run_module
 
 EPOCHS = 20  # enough for the default data to show the rise (min near epoch 7)
 PER_EPOCH = [
@@ -36,7 +36,7 @@ PER_EPOCH = [
     "nll_temperature_scaled",
     "ece_temperature_scaled",
 ]
-MODELS = ("initial", "best", "last")
+MODELS = ("initial", "best_val_acc", "min_val_loss", "last")
 
 
 def _check_verdict_matches_records(run_dir: Path) -> dict:
@@ -77,19 +77,18 @@ def test_training_run_writes_every_diagnosis_output(make_cfg, tmp_path: Path) ->
     for name in ("reliability", "worst_samples", "loss_distribution"):
         assert (run / "figures" / f"{name}.png").stat().st_size > 1000
     worst = (run / "worst.csv").read_text().splitlines()
-    assert worst[0].startswith("rank,index,path,true,predicted,p_true,confidence,loss,loss_epoch_0,")
+    assert worst[0].startswith("rank,index,path,given,predicted,p_given,p_predicted,loss,loss_epoch_0,")
     assert len(worst) == 1 + 16 and worst[0].endswith(f"loss_epoch_{EPOCHS - 1}")
 
     events = read_events(run)
     tags = events.Tags()
     for name in PER_EPOCH:
         assert len(events.Scalars(f"val/{name}")) == EPOCHS, name
-    assert [e.step for e in events.Images("val/reliability")] == [
-        e.step for e in events.Images("val/worst_samples")
-    ]
-    assert len(events.Images("val/reliability")) == 2  # epochs 9 and 19
+    images = read_images(events)
+    assert [step for step, _ in images["val/reliability"]] == [step for step, _ in images["val/worst_samples"]]
+    assert len(images["val/reliability"]) == 2  # epochs 9 and 19
     for name in ("reliability", "worst_samples", "loss_distribution"):
-        assert f"diagnosis/{name}" in tags["images"]
+        assert f"diagnosis/{name}" in images
     for name in [*(f"reports/{m}" for m in MODELS), "diagnosis"]:
         assert f"{name}/text_summary" in tags["tensors"], tags["tensors"]
     recompute_error = [e.value for e in events.Scalars("val/loss_recompute_error")]
@@ -99,10 +98,11 @@ def test_training_run_writes_every_diagnosis_output(make_cfg, tmp_path: Path) ->
     samples = load_samples(run)
     assert samples.epochs == list(range(EPOCHS))
     assert list(samples.models) == list(MODELS)
-    best_epoch = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)[
-        "epoch"
-    ]
-    assert samples.model_epoch == {"initial": -1, "best": best_epoch, "last": EPOCHS - 1}
+    epoch_of = {
+        name: torch.load(run / "checkpoints" / f"{name}.ckpt", map_location="cpu", weights_only=False)["epoch"]
+        for name in ("best_val_acc", "min_val_loss")
+    }
+    assert samples.model_epoch == {"initial": -1, **epoch_of, "last": EPOCHS - 1}
     np.testing.assert_array_equal(samples.models["last"]["val"].pred, samples.history.pred[-1])
     assert len(samples.models["initial"]["train"].loss) == len(samples.train.target) == 150
     first = worst[1].split(",")
@@ -117,23 +117,25 @@ def test_training_run_writes_every_diagnosis_output(make_cfg, tmp_path: Path) ->
     assert (
         checked["means"][-1] > 1.05 * checked["means"][lo] and checked["acc"][-1] >= checked["acc"][lo] - 0.02
     )
-    assert checked["text"].splitlines()[2].startswith("**Verdict: phenomenon.**")
+    assert checked["text"].splitlines()[2].startswith("**Verdict: phenomenon")
     # what to do about it, with this run's own best epoch and fitted temperature (src/lossdiag/render/remedies.py)
     numbers = json.loads((run / "diagnosis.json").read_text())
     todo = checked["text"].split("## What you can do", 1)[1]
-    assert f"in epoch {numbers['acc_best_epoch']} " in todo and "checkpoints/best.ckpt" in todo
-    assert f"T = {numbers['final']['temperature']:.3f}" in todo and "experiment=remedies" in todo
+    # it names the checkpoints that exist, with their epochs
+    assert f"`checkpoints/min_val_loss.ckpt` (epoch {numbers['min_epoch']}, lowest val loss)" in todo
+    assert epoch_of["min_val_loss"] == numbers["min_epoch"] and "experiment=remedies" in todo
+    assert (f"T = {numbers['final']['temperature']:.3f}" in todo) == numbers["final"]["scaling_helps"]
 
-    # the standalone evaluation of best.ckpt reproduces the run's report of the best model; the
+    # the standalone evaluation of best_val_acc.ckpt reproduces the run's report of the best model; the
     # run's data config (data.train_size=150, not debug=fast's 60) is read from <run>/.hydra
     (run / ".hydra").mkdir(exist_ok=True)
     (run / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-    ecfg = make_cfg(f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}", config_name="evaluate")
+    ecfg = make_cfg(f"ckpt_path={run / 'checkpoints' / 'best_val_acc.ckpt'}", config_name="evaluate")
     with open_dict(ecfg):
         ecfg.paths.output_dir = str(tmp_path / "eval")
     evaluate_checkpoint(ecfg)
     out = tmp_path / "eval"
-    assert (out / "reports" / "best.md").read_text() == (run / "reports" / "best.md").read_text()
+    assert (out / "reports" / "best_val_acc.md").read_text() == (run / "reports" / "best_val_acc.md").read_text()
     assert len(load_samples(out).train.target) == 150
     assert "**Verdict: single_evaluation.**" in (out / "diagnosis.md").read_text()
     assert (out / "worst.csv").is_file() and (out / "figures" / "reliability.png").is_file()

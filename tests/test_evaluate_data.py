@@ -9,8 +9,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from lossdiag.app.evaluate import other_folder, with_run_config
-from lossdiag.app.run_config import with_run_groups
+from lossdiag.app.evaluate import with_run_config
+from lossdiag.app.run_config import other_folder, with_run_groups
 from lossdiag.data.datamodules import ImageFolderDataModule
 from lossdiag.errors import UserError
 from lossdiag.rundir.find import remove_unfinished
@@ -45,8 +45,8 @@ def test_naming_the_runs_own_group_keeps_its_values(tmp_path: Path) -> None:
     here = OmegaConf.create({"data": {"root": "/other", "image_size": 32}, "seed": 0})
     same = with_run_config(here, ckpt, ["data=folder", "data.root=/other"])
     assert OmegaConf.to_container(same.data) == {"root": "/other", "image_size": 16}
-    assert other_folder(same, ckpt) == Path("/other").resolve()
-    assert other_folder(with_run_config(here, ckpt, []), ckpt) is None  # the run's own folder
+    assert other_folder(ckpt, same.data.root) == Path("/other").resolve()
+    assert other_folder(ckpt, with_run_config(here, ckpt, []).data.root) is None  # the run's own folder
 
 
 def test_every_image_of_another_folder_with_the_runs_labels(tmp_path: Path) -> None:

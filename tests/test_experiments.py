@@ -39,6 +39,8 @@ def test_compare_losses_sweep_and_its_report(tmp_path: Path) -> None:
         f"hydra.sweep.dir={sweep}",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # the experiment sweeps loss (seed is fixed here): its jobs are named by the loss alone
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["loss=bounded", "loss=standard"]
     report = run_module("src.report", str(sweep))
     assert report.returncode == 0, report.stderr[-3000:]
     with (sweep / "report.csv").open(newline="") as handle:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_module
+from tests.conftest import run_spawned
 
 MODEL = '''
 import lightning as L
@@ -126,7 +126,7 @@ def write_project(root: Path) -> None:
 def test_callback_from_hydra_in_a_project_with_its_own_src_package_under_ddp_spawn(tmp_path: Path) -> None:
     project = tmp_path / "project"
     write_project(project)
-    proc = run_module("src.train", cwd=project)
+    proc = run_spawned("src.train", cwd=project, output=project / "run")
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = project / "run" / "diagnosis"
     numbers = json.loads((out / "diagnosis.json").read_text())

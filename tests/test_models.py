@@ -16,7 +16,7 @@ from lossdiag.app import pipeline
 from lossdiag.app.cli import describe, with_folder_data
 from lossdiag.errors import UserError
 from lossdiag.models.builders import DataShape, build_net
-from tests.conftest import run_module
+from tests.conftest import child_env, run_module
 from tests.image_folders import write_image_folder
 from tests.test_bad_input import assert_one_line_error
 
@@ -68,7 +68,7 @@ def user_models(tmp_path: Path) -> Path:
 
 def with_user_models(folder: Path) -> dict[str, str]:
     """The environment for a subprocess that can import ``usermodels`` (and everything it could before)."""
-    return {"PYTHONPATH": os.pathsep.join(p for p in (str(folder), os.environ.get("PYTHONPATH")) if p)}
+    return {"PYTHONPATH": os.pathsep.join((str(folder), child_env()["PYTHONPATH"]))}
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.compat.proto.summary_pb2 import Summary
 
-from lossdiag.callbacks import LossDiagnosis
+from lossdiag.callbacks.tensorboard import histogram_values
 from lossdiag.errors import UserError
 from lossdiag.rundir.metrics_csv import read_history
 from tests.conftest import read_events, run_module
@@ -61,7 +61,7 @@ def test_loss_histograms_and_tails_skip_non_finite_values(tmp_path: Path) -> Non
     assert logged["loss_max"][0] == finite.max() and logged["loss_median"][0] == finite.median()
     assert logged["loss_max"][1] == clean.double().max()
     tb = TensorBoardLogger(tmp_path, name="", version="")
-    (histograms,) = LossDiagnosis._histogram_values(
+    (histograms,) = histogram_values(
         {"val": ([3], ce.numpy()[None]), "train": ([3], clean.numpy()[None])}
     ).values()
     tb.experiment.file_writer.add_summary(Summary(value=histograms), global_step=3)

@@ -13,15 +13,15 @@ from omegaconf import OmegaConf
 
 from lossdiag.app.notebook import CONFIG_FILE, RUN_DIR_ENV, cross_entropy_check, run_datamodule
 from lossdiag.app.pipeline import train
+from lossdiag.diagnosis.samples import load_samples
 from lossdiag.rundir.metrics_csv import read_history
-from lossdiag.rundir.samples import load_samples
 from tests.conftest import ROOT
 
 NOTEBOOK = ROOT / "notebooks" / "loss_analysis.ipynb"
 # the steps of outlier-loss-analysis.txt, in its order
 STEPS = [
     "Loss and accuracy curves",
-    "Classification reports: initial, best and last model",
+    "Classification reports: initial, best-accuracy, lowest-loss and last model",
     "Is the loss computed correctly?",
     "Distribution of per-sample losses",
     "The outliers",
@@ -55,7 +55,7 @@ def test_notebook_is_stored_without_outputs_parameterised_at_the_top_and_in_the_
 def test_notebook_runs_headless_against_a_tiny_run(make_cfg, tmp_path: Path, monkeypatch) -> None:
     from nbclient import NotebookClient
 
-    # checkpoint "best" = lowest val accuracy, so best and last are different epochs (and last.ckpt
+    # checkpoint "best_val_acc" = lowest val accuracy here, so it and last are different epochs (and last.ckpt
     # must still hold the last one)
     cfg = make_cfg("trainer.max_epochs=3", "callbacks.checkpoint.mode=min")
     train(cfg)
@@ -68,8 +68,8 @@ def test_notebook_runs_headless_against_a_tiny_run(make_cfg, tmp_path: Path, mon
     dm = run_datamodule(run)
     np.testing.assert_array_equal(dm.val.y.numpy()[samples.val.index], samples.val.target)
     checks = cross_entropy_check(run, samples, read_history(run), dm)
-    assert [c["model"] for c in checks] == ["initial", "best", "last"]
-    assert [c["epoch"] for c in checks][::2] == [-1, 2]
+    assert [c["model"] for c in checks] == ["initial", "best_val_acc", "min_val_loss", "last"]
+    assert [c["epoch"] for c in checks][::3] == [-1, 2]
     for c in checks:
         assert c["checkpoint_epoch"] == c["epoch"]
         assert c["manual"] == pytest.approx(c["recorded"], rel=1e-5)
@@ -92,12 +92,12 @@ def test_notebook_runs_headless_against_a_tiny_run(make_cfg, tmp_path: Path, mon
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert f"run folder: {run}" in text
     assert "the loss is computed correctly" in text
-    assert "## best model (epoch" in markdown and "# Diagnosis" in markdown
+    assert "## best_val_acc model (epoch" in markdown and "**Verdict: " in markdown
     # the notebook's conclusion is the run's verdict, in the same sentence as diagnosis.md and the console
     first = (run / "diagnosis.md").read_text().splitlines()[2]
     assert first.startswith("**Verdict: ") and first.replace("**", "") in text
     # curves, histograms, worst-sample images, their loss history, decomposition, 3 reliability
-    # diagrams, calibration curves, bounded vs standard, the data map of the training samples
-    assert len(images) == 11
+    # diagrams (one per evaluated model), calibration curves, bounded vs standard, the data map of the training samples
+    assert len(images) == 8 + len(samples.models)
     # the possibly-mislabeled step: the run's suspects.csv, its flagged counts and its first rows
     assert "flagged: " in text and "| rank | split | index | file | given | model says |" in markdown

@@ -98,9 +98,9 @@ def test_phuber_is_continuous_and_bounded() -> None:
 def test_finite_at_extreme_logits_and_at_least_float32(dtype: torch.dtype) -> None:
     logits = torch.tensor([[50.0, -50.0, 0.0], [-50.0, 50.0, 0.0], [50.0, 0.0, 0.0]], dtype=dtype)
     target = torch.tensor([0, 0, 2])  # right, wrong, wrong
-    for name, (fn, _, default) in OBJECTIVES.items():
+    for name, entry in OBJECTIVES.items():
         x = logits.clone().requires_grad_(True)
-        loss = fn(x, target, default)
+        loss = entry.fn(x, target, entry.default)
         assert loss.dtype == torch.promote_types(dtype, torch.float32), name
         loss.sum().backward()
         assert torch.isfinite(loss).all() and torch.isfinite(x.grad).all(), name
@@ -115,7 +115,7 @@ def test_gradients_match_finite_differences() -> None:
     logits = (3 * torch.randn(4, 3, generator=generator, dtype=torch.float64)).requires_grad_()
     target = torch.tensor([0, 1, 2, 0])
     params = {"label_smoothing": (0.1,), "focal": (0.5, 2.0), "phuber": (2.0, 10.0), "gce": (0.3, 1.0)}
-    for name, (fn, _, _) in OBJECTIVES.items():
+    for name, fn in ((name, entry.fn) for name, entry in OBJECTIVES.items()):
         for param in params[name]:
             assert torch.autograd.gradcheck(lambda x, f=fn, p=param: f(x, target, p), (logits,)), name
 

@@ -1,5 +1,5 @@
 """What a person sees: run names, TensorBoard (epochs on the x-axis, HParams, Custom Scalars), the console
-and train.log, the README's ``samples.npz`` table, and no folder for a run rejected before any work.
+and train.log, the ``samples.npz`` table of docs/diagnosis.md, and no folder for a run rejected before any work.
 
 One real ``python -m src.train`` run, as a user starts it (its own working directory, console redirected,
 so stdout is not a terminal), is read back from its event files, console and files.
@@ -7,7 +7,6 @@ so stdout is not a terminal), is read back from its event files, console and fil
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -18,11 +17,13 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from lossdiag.callbacks.lr_find import LR_FIND_TAG
 from lossdiag.callbacks.tensorboard import HPARAM_METRICS, LAYOUT
-from lossdiag.functional.calibration import CALIBRATION_KEYS
+from lossdiag.diagnosis.samples import FIELDS, load_samples
+from lossdiag.functional.calibration import CALIBRATION_KEYS, SPLIT_KEYS
+from lossdiag.functional.crossfit import CROSSFIT_SPLITS
 from lossdiag.rundir.metrics_csv import read_history
-from lossdiag.rundir.samples import FIELDS, load_samples
-from tests.conftest import ROOT, read_events
+from tests.conftest import ROOT, child_env, read_events, read_images
 
 EPOCHS = 3
 OVERRIDES = (
@@ -35,11 +36,10 @@ OVERRIDES = (
 
 def run_train(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     """``python -m src.train`` started in ``cwd`` (where ``outputs/`` goes), this checkout's code, output captured."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.run(
         [sys.executable, "-m", "src.train", *args],
         cwd=cwd,
-        env=env,
+        env=child_env(),
         capture_output=True,
         text=True,
         timeout=300,
@@ -118,16 +118,16 @@ def test_every_scalar_histogram_image_and_text_is_at_an_epoch(events) -> None:
         assert len(steps) == len(set(steps)), (tag, steps)  # one value per epoch
     for tag in tags["histograms"]:
         assert [h.step for h in events.Histograms(tag)] == epochs, tag
-    assert [i.step for i in events.Images("val/worst_samples")] == [1, 2]  # every 2 epochs and the last
+    images = read_images(events)
+    assert [step for step, _ in images["val/worst_samples"]] == [1, 2]  # every 2 epochs and the last
     last = EPOCHS - 1
-    for tag in [t for t in tags["images"] if t.startswith("diagnosis/")] + [
-        t for t in tags["tensors"] if "text" in t and not t.startswith("lr_find")
-    ]:
-        steps = [e.step for e in (events.Images(tag) if tag in tags["images"] else events.Tensors(tag))]
+    texts = [t for t in tags["tensors"] if "text" in t and not t.startswith(LR_FIND_TAG)]
+    for tag in [t for t in images if t.startswith("diagnosis/")] + texts:
+        steps = [e.step for e in events.Tensors(tag)]
         assert steps == [last], (tag, steps)
     # optimizer.lr=auto's range test ran before epoch 0: its curve and choice are at step 0
-    assert [i.step for i in events.Images("lr_find")] == [0]
-    assert [t.step for t in events.Tensors("lr_find/choice/text_summary")] == [0]
+    assert [step for step, _ in images[LR_FIND_TAG]] == [0]
+    assert [t.step for t in events.Tensors(f"{LR_FIND_TAG}/text_summary")] == [0]
 
 
 # -- 3. HParams -------------------------------------------------------------------------------------
@@ -167,24 +167,19 @@ def test_hparams_are_what_a_person_compares(events) -> None:
     ):
         assert key in values, (key, sorted(values))
     assert values["data"] == "digits" and values["image_size"] == "1x8x8" and values["train_samples"] == 60
-    # optimizer.lr=auto: the number the range test chose (for debug=fast's 60 training digits), not "auto"
+    # optimizer.lr=auto: the number the range test chose (for these 60 training digits), not "auto"
     assert values["optimizer"] == "sgd" and values["optimizer.lr"] == pytest.approx(0.05)
     assert not [k for k in values if "_target_" in k or "dir" in k or "path" in k]
     assert not [v for v in values.values() if isinstance(v, str) and "/" in v]
-    # the metrics the HParams tab compares are scalar tags the run wrote, at its last epoch
+    # the metrics the HParams tab compares are per-epoch tags the run wrote, named as in the CSV; the tab shows
+    # each one's value at the last epoch, which sums the run up
     assert metrics == list(HPARAM_METRICS)
     history = read_history(events.path)
-    assert events.Scalars("hparams/val_loss_min")[-1].value == pytest.approx(
-        min(history["val/loss"]), rel=1e-6
-    )
-    assert events.Scalars("hparams/val_acc_best")[-1].value == pytest.approx(
-        max(history["val/acc"]), rel=1e-6
-    )
-    assert events.Scalars("hparams/val_loss_last")[-1].value == pytest.approx(
-        history["val/loss"][-1], rel=1e-6
-    )
-    assert events.Scalars("hparams/val_ece_last")[-1].value == pytest.approx(history["val/ece"][-1], rel=1e-6)
-    assert [s.step for s in events.Scalars("hparams/val_acc_last")] == [EPOCHS - 1]
+    for metric in metrics:
+        assert [s.step for s in events.Scalars(metric)] == list(range(EPOCHS)), metric
+        assert events.Scalars(metric)[-1].value == pytest.approx(history[metric][-1], rel=1e-6), metric
+    assert history["val/loss_min"][-1] == pytest.approx(min(history["val/loss"]), rel=1e-6)
+    assert history["val/acc_best"][-1] == pytest.approx(max(history["val/acc"]), rel=1e-6)
 
 
 def test_hparams_without_hydra_are_curated_and_bounded(make_cfg) -> None:
@@ -281,7 +276,9 @@ def test_console_says_each_thing_once_and_ends_with_verdict_and_run_folder(user_
     )  # epochs from 0, as TensorBoard
     assert any(line.startswith("data: ") for line in lines[:at])  # what is trained on, before training
     relative = run.relative_to(run.parents[3])
-    assert lines[-1].startswith(f"Run folder: {relative}"), lines[-1]
+    assert lines[-1] == (
+        f"Run folder: {relative}  (TensorBoard: tensorboard --logdir {relative.parent}, run {run.name})"
+    ), lines[-1]
     assert lines[-2] == f"Full diagnosis: {relative / 'diagnosis.md'}"
     verdict = lines[at + 1 : -2]  # between the progress line and the file names: the three-line verdict
     assert len(verdict) == 3 and "val loss" in verdict[0].lower(), verdict
@@ -301,10 +298,17 @@ def test_run_rejected_before_any_work_leaves_no_folder(tmp_path: Path) -> None:
     assert not leftovers, leftovers
 
 
-def readme_samples_table(readme: str) -> list[dict[str, str]]:
-    """The rows of the table in the README's ``### `samples.npz``` section, by column header."""
-    section = readme.split("### `samples.npz`", 1)[1].split("\n#", 1)[0]
-    rows = [line for line in section.splitlines() if line.startswith("|")]
+def docs_samples_table(page: str, which: int = 0) -> list[dict[str, str]]:
+    """The rows of the ``which``-th table under the page's ``## `samples.npz``` heading, by column header."""
+    section = page.split("\n## `samples.npz`\n", 1)[1].split("\n## ", 1)[0]
+    lines = section.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("|") and (i == 0 or not lines[i - 1].startswith("|"))]
+    start = starts[which]
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        rows.append(line)
     header = [cell.strip() for cell in rows[0].strip("|").split("|")]
     return [
         dict(zip(header, (cell.strip() for cell in row.strip("|").split("|")), strict=True))
@@ -317,27 +321,34 @@ def _code(cell: str) -> list[str]:
 
 
 def _expand(items: list[str]) -> list[dict[str, str]]:
-    """Every substitution of the placeholders ``<f>`` and ``<calib>`` the README defines."""
+    """Every substitution of the placeholders ``<f>`` and ``<calib>`` the table defines."""
     text = " ".join(items)
     if "<f>" in text:
         return [{"<f>": f} for f in FIELDS]
     if "<calib>" in text:
         return [{"<calib>": c} for c in CALIBRATION_KEYS]
+    if "<splits>" in text:
+        return [{"<splits>": c} for c in SPLIT_KEYS]
     return [{}]
 
 
 @pytest.mark.slow
-def test_readme_samples_table_is_what_load_samples_gives(user_run) -> None:
+def test_docs_samples_table_is_what_load_samples_gives(user_run) -> None:
     run = user_run[1]
-    table = readme_samples_table((ROOT / "README.md").read_text())
-    assert table, "no samples.npz table in README.md"
+    page = (ROOT / "docs" / "diagnosis.md").read_text()
+    table = docs_samples_table(page) + docs_samples_table(page, 1)
+    assert table, "no samples.npz table in docs/diagnosis.md"
     key_col, attr_col, shape_col = list(table[0])[:3]
     s = load_samples(run)
     with np.load(run / "samples.npz", allow_pickle=False) as data:
         stored = {k: data[k] for k in data.files}
+    for name, journal in (("val_epochs.bin", s.val_journal), ("train_dynamics.bin", s.dynamics)):
+        records = journal.records()
+        stored.update({f"{name}:{field}": np.asarray(records[field]) for field in records.dtype.names})
     sizes = {
         "N": len(s.val.index), "Nt": len(s.train.index), "E": len(s.epochs), "Et": len(s.dynamics_epochs),
-        "M": len(s.models), "C": len(s.classes),
+        "M": len(s.models), "Mt": sum("train" in e for e in s.models.values()), "C": len(s.classes),
+        "S": CROSSFIT_SPLITS, "K": len(CALIBRATION_KEYS), "2": 2,
     }  # fmt: skip
     documented = set()
     for row in table:
@@ -356,22 +367,20 @@ def test_readme_samples_table_is_what_load_samples_gives(user_run) -> None:
                 attr = attrs[i]
                 for placeholder, value in substitution.items():
                     attr = attr.replace(placeholder, value)
-                if "[m]" in attr:
-                    got = np.stack([np.asarray(eval(attr, {"s": s, "m": m})) for m in s.models])
+                if "[m]" in attr:  # every model, or those evaluated on the training split too
+                    names = [m for m in s.models if "train" in s.models[m]] if '["train"]' in attr else s.models
+                    got = np.stack([np.asarray(eval(attr, {"s": s, "m": m})) for m in names])
                 else:
                     got = np.asarray(eval(attr, {"s": s}))
-                assert got.shape == shape and np.array_equal(got, stored[key]), (key, attr)
+                assert got.shape == shape and np.array_equal(got, stored[key], equal_nan=got.dtype.kind == "f"), (key, attr)
     assert documented == set(stored), set(stored) ^ documented
     history = read_history(run)
-    assert [float(v.mean(dtype=np.float64)) for v in stored["val_loss"]] == pytest.approx(
+    assert [float(v.mean(dtype=np.float64)) for v in stored["val_epochs.bin:loss"]] == pytest.approx(
         history["val/loss"], rel=1e-5
     )
 
 
 # -- 5. figures that read at card size --------------------------------------------------------------
-CARD_PX = 400  # about the width TensorBoard's image card shows a figure at
-
-
 @pytest.mark.parametrize("shape", [(1, 8, 8), (3, 32, 32), (3, 300, 200)])
 def test_worst_sample_captions_are_never_clipped_and_legible_at_card_size(
     shape: tuple[int, int, int],
@@ -381,9 +390,11 @@ def test_worst_sample_captions_are_never_clipped_and_legible_at_card_size(
 
     from lossdiag.render.figures import (
         CAPTION_PT,
+        CARD_TEXT_PX,
         FIGURE_DPI,
         TILE_PX,
         WORST_TILES,
+        card_scale,
         worst_caption,
         worst_samples_figure,
     )
@@ -393,23 +404,29 @@ def test_worst_sample_captions_are_never_clipped_and_legible_at_card_size(
     fig = worst_samples_figure(torch.rand(WORST_TILES, *shape), captions, title="title")
     renderer = FigureCanvasAgg(fig).get_renderer()
     width, height = fig.bbox.width, fig.bbox.height
-    lines = [t for t in fig.texts if t.get_text() != "title"]
+    headers = [t for t in fig.texts if t.get_text().endswith(" of 9 title")]
+    assert [t.get_text() for t in headers] == ["1-3 of 9 title", "4-6 of 9 title", "7-9 of 9 title"]
+    lines = [t for t in fig.texts if t not in headers]
     assert len(lines) == 4 * WORST_TILES
     boxes = [t.get_window_extent(renderer) for t in lines]
-    for text, box in zip(lines, boxes, strict=True):
+    # TensorBoard shows one row (a band of fig.band_px pixels) per image card
+    assert fig.band_px * 3 == round(height)
+    scale = card_scale(width, fig.band_px)
+    for text, box in zip([*lines, *headers], [*boxes, *(t.get_window_extent(renderer) for t in headers)], strict=True):
         assert box.x0 >= 0 and box.x1 <= width and box.y0 >= 0 and box.y1 <= height, (
             text.get_text()
         )  # in the figure
+        # legible where TensorBoard shows it
+        assert text.get_fontsize() * FIGURE_DPI / 72 * scale >= CARD_TEXT_PX, (text.get_fontsize(), width)
+    for box, text in zip(boxes, lines, strict=True):
         assert box.width <= TILE_PX, text.get_text()  # within its tile's column
-        # legible where TensorBoard shows it: at least ~9 px high on a CARD_PX-wide card
-        assert text.get_fontsize() * FIGURE_DPI / 72 * CARD_PX / width >= 9, (text.get_fontsize(), width)
     assert min(t.get_fontsize() for t in lines) >= CAPTION_PT[1]
     for i, a in enumerate(boxes):  # no caption line overlaps another
         assert not any(a.overlaps(b) for b in boxes[i + 1 :]), lines[i].get_text()
     assert any(
         t.get_text().endswith("\u2026") for t in lines
     )  # the long class name was shortened, not clipped
-    assert {t.get_text() for t in lines} >= {"loss 26.1", "p(true) 3.2e-12", "true: cat", "pred: cat"}
+    assert {t.get_text() for t in lines} >= {"loss 26.1", "p(given) 3.2e-12", "given: cat", "predicted: cat"}
 
 
 def test_loss_distribution_is_one_chart_with_every_model() -> None:

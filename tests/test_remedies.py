@@ -5,18 +5,23 @@ from __future__ import annotations
 
 import csv
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from lossdiag.app.sweep_report import build_report, curve_bands, group_runs, load_runs
+from lossdiag.diagnosis.judge.rules import Kind
+from lossdiag.diagnosis.judge.verdict import Verdict, judge
 from lossdiag.functional.remedies import RemedyResult, recommend
-from lossdiag.render.figures import CurveBand, sweep_figure
+from lossdiag.render.history_figures import CurveBand, sweep_figure
+from lossdiag.render.reasons import Context
 from lossdiag.render.remedies import what_you_can_do
 from lossdiag.rundir.metrics_csv import read_history
 from lossdiag.rundir.remedies import read_remedies_report
 from tests.conftest import run_module
+from tests.test_diagnosis import _samples
 from tests.test_report import make_run
 
 EPOCHS = 6
@@ -144,24 +149,38 @@ def test_sweep_figure_handles_a_group_without_curves() -> None:
 
 
 # -- "What you can do" ------------------------------------------------------------------------
+def _verdict(**final) -> Verdict:
+    """A phenomenon verdict (synthetic records) whose final model numbers are changed as given."""
+    verdict = judge(_samples([1.0, 0.5, 1.0, 2.0, 3.0], wrong_loss=4.0))
+    assert verdict.kind == "phenomenon"
+    return replace(verdict, final=replace(verdict.final, **final))
+
+
 def test_what_you_can_do_only_for_the_phenomenon() -> None:
-    assert what_you_can_do(False, 2.0, 10, 0.93, 0.92) == ""
-    text = what_you_can_do(True, 2.167, 12, 0.931, 0.922, nll=0.4035, nll_scaled=0.2756)
+    verdict = _verdict(temperature=2.167, temperature_status="ok", scaling_helps=True, loss=0.4035, nll_crossfit=0.2756)
+    assert what_you_can_do(replace(verdict, kind=Kind.NO_RISE), Context()) == ""
+    ckpts = {"checkpoints/min_val_loss.ckpt": verdict.stats.min_epoch, "checkpoints/best_val_acc.ckpt": 3}
+    text = what_you_can_do(verdict, Context(ckpts))
     assert text.startswith("\n## What you can do\n")
-    assert "peaked at 0.931 in epoch 12 (last epoch: 0.922)" in text and "checkpoints/best.ckpt" in text
+    assert f"`checkpoints/min_val_loss.ckpt` (epoch {verdict.stats.min_epoch}, lowest val loss)" in text
     assert "T = 2.167" in text and "from 0.4035 to 0.2756" in text
     # without a remedies sweep, the remedies are named with the command that measures them, not ranked
     assert "experiment=remedies" in text and "Recommendation" not in text and "`remedy=focal`" in text
     assert "worst.csv" in text
-    assert "search bound" in what_you_can_do(True, 100.0, 1, 0.9, 0.9)
-    assert "suspects.csv" in what_you_can_do(True, 2.0, 1, 0.9, 0.9, suspects_file="suspects.csv")
+    # only checkpoints that exist; in a project of your own no config keys
+    assert "checkpoints/" not in what_you_can_do(verdict, Context(config_keys=False))
+    assert "remedy=" not in what_you_can_do(verdict, Context(config_keys=False))
+    # temperature scaling is offered only where it helps out of sample
+    assert "not a fix this val set can vouch for" in what_you_can_do(_verdict(scaling_helps=False), Context())
+    assert "at a bound" in what_you_can_do(_verdict(temperature=100.0, temperature_status="at_bound"), Context())
+    assert "suspects.csv" in what_you_can_do(verdict, Context(suspects_file="suspects.csv"))
 
 
 def test_what_you_can_do_quotes_the_sweeps_measurements(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     fabricated_sweep(sweep, focal_acc=0.915)
     build_report(sweep)
-    text = what_you_can_do(True, 2.0, 3, 0.92, 0.92, remedies=read_remedies_report(sweep / "report.csv"))
+    text = what_you_can_do(_verdict(), Context(), read_remedies_report(sweep / "report.csv"))
     assert "| `remedy=focal` | 2 | 0.915 ± 0.000 | 0.285 ± 0.007 | 1.00x |" in text
     assert "**Recommendation: `remedy=focal`**" in text
     assert read_remedies_report(tmp_path / "missing.csv") == []
@@ -218,7 +237,8 @@ def test_remedies_multirun_and_report_through_the_command_line(tmp_path: Path) -
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
-    assert len(jobs) == 2 and "remedy=cross_entropy,seed=0" in jobs[0] and "remedy=focal,seed=0" in jobs[1]
+    # named by what differs between the jobs: the remedy (seed=0 on the command line fixes the experiment's seed)
+    assert jobs == ["remedy=cross_entropy", "remedy=focal"]
     for job in jobs:
         history = read_history(sweep / job)
         assert (

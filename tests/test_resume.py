@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -15,10 +14,10 @@ import torch
 
 from lossdiag.app.resolvers import _claimed, claim_unique_dir
 from lossdiag.callbacks.csv_logger import ResumableCSVLogger
+from lossdiag.diagnosis.samples import load_samples
 from lossdiag.rundir.metrics_csv import read_history
-from lossdiag.rundir.samples import load_samples
 from lossdiag.rundir.status import read_summary
-from tests.conftest import ROOT, run_module
+from tests.conftest import ROOT, child_env, run_module
 
 EPOCHS = 6
 # last.ckpt after every epoch, and the diagnosis logged every third epoch: a checkpoint the kill leaves
@@ -31,10 +30,6 @@ OVERRIDES = [
     "callbacks.diagnosis.flush_every_n_epochs=3",
     "callbacks.diagnosis.flush_every_s=1000",
 ]
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
 
 def _epochs_logged(run: Path) -> int:
@@ -50,7 +45,7 @@ def _start_and_kill(run: Path, sig: signal.Signals) -> subprocess.Popen:
     proc = subprocess.Popen(
         [sys.executable, "-m", "src.train", *args, f"hydra.run.dir={run}"],
         cwd=ROOT,
-        env=_env(),
+        env=child_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -153,7 +148,7 @@ def test_two_runs_started_together_get_two_folders(tmp_path: Path) -> None:
             [sys.executable, "-m", "src.train", "debug=fast", "callbacks=none", "~logger",
              f"hydra.run.dir=${{unique_dir:{base}}}"],
             cwd=tmp_path,
-            env=_env(),
+            env=child_env(),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,

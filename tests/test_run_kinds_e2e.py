@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lossdiag.rundir.samples import load_samples
+from lossdiag.diagnosis.samples import load_samples
 from tests.conftest import ROOT, read_events
 from tests.image_folders import write_image_folder
 
@@ -83,10 +83,11 @@ def test_each_kind_of_run_is_the_verdict_everywhere(kind_runs, kind: str) -> Non
     run_dir, stdout = kind_runs[kind]
     numbers = json.loads((run_dir / "diagnosis.json").read_text())
     assert numbers["verdict"] == kind, numbers["reason"]
-    first = f"**Verdict: {kind}.**"
-    assert (run_dir / "diagnosis.md").read_text().splitlines()[2].startswith(first)
+    first = (run_dir / "diagnosis.md").read_text().splitlines()[2]
+    cause = "." if numbers["cause"] == "none" else f", cause: {numbers['cause']}."
+    assert first.startswith(f"**Verdict: {kind}{cause}**")  # the first line names the kind and the cause
     assert first in _text_summary(run_dir)
-    assert f"\nVerdict: {kind}." in stdout
+    assert f"\nVerdict: {kind}{cause}" in stdout
     assert "nan" not in (run_dir / "diagnosis.md").read_text()
     # the numbers are those of the per-sample records
     samples = load_samples(run_dir)
@@ -113,7 +114,12 @@ def test_default_run_numbers_are_unchanged(kind_runs) -> None:
     assert f"{numbers['min_loss']:.4f}" == "0.2718" and f"{numbers['last_loss']:.4f}" == "0.4035"
     assert numbers["rise_ci"][0] > 0 and numbers["acc_change_ci"][0] <= 0 <= numbers["acc_change_ci"][1]
     assert f"{numbers['acc_last']:.3f}" == "0.922"
-    assert "was unchanged at 0.922" in (kind_runs["phenomenon"][0] / "diagnosis.md").read_text()
+    text = (kind_runs["phenomenon"][0] / "diagnosis.md").read_text()
+    assert "was net unchanged at 0.922 (12 samples became wrong, 12 became right" in text
+    # the verdict is decided on the 5-epoch moving average: 27% (95% CI 6% to 43%), not the single epoch's 48.5%
+    assert numbers["rise_rel_smoothed"] == pytest.approx(0.265, abs=0.002) and numbers["rise_ci_smoothed"][0] > 0
+    assert "rose 27% (95% CI 6% to 43%)" in text and "it is +48.5%" in text
+    assert numbers["acc_flips"] == {"to_wrong": 12, "to_right": 12}
     assert numbers["final"]["temperature_status"] == "ok" and 0.5 <= numbers["scaling_removes"] <= 1.0
 
 
@@ -131,6 +137,13 @@ def test_collapse_names_the_classes_and_the_samples_without_gradient(kind_runs) 
     text = (run_dir / "diagnosis.md").read_text()
     assert f"recall 0: {', '.join(numbers['collapsed_classes'])}" in text
     assert f"At the end, {above} of {numbers['n_train']} training samples" in text and "zero gradient" in text
+    # the cause is the collapse (never called over-confidence), and the advice fixes the loss, not the calibration
+    assert numbers["cause"] == "collapsed_classes"
+    assert numbers["rise_by_group"]["collapsed_class"]["share"] >= 0.5
+    first = text.splitlines()[2]
+    assert first.startswith("**Verdict: partial_collapse, cause: collapsed_classes.** The ") and "of the collapsed" in first
+    assert "`loss=standard`" in numbers["advice"] and "zero gradient" in numbers["advice"]
+    assert "is over-confidence" not in text and "mostly over-confidence" not in text
 
 
 @pytest.mark.slow
@@ -138,7 +151,9 @@ def test_not_learning_says_what_to_try(kind_runs) -> None:
     run_dir, stdout = kind_runs["not_learning"]
     numbers = json.loads((run_dir / "diagnosis.json").read_text())
     assert numbers["acc_best_lower"] <= numbers["majority_rate"] + numbers["majority_margin"]
-    assert "optimizer.lr" in numbers["advice"] and "What to try: Lower `optimizer.lr`" in stdout
+    # nothing was learned because the loss barely moved: raise the learning rate, never lower it
+    assert numbers["cause"] == "none" and "What to try: Raise `optimizer.lr`" in stdout
+    assert "Lower" not in numbers["advice"] and "barely moved" in numbers["advice"]
 
 
 # ------------------------------------------------------------------------------------------- evaluation
@@ -182,7 +197,7 @@ def test_evaluating_a_folder_run_on_another_folder_takes_every_image(kind_runs, 
         assert absent not in text.split("## What to look at next")[1], absent
     assert "nan" not in text
     header = (out / "worst.csv").read_text().splitlines()[0]
-    assert header == "rank,index,path,true,predicted,p_true,confidence,loss"
+    assert header == "rank,index,path,given,predicted,p_given,p_predicted,loss"
     # likely label errors of the evaluated images: val-only score (p of the given label under this model)
     suspects = (out / "suspects.csv").read_text().splitlines()
     assert len(suspects) == 1 + n_new and all(line.split(",")[1] == "val" for line in suspects[1:])

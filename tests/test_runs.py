@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from lossdiag.app.notebook import RUN_DIR_ENV, is_run, latest_run, resolve_run_dir, run_config, value_at_epoch
+from lossdiag.diagnosis.samples import SAMPLES_FILE
 from lossdiag.errors import UserError
-from lossdiag.render.figures import curves_figure
+from lossdiag.render.history_figures import curves_figure
 from lossdiag.render.tables import markdown_table
 from lossdiag.rundir.metrics_csv import METRICS_CSV
-from lossdiag.rundir.samples import SAMPLES_FILE
 
 
 def _fake_run(

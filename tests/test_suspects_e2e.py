@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from lossdiag.functional.suspects import rank_suspects
-from tests.conftest import read_events, run_module
+from tests.conftest import read_events, read_images, run_module
 from tests.images import pattern
 
 CLASSES = ("cats", "dogs", "pandas")
@@ -80,4 +80,4 @@ def test_moved_images_rank_near_the_top_of_suspects_csv(tmp_path: Path) -> None:
     diagnosis = (run / "diagnosis.md").read_text()
     assert "## Possibly mislabeled" in diagnosis and "suspects.csv" in diagnosis
     events = read_events(run)
-    assert {"suspects/train", "suspects/val", "suspects/data_map"} <= set(events.Tags()["images"])
+    assert {"suspects/train", "suspects/val", "suspects/data_map"} <= set(read_images(events))

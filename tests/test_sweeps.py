@@ -19,9 +19,8 @@ from lossdiag.rundir.status import read_summary
 from tests.conftest import CONF_DIR, run_module
 
 # tiny jobs: 40 training samples, 2 epochs, one torch thread, no callbacks (the TensorBoard and CSV
-# loggers still write everything the report and TensorBoard read)
+# loggers still write everything the report and TensorBoard read); every job shares them
 TINY = ("debug=fast", "trainer.max_epochs=2", "data.train_size=40", "threads=1", "callbacks=none")
-COMMON = "callbacks=none,data.train_size=40,debug=fast,threads=1,trainer.max_epochs=2"
 
 
 def multirun(sweep_dir: Path, *overrides: str):
@@ -29,9 +28,31 @@ def multirun(sweep_dir: Path, *overrides: str):
 
 
 def job_dir(sweep_dir: Path, **params: str) -> Path:
-    """The job folder Hydra names from the overrides (sorted keys, ``key=value`` joined by commas)."""
-    items = sorted([*(f"{k}={v}" for k, v in params.items()), *COMMON.split(",")])
-    return sweep_dir / ",".join(items)
+    """A job's folder: its values of the keys the sweep varies (``params``), ``key=value`` sorted by key and
+    joined by commas; what every job shares (:data:`TINY`) is left out."""
+    return sweep_dir / ",".join(sorted(f"{k}={v}" for k, v in params.items()))
+
+
+# -- job names ------------------------------------------------------------------------------------
+def test_job_names_are_what_differs_between_jobs(tmp_path: Path) -> None:
+    from lossdiag.app.resolvers import sweep_job_dirname, varying_keys, write_varying_keys
+
+    # experiment=remedies sweeps remedy and seed in hydra.sweeper.params; seed=0 on the command line fixes seed
+    params = ["remedy=cross_entropy,bounded,focal", "seed=0,1,2"]
+    given = ["data=folder", "data.root=/data/pets", "experiment=remedies", "seed=0", "launcher=joblib"]
+    assert varying_keys([*params, *given], exclude=["launcher"]) == ["remedy"]
+    assert varying_keys(["launcher=joblib,submitit_local", "seed=0"], exclude=["launcher"]) == []
+    optuna = ["optimizer.lr=tag(log, interval(0.003, 0.3))", "data.batch_size=choice(16, 32, 64)", "seed=0,0"]
+    assert varying_keys([*optuna, "loss.k=2", "+extra=a,b"]) == ["+extra", "data.batch_size", "optimizer.lr"]
+    write_varying_keys(tmp_path, ["remedy"])
+    job = ["data=folder", "data.root=/data/pets", "experiment=remedies", "remedy=bounded", "seed=0"]
+    hydra_name = "data.root=_data_pets,data=folder,experiment=remedies,remedy=bounded,seed=0"
+    assert sweep_job_dirname(str(tmp_path), job, hydra_name) == "remedy=bounded"
+    assert sweep_job_dirname(str(tmp_path / "elsewhere"), job, hydra_name) == hydra_name  # no keys recorded
+    write_varying_keys(tmp_path, [])
+    assert sweep_job_dirname(str(tmp_path), job, hydra_name) == hydra_name  # one job: nothing differs
+    write_varying_keys(tmp_path, ["data.root", "remedy"])
+    assert sweep_job_dirname(str(tmp_path), job, hydra_name) == "data.root=_data_pets,remedy=bounded"
 
 
 # -- the basic launcher, with failing jobs ------------------------------------------------------
@@ -73,13 +94,16 @@ def test_failing_jobs_do_not_lose_the_others(basic_sweep) -> None:
 
 
 @pytest.mark.slow
-def test_tensorboard_lists_runs_by_their_overrides(basic_sweep) -> None:
+def test_tensorboard_lists_runs_by_what_differs(basic_sweep) -> None:
     from tensorboard.backend.event_processing.io_wrapper import GetLogdirSubdirectories
 
     sweep, _ = basic_sweep
     runs = {Path(d).relative_to(sweep).as_posix() for d in GetLogdirSubdirectories(str(sweep))}
-    assert runs == {job_dir(sweep, **p).name for p in GOOD}
-    assert any("loss=bounded" in name and "seed=1" in name for name in runs)
+    # TensorBoard names each job's run by its folder: only the swept keys, never what every job shares
+    assert runs == {f"loss={p['loss']},optimizer.lr=0.1,seed={p['seed']}" for p in GOOD}
+    assert not [name for name in runs if any(shared in name for shared in TINY)]
+    assert {p.name for p in sweep.iterdir() if p.is_dir()} == {job_dir(sweep, **p).name for p in GOOD + BAD}
+    assert (sweep / "varying_keys.yaml").read_text() == "varying:\n- loss\n- optimizer.lr\n- seed\n"
 
 
 @pytest.mark.slow
@@ -166,10 +190,11 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path: Path) -> None
 @pytest.mark.slow
 def test_submitit_local_launcher(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    proc = multirun(sweep, "launcher=submitit_local", "loss=bounded")
+    proc = multirun(sweep, "launcher=submitit_local", "loss=bounded", "seed=0,1")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    run = job_dir(sweep, loss="bounded")
-    assert read_summary(run)["status"] == "complete"
+    # jobs in submitit's own processes name their folders by the swept key too
+    for seed in "01":
+        assert read_summary(job_dir(sweep, seed=seed))["status"] == "complete"
     assert list((sweep / ".submitit").rglob("*_result.pkl"))  # went through submitit's job files
 
 
@@ -238,6 +263,9 @@ def test_optuna_search_three_trials(tmp_path: Path) -> None:
     assert statuses[0] == "complete" and statuses[1] == "failed"
     # loss.k is searched where it shapes training: the trials use the bounded loss
     assert all("name: bounded" in (r.path / ".hydra" / "config.yaml").read_text() for r in runs)
+    # each trial's folder is named by the searched values alone (sorted by key), not by what every trial shares
+    for run in runs:
+        assert run.path.name == ",".join(f"{key}={run.params[key]}" for key in sorted(searched)), run.path.name
     # the sweeper maximised the metric each trial returned: val/acc_best from the run's own summary
     results = (sweep / "optimization_results.yaml").read_text()
     best = max(read_summary(r.path)["metrics"]["val/acc_best"] for r in runs if r.status == "complete")

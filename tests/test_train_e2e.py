@@ -44,13 +44,13 @@ def cli_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 def test_cli_run_writes_checkpoints_config_and_metrics(cli_run: tuple[str, Path]) -> None:
     loss, run_dir = cli_run
     assert (run_dir / ".hydra" / "config.yaml").read_text().count(f"name: {loss}") == 1
-    for name in ("best.ckpt", "last.ckpt"):
+    for name in ("best_val_acc.ckpt", "min_val_loss.ckpt", "last.ckpt"):
         ckpt = torch.load(run_dir / "checkpoints" / name, map_location="cpu", weights_only=False)
         cap = ckpt["state_dict"]["loss_cap"]
         assert torch.isfinite(cap) and cap > 0
     history = read_history(run_dir)
     assert history["epoch"] == [0.0, 1.0]
-    assert history["loss/cap"][0] == pytest.approx(float(cap))
+    assert history["train/loss_cap"][0] == pytest.approx(float(cap))
 
 
 @pytest.mark.slow
@@ -70,13 +70,13 @@ def test_cli_run_tensorboard_has_every_tag_every_epoch(cli_run: tuple[str, Path]
         assert [s.step for s in events.Scalars(f"{stage}/loss")] == list(range(EPOCHS))
     # per-class precision/recall/F1 live in reports/, not as dozens of scalar tags per epoch
     assert not [t for t in tags["scalars"] if "/recall/" in t or "/precision/" in t]
-    assert len(events.Scalars("loss/cap")) == EPOCHS
+    assert len(events.Scalars("train/loss_cap")) == EPOCHS
     # the HParams tab: what runs are compared by, with the metrics to compare them on
     hparams = events.PluginTagToContent("hparams")
     assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(hparams)
     assert b"optimizer.lr" in hparams["_hparams_/session_start_info"]
-    assert b"hparams/val_acc_best" in hparams["_hparams_/experiment"]
-    assert len(events.Scalars("val/acc_best")) == EPOCHS
+    assert b"val/loss_min" in hparams["_hparams_/experiment"]
+    assert len(events.Scalars("val/acc_best")) == len(events.Scalars("val/loss_min")) == EPOCHS
 
 
 def test_same_seed_same_metrics_different_seed_differs(make_cfg) -> None:

@@ -1,4 +1,4 @@
-"""``python -m src.evaluate ckpt_path=<run>/checkpoints/best.ckpt [overrides]``.
+"""``python -m src.evaluate ckpt_path=<run>/checkpoints/best_val_acc.ckpt [overrides]``.
 
 Runs the end-of-training reports and diagnosis (classification report, worst samples, calibration,
 ``diagnosis.md``) for one saved checkpoint on the data the checkpoint's run was trained on
@@ -16,7 +16,13 @@ import hydra
 from omegaconf import DictConfig
 
 from lossdiag import CONF_DIR
-from lossdiag.app.cli import one_line_hydra_errors, quote_paths, run_task, with_folder_data
+from lossdiag.app.cli import (
+    null_groups_removed,
+    one_line_hydra_errors,
+    quote_paths,
+    run_task,
+    with_folder_data,
+)
 from lossdiag.app.console import quiet_warnings
 from lossdiag.app.run_config import with_run_groups
 
@@ -32,6 +38,7 @@ def main(cfg: DictConfig) -> None:
 
         from hydra.core.hydra_config import HydraConfig
 
+        from lossdiag.app.console import finished
         from lossdiag.app.evaluate import evaluate_checkpoint
         from lossdiag.rundir.find import remove_unfinished
 
@@ -42,6 +49,7 @@ def main(cfg: DictConfig) -> None:
         except BaseException:
             remove_unfinished(Path(hydra_cfg.runtime.output_dir), f"{hydra_cfg.job.name}.log")
             raise
+        finished(cfg.paths.output_dir)  # where it is and how to open it in TensorBoard, as after a run
 
     run_task(task)
 
@@ -51,8 +59,8 @@ def cli(entry: str = "lossdiag.evaluate") -> None:
     # data.root alone: data=folder (a folder run keeps its own data settings; a digits run's model meets a folder)
     sys.argv[1:] = with_folder_data(sys.argv[1:])
     sys.argv[1:], ADDED[:] = with_run_groups(sys.argv[1:])  # the run's config groups (data=folder, ...)
-    # a run folder's name holds "=": ckpt_path=<run>/checkpoints/best.ckpt
-    sys.argv[1:] = quote_paths(sys.argv[1:])
+    # a run folder's name holds "=": ckpt_path=<run>/checkpoints/best_val_acc.ckpt
+    sys.argv[1:] = quote_paths(null_groups_removed(sys.argv[1:]))
     with one_line_hydra_errors(entry):
         main()
 

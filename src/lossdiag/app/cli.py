@@ -55,8 +55,23 @@ def run_task(task: Callable[[], T]) -> T:
         raise SystemExit(2) from None
 
 
+def null_groups_removed(argv: list[str]) -> list[str]:
+    """``logger=null`` -> ``~logger`` for a config group (a folder of ``conf/``): Hydra refuses ``null`` as a group
+    choice with a traceback, while "no logger" is what the user means (``~logger`` removes the group)."""
+    from lossdiag import CONF_DIR
+
+    out = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        group = key.lstrip("+")
+        if sep and value.strip().lower() in ("null", "none") and (CONF_DIR / group).is_dir():
+            arg = f"~{group}"
+        out.append(arg)
+    return out
+
+
 def quote_paths(argv: list[str]) -> list[str]:
-    """``ckpt_path=outputs/runs/d/t_loss=bounded/checkpoints/best.ckpt`` -> the same with the value quoted.
+    """``ckpt_path=outputs/runs/d/t_loss=bounded/checkpoints/best_val_acc.ckpt`` -> the same with the value quoted.
 
     Only values of :data:`PATH_KEYS` that contain ``=`` and are not quoted already; a comma-separated
     sweep over plain folders (``data.root=/a,/b``) is left alone.

@@ -120,9 +120,20 @@ def quiet_spawned_process() -> None:
 
 
 def run_folder_line(run_dir: str | Path) -> str:
-    """The console's last line after a run: where everything is and how to look at it."""
-    shown = display_path(run_dir)
-    return f"Run folder: {shown}  (TensorBoard: tensorboard --logdir {shown})"
+    """The console's last line after a run: where everything is and how to look at it in TensorBoard.
+
+    TensorBoard names a run by its event files' folder relative to ``--logdir``: pointed at the run folder itself
+    it would call the run "." (and "Trial ID ." in HParams). So the line names the folder that holds the run
+    (the day's runs, the sweep's jobs), where TensorBoard lists this run by its folder name next to its
+    neighbours, and says which name that is.
+    """
+    run = Path(run_dir).resolve()
+    if not any(run.glob("events.out.tfevents.*")):  # no TensorBoard logger (e.g. ~logger): nothing to open
+        return f"Run folder: {display_path(run)}"
+    return (
+        f"Run folder: {display_path(run)}  "
+        f"(TensorBoard: tensorboard --logdir {display_path(run.parent)}, run {run.name})"
+    )
 
 
 def finished(run_dir: str | Path) -> None:

@@ -19,15 +19,17 @@ from omegaconf import OmegaConf, open_dict
 
 from lossdiag.app.pipeline import build_datamodule, build_net, prepare
 from lossdiag.app.resume import override_key
-from lossdiag.app.run_config import RUN_GROUPS, run_cfg, run_choices, run_dir_of
+from lossdiag.app.run_config import RUN_GROUPS, other_folder, run_cfg, run_choices, run_dir_of
 from lossdiag.callbacks.console import announce
 from lossdiag.data.datamodules import ImageFolderDataModule, InMemoryDataModule
+from lossdiag.diagnosis.samples import Samples, SplitInfo, read_classes
+from lossdiag.diagnosis.write import Diagnosis, write_diagnosis
 from lossdiag.errors import UserError
-from lossdiag.models.predict import evaluate_net
-from lossdiag.rundir.artifacts import Diagnosis, write_diagnosis
+from lossdiag.functional.breakdown import worst_indices
+from lossdiag.functional.outputs import evaluate_logits
+from lossdiag.models.predict import predict_records
 from lossdiag.rundir.checkpoints import load_weights, read_checkpoint
-from lossdiag.rundir.paths import DIAGNOSIS_FILE
-from lossdiag.rundir.samples import Samples, SplitInfo, read_classes
+from lossdiag.rundir.paths import DIAGNOSIS_FILE, display_path
 
 RUN_KEYS = (*RUN_GROUPS, "seed")
 log = logging.getLogger(__name__)
@@ -64,26 +66,9 @@ def with_run_config(cfg: Any, ckpt: Path, overrides: Sequence[str] = ()) -> Any:
     return cfg
 
 
-def other_folder(cfg: Any, ckpt: Path) -> Path | None:
-    """The image folder ``cfg.data`` points at when it is not the checkpoint's run's own, else ``None``.
-
-    ``None`` too when the run's config is unknown (a checkpoint outside its run folder): then the
-    configured data is split as in training.
-    """
-    root = OmegaConf.select(cfg, "data.root", default=None)
-    run = run_cfg(ckpt)
-    if root is None or run is None:
-        return None
-    run_root = OmegaConf.select(run, "data.root", default=None)
-    here = Path(str(root)).expanduser().resolve()
-    if run_root is not None and Path(str(run_root)).expanduser().resolve() == here:
-        return None
-    return here
-
-
 def _data(cfg: Any, ckpt: Path) -> tuple[InMemoryDataModule, str, bool]:
     """The data module, what its val split is (``evaluated_on``), and whether it has a training split."""
-    folder = other_folder(cfg, ckpt)
+    folder = other_folder(ckpt, OmegaConf.select(cfg, "data.root", default=None))
     if folder is None:
         return build_datamodule(cfg), "val split", True
     dm = instantiate(cfg.data)
@@ -103,7 +88,7 @@ def evaluate_checkpoint(cfg: Any, overrides: Sequence[str] = ()) -> Diagnosis:
     from torch.utils.tensorboard import SummaryWriter
 
     if not cfg.get("ckpt_path"):
-        raise UserError("ckpt_path is not set: python -m src.evaluate ckpt_path=<run>/checkpoints/best.ckpt")
+        raise UserError("ckpt_path is not set: python -m src.evaluate ckpt_path=<run>/checkpoints/best_val_acc.ckpt")
     path = Path(str(cfg.ckpt_path)).expanduser()
     weights, cap, epoch = read_checkpoint(path)
     cfg = with_run_config(cfg, path, overrides)
@@ -115,29 +100,33 @@ def evaluate_checkpoint(cfg: Any, overrides: Sequence[str] = ()) -> Diagnosis:
         cap = float(cfg.loss.cap)
     name = path.stem
     assert dm.val is not None and dm.train is not None
-    splits = {"val": dm.val, "train": dm.train} if has_train else {"val": dm.val}
-    evaluations = evaluate_net(net, splits)
+    net.eval()
+    evaluations = {
+        split: evaluate_logits(records.logits, records.target, crossfit=split == "val")
+        for split in (("val", "train") if has_train else ("val",))
+        if (records := predict_records(lambda x, n: net(x).float(), dm.eval_dataloader(split))) is not None
+    }
     samples = Samples(
         classes=list(dm.class_names),
         loss_cap=cap,
         val=SplitInfo.create(range(len(dm.val)), dm.val.y.numpy(), dm.val.paths),
-        train=SplitInfo.create(range(len(dm.train)), dm.train.y.numpy(), dm.train.paths)
-        if has_train
-        else None,
+        train=SplitInfo.create(range(len(dm.train)), dm.train.y.numpy(), dm.train.paths) if has_train else None,
         objective=str(cfg.loss.get("name", "")),
     )
     samples.add_epoch(epoch, evaluations["val"])
-    samples.models[name] = evaluations
-    samples.model_epoch[name] = epoch
+    samples.add_models({name: (epoch, evaluations)})
+    # only the images the worst-samples figure draws (never a float32 copy of the split)
+    worst = worst_indices(evaluations["val"].loss, int(cfg.worst_k)).tolist()
+    images = {i: dm.val.x[i].float() / dm.val.scale for i in worst} if dm.val.x.ndim == 4 else None
     out = Path(cfg.paths.output_dir)
     writer = SummaryWriter(str(out))
     try:
         # TensorBoard step = the epoch the weights come from (0 for untrained weights)
         diagnosis = write_diagnosis(
-            out, samples, dm.val.inputs(), int(cfg.worst_k), writer, step=max(epoch, 0), model=name,
+            out, samples, images, int(cfg.worst_k), writer, step=max(epoch, 0), model=name,
             evaluated_on=evaluated_on,
         )  # fmt: skip
     finally:
         writer.close()
-    announce(log, f"{diagnosis.summary}\nFull diagnosis: {out / DIAGNOSIS_FILE}")
+    announce(log, f"{diagnosis.summary}\nFull diagnosis: {display_path(out / DIAGNOSIS_FILE)}")
     return diagnosis

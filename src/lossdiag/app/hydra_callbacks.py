@@ -1,5 +1,8 @@
-"""Hydra callbacks (``hydra.callbacks`` in ``conf/train.yaml``): what a multirun says when it ends.
+"""Hydra callbacks (``hydra.callbacks`` in ``conf/train.yaml``): how a multirun names its jobs, and what it
+says when it ends.
 
+Before any job starts, the launching process records which keys the jobs differ by in the sweep folder
+(:class:`SweepJobNames`), so every job, whatever process the launcher runs it in, names its folder by them.
 A sweep's jobs print their own lines as they run; at the end the launching process names the sweep
 folder, how its jobs ended, and the command that compares them. Hydra calls ``on_multirun_end`` only
 when every job succeeded, so the same lines are also printed at exit after a sweep with failed jobs.
@@ -15,6 +18,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from lossdiag.app.resolvers import varying_keys, write_varying_keys
 from lossdiag.rundir.paths import SUMMARY_FILE, display_path
 from lossdiag.rundir.status import read_summary
 
@@ -50,3 +54,19 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self._print()
+
+
+class SweepJobNames(Callback):
+    """Writes the sweep's :func:`~lossdiag.app.resolvers.varying_keys` into its folder before any job starts.
+
+    The keys come from what the sweeper expands: ``hydra.sweeper.params`` (an experiment's sweep, Optuna's
+    search space) and the command line. Each job's ``hydra.sweep.subdir``
+    (:func:`~lossdiag.app.resolvers.sweep_job_dirname`) reads them back, in whichever process it runs.
+    """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        hydra = config.hydra
+        params = hydra.sweeper.get("params") or {}
+        overrides = [*(f"{key}={value}" for key, value in params.items()), *hydra.overrides.task]
+        keys = varying_keys(overrides, hydra.job.config.override_dirname.exclude_keys)
+        write_varying_keys(hydra.sweep.dir, keys)

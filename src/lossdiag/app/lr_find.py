@@ -4,7 +4,8 @@
 :func:`lossdiag.functional.learning_rate.suggest`) or takes its result from the cache (``lr_find.cache_dir``),
 keyed by everything it depends on: the model config, the training data (a hash of its pixels and labels), the
 batch size and augmentation, the optimizer's settings other than ``lr``, the seed and the test's own settings.
-:func:`record_learning_rate` writes the curve into the run folder and TensorBoard and says the value in one line.
+:func:`record_learning_rate` writes the curve into the run folder and says the value in one line; its callback
+(:class:`lossdiag.callbacks.lr_find.RangeTestFigure`) draws the figure into the run folder and TensorBoard.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from lossdiag.callbacks.lr_find import RangeTestFigure
 from lossdiag.data.datamodules import InMemoryDataModule
 from lossdiag.errors import UserError
 from lossdiag.functional.learning_rate import SKIP_START, Suggestion, suggest
@@ -177,11 +179,11 @@ def describe(found: FoundLR) -> str:
     )
 
 
-def record_learning_rate(found: FoundLR, run_dir: str | Path) -> dict[str, tuple[str, Any]]:
-    """Write the curve into ``run_dir`` and log :func:`describe`; return the TensorBoard entries (tag ->
-    ``("image", pixels)`` / ``("text", text)``), which the training process writes (rank 0's event file)."""
+def record_learning_rate(found: FoundLR, run_dir: str | Path) -> RangeTestFigure:
+    """Write the curve into ``run_dir`` (``lr_find.csv``) and log :func:`describe`; return the callback that
+    draws the figure (``figures/lr_find.png`` and TensorBoard) in the training process (rank 0)."""
     summary = describe(found)
     marker = "lowest smoothed loss" if found.choice.rule == "min" else "steepest fall"
-    image = write_lr_find(run_dir, found.lrs, found.losses, (found.choice.at, marker), found.lr)
+    write_lr_find(run_dir, found.lrs, found.losses)
     log.info(summary)
-    return {LR_FIND_FIGURE: ("image", image), f"{LR_FIND_FIGURE}/choice": ("text", summary)}
+    return RangeTestFigure(run_dir, found.lrs, found.losses, (found.choice.at, marker), found.lr, summary)

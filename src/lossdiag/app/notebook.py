@@ -1,7 +1,7 @@
 """Notebook helpers: pick a training run folder and read back what it wrote: config, data, checkpoints.
 
 Used by ``notebooks/loss_analysis.ipynb`` (and anyone analysing a finished run): the notebook holds no
-logic of its own, it calls these functions and the ones of :mod:`lossdiag.rundir.samples`, :mod:`lossdiag.rundir.metrics_csv`,
+logic of its own, it calls these functions and the ones of :mod:`lossdiag.diagnosis.samples`, :mod:`lossdiag.rundir.metrics_csv`,
 :mod:`lossdiag.functional.outputs`, :mod:`lossdiag.functional.calibration` and :mod:`lossdiag.render.figures`.
 """
 
@@ -18,13 +18,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from lossdiag.app.pipeline import build_datamodule, build_net
 from lossdiag.data.datamodules import InMemoryDataModule
+from lossdiag.diagnosis.samples import Samples
 from lossdiag.errors import UserError
 from lossdiag.functional.breakdown import recompute_mean_ce
 from lossdiag.models.predict import predict_logits
 from lossdiag.rundir.checkpoints import load_weights, read_checkpoint
 from lossdiag.rundir.find import RUN_DIR_ENV, RUN_FILES, is_run, latest_run
 from lossdiag.rundir.paths import CONFIG_FILE, checkpoint_path
-from lossdiag.rundir.samples import Samples
 
 
 def resolve_run_dir(run_dir: str | Path | None = None, root: str | Path = "outputs") -> Path:

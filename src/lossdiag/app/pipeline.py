@@ -198,18 +198,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
     model = build_module(cfg, datamodule, net, lr)
     config = OmegaConf.to_container(cfg, resolve=True)
     shown = cfg  # what the HParams tab shows: the config, with the learning rate actually used
-    extras: dict[str, tuple[str, Any]] = {}  # more TensorBoard entries at step 0 (the range test's curve)
     if isinstance(lr, FoundLR):
         config["optimizer"]["lr"] = lr.lr  # type: ignore[index]  # hparams.yaml and the HParams tab get the number
         shown = copy.deepcopy(cfg)
         with open_dict(shown):
             shown.optimizer.lr = lr.lr
-        extras = record_learning_rate(lr, cfg.paths.output_dir)
+        trainer.callbacks.append(record_learning_rate(lr, cfg.paths.output_dir))  # type: ignore[arg-type]
     for logger in trainer.loggers:
         logger.log_hyperparams(config)  # type: ignore[arg-type]  # hparams.yaml
     # TensorBoard's HParams tab (what a person compares runs by) and Custom Scalars layout
-    dashboards = TensorBoardDashboards(run_hparams(shown, datamodule), cfg.paths.output_dir, extras)
-    trainer.callbacks.append(dashboards)  # type: ignore[attr-defined]
+    trainer.callbacks.append(TensorBoardDashboards(run_hparams(shown, datamodule)))  # type: ignore[arg-type]
     log.info(
         "data: %d train / %d val samples, %d classes, %dx%dx%d; loss=%s; augment=%s",
         len(datamodule.train),  # type: ignore[arg-type]

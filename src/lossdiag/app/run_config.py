@@ -33,6 +33,22 @@ def run_cfg(ckpt: str | Path) -> DictConfig | None:
     return cfg if isinstance(cfg, DictConfig) else None
 
 
+def other_folder(ckpt: str | Path, root: str | Path | None) -> Path | None:
+    """The image folder ``root`` (``data.root``), resolved, when it is not the folder the checkpoint's run trained on.
+
+    ``None`` for no ``root``, the run's own folder, or a checkpoint whose run config is unknown (outside its run
+    folder: then the configured data is split as in training).
+    """
+    run = run_cfg(ckpt)
+    if root is None or run is None:
+        return None
+    run_root = OmegaConf.select(run, "data.root", default=None)
+    here = Path(str(root)).expanduser().resolve()
+    if run_root is not None and Path(str(run_root)).expanduser().resolve() == here:
+        return None
+    return here
+
+
 def run_choices(ckpt: str | Path) -> dict[str, str]:
     """The run's config-group options (``{"data": "folder", ...}``) for :data:`RUN_GROUPS`; ``{}`` if unknown."""
     path = run_dir_of(ckpt) / HYDRA_FILE

@@ -25,7 +25,8 @@ from lossdiag.app.resolvers import LAUNCH_KEYS
 from lossdiag.app.resume import override_key
 from lossdiag.errors import UserError
 from lossdiag.functional.remedies import Recommendation, RemedyResult, recommend
-from lossdiag.render.figures import CurveBand, png_bytes, render, sweep_figure
+from lossdiag.render.figures import png_bytes, render
+from lossdiag.render.history_figures import CurveBand, sweep_figure
 from lossdiag.render.remedies import recommendation_text
 from lossdiag.render.tables import csv_text, markdown_table
 from lossdiag.rundir.atomic import atomic_write_bytes, atomic_write_text

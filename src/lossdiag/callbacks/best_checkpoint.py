@@ -1,4 +1,5 @@
-"""``checkpoints/best.ckpt``: the weights of the epoch with the best monitored value (``val/acc``).
+"""``checkpoints/<filename>.ckpt``: the weights of the epoch with the best monitored value (``best_val_acc``:
+``val/acc``, ``min_val_loss``: ``val/loss``).
 
 Lightning's ``ModelCheckpoint`` can only monitor what went through ``self.log``, and one ``self.log``
 call costs ~0.4 ms per epoch here (Lightning moves its result collection to the device on every call),
@@ -76,6 +77,11 @@ class BestCheckpoint(Checkpoint):
         path = self.dirpath / f"{self.filename}.ckpt"
         self.best_model_score, self.best_model_path = value, str(path)
         trainer.save_checkpoint(path, weights_only=False)  # the whole state: a resume may start from it
+
+    @property
+    def state_key(self) -> str:
+        # one per monitored value and file, so several (val/acc, val/loss) can live in one Trainer and its checkpoints
+        return f"{type(self).__qualname__}{{monitor={self.monitor}, filename={self.filename}}}"
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -1,33 +1,33 @@
 """TensorBoard glue: the run's ``SummaryWriter``, its HParams tab and its Custom Scalars layout.
 
 The HParams tab compares runs by a few hyperparameters a person would vary (chosen by the app, see
-:mod:`lossdiag.app.hparams`) and by :data:`HPARAM_METRICS`, summary scalars written once at the end of fit
-from the run's whole per-epoch history (a resumed run included). The Custom Scalars tab
+:mod:`lossdiag.app.hparams`) and by :data:`HPARAM_METRICS`: per-epoch metrics whose last value sums the run up
+(``val/acc_best`` is the best val accuracy so far, ``val/loss_min`` the lowest val loss so far), so the tab shows
+the same names as the CSV and the sweep report, and the Scalars tab gets no one-point summary charts: its tag
+groups are ``train/`` and ``val/`` only (TensorBoard orders groups by their first tag). The Custom Scalars tab
 (:data:`LAYOUT`) puts the curves that tell the story side by side: val loss against val accuracy,
 the loss tail, the loss carried by correct and by wrong samples, calibration.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 from lightning.pytorch.loggers import TensorBoardLogger
-from tensorboard.compat.proto.summary_pb2 import Summary
+from tensorboard.compat.proto.summary_pb2 import HistogramProto, Summary
 
-from lossdiag.rundir.metrics_csv import read_history
+from lossdiag.functional.breakdown import equal_width_histograms
 
-# HParams metric tag -> (per-epoch metric, how the run's history of it is summarised)
-HPARAM_METRICS: dict[str, tuple[str, str]] = {
-    "hparams/val_acc_best": ("val/acc", "max"),
-    "hparams/val_acc_last": ("val/acc", "last"),
-    "hparams/val_loss_min": ("val/loss", "min"),
-    "hparams/val_loss_last": ("val/loss", "last"),
-    "hparams/val_ece_last": ("val/ece", "last"),
-}
+# per-sample loss histogram bins: enough for a few hundred to thousands of samples, and every byte of an event
+# costs (TensorBoard's writer checksums events in pure Python without TensorFlow: ~0.1 ms per KB)
+HISTOGRAM_BINS = 32
+
+# the HParams tab's metrics: per-epoch tags, each shown by its value at the run's last epoch (a resumed run's too:
+# val/acc_best and val/loss_min are module buffers, restored from last.ckpt)
+HPARAM_METRICS: tuple[str, ...] = ("val/acc_best", "val/acc", "val/loss_min", "val/loss", "val/ece")
 
 
 def _exactly(*tags: str) -> list[str]:
@@ -52,7 +52,7 @@ LAYOUT: dict[str, dict[str, list[Any]]] = {
     "train vs val": {
         "loss": ["Multiline", _exactly("train/loss", "val/loss")],
         "accuracy": ["Multiline", _exactly("train/acc", "val/acc")],
-        "bounded loss (every sample capped at loss/cap)": [
+        "bounded loss (every sample capped at train/loss_cap)": [
             "Multiline",
             _exactly("train/loss_bounded", "val/loss_bounded"),
         ],
@@ -83,19 +83,54 @@ def scalar_values(metrics: Mapping[str, Any]) -> list[Summary.Value]:
     ]
 
 
+def histogram_values(
+    blocks: Mapping[str, tuple[Sequence[int], np.ndarray]], bins: int = HISTOGRAM_BINS
+) -> dict[int, list[Summary.Value]]:
+    """``<stage>/loss_per_sample`` for a block of epochs (``{stage: (epochs, losses (E, N))}``), by epoch: every
+    stage's histogram of that epoch. ``bins`` equal-width bins (a linear axis shows the tail; TensorBoard's stock
+    exponential buckets cost twice as much), counted for the whole block at once."""
+    values: dict[int, list[Summary.Value]] = {}
+    for stage, (epochs, losses) in blocks.items():
+        h = equal_width_histograms(losses, bins=bins)
+        for i, epoch in enumerate(epochs):
+            if not h["num"][i]:
+                continue
+            proto = HistogramProto(
+                min=h["min"][i],
+                max=h["max"][i],
+                num=h["num"][i],
+                sum=h["sum"][i],
+                sum_squares=h["sum_squares"][i],
+                # right bin limits, after an empty bin that carries the left edge (as TensorBoard's own)
+                bucket_limit=h["edges"][i].tolist(),
+                bucket=[0.0, *h["counts"][i].tolist()],
+            )
+            values.setdefault(epoch, []).append(Summary.Value(tag=f"{stage}/loss_per_sample", histo=proto))
+    return values
+
+
+def write_epoch_events(
+    writer: Any,
+    values: Mapping[int, Mapping[str, float]],
+    losses: Mapping[str, tuple[Sequence[int], np.ndarray]] | None = None,
+) -> None:
+    """Each epoch's scalars (and, given ``losses``, its per-sample loss histograms) as ONE event at step = epoch
+    (Lightning's stock logger would write one event per scalar), then flush.
+
+    TensorBoard's writer thread checksums every event byte in Python. Left to work through a block beside
+    training, it holds the GIL in turns with the training loop and slows the next epochs by more than this wait
+    (~0.5 ms per epoch on the default run); and TensorBoard shows the block at once.
+    """
+    histograms = histogram_values(losses) if losses else {}
+    for epoch, scalars in values.items():
+        summary = Summary(value=[*scalar_values(scalars), *histograms.get(epoch, [])])
+        writer.file_writer.add_summary(summary, global_step=epoch)
+    writer.flush()
+
+
 def hparam_value(value: Any) -> bool | int | float | str:
     """A value the HParams tab can show: numbers and strings as they are, anything else as text."""
     return value if isinstance(value, bool | int | float | str) else str(value)
-
-
-def summarise_history(history: Mapping[str, Sequence[float]]) -> dict[str, float]:
-    """:data:`HPARAM_METRICS` of a per-epoch history (``{metric: [value per epoch]}``); absent metrics are left out."""
-    out: dict[str, float] = {}
-    for tag, (metric, how) in HPARAM_METRICS.items():
-        values = [v for v in history.get(metric, ()) if math.isfinite(v)]
-        if values:
-            out[tag] = {"max": max, "min": min, "last": lambda v: v[-1]}[how](values)
-    return out
 
 
 def log_hparams(trainer: L.Trainer, hparams: Mapping[str, Any]) -> None:
@@ -103,7 +138,7 @@ def log_hparams(trainer: L.Trainer, hparams: Mapping[str, Any]) -> None:
 
     Lightning's ``log_hyperparams`` only writes the HParams summary together with metric values,
     which would add a fake step-0 point to those curves; the summary alone is enough for TensorBoard,
-    which shows each metric's last value in this run.
+    which shows each metric's last value in this run (the per-epoch values the module logs).
     """
     writer = tensorboard_writer(trainer)
     if writer is None:
@@ -124,55 +159,12 @@ def log_layout(trainer: L.Trainer) -> None:
 
 
 class TensorBoardDashboards(L.Callback):
-    """HParams and Custom Scalars for the run, written inside the training process(es) (so spawned
-    multi-process runs write into rank 0's event file rather than opening one in the launcher).
+    """HParams and Custom Scalars for the run, written at the start of fit inside the training process(es) (so
+    spawned multi-process runs write into rank 0's event file rather than opening one in the launcher)."""
 
-    ``hparams`` go to the HParams tab at the start of fit, with ``extras`` (tag -> ``("image", HWC uint8
-    pixels)`` or ``("text", markdown)``, made before fit, e.g. the learning-rate range test's) at step 0; at its
-    end, :data:`HPARAM_METRICS` are
-    computed from ``<run_dir>/csv/metrics.csv`` (every epoch, including those before a resume) or,
-    without that file, from this fit's last values, and written at step = last epoch.
-    """
-
-    def __init__(
-        self,
-        hparams: Mapping[str, Any],
-        run_dir: str | Path | None = None,
-        extras: Mapping[str, tuple[str, Any]] | None = None,
-    ) -> None:
+    def __init__(self, hparams: Mapping[str, Any]) -> None:
         self.hparams = dict(hparams)
-        self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.extras = dict(extras or {})
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         log_hparams(trainer, self.hparams)
         log_layout(trainer)
-        writer = tensorboard_writer(trainer)
-        if writer is not None:
-            for tag, (kind, value) in self.extras.items():
-                if kind == "image":
-                    writer.add_image(tag, value, global_step=0, dataformats="HWC")
-                else:
-                    writer.add_text(tag, value, global_step=0)
-
-    def _history(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, list[float]]:
-        if self.run_dir is not None:
-            try:
-                return read_history(self.run_dir)
-            except FileNotFoundError:
-                pass
-        last: dict[str, float] = {}
-        for owner in (pl_module, *trainer.callbacks):  # type: ignore[attr-defined]
-            last.update(getattr(owner, "epoch_values", {}))
-        return {key: [value] for key, value in last.items()}
-
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        writer = tensorboard_writer(trainer)
-        if writer is None:
-            return
-        history = self._history(trainer, pl_module)
-        # the last epoch (when fit has ended, current_epoch is one past it)
-        step = int(history["epoch"][-1]) if history.get("epoch") else max(trainer.current_epoch - 1, 0)
-        for tag, value in summarise_history(history).items():
-            writer.add_scalar(tag, value, global_step=step)
-        writer.flush()

@@ -80,6 +80,11 @@ class InMemoryDataModule(L.LightningDataModule):
     def val_dataloader(self) -> TensorBatches:
         return self._batches(self._require().val, self.val_batch_size, shuffle=False)
 
+    def eval_dataloader(self, split: str) -> TensorBatches:
+        """Ordered, never augmented batches ``(x, y, index)`` of ``split`` (``"train"`` or ``"val"``): what an
+        evaluation of a whole model reads."""
+        return self._batches(getattr(self._require(), split), self.val_batch_size, shuffle=False)
+
     # -- helpers ------------------------------------------------------------------------------
     def _require(self) -> InMemoryDataModule:
         if self.train is None or self.val is None:

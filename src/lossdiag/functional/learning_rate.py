@@ -7,11 +7,12 @@ The loss stays flat while the rate is too small to move the weights, falls, reac
 once the rate is too large; the test stops when the smoothed loss passes :data:`DIVERGED` x its best.
 
 The choice is fastai's ``lr_min``: **the rate at the minimum of the smoothed loss, divided by 10** (an order
-of magnitude below the rate where the loss stops falling), rounded to one of 1, 2, 5 x 10^k. It keeps the forum's 0.1 on the digits (so their
-rising val loss stays), gives about 0.01 on a 32x32 RGB folder with ShallowNet or ResNet-18, and about 1e-3
-with Adam (notes/models.md has the measurements). The steepest-descent point (Lightning's suggestion) was
-measured too: it falls 2-5x lower, where the digits' phenomenon goes; it is the fallback when the loss
-never turns (a tiny training set learned by heart before any rate is too large).
+of magnitude below the rate where the loss stops falling), rounded to one of 1, 2, 5 x 10^k. It keeps the
+forum's 0.1 on the digits (so their rising val loss stays), gives about 0.01 on a 32x32 RGB folder with
+ShallowNet or ResNet-18, and 0.005-0.05 with Adam (docs/configuration.md, "The default learning rate", has
+the measurements). The steepest-descent point (Lightning's suggestion) was measured too: it falls 2-5x lower,
+where the digits' phenomenon goes; it is the fallback when the loss never turns (a tiny training set learned
+by heart before any rate is too large).
 """
 
 from __future__ import annotations

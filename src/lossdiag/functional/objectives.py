@@ -78,25 +78,25 @@ def gce_loss(logits: torch.Tensor, target: torch.Tensor, q: float) -> torch.Tens
 
 
 class Objective(NamedTuple):
-    """A registry entry: the loss function, the name of its one parameter (the config key) and its default."""
+    """A registry entry: the per-sample loss, its one parameter (the config key ``loss.<param>``), the parameter's
+    default, which values are valid, and those valid values in words (for the one-line error)."""
 
     fn: Callable[..., torch.Tensor]
     param: str
     default: float
+    valid: Callable[[float], bool]
+    valid_words: str
 
 
 OBJECTIVES: dict[str, Objective] = {
-    "label_smoothing": Objective(label_smoothing_ce, "epsilon", 0.1),  # Szegedy et al. 2016
-    "focal": Objective(focal_loss, "gamma", 2.0),  # Lin et al. 2017 (Mukhoti et al. 2020 also try 3)
-    "phuber": Objective(phuber_ce, "tau", 10.0),  # Menon et al. 2020
-    "gce": Objective(gce_loss, "q", 0.7),  # Zhang & Sabuncu 2018
-}
-
-_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
-    "label_smoothing": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
-    "focal": (lambda v: v >= 0.0, ">= 0"),
-    "phuber": (lambda v: v > 1.0, "> 1"),
-    "gce": (lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
+    # Szegedy et al. 2016
+    "label_smoothing": Objective(label_smoothing_ce, "epsilon", 0.1, lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    # Lin et al. 2017 (Mukhoti et al. 2020 also try 3)
+    "focal": Objective(focal_loss, "gamma", 2.0, lambda v: v >= 0.0, ">= 0"),
+    # Menon et al. 2020
+    "phuber": Objective(phuber_ce, "tau", 10.0, lambda v: v > 1.0, "> 1"),
+    # Zhang & Sabuncu 2018
+    "gce": Objective(gce_loss, "q", 0.7, lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
 }
 
 
@@ -104,8 +104,7 @@ def objective_parameter_check(name: str, value: object) -> str | None:
     """A one-line error message if ``value`` is not a valid parameter of objective ``name``, else ``None``."""
     if name not in OBJECTIVES:
         return f"unknown objective {name!r}: choose one of {', '.join(OBJECTIVES)}"
-    param = OBJECTIVES[name].param
-    in_range, description = _RANGES[name]
+    param, in_range, description = OBJECTIVES[name].param, OBJECTIVES[name].valid, OBJECTIVES[name].valid_words
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return f"loss.{param} for {name} must be a number {description}, got {value!r}"
     if not math.isfinite(value) or not in_range(float(value)):

@@ -78,9 +78,12 @@ def evaluate_epochs(
     )
 
 
-def evaluate_logits(logits: torch.Tensor, target: torch.Tensor, calibrate: bool = True) -> Evaluation:
-    """:func:`evaluate_epochs` of one model's logits (N, C) on one split."""
-    return evaluate_epochs(logits[None], target, calibrate)[0]
+def evaluate_logits(
+    logits: torch.Tensor, target: torch.Tensor, calibrate: bool = True, crossfit: bool = True
+) -> Evaluation:
+    """:func:`evaluate_epochs` of one model's logits (N, C) on one split (``crossfit``: with the cross-fitted
+    calibration, whose repeated splits cost most of the time)."""
+    return evaluate_epochs(logits[None], target, calibrate, torch.tensor([crossfit]))[0]
 
 
 def stack(evaluations: list[Evaluation]) -> Evaluation:

@@ -91,8 +91,9 @@ class LossDiagModule(L.LightningModule):
         self.register_buffer("loss_cap", torch.tensor(float("nan") if cap is None else float(cap)))
         self.train_records = SampleRecorder()
         self.val_records = SampleRecorder()
-        # the best val accuracy so far; a buffer, so a resumed run keeps it
+        # the best val accuracy and the lowest val loss so far; buffers, so a resumed run keeps them
         self.register_buffer("val_acc_best", torch.tensor(0.0))
+        self.register_buffer("val_loss_min", torch.tensor(float("inf")))
         self.epoch_values: dict[str, float] = {}  # the last value of everything sent to the loggers
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -154,7 +155,7 @@ class LossDiagModule(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         values = self.epoch_summary("train")
-        values["loss/cap"] = self.loss_cap
+        values["train/loss_cap"] = self.loss_cap  # from the training set's losses under the untrained model
         self.epoch_values.update(log_epoch_metrics(self.trainer, values, self.current_epoch))
 
     def on_validation_epoch_end(self) -> None:
@@ -162,9 +163,15 @@ class LossDiagModule(L.LightningModule):
             return
         values = self.epoch_summary("val")
         self.val_acc_best.copy_(torch.maximum(self.val_acc_best, values["val/acc"]))
+        self.val_loss_min.copy_(torch.minimum(self.val_loss_min, values["val/loss"]))
         values["val/acc_best"] = self.val_acc_best
+        values["val/loss_min"] = self.val_loss_min
         # the loggers get every value at step=epoch; the best checkpoint and the progress bar read epoch_values
         self.epoch_values.update(log_epoch_metrics(self.trainer, values, self.current_epoch))
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # checkpoints written before val_loss_min existed: it restarts from the resumed epochs on
+        checkpoint.get("state_dict", {}).setdefault("val_loss_min", torch.tensor(float("inf")))
 
     # -- optimisation -------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:

@@ -1,4 +1,4 @@
-"""The verdict in words: ``diagnosis.md`` and the console summary, from :class:`VerdictNumbers`.
+"""The verdict in words: ``diagnosis.md`` and the console summary, from :class:`Verdict`.
 
 The first sentence names the kind of run (``**Verdict: <kind>.**``) with what it means; the same sentence
 opens the console summary, the TensorBoard text ``diagnosis`` and the notebook's conclusion. Nothing here
@@ -10,15 +10,20 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from lossdiag.functional.calibration import T_MAX, T_MIN
-from lossdiag.functional.run_kinds import KIND_ORDER, RISE_THRESHOLD, loss_text, pct
-from lossdiag.functional.verdict import (
-    EXTREME_RATIO,
-    FEW_SHARE,
-    LARGE_ZERO_GRADIENT_SHARE,
-    ModelNumbers,
-    VerdictNumbers,
+from lossdiag.diagnosis.judge.rules import KIND_ORDER, Kind
+from lossdiag.diagnosis.judge.stats import RISE_THRESHOLD
+from lossdiag.diagnosis.judge.verdict import ModelNumbers, Verdict
+from lossdiag.render.calibration import (
+    bounded_lines,
+    calibration_lines,
+    number,
+    temperature_cell,
+    zero_gradient_words,
 )
+from lossdiag.render.reasons import Context, advice, cause_words, reason
+from lossdiag.render.text import loss_text, pct, plural
+
+EXTREME_RATIO = 10.0  # a sample whose loss is this many times the mean is called an extreme outlier
 
 # what each kind means, in one phrase (the first sentence of the verdict)
 KIND_MEANING = {
@@ -36,34 +41,46 @@ def _p(x: float) -> str:
     return f"{x:.3g}"
 
 
-def plural(count: int, noun: str) -> str:
-    """``"1 sample"``, ``"2 samples"``."""
-    return f"{count} {noun}{'' if count == 1 else 's'}"
-
-
 def _weights(epoch: int) -> str:
     return "untrained weights" if epoch < 0 else f"weights of epoch {epoch}"
 
 
-def headline(n: VerdictNumbers) -> str:
-    """The verdict's first sentence (markdown bold on the kind), its reason and, for the phenomenon, what it means."""
-    meaning = KIND_MEANING[n.verdict]
+# the page's title, by kind of run
+TITLES = {
+    "phenomenon": "Why val loss rose while val accuracy held",
+    "overfitting": "Val loss rose and val accuracy fell: overfitting",
+    "no_rise": "Val loss did not rise",
+    "inconclusive": "Val loss rose, but not beyond doubt",
+    "not_learning": "The model did not learn",
+    "partial_collapse": "Some classes were never learned",
+    "single_evaluation": "One model, evaluated",
+}
+
+
+def headline(n: Verdict) -> str:
+    """The verdict's first sentence (markdown bold on the kind and the cause): what carried the rise, the rule that
+    decided the kind, and, for the phenomenon, what it means."""
+    meaning = KIND_MEANING[n.kind]
     if not n.history:
         f = n.final
         on = "the val split" if n.evaluated_on == "val split" else n.evaluated_on
         detail = (
-            f"{_weights(n.last_epoch)} on {on}: mean cross-entropy {loss_text(f.loss)}, "
+            f"{_weights(n.stats.last_epoch)} on {on}: mean cross-entropy {loss_text(f.loss)}, "
             f"accuracy {f.acc:.3f} over {plural(f.n, 'sample')}"
         )
     else:
-        detail = n.reason
-    text = f"**Verdict: {n.verdict}.** {meaning[0].upper()}{meaning[1:]}: {detail}."
-    if n.verdict == "phenomenon":
+        detail = reason(n)
+    carried = cause_words(n)
+    if carried:
+        text = f"**Verdict: {n.kind}, cause: {n.cause}.** {carried[0].upper()}{carried[1:]}. {meaning[0].upper()}{meaning[1:]}: {detail}."
+    else:
+        text = f"**Verdict: {n.kind}.** {meaning[0].upper()}{meaning[1:]}: {detail}."
+    if n.kind == Kind.PHENOMENON:
         text += " The loss is not telling you the model classifies worse."
     return text
 
 
-def notes(n: VerdictNumbers) -> list[str]:
+def notes(n: Verdict) -> list[str]:
     """Sentences that qualify the verdict: classes with recall 0 too small to count, samples the bounded loss ignores."""
     out = []
     if n.evaluated_on.startswith("every image"):
@@ -71,89 +88,74 @@ def notes(n: VerdictNumbers) -> list[str]:
             f"This checkpoint was evaluated on {n.evaluated_on}: a folder other than its run's own, so every image "
             "counts and there is no train/val split."
         )
-    small = [c for c in n.unlearned_classes if c not in n.collapsed_classes]
-    if small and n.verdict != "not_learning":
+    small = [c for c in n.stats.unlearned_classes if c not in n.stats.collapsed_classes]
+    if small and n.kind != Kind.NOT_LEARNING:
         one = len(small) == 1
         out.append(
             f"{'Class' if one else 'Classes'} {', '.join(small)} also {'has' if one else 'have'} recall 0 at the end, "
             f"but for a model this accurate that is within chance for {'its' if one else 'their'} number of val "
             "samples, so it does not decide the verdict."
         )
-    out += _zero_gradient_words(n)
+    out += zero_gradient_words(n)
     return out
 
 
-def _zero_gradient_words(n: VerdictNumbers) -> list[str]:
-    if n.objective != "bounded" or n.n_train_above_cap is None or not n.n_train:
-        return []
-    k, total = n.n_train_above_cap, n.n_train
-    if k == 0:
-        return [
-            f"No training sample is above the cap ({n.loss_cap:.3f}) at the end: every one still has a gradient."
-        ]
-    text = (
-        f"At the end, {k} of {plural(total, 'training sample')} ({pct(k / total)}) have a loss above the cap "
-        f"({n.loss_cap:.3f}): the bounded loss gives them zero gradient, so training no longer learns from them."
-    )
-    if k / total >= LARGE_ZERO_GRADIENT_SHARE:
-        text += (
-            f" That is a large share (at least {pct(LARGE_ZERO_GRADIENT_SHARE)}): whole classes can be given up "
-            "this way; a lower `optimizer.lr` or a larger `loss.k` keeps more samples under the cap."
-        )
-    return [text]
-
-
-def rules_line(n: VerdictNumbers) -> str:
+def rules_line(n: Verdict) -> str:
     if not n.history:
         return (
             "How the verdict is decided for one model: not_learning when its accuracy is not above the "
-            f"majority-class rate by more than {n.majority_margin:.2f} (one-sided "
-            f"{100 * n.confidence_level:.0f}% lower bound), partial_collapse when some classes have recall 0 "
-            "beyond chance while others are learned, else single_evaluation. The rules are in the README "
-            "(*Kinds of run*)."
+            f"majority-class rate by more than {n.stats.majority_margin:.2f} (one-sided "
+            f"{100 * n.stats.confidence_level:.0f}% lower bound), partial_collapse when some classes have recall 0 "
+            "beyond chance while others are learned, else single_evaluation. The rules are in "
+            "(docs/diagnosis.md, *Kinds of run*)."
         )
     return (
-        f"How the verdict is decided: the first rule that fires, in the order {', '.join(KIND_ORDER)} "
-        f"(rise threshold {pct(n.rise_threshold)}; majority-class margin {n.majority_margin:.2f}; "
-        f"{100 * n.confidence_level:.0f}% intervals from a paired bootstrap over the val samples, "
-        f"{n.n_resamples} resamples, seed {n.bootstrap_seed}). The minimum epoch is picked after looking at the "
-        "curve, so the rise's interval is slightly optimistic. The rules are in the README (*Kinds of run*)."
+        f"How the verdict is decided: the first rule that fires, in the order {', '.join(k for k in KIND_ORDER if k != Kind.SINGLE_EVALUATION)} "
+        f"(rise threshold {pct(n.stats.rise_threshold)}; majority-class margin {n.stats.majority_margin:.2f}; "
+        f"{100 * n.stats.confidence_level:.0f}% intervals from a paired bootstrap over the val samples, "
+        f"{n.stats.n_resamples} resamples, seed {n.stats.bootstrap_seed}); the rise is that of a "
+        f"{n.stats.smoothing_window}-epoch moving average, whose minimum is picked after looking at the curve, so its "
+        "interval is slightly optimistic. The rules are in the docs (docs/diagnosis.md, *Kinds of run*)."
     )
 
 
-def _where_lines(n: VerdictNumbers) -> list[str]:
+def _where_lines(n: Verdict) -> list[str]:
     f = n.final
     n_correct = f.n - f.n_wrong
     lines = [
         f"- Mean {'val ' if n.history else ''}cross-entropy {loss_text(f.loss)} over {plural(f.n, 'sample')}, "
         f"accuracy {f.acc:.3f}.",
-        f"- The worst 1% ({plural(f.top1_n, 'sample')}) carry {pct(f.top1_share)} of it; "
-        f"the worst 5% ({plural(f.top5_n, 'sample')}) carry {pct(f.top5_share)}.",
+        f"- The worst 1% ({plural(f.top1_n, 'sample')}) {_carry(f.top1_n)} {pct(f.top1_share)} of it; "
+        f"the worst 5% ({plural(f.top5_n, 'sample')}) {_carry(f.top5_n)} {pct(f.top5_share)}.",
     ]
     if f.n_wrong == 0:
         lines.append("- No sample is misclassified: all of the loss comes from correct predictions.")
     else:
         lines.append(
-            f"- The {plural(f.n_wrong, 'misclassified sample')} carry {pct(f.wrong_share)} "
+            f"- The {plural(f.n_wrong, 'misclassified sample')} {_carry(f.n_wrong)} {pct(f.wrong_share)} "
             f"({loss_text(f.loss_from_wrong)} of {loss_text(f.loss)}); the correct ones {loss_text(f.loss_from_correct)}."
         )
     confidence = []
     if f.n_wrong:
         confidence.append(f"mean confidence on wrong predictions {f.conf_wrong_mean:.3f}")
     if n_correct:
-        confidence.append(f"mean p(true) on correct ones {f.p_true_correct_mean:.4f}")
+        confidence.append(f"mean p(given) on correct ones {f.p_true_correct_mean:.4f}")
     else:
         confidence.append("no correct prediction")
     lines.append("- " + confidence[0][0].upper() + "; ".join(confidence)[1:] + ".")
-    if n.significant_rise and n.rise is not None and n.rise_from_worst5 is not None:
+    if n.stats.significant_rise and n.stats.rise is not None and n.rise_from_worst5 is not None:
         lines.append("- " + _rise_parts(n))
     return lines
 
 
-def _rise_parts(n: VerdictNumbers) -> str:
+def _carry(count: int) -> str:
+    return "carries" if count == 1 else "carry"
+
+
+def _rise_parts(n: Verdict) -> str:
     worst, rest, wrong = n.rise_from_worst5, n.rise_from_rest, n.rise_from_wrong
-    assert n.rise is not None and worst is not None and rest is not None and wrong is not None
-    head = f"Of the rise of {loss_text(n.rise)} since epoch {n.min_epoch}, the final worst 5% ({plural(n.final.top5_n, 'sample')})"
+    assert n.stats.rise is not None and worst is not None and rest is not None and wrong is not None
+    head = f"Of the rise of {loss_text(n.stats.rise)} since epoch {n.stats.min_epoch}, the final worst 5% ({plural(n.final.top5_n, 'sample')})"
     if rest < 0:
         text = (
             f"{head} account for +{loss_text(worst)}, more than the whole rise, because the other samples' losses "
@@ -164,12 +166,12 @@ def _rise_parts(n: VerdictNumbers) -> str:
     return text + f"; the final misclassified samples for {wrong:+.4f}."
 
 
-def _extreme_words(n: VerdictNumbers) -> str:
+def _extreme_words(n: Verdict) -> str:
     f, e = n.final, n.extreme[0]
     ratio = e.loss / f.loss if f.loss > 0 else math.inf
     text = (
-        f"The worst one: the model gives its true class {e.true} a probability of {_p(e.p_true)}, "
-        f"so its loss alone is -log({_p(e.p_true)}) = {e.loss:.2f}, "
+        f"The worst one: the final model gives its given class {e.given} a probability of {_p(e.p_given)} "
+        f"(and {_p(e.p_predicted)} to {e.predicted}), so its loss alone is -log({_p(e.p_given)}) = {e.loss:.2f}, "
         + (f"{ratio:.1f}x the mean. " if math.isfinite(ratio) else "while the mean is 0. ")
     )
     if ratio < EXTREME_RATIO:
@@ -188,148 +190,40 @@ def _extreme_words(n: VerdictNumbers) -> str:
     return text + "."
 
 
-def _temperature_cell(m: ModelNumbers) -> str:
-    if m.temperature_status == "not_identifiable":
-        return "not identifiable"
-    return f"{m.temperature:.3f}" + (" (at bound)" if m.temperature_status == "at_bound" else "")
-
-
-def _number(x: float, fmt: str) -> str:
-    return format(x, fmt) if math.isfinite(x) else "-"
-
-
-def _calibration_lines(n: VerdictNumbers) -> list[str]:
-    cols = ["", "NLL (mean loss)", "ECE (15 bins)", "temperature", "NLL after scaling*", "ECE after scaling*"]
+def _group_lines(n: Verdict) -> list[str]:
+    """The rise (and the final loss) split over disjoint groups of val samples (``rise_by_group``)."""
+    assert n.rise_by_group is not None
+    cols = ["group", "val samples", "rise", "share of the rise", "final loss", "share of the final loss"]
     lines = ["| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
-    final_label = f"final, epoch {n.last_epoch}" if n.history else "this model"
-    rows = [(f"at min val loss, epoch {n.min_epoch}", n.at_min or n.final), (final_label, n.final)]
-    for label, v in rows if n.shows_min else rows[1:]:
+    for name, g in n.rise_by_group.items():
+        final = n.final_loss_by_group[name]
         lines.append(
-            f"| {label} | {loss_text(v.loss)} | {_number(v.ece, '.4f')} | {_temperature_cell(v)} | "
-            f"{_number(v.nll_crossfit, '.4f')} | {_number(v.ece_crossfit, '.4f')} |"
+            f"| {name.replace('_', ' ')} | {g['n']} | {g['rise']:+.4f} | {pct(g['share'] or 0.0)} | "
+            f"{final['loss']:.4f} | {pct(final['share'] or 0.0)} |"
         )
-    lines += [
+    return [
+        f"Each val sample is in one group (first that applies): flagged as a likely label error; of a collapsed class; "
+        f"else by whether it was predicted right at epoch {n.stats.min_epoch} (lowest val loss) and at epoch "
+        f"{n.stats.last_epoch}. The rises add up to the whole rise, {n.stats.rise:+.4f}.",
         "",
-        "\\* cross-fitted: the temperature is fitted on one random half of the samples and scores the other "
-        "half, and the other way round, so no sample is scored with a temperature fitted on itself.",
-        "",
-        temperature_words(n.final, "the final model" if n.history else "the model"),
+        *lines,
     ]
-    if n.significant_rise:
-        lines += ["", _scaling_words(n)]
-    return lines
 
 
-def temperature_words(m: ModelNumbers, who: str) -> str:
-    """What the fitted temperature says about ``who``, or why it says nothing."""
-    t = m.temperature
-    if m.temperature_status == "not_identifiable":
-        if m.n_wrong == 0:
-            return (
-                f"Every prediction of {who} is right, so its temperature is not identifiable: sharpening the "
-                f"probabilities (T -> 0) always lowers the NLL, and the fitted value ({t:.3g}) says nothing about "
-                "calibration."
-            )
-        return (
-            f"No prediction of {who} is right, so its temperature is not identifiable: flattening the probabilities "
-            f"(T -> infinity) always lowers the NLL, and the fitted value ({t:.3g}) says nothing about calibration."
+def _next_lines(n: Verdict, reports: Sequence[str], figures: Sequence[str], tensorboard: bool) -> list[str]:
+    lines = [
+        "- `worst.csv`: the worst val samples"
+        + (" with their loss at every epoch" if n.history else " of this model")
+        + " (and file paths for folder data)."
+    ]
+    if tensorboard and n.history:
+        lines.append(
+            "- TensorBoard: images `val/worst_samples` (captioned given / predicted / p(given)) and "
+            "`val/reliability`; histograms `val/loss_per_sample`; scalars `val/loss_from_wrong`, `val/ece`, "
+            "`val/temperature`."
         )
-    if m.temperature_status == "at_bound":
-        if t >= T_MAX:
-            return (
-                f"The fitted temperature of {who} hits its upper search bound ({T_MAX:.0f}): its probabilities are "
-                "no better than uniform guessing, so calibration says nothing useful here."
-            )
-        return (
-            f"The fitted temperature of {who} hits its lower search bound ({T_MIN}): sharper is always better on "
-            "these samples (nearly every prediction is right), so it is not a measure of under-confidence."
-        )
-    if t > 1.05:
-        return f"A fitted temperature of {t:.3f} (> 1) means {who} is over-confident: its probabilities are too extreme."
-    if t < 0.95:
-        return f"A fitted temperature of {t:.3f} (< 1) means {who} is under-confident: its probabilities are too flat."
-    return f"A fitted temperature of {t:.3f} (about 1) means {who} is about calibrated."
-
-
-def _scaling_words(n: VerdictNumbers) -> str:
-    f, m = n.final, n.at_min or n.final
-    r = n.scaling_removes
-    if r is None:
-        bad = [
-            label
-            for label, v in ((f"epoch {n.min_epoch}", m), (f"epoch {n.last_epoch}", f))
-            if v.temperature_status != "ok"
-        ]
-        return (
-            "Temperature scaling cannot tell whether the rise is over-confidence here: the temperature is not usable "
-            f"at {' and '.join(bad) or 'one of the two epochs'} (see above)."
-        )
-    text = (
-        f"Temperature-scaled NLL (cross-fitted) goes {loss_text(m.nll_crossfit)} -> {loss_text(f.nll_crossfit)} while the "
-        f"raw NLL goes {loss_text(m.loss)} -> {loss_text(f.loss)}: "
-    )
-    if r > 1:
-        return text + (
-            "the scaled NLL even fell, so scaling removes all of the rise (and more): the rise is over-confidence."
-        )
-    if r >= 0.5:
-        return text + f"scaling removes {pct(r)} of the rise, so the rise is mostly over-confidence."
-    if r >= 0:
-        return text + (
-            f"scaling removes only {pct(r)} of the rise, so the rise is not just over-confidence: the class "
-            "ranking itself got worse on some samples."
-        )
-    return text + (
-        "the scaled NLL rose more than the raw NLL, so scaling removes none of the rise: the class ranking itself "
-        "got worse on some samples."
-    )
-
-
-def _bounded_lines(n: VerdictNumbers) -> list[str]:
-    f, m = n.final, n.at_min or n.final
-    if not math.isfinite(n.loss_cap):
-        return ["No cap was recorded for this model, so there is no bounded view."]
-    text = (
-        f"Capping every sample's loss at {n.loss_cap:.3f} (mean + k std of the untrained model's losses): "
-        f"{loss_text(f.bounded)} at the end with {plural(f.n_above_cap, 'sample')} above the cap"
-        + (
-            f", {loss_text(m.bounded)} at epoch {n.min_epoch} ({m.n_above_cap} above). "
-            if n.shows_min
-            else ". "
-        )
-    )
-    if not n.significant_rise:
-        text += (
-            "No sample is above the cap, so the bounded and the raw loss agree."
-            if f.n_above_cap == 0
-            else f"The {plural(f.n_above_cap, 'sample')} above the cap {'is' if f.n_above_cap == 1 else 'are'} "
-            "the highest-loss ones (the worst are listed above)."
-        )
-    elif f.bounded <= m.bounded * (1 + n.rise_threshold):
-        few = f.n_above_cap <= FEW_SHARE * f.n
-        text += (
-            f"The bounded loss does not rise while the raw loss does: the rise lives in the "
-            f"{plural(f.n_above_cap, 'sample')} ({pct(f.n_above_cap / f.n)} of them) whose loss exceeds the cap"
-            + (", a few extreme ones." if few else ".")
-        )
-    else:
-        text += "The bounded loss rises too: the rise is not confined to the samples above the cap."
-    return [text, *_zero_gradient_words(n)]
-
-
-def _next_lines(
-    n: VerdictNumbers, reports: Sequence[str], figures: Sequence[str], tensorboard: bool
-) -> list[str]:
-    if n.history:
-        lines = [
-            "- `worst.csv`: the worst val samples with their loss at every epoch (and file paths for folder data).",
-            "- TensorBoard: images `val/worst_samples` (captioned true / predicted / p(true)) and `val/reliability`; "
-            "histograms `val/loss_per_sample`; scalars `val/loss_from_wrong`, `val/ece`, `val/temperature`.",
-        ]
-    else:
-        lines = ["- `worst.csv`: the worst samples of this model (and file paths for folder data)."]
-        if tensorboard:
-            lines.append("- TensorBoard (this folder): text `diagnosis` and the images `diagnosis/*`.")
+    elif tensorboard:
+        lines.append("- TensorBoard (this folder): text `diagnosis` and the images `diagnosis/*`.")
     if reports:
         names = ", ".join(reports)
         lines.append(
@@ -339,7 +233,7 @@ def _next_lines(
         lines.append("- `figures/`: " + ", ".join(f"`{name}.png`" for name in figures) + ".")
     lines += [
         "- `diagnosis.json`: the verdict and every number above, machine-readable.",
-        "- `samples.npz` (`lossdiag.rundir.samples.load_samples(folder)`): every number above, per sample"
+        "- `samples.npz` (`lossdiag.diagnosis.samples.load_samples(folder)`): every number above, per sample"
         + (" and epoch." if n.history else "."),
     ]
     paths = [e.path for e in n.extreme if e.path]
@@ -349,58 +243,65 @@ def _next_lines(
 
 
 def diagnosis_texts(
-    n: VerdictNumbers, reports: Sequence[str] = (), figures: Sequence[str] = (), tensorboard: bool = True
+    n: Verdict,
+    reports: Sequence[str] = (),
+    figures: Sequence[str] = (),
+    tensorboard: bool = True,
+    ctx: Context | None = None,
 ) -> tuple[str, str]:
     """``(diagnosis.md, the console summary)`` of a verdict.
 
     ``reports`` and ``figures`` name the report models and figures written next to it (only those are
-    pointed to); ``tensorboard`` says whether the text and images went to TensorBoard too.
+    pointed to); ``tensorboard`` says whether the text and images went to TensorBoard too; ``ctx`` what the
+    advice may point to.
     """
+    ctx = ctx or Context()
     f = n.final
-    lines = ["# Diagnosis: why does val loss rise?", "", headline(n), ""]
-    todo = n.advice
+    lines = [f"# {TITLES[n.kind]}", "", headline(n), ""]
+    todo = advice(n, ctx)
     if todo:
         lines += [f"What to try: {todo}", ""]
     for note in notes(n):
         lines += [note, ""]
     lines += [rules_line(n), ""]
+    if n.history and n.rise_by_group is not None and n.stats.rise:
+        lines += ["## What carried the rise", "", *_group_lines(n), ""]
     lines += ["## Where the final val loss comes from" if n.history else "## Where the loss comes from", ""]
     lines += _where_lines(n)
-    cols = ["index", "file", "true", "predicted", "p(true)", "confidence", "loss"]
-    cols += [f"loss at epoch {n.min_epoch}"] if n.shows_min else []
-    lines += ["", "Most extreme samples (highest loss):", ""]
+    cols = ["index", "file", "given", "predicted", "p(given)", "p(predicted)", "loss"]
+    cols += [f"loss at epoch {n.stats.min_epoch}"] if n.shows_min else []
+    lines += ["", "Most extreme samples (highest loss; probabilities of the final model):", ""]
     lines += ["| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
     for e in n.extreme:
         lines.append(
-            f"| {e.index} | {e.path or '-'} | {e.true} | {e.pred} | {_p(e.p_true)} | {e.conf:.4f} "
+            f"| {e.index} | {e.path or '-'} | {e.given} | {e.predicted} | {_p(e.p_given)} | {e.p_predicted:.4f} "
             f"| {max(e.loss, 0.0):.2f} |" + (f" {max(e.loss_at_min, 0.0):.2f} |" if n.shows_min else "")
         )
     if n.extreme:
         lines += ["", _extreme_words(n)]
-    lines += ["", "## Calibration", "", *_calibration_lines(n)]
-    lines += ["", "## The bounded loss's view", "", *_bounded_lines(n)]
+    lines += ["", "## Calibration", "", *calibration_lines(n)]
+    lines += ["", "## The bounded loss's view", "", *bounded_lines(n)]
     lines += ["", "## What to look at next", "", *_next_lines(n, reports, figures, tensorboard)]
     markdown = "\n".join(lines) + "\n"
-    summary = "\n".join(summary_lines(n, f))
+    summary = "\n".join(summary_lines(n, f, ctx))
     return markdown, summary
 
 
-def summary_lines(n: VerdictNumbers, f: ModelNumbers) -> list[str]:
-    """The console summary: the verdict, what to try, where the loss comes from, calibration."""
+def summary_lines(n: Verdict, f: ModelNumbers, ctx: Context | None = None) -> list[str]:
+    """The console summary: the verdict and its cause, what to try, where the loss comes from, calibration."""
     out = [headline(n).replace("**", "")]
-    todo = n.advice
+    todo = advice(n, ctx)
     if todo:
         out.append(f"What to try: {todo}")
     wrong = f"misclassified ones {pct(f.wrong_share)}" if f.n_wrong else "no sample is misclassified"
-    worst = f"; worst p(true) {_p(n.extreme[0].p_true)}" if n.extreme else ""
+    worst = f"; lowest p(given) {_p(n.extreme[0].p_given)}" if n.extreme else ""
     of = "the final loss" if n.history else "the loss"
-    out.append(f"Worst 1% of samples carry {pct(f.top1_share)} of {of}, {wrong}{worst}.")
+    out.append(f"The worst 1% of samples ({f.top1_n}) {_carry(f.top1_n)} {pct(f.top1_share)} of {of}, {wrong}{worst}.")
     if f.temperature_status == "ok":
-        calib = (
-            f"ECE {_number(f.ece, '.4f')}, fitted temperature {f.temperature:.3f}, NLL after temperature scaling "
-            f"{_number(f.nll_crossfit, '.4f')} (cross-fitted)."
+        out.append(
+            f"ECE {number(f.ece, '.4f')}, fitted temperature {f.temperature:.3f}, NLL after temperature scaling "
+            f"{number(f.nll_crossfit, '.4f')} (cross-fitted, median of the splits; raw {loss_text(f.loss)})."
         )
     else:
-        calib = f"ECE {_number(f.ece, '.4f')}; temperature {_temperature_cell(f)}: it says nothing about calibration."
-    out.append(calib)
+        out.append(f"ECE {number(f.ece, '.4f')}; temperature {temperature_cell(f)}: it says nothing about calibration.")
     return out

@@ -1,7 +1,13 @@
 """Every figure the project makes: ``Figure`` objects (never global pyplot state), rendered with Agg.
 
 Figures take numbers and return a :class:`~matplotlib.figure.Figure`; :func:`render` turns one into
-pixels and :func:`png_bytes` into a PNG file's bytes. Writing files is :mod:`lossdiag.rundir`'s job.
+pixels and :func:`png_bytes` into a PNG file's bytes. Writing files and TensorBoard images is
+the write stage's job (:func:`lossdiag.diagnosis.write.write_figure`).
+
+Every figure TensorBoard shows is drawn to be read there: scaled into its card (:data:`CARD_BOX`), the
+smallest text stays at least :data:`CARD_TEXT_PX` high (:func:`card_scale`), and every colour is named in a
+legend. An image grid is a :class:`TileGrid`: one band per row of tiles, each band one TensorBoard image (a
+card of its own), the bands stacked the PNG.
 """
 
 from __future__ import annotations
@@ -9,25 +15,67 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
+from matplotlib import rc_context
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from matplotlib.ticker import NullFormatter
 from PIL import Image
 
-from lossdiag.functional.calibration import N_BINS, reliability_bins
+from lossdiag.functional.ece import N_BINS, reliability_bins
 
-# the worst-samples grid is drawn for TensorBoard's image card (~400-500 px wide) and the PNG alike:
-# at most WORST_TILES tiles of ~TILE_PX pixels, captions below each tile in fonts sized to it
+# TensorBoard 2.21 at its default card size (measured in a 1400-px-wide window) fits an image into 375 x 215 px
+# in the Time Series tab's card and into 350 px of width in the Images tab's: a figure must read in CARD_BOX
+CARD_BOX = (350, 215)
+CARD_TEXT_PX = 9.5  # the smallest text height that stays legible there
+# charts (reliability, loss distribution, data map): as wide as tall as the card allows, every text >= CHART_PT
+CHART_INCHES = (6.0, 3.0)
+CHART_DPI = 120
+CHART_PT = 12.0
+# image grids (worst samples, likely label errors): rows of WORST_COLUMNS tiles of at most TILE_PX pixels, the
+# captions below each tile in one font sized to it; each row is one TensorBoard image (TileGrid)
 WORST_TILES = 9
 WORST_COLUMNS = 3
-TILE_PX = 200
+TILE_PX = 180
 FIGURE_DPI = 100
 CAPTION_PT = (14.0, 12.0)  # preferred and smallest caption font size (points at FIGURE_DPI)
+HEADER_PT = (15.0, 12.0)  # the same for the header line of each row
 _GAP_PX = 14
-_TITLE_PX = 40
+_HEADER_PX = 34
+
+
+def card_scale(width_px: float, height_px: float) -> float:
+    """How much TensorBoard shrinks a ``width_px`` x ``height_px`` image to show it in its card (:data:`CARD_BOX`)."""
+    return min(CARD_BOX[0] / width_px, CARD_BOX[1] / height_px)
+
+
+class TileGrid(Figure):
+    """Image tiles in rows of equal height, ``band_px`` pixels each. Every row is a band of its own (header line,
+    tiles, their captions), so each band reads alone as one TensorBoard image, and the stacked bands are the whole
+    grid as saved to PNG and shown in a notebook (:func:`figure_samples`)."""
+
+    band_px: int = 0
+
+
+def figure_samples(fig: Figure, image: np.ndarray) -> list[np.ndarray]:
+    """The images TensorBoard shows for ``fig`` rendered as ``image``: one per band of a :class:`TileGrid`, else one."""
+    if not isinstance(fig, TileGrid) or fig.band_px <= 0:
+        return [image]
+    band, n = fig.band_px, max(1, round(image.shape[0] / fig.band_px))  # a pixel more or less when rendered
+    return [image[i * band : (i + 1) * band if i < n - 1 else None] for i in range(n)]
+
+
+def _chart(columns: int = 1) -> tuple[Figure, Any]:
+    """A :data:`CHART_INCHES` figure with ``columns`` axes side by side, every text at least :data:`CHART_PT`."""
+    fig = Figure(figsize=CHART_INCHES, dpi=CHART_DPI)
+    sizes = ("font.size", "axes.labelsize", "xtick.labelsize", "ytick.labelsize", "legend.fontsize")
+    with rc_context({**dict.fromkeys(sizes, CHART_PT), "axes.titlesize": CHART_PT + 1}):
+        axes = fig.subplots(1, columns)
+    return fig, axes
 
 
 def _tiles(images: torch.Tensor) -> tuple[np.ndarray, int, int]:
@@ -41,7 +89,7 @@ def _tiles(images: torch.Tensor) -> tuple[np.ndarray, int, int]:
     imgs = imgs[:, :3]
     h, w = imgs.shape[2], imgs.shape[3]
     if max(h, w) <= TILE_PX:
-        factor = max(1, round(TILE_PX / max(h, w)))
+        factor = max(1, TILE_PX // max(h, w))
         imgs = imgs.repeat_interleave(factor, dim=2).repeat_interleave(factor, dim=3)
     else:
         scale = TILE_PX / max(h, w)
@@ -52,12 +100,12 @@ def _tiles(images: torch.Tensor) -> tuple[np.ndarray, int, int]:
 
 
 def _fit_lines(
-    fig: Figure, lines: Sequence[str], width_px: float, sizes: tuple[float, float]
+    fig: Figure, lines: Sequence[str], width_px: float, sizes: tuple[float, float], weight: str = "normal"
 ) -> tuple[float, list[str]]:
     """One font size for all ``lines`` (the largest in ``sizes`` at which they fit ``width_px``), and the
     lines, any still too wide at the smallest size cut with an ellipsis, so no caption is ever clipped."""
     renderer = FigureCanvasAgg(fig).get_renderer()
-    probe = fig.text(0, 0, "", fontsize=sizes[0])
+    probe = fig.text(0, 0, "", fontsize=sizes[0], weight=weight)
 
     def width(text: str, size: float) -> float:
         probe.set_text(text)
@@ -80,12 +128,13 @@ def worst_samples_figure(
     captions: Sequence[str],
     columns: int = WORST_COLUMNS,
     title: str = "highest-loss val samples",
-) -> Figure:
-    """A grid of images ``(k, C, H, W)`` in [0, 1], each with its caption lines below it.
+) -> TileGrid:
+    """A grid of images ``(k, C, H, W)`` in [0, 1], each with its caption lines below it, in rows of ``columns``.
 
-    Laid out in pixels so it reads at TensorBoard's card size: tiles of about :data:`TILE_PX` pixels (whole
-    pixel multiples of small images), caption lines in one font size sized to the tile width, cut with an
-    ellipsis rather than clipped, in their own band below the tile (never over the image).
+    Laid out in pixels so each row reads in TensorBoard's card (:data:`CARD_BOX`): tiles of at most
+    :data:`TILE_PX` pixels (whole pixel multiples of small images), caption lines in one font size sized to the
+    tile width, cut with an ellipsis rather than clipped, in their own band below the tile (never over the image).
+    Each row has its own header line (``1-3 of 9 <title>``), so it reads alone as one TensorBoard image.
     """
     k = len(captions)
     cols = max(1, min(columns, k))
@@ -93,22 +142,25 @@ def worst_samples_figure(
     tiles, th, tw = (
         _tiles(images[:k]) if k else (np.zeros((0, TILE_PX, TILE_PX, 3), np.uint8), TILE_PX, TILE_PX)
     )
-    cell_w = max(tw, TILE_PX)
-    fig = Figure(dpi=FIGURE_DPI)
+    width = cols * TILE_PX + (cols + 1) * _GAP_PX
+    fig = TileGrid(dpi=FIGURE_DPI)
     lines = [str(c).split("\n") for c in captions]
     n_lines = max((len(ls) for ls in lines), default=1)
-    size, fitted = _fit_lines(fig, [line for ls in lines for line in ls], cell_w, CAPTION_PT)
+    size, fitted = _fit_lines(fig, [line for ls in lines for line in ls], TILE_PX, CAPTION_PT)
+    spans = [(r * cols + 1, min(k, (r + 1) * cols)) for r in range(rows)]
+    headers = [f"{a}-{b} of {k} {title}" if rows > 1 else f"{k} {title}" for a, b in spans]
+    header_size, headers = _fit_lines(fig, headers, width - 2 * _GAP_PX, HEADER_PT, weight="bold")
     line_px = size * FIGURE_DPI / 72 * 1.3
-    band = int(np.ceil(n_lines * line_px)) + 8
-    width = cols * cell_w + (cols + 1) * _GAP_PX
-    height = _TITLE_PX + rows * (th + band + _GAP_PX)
+    band = _HEADER_PX + th + int(np.ceil(n_lines * line_px)) + 8 + _GAP_PX
+    height = rows * band
+    fig.band_px = band
     fig.set_size_inches(width / FIGURE_DPI, height / FIGURE_DPI)
     grid = np.full((height, width, 3), 255, np.uint8)
     it = iter(fitted)
     for i in range(k):
         r, c = divmod(i, cols)
-        left = _GAP_PX + c * (cell_w + _GAP_PX) + (cell_w - tw) // 2
-        top = _TITLE_PX + r * (th + band + _GAP_PX)
+        left = _GAP_PX + c * (TILE_PX + _GAP_PX) + (TILE_PX - tw) // 2
+        top = r * band + _HEADER_PX
         grid[top : top + th, left : left + tw] = tiles[i]
         x = (left + tw / 2) / width
         for j in range(len(lines[i])):
@@ -118,17 +170,66 @@ def worst_samples_figure(
     ax = fig.add_axes((0, 0, 1, 1))
     ax.imshow(grid, interpolation="nearest", aspect="auto")
     ax.axis("off")
-    fig.text(0.5, 1 - 8 / height, title, ha="center", va="top", fontsize=CAPTION_PT[0] + 1, weight="bold")
+    for r, header in enumerate(headers):
+        fig.text(0.5, 1 - (r * band + 8) / height, header, ha="center", va="top", fontsize=header_size,
+                 weight="bold")  # fmt: skip
     return fig
 
 
-def worst_caption(true: str, pred: str, p_true: float, loss: float) -> str:
-    """Four short lines under a worst-sample tile: true class, predicted class, loss, p(true class)."""
-    return f"true: {true}\npred: {pred}\nloss {loss:.3g}\np(true) {p_true:.2g}"
+def worst_caption(given: str, predicted: str, p_given: float, loss: float) -> str:
+    """Four short lines under a worst-sample tile: the label in the data (given), the model's prediction, the loss,
+    and the model's probability of the given label."""
+    return f"given: {given}\npredicted: {predicted}\nloss {loss:.3g}\np(given) {p_given:.2g}"
 
 
 # colours of the evaluated models in the loss-distribution chart (others take the next free colour)
-MODEL_COLOURS = {"initial": "tab:gray", "best": "tab:blue", "last": "tab:red"}
+MODEL_COLOURS = {
+    "initial": "tab:gray",
+    "best_val_acc": "tab:blue",
+    "min_val_loss": "tab:green",
+    "best": "tab:blue",
+    "last": "tab:red",
+}
+
+
+# how the groups of val samples of rise_by_group read on a chart
+GROUP_LABELS = {
+    "suspected_label_error": "label error?",
+    "collapsed_class": "collapsed class",
+    "wrong_both": "wrong, stayed",
+    "newly_wrong": "became wrong",
+    "newly_right": "became right",
+    "right_both": "right, stayed",
+}
+
+
+def groups_figure(
+    rise: Mapping[str, Mapping[str, float]], final: Mapping[str, Mapping[str, float]]
+) -> Figure:
+    """One chart over the groups of val samples (tick labels with their size): each group's share of the rise of
+    the mean val loss (red when it adds to it, blue when its loss fell; the shares add up to 100%) and, beside it,
+    its share of the final mean loss (grey)."""
+    names = list(rise)
+    fig, ax = _chart()
+    y = np.arange(len(names))
+    rise_share = np.array([100 * (rise[n]["share"] or 0.0) for n in names])
+    final_share = np.array([100 * (final[n]["share"] or 0.0) for n in names])
+    colours = ["tab:red" if v > 0 else "tab:blue" for v in rise_share]
+    ax.barh(y - 0.2, rise_share, height=0.4, color=colours)
+    ax.barh(y + 0.2, final_share, height=0.4, color="tab:gray")
+    ax.set_yticks(y, [f"{GROUP_LABELS.get(n, n)} ({rise[n]['n']})" for n in names])
+    ax.invert_yaxis()
+    ax.set_xlabel("share (%)")
+    ax.grid(axis="x", alpha=0.3)
+    legend = [
+        Patch(color="tab:red", label="of the rise: adds"),
+        Patch(color="tab:blue", label="of the rise: fell"),
+        Patch(color="tab:gray", label="of the final loss"),
+    ]
+    ax.legend(handles=legend, loc="lower right", handlelength=1.0, borderaxespad=0.3, fontsize=CHART_PT)
+    ax.set_title("what carried the rise (val samples)", fontsize=CHART_PT + 1)
+    fig.subplots_adjust(left=0.33, right=0.98, bottom=0.17, top=0.9)
+    return fig
 
 
 def loss_distribution_figure(
@@ -141,8 +242,7 @@ def loss_distribution_figure(
     The bulk of samples sits near zero and a few carry losses of 10+; the log count shows both, and
     the dashed means show how far those few pull each model's mean.
     """
-    fig = Figure(figsize=(5.6, 3.9), dpi=FIGURE_DPI)
-    ax = fig.add_subplot()
+    fig, ax = _chart()
     finite_max = max(
         (float(np.max(v[np.isfinite(v)])) for v in losses.values() if np.isfinite(v).any()), default=1.0
     )
@@ -156,19 +256,15 @@ def loss_distribution_figure(
         mean = float(np.mean(values, dtype=np.float64))
         epoch = (epochs or {}).get(name)
         when = "" if epoch is None else (" (untrained)" if epoch < 0 else f" (epoch {epoch})")
-        label = (
-            f"{name}{when}: mean {mean:.3f}, max {float(np.max(finite)) if finite.size else float('nan'):.1f}"
-        )
+        top = float(np.max(finite)) if finite.size else float("nan")
+        label = f"{name}{when}: mean {mean:.3g}, max {top:.3g}"
         ax.hist(finite, bins=bins, histtype="step", linewidth=2, color=colour, label=label)
         ax.axvline(mean, color=colour, linestyle="--", linewidth=1.5)
     ax.set_yscale("log")
-    ax.set_xlabel("per-sample cross-entropy (dashed: mean)", fontsize=12)
-    ax.set_ylabel("val samples (log scale)", fontsize=12)
-    ax.set_title(title, fontsize=13)
-    ax.tick_params(labelsize=11)
+    ax.set(xlabel="per-sample cross-entropy (dashed: mean)", ylabel="val samples", title=title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=10.5, loc="upper right", handlelength=1.2, borderaxespad=0.3)
-    fig.subplots_adjust(left=0.13, right=0.98, bottom=0.14, top=0.91)
+    ax.legend(loc="upper right", handlelength=1.2, borderaxespad=0.2, framealpha=1.0, fontsize=CHART_PT)
+    fig.subplots_adjust(left=0.11, right=0.985, bottom=0.17, top=0.9)  # fixed: tight_layout draws the figure twice
     return fig
 
 
@@ -186,166 +282,45 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def log_figure(writer, tag: str, fig: Figure, step: int) -> np.ndarray:
-    """Render ``fig`` once and add it to a TensorBoard ``SummaryWriter`` as an image; returns the pixels."""
-    image = render(fig)
-    writer.add_image(tag, image, global_step=step, dataformats="HWC")
-    return image
-
-
 def reliability_figure(
     conf: np.ndarray, correct: np.ndarray, title: str = "", n_bins: int = N_BINS
 ) -> Figure:
-    """Reliability diagram: accuracy per confidence bin against the diagonal, with bin counts."""
+    """Reliability diagram and where the samples are: each confidence bin's accuracy against its mean confidence
+    and the diagonal (left); each bin's correct and wrong samples on a log axis (right), where a confidently wrong
+    minority shows in the top bins."""
     mean_conf, acc, count = reliability_bins(conf, correct, n_bins)
     edges = np.linspace(0, 1, n_bins + 1)
-    fig = Figure(figsize=(4, 4), dpi=80)
-    ax = fig.add_subplot()
     filled = count > 0
-    ax.bar(
-        edges[:-1][filled], acc[filled], width=1 / n_bins, align="edge", edgecolor="black", label="accuracy"
+    fig, (ax, ax_n) = _chart(columns=2)
+    ax.bar(edges[:-1][filled], acc[filled], width=1 / n_bins, align="edge", color="tab:blue",
+           edgecolor="white", label="accuracy")  # fmt: skip
+    centres = (edges[:-1] + 0.5 / n_bins)[filled]
+    ax.plot(centres, mean_conf[filled], "o", color="tab:orange", markersize=5, label="mean confidence")
+    ax.plot([0, 1], [0, 1], linestyle="--", color="black", linewidth=1, label="calibrated")
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1.05),
+        xlabel="confidence (max p)",
+        ylabel="accuracy",
+        title=title or "reliability",
     )
-    gap = mean_conf[filled] - acc[filled]
-    ax.bar(
-        edges[:-1][filled],
-        gap,
-        bottom=acc[filled],
-        width=1 / n_bins,
-        align="edge",
-        color="red",
-        alpha=0.3,
-        label="gap to confidence",
-    )
-    ax.plot([0, 1], [0, 1], "k--", linewidth=1)
-    for left, a, n in zip(edges[:-1][filled], acc[filled], count[filled], strict=True):
-        ax.text(left + 0.5 / n_bins, min(a, 0.93) + 0.02, str(int(n)), ha="center", fontsize=6)
-    ax.set(xlim=(0, 1), ylim=(0, 1.05), xlabel="confidence (max probability)", ylabel="accuracy", title=title)
-    ax.legend(loc="upper left", fontsize=7)
-    fig.subplots_adjust(left=0.14, right=0.97, bottom=0.12, top=0.92)
+    bins = np.clip((np.asarray(conf, dtype=np.float64) * n_bins).astype(int), 0, n_bins - 1)
+    right = np.asarray(correct, dtype=bool)
+    n_right = np.bincount(bins[right], minlength=n_bins)
+    n_wrong = np.bincount(bins[~right], minlength=n_bins)
+    ax_n.bar(edges[:-1], n_right, width=1 / n_bins, align="edge", color="tab:blue", edgecolor="white",
+             label="correct")  # fmt: skip
+    ax_n.bar(edges[:-1], n_wrong, bottom=n_right, width=1 / n_bins, align="edge", color="tab:red",
+             edgecolor="white", label="wrong")  # fmt: skip
+    if count.max(initial=0) > 0:
+        ax_n.set_yscale("log")
+        ax_n.yaxis.set_minor_formatter(NullFormatter())  # powers of ten only: 12 pt labels need the room
+    ax_n.set(xlim=(0, 1), xlabel="confidence (max p)", ylabel="val samples", title="samples per bin")
+    for a in (ax, ax_n):
+        a.legend(loc="upper left", handlelength=1.0, borderaxespad=0.2, framealpha=1.0, fontsize=CHART_PT)
+        a.grid(alpha=0.3)
+    fig.subplots_adjust(left=0.1, right=0.975, bottom=0.17, top=0.9, wspace=0.38)
     return fig
-
-
-def curves_figure(
-    history: Mapping[str, Sequence[float]], panels: Mapping[str, Sequence[str]], panel_width: float = 4.5
-) -> Figure:
-    """One axes per panel (title -> metric names), each metric plotted against ``history["epoch"]``.
-
-    Metrics the run did not log are left out of their panel (and named in its title), so the same
-    figure works for runs trained with fewer callbacks.
-    """
-    fig = Figure(figsize=(panel_width * len(panels), 3.4))
-    epochs = list(history.get("epoch", []))
-    for i, (title, keys) in enumerate(panels.items()):
-        ax = fig.add_subplot(1, len(panels), i + 1)
-        missing = [k for k in keys if k not in history or all(math.isnan(v) for v in history[k])]
-        for key in keys:
-            if key not in missing:
-                ax.plot(epochs, history[key], marker="." if len(epochs) < 30 else None, label=key)
-        ax.set(title=title + (f"\n(not logged: {', '.join(missing)})" if missing else ""), xlabel="epoch")
-        if len(keys) > len(missing):
-            ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
-
-
-@dataclass(frozen=True)
-class CurveBand:
-    """A mean curve over runs with its ±std band: ``epochs`` (1-based), ``mean``, ``std`` (same length)."""
-
-    epochs: np.ndarray
-    mean: np.ndarray
-    std: np.ndarray
-
-
-def sweep_figure(groups: Sequence[tuple[str, CurveBand, CurveBand]], columns: int = 4) -> Figure:
-    """A sweep's curves: ``groups`` holds ``(label, val cross-entropy band, val accuracy band)`` per group.
-
-    Top row: every group's val cross-entropy on a log axis (a rise from 0.28 to 0.39 stays visible next to
-    a group at 2.0) and every group's val accuracy. Below: one panel per group on its own linear axis, with
-    its lowest and last val cross-entropy marked and their ratio in the title, and val accuracy on a
-    right-hand axis.
-    """
-    cols = max(1, min(columns, len(groups)))
-    rows = -(-len(groups) // cols)
-    fig = Figure(figsize=(max(11.0, 3.3 * cols), 4.6 + 2.9 * rows), dpi=90)
-    grid = fig.add_gridspec(1 + rows, 2 * cols, height_ratios=[1.45] + [1.0] * rows, hspace=1.0, wspace=0.7)
-    ax_loss = fig.add_subplot(grid[0, :cols])
-    ax_acc = fig.add_subplot(grid[0, cols:])
-    colours = [f"C{i % 10}" for i in range(len(groups))]
-    # mean curves only: a ±std band reaching below 0 has no place on a log axis (the panels below show bands)
-    for (label, loss, acc), colour in zip(groups, colours, strict=True):
-        for ax, band in ((ax_loss, loss), (ax_acc, acc)):
-            if len(band.epochs):
-                ax.plot(band.epochs, band.mean, color=colour, label=label, linewidth=1.2)
-    if any(len(loss.epochs) and (loss.mean > 0).any() for _, loss, _ in groups):
-        ax_loss.set_yscale("log")
-    ax_loss.set(title="val cross-entropy (val/loss), log axis", xlabel="epoch")
-    ax_acc.set(title="val accuracy (val/acc)", xlabel="epoch")
-    for ax in (ax_loss, ax_acc):
-        ax.grid(alpha=0.3, which="both")
-    if groups:
-        ax_loss.legend(
-            fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.2), ncol=min(4, len(groups)), frameon=False
-        )
-    for i, ((label, loss, acc), colour) in enumerate(zip(groups, colours, strict=True)):
-        r, c = divmod(i, cols)
-        ax = fig.add_subplot(grid[1 + r, 2 * c : 2 * c + 2])
-        title = label.rsplit(" (n=", 1)[0]
-        finite = np.isfinite(loss.mean) if len(loss.epochs) else np.zeros(0, dtype=bool)
-        if finite.any():
-            ax.plot(loss.epochs, loss.mean, color=colour, linewidth=1.2)
-            ax.fill_between(
-                loss.epochs, loss.mean - loss.std, loss.mean + loss.std, color=colour, alpha=0.2, linewidth=0
-            )
-            low = int(np.nanargmin(np.where(finite, loss.mean, np.nan)))
-            last = int(np.flatnonzero(finite)[-1])
-            ax.plot(
-                [loss.epochs[low], loss.epochs[last]],
-                [loss.mean[low], loss.mean[last]],
-                "o",
-                color="black",
-                markersize=3,
-            )
-            if loss.mean[low] > 0:
-                ratio = loss.mean[last] / loss.mean[low]
-                title += (
-                    f"\nval CE {loss.mean[low]:.3g} (epoch {int(loss.epochs[low])}) -> "
-                    f"{loss.mean[last]:.3g} ({ratio:.2f}x)"
-                )
-            ax.set_ylim(*_zoom_after_minimum(loss, low))
-        ax.set_title(title, fontsize=7)
-        ax.tick_params(labelsize=6)
-        ax.tick_params(axis="y", colors=colour)
-        ax.set_xlabel("epoch", fontsize=6)
-        if len(acc.epochs):
-            twin = ax.twinx()
-            twin.plot(acc.epochs, acc.mean, color="grey", linewidth=0.8, linestyle="--")
-            twin.set_ylim(0, 1)
-            twin.tick_params(labelsize=6)
-        ax.grid(alpha=0.3)
-    if groups:
-        fig.text(
-            0.5,
-            grid[1, 0].get_position(fig).y1 + 0.06,
-            "per group: val cross-entropy (solid, left axis, zoomed on the epochs from its minimum on; title: "
-            "the mean curve's minimum, last value and ratio) and val accuracy (dashed, right axis, 0 to 1)",
-            ha="center",
-            fontsize=8,
-        )
-    fig.subplots_adjust(left=0.06, right=0.95, top=0.95, bottom=0.05)
-    return fig
-
-
-def _zoom_after_minimum(band: CurveBand, low: int) -> tuple[float, float]:
-    """y-limits showing a curve from its minimum on (the steep first epochs would flatten a later rise)."""
-    after = slice(low, None)
-    finite = np.isfinite(band.mean[after])
-    lo_values = (band.mean[after] - band.std[after])[finite]
-    hi_values = (band.mean[after] + band.std[after])[finite]
-    lo, hi = float(lo_values.min()), float(hi_values.max())
-    span = max(hi - lo, 0.1 * abs(float(band.mean[low])), 1e-6)
-    return lo - 0.15 * span, hi + 0.15 * span
 
 
 def data_map_figure(
@@ -353,19 +328,18 @@ def data_map_figure(
 ) -> Figure:
     """Dataset cartography (Swayamdipta et al. 2020): each training sample's mean p(given label) over the
     epochs against its standard deviation; flagged samples (likely label errors) in red."""
-    fig = Figure(figsize=(5.5, 4.5), dpi=FIGURE_DPI)
-    ax = fig.add_subplot()
+    fig, ax = _chart()
     flagged = np.asarray(flagged, dtype=bool)
     ax.scatter(
         variability[~flagged], confidence[~flagged], s=10, alpha=0.5, color="tab:blue", label="not flagged"
     )
     ax.scatter(variability[flagged], confidence[flagged], s=18, alpha=0.9, color="tab:red",
                label=f"flagged ({int(flagged.sum())})")  # fmt: skip
-    ax.set(xlabel="variability (std of p(given label) over epochs)", ylabel="confidence (mean p(given label))",
-           ylim=(-0.02, 1.02), title=title or "training data map")  # fmt: skip
-    ax.legend(loc="lower right", fontsize=9)
+    ax.set(xlabel="std of p(given label) over epochs", ylabel="mean p(given label)", ylim=(-0.02, 1.02),
+           title=title or "training data map")  # fmt: skip
+    ax.legend(loc="lower right", framealpha=1.0, fontsize=CHART_PT)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.11, right=0.985, bottom=0.17, top=0.9)
     return fig
 
 
@@ -379,18 +353,18 @@ def lr_find_figure(
     """The learning-rate range test: each step's loss and its smoothed curve against the rate (log scale), the
     rate the choice was read at (``marker``: rate, what it is) and the chosen rate marked."""
     at, what = marker
-    fig = Figure(figsize=(5.5, 3.6), dpi=90)
-    ax = fig.add_subplot()
-    ax.plot(lrs, losses, color="0.75", linewidth=1, label="loss of each step")
-    ax.plot(lrs, smoothed, color="C0", linewidth=2, label="smoothed")
-    ax.axvline(at, color="C3", linestyle=":", label=f"{what}: lr {at:.3g}")
-    ax.axvline(chosen, color="C2", linestyle="--", label=f"chosen: lr {chosen:g}")
+    fig, ax = _chart()
+    ax.plot(lrs, losses, color="0.7", linewidth=1, label="loss of each step")
+    ax.plot(lrs, smoothed, color="tab:blue", linewidth=2, label="smoothed")
+    ax.axvline(at, color="tab:red", linestyle=":", linewidth=2, label=f"{what}: {at:.3g}")
+    ax.axvline(chosen, color="tab:green", linestyle="--", linewidth=2, label=f"chosen: {chosen:g}")
     # up to the marked rate: the diverging end would squash the rest
     upto = int(np.argmin(np.abs(np.log(np.asarray(lrs)) - math.log(at)))) + 1
     top = 1.3 * float(np.nanmax(np.asarray(smoothed)[:upto]))
-    ax.set(xscale="log", xlabel="learning rate", ylabel="training loss (cross-entropy)", ylim=(0, top))
-    ax.set_title("optimizer.lr=auto: learning-rate range test", fontsize=10)
-    ax.legend(fontsize=7.5, loc="lower left")
+    ax.set(xscale="log", xlabel="learning rate", ylabel="training loss", ylim=(0, top),
+           title="optimizer.lr=auto: range test")  # fmt: skip
+    ax.xaxis.set_minor_formatter(NullFormatter())  # powers of ten only
+    ax.legend(loc="lower left", handlelength=1.5, borderaxespad=0.2, framealpha=1.0, fontsize=CHART_PT)
     ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.11, right=0.985, bottom=0.17, top=0.9)
     return fig

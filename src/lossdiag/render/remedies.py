@@ -10,8 +10,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from lossdiag.functional.calibration import T_MAX, T_MIN
+from lossdiag.diagnosis.judge.verdict import Verdict
 from lossdiag.functional.remedies import ACC_WINDOW, Recommendation, RemedyResult, recommend
+from lossdiag.render.reasons import BEST_ACC_CKPT, MIN_LOSS_CKPT, Context, checkpoint_words
 from lossdiag.render.tables import markdown_table
 
 # what each remedy of conf/remedy/ changes, in words (remedy=<name>)
@@ -72,51 +73,47 @@ def remedies_table(results: Sequence[RemedyResult]) -> str:
     return markdown_table(header, rows).rstrip("\n")
 
 
-def what_you_can_do(
-    phenomenon: bool,
-    temperature: float,
-    best_acc_epoch: int,
-    best_acc: float,
-    last_acc: float,
-    nll: float = math.nan,
-    nll_scaled: float = math.nan,
-    remedies: Sequence[RemedyResult] = (),
-    suspects_file: str | None = None,
-) -> str:
+def what_you_can_do(v: Verdict, ctx: Context, remedies: Sequence[RemedyResult] = ()) -> str:
     """The "What you can do" section of ``diagnosis.md`` (``""`` unless the run shows the phenomenon).
 
-    ``temperature``, ``nll`` and ``nll_scaled`` are the final model's fitted temperature and its val NLL before
-    and after scaling; ``remedies`` the rows of a remedies sweep's report on the same data (with a
-    ``remedy=cross_entropy`` row), if there is one; ``suspects_file`` a list of likely label errors, if written.
+    It names only checkpoints that exist (``ctx.checkpoints``), the best-accuracy model only when it differs from
+    the last, and temperature scaling as a fix only where it improves the probabilities out of sample.
+    ``remedies`` are the rows of a remedies sweep's report on the same data (with a ``remedy=cross_entropy`` row),
+    if there is one.
     """
-    if not phenomenon:
+    if v.kind != "phenomenon":
         return ""
+    s, f = v.stats, v.final
+    suspects_file = ctx.suspects_file
     lines = ["", "## What you can do", ""]
-    lines.append(
-        f"- **Keep the best-accuracy model, not the last one.** Val accuracy peaked at {best_acc:.3f} in epoch "
-        f"{best_acc_epoch} (last epoch: {last_acc:.3f}); with the default callbacks that model is "
-        "`checkpoints/best.ckpt`. It was chosen on this val split, so its accuracy there is optimistic."
-    )
-    if not math.isfinite(temperature):
-        scaled = "no temperature could be fitted for this run."
-    elif temperature >= T_MAX or temperature <= T_MIN:
+    lowest = checkpoint_words(ctx, MIN_LOSS_CKPT, "lowest val loss")
+    if lowest:
+        lines.append(
+            f"- **Keep the model of the lowest val loss**: {lowest}. It was chosen on this val split, so its loss "
+            "there is optimistic; check it on data of your own."
+        )
+    best = checkpoint_words(ctx, BEST_ACC_CKPT, "best val accuracy")
+    if best and s.acc_best_epoch != s.last_epoch and f"{s.acc_best:.3f}" != f"{s.acc_last:.3f}":
+        lines.append(
+            f"- **Or the best-accuracy model**: {best}: val accuracy {s.acc_best:.3f} against {s.acc_last:.3f} at "
+            "the last epoch. It was chosen on this val split, so its accuracy there is optimistic."
+        )
+    t = f.temperature
+    if f.temperature_status != "ok" or not math.isfinite(t):
+        scaled = f"the fitted temperature ({t:g}) is at a bound or not identifiable, so scaling is not determined here."
+    elif not f.scaling_helps:
         scaled = (
-            f"the fitted temperature hit its search bound ({temperature:g}), so scaling is not determined by "
-            "this val split."
+            f"the fitted T = {t:.3f} does not improve the NLL or the ECE out of sample across 90% of the random splits "
+            "of the val set, so it is not a fix this val set can vouch for."
         )
     else:
-        gain = (
-            f"; cross-fitted on val (each half scaled by the other half's T), that takes the val cross-entropy "
-            f"from {nll:.4f} to {nll_scaled:.4f}"
-            if math.isfinite(nll) and math.isfinite(nll_scaled)
-            else ""
-        )
         scaled = (
-            f"divide the final model's logits by T = {temperature:.3f} before the softmax{gain}. Predictions (and "
-            "accuracy) do not change. T was fitted on this val split, so fit it on held-out data before you rely "
+            f"divide the final model's logits by T = {t:.3f} before the softmax; cross-fitted on val (each half scaled "
+            f"by the other half's T, median of the splits), that takes the val cross-entropy from {f.loss:.4f} to "
+            f"{f.nll_crossfit:.4f}. Predictions (and accuracy) do not change. Fit T on held-out data before you rely "
             "on the probabilities."
         )
-    lines.append(f"- **Temperature-scale for calibrated probabilities**: {scaled}")
+    lines.append(f"- **Temperature scaling**: {scaled}")
     if remedies and any(r.label == REFERENCE_LABEL for r in remedies):
         rec = recommend(remedies, REFERENCE_LABEL)
         lines += [
@@ -128,15 +125,21 @@ def what_you_can_do(
             recommendation_text(rec),
             "",
         ]
-    else:
+    elif ctx.config_keys:
         named = ", ".join(
             f"`remedy={name}` ({words})" for name, words in REMEDY_WORDS.items() if name != "cross_entropy"
         )
         lines.append(
             f"- **Regularise or change the objective**: {named}. They were measured side by side on the default "
-            'digits data (README, "What to do about it"), not on this data: to measure them here run '
+            'digits data (docs/remedies.md, "What to do about it"), not on this data: to measure them here run '
             "`python -m src.train -m experiment=remedies` with this run's data overrides, then "
             "`python -m src.report <sweep folder>`."
+        )
+    else:
+        named = ", ".join(words for name, words in REMEDY_WORDS.items() if name != "cross_entropy")
+        lines.append(
+            f"- **Regularise or change the objective**: {named}. Measure them side by side on your data, with "
+            "several seeds, before you pick one."
         )
     if suspects_file:
         lines.append(

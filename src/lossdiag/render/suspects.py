@@ -3,32 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
 
+from lossdiag.diagnosis.judge.suspects import SHOWN, SuspectRow
 from lossdiag.functional.suspects import TRAIN_SCORE, VAL_SCORE
-from lossdiag.render.diagnosis import plural
 from lossdiag.render.tables import markdown_table
-
-SHOWN = 32  # rows of suspects.md and tiles of each TensorBoard grid
-
-
-@dataclass(frozen=True)
-class SuspectRow:
-    """One row of ``suspects.csv``."""
-
-    rank: int
-    split: str
-    index: int
-    path: str
-    given: str
-    suspected: str
-    score: float
-    raw_score: float
-    p_given: float
-    flagged: bool
-
-
-SUSPECT_COLUMNS = tuple(f.name for f in fields(SuspectRow))  # suspects.csv's header
+from lossdiag.render.text import plural
 
 
 def suspect_caption(row: SuspectRow) -> str:

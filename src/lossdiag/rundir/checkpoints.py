@@ -21,7 +21,7 @@ def existing_checkpoint(path: str | Path) -> Path:
     if not path.is_file():
         raise UserError(
             f"ckpt_path={path} does not exist: give a checkpoint written by src.train "
-            "(<run>/checkpoints/last.ckpt or best.ckpt; to continue a run: resume=<run dir>)"
+            "(<run>/checkpoints/last.ckpt or best_val_acc.ckpt; to continue a run: resume=<run dir>)"
         )
     return path
 

@@ -1,9 +1,9 @@
 """``optimizer.lr=auto``'s files: the range test's curve in the run folder, and its cache across runs.
 
-A run writes ``lr_find.csv`` (lr, loss, smoothed loss per step) and ``figures/lr_find.png`` (also a TensorBoard
-image, ``lr_find``, with the choice as text, written by the training process). The cache holds one JSON file per key
-(``<cache_dir>/<key>.json``, written atomically); jobs of a sweep that would measure the same key wait on a
-lock file for the first one's result instead of measuring it again.
+A run writes ``lr_find.csv`` (lr, loss, smoothed loss per step; the figure, ``figures/lr_find.png`` and its
+TensorBoard image, is drawn by :class:`lossdiag.callbacks.lr_find.RangeTestFigure`). The cache holds one JSON
+file per key (``<cache_dir>/<key>.json``, written atomically); jobs of a sweep that would measure the same key
+wait on a lock file for the first one's result instead of measuring it again.
 """
 
 from __future__ import annotations
@@ -17,12 +17,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from lossdiag.functional.learning_rate import smooth
-from lossdiag.render.figures import lr_find_figure, png_bytes, render
-from lossdiag.rundir.atomic import atomic_write_bytes, atomic_write_text
-from lossdiag.rundir.paths import LR_FIND_CSV, LR_FIND_FIGURE, figure_path
+from lossdiag.rundir.atomic import atomic_write_text
+from lossdiag.rundir.paths import LR_FIND_CSV
 
 
 def cache_key(identity: Mapping[str, Any]) -> str:
@@ -63,22 +60,11 @@ def exclusive(path: Path) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-def write_lr_find(
-    run_dir: str | Path,
-    lrs: Sequence[float],
-    losses: Sequence[float],
-    marker: tuple[float, str],
-    chosen: float,
-) -> np.ndarray:
-    """``lr_find.csv`` and ``figures/lr_find.png`` in ``run_dir``; returns the figure's pixels (for TensorBoard,
-    which the training process writes). ``marker``: the rate the choice was read at, and what it is."""
-    smoothed = smooth(losses)
+def write_lr_find(run_dir: str | Path, lrs: Sequence[float], losses: Sequence[float]) -> None:
+    """``lr_find.csv`` in ``run_dir``: each step's rate, loss and smoothed loss."""
     buffer = io.StringIO()
     table = csv.writer(buffer, lineterminator="\n")
     table.writerow(["step", "lr", "loss", "loss_smoothed"])
-    for step, (lr, loss, sm) in enumerate(zip(lrs, losses, smoothed, strict=True)):
+    for step, (lr, loss, sm) in enumerate(zip(lrs, losses, smooth(losses), strict=True)):
         table.writerow([step, f"{lr:.6g}", f"{loss:.6g}", f"{sm:.6g}"])
     atomic_write_text(Path(run_dir) / LR_FIND_CSV, buffer.getvalue())
-    image = render(lr_find_figure(lrs, losses, smoothed, marker, chosen))
-    atomic_write_bytes(figure_path(run_dir, LR_FIND_FIGURE), png_bytes(image))
-    return image

@@ -11,16 +11,16 @@ from pathlib import Path
 SUMMARY_FILE = Path("metrics.json")
 # per-epoch metrics, one row per logged epoch-level record (lossdiag.rundir.metrics_csv)
 METRICS_CSV = Path("csv") / "metrics.csv"
-# per-sample records of every epoch and evaluated model (lossdiag.rundir.samples)
+# per-sample records of every epoch and evaluated model (lossdiag.diagnosis.samples)
 SAMPLES_FILE = Path("samples.npz")
 # append-only per-epoch val records (lossdiag.rundir.journal): what a resumed run's history comes back from
 VAL_JOURNAL = Path("records") / "val_epochs.bin"
 # the same for the training set's dynamics (p of the given label, margin) of every epoch
 TRAIN_JOURNAL = Path("records") / "train_dynamics.bin"
-# the written verdict and its numbers (lossdiag.rundir.artifacts)
+# the written verdict and its numbers (lossdiag.diagnosis.write)
 DIAGNOSIS_FILE = Path("diagnosis.md")
 DIAGNOSIS_JSON = Path("diagnosis.json")
-# every sample of both splits ranked as a likely label error, and the first ones in words (lossdiag.rundir.suspects)
+# every sample of both splits ranked as a likely label error, and the first ones in words (lossdiag.diagnosis.write)
 SUSPECTS_CSV = Path("suspects.csv")
 SUSPECTS_MD = Path("suspects.md")
 # the worst val samples with their loss history
@@ -43,6 +43,8 @@ LR_FIND_FIGURE = "lr_find"
 SWEEP_REPORT_MD = Path("report.md")
 SWEEP_REPORT_CSV = Path("report.csv")
 SWEEP_REPORT_PNG = Path("report.png")
+# the keys a sweep's jobs differ by, which name its job folders (lossdiag.app.resolvers.sweep_job_dirname)
+SWEEP_KEYS_FILE = Path("varying_keys.yaml")
 
 
 def report_path(run_dir: str | Path, model: str, suffix: str) -> Path:
@@ -51,7 +53,7 @@ def report_path(run_dir: str | Path, model: str, suffix: str) -> Path:
 
 
 def checkpoint_path(run_dir: str | Path, name: str) -> Path:
-    """``<run>/checkpoints/<name>.ckpt`` (``initial``, ``best``, ``last``)."""
+    """``<run>/checkpoints/<name>.ckpt`` (``initial``, ``best_val_acc``, ``min_val_loss``, ``last``)."""
     return Path(run_dir) / CHECKPOINTS_DIR / f"{name}.ckpt"
 
 
@@ -63,6 +65,12 @@ INITIAL_CKPT = checkpoint_path("", "initial")
 def figure_path(run_dir: str | Path, name: str) -> Path:
     """``<run>/figures/<name>.png``."""
     return Path(run_dir) / FIGURES_DIR / f"{name}.png"
+
+
+def epoch_figure_path(run_dir: str | Path, name: str, epoch: int) -> Path:
+    """``<run>/figures/epochs/<name>_<epoch, 4 digits>.png``: a figure drawn during training (TensorBoard's
+    ``val/<name>`` at step ``epoch``), named so a folder listing is in epoch order."""
+    return Path(run_dir) / FIGURES_DIR / "epochs" / f"{name}_{epoch:04d}.png"
 
 
 def display_path(path: str | Path) -> str:

@@ -1,8 +1,8 @@
-"""The verdict's "What you can do" section for a run folder: its own numbers, plus its sweep's remedies report.
+"""A sweep's remedies report (``<sweep>/report.csv``) read back for the diagnosis of one of its runs.
 
 A run of a remedies sweep (``python -m src.train -m experiment=remedies``) lives in ``<sweep>/<job>/``; once
 ``python -m src.report <sweep>`` has written ``<sweep>/report.csv``, a diagnosis written again for that run
-(resumed, or re-evaluated) quotes the sweep's measured numbers (:func:`lossdiag.render.remedies.what_you_can_do`).
+(resumed, or re-evaluated) quotes the sweep's measured numbers in its "What you can do" section.
 """
 
 from __future__ import annotations
@@ -12,9 +12,6 @@ import math
 from pathlib import Path
 
 from lossdiag.functional.remedies import RemedyResult
-from lossdiag.functional.verdict import VerdictNumbers
-from lossdiag.render.remedies import what_you_can_do
-from lossdiag.rundir.paths import SWEEP_REPORT_CSV
 
 
 def _float(row: dict[str, str], key: str) -> float:
@@ -49,21 +46,3 @@ def read_remedies_report(path: str | Path) -> list[RemedyResult]:
         )
         for row in rows
     ]
-
-
-def what_you_can_do_section(
-    numbers: VerdictNumbers, out_dir: str | Path, suspects_file: str | None = None
-) -> str:
-    """:func:`what_you_can_do` for a verdict written into ``out_dir`` (a sweep's report one folder up is used)."""
-    final = numbers.final
-    return what_you_can_do(
-        phenomenon=numbers.phenomenon,
-        temperature=final.temperature,
-        best_acc_epoch=numbers.acc_best_epoch,
-        best_acc=numbers.acc_best,
-        last_acc=numbers.acc_last,
-        nll=final.loss,
-        nll_scaled=final.nll_crossfit,  # cross-fitted: not scored on the samples T was fitted on
-        remedies=read_remedies_report(Path(out_dir).resolve().parent / SWEEP_REPORT_CSV),
-        suspects_file=suspects_file,
-    )
