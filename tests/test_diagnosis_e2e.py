@@ -94,7 +94,7 @@ def test_training_run_writes_every_diagnosis_output(make_cfg, tmp_path: Path) ->
     recompute_error = [e.value for e in events.Scalars("val/loss_recompute_error")]
     assert max(recompute_error) < 1e-4
 
-    # samples.npz: val per epoch, initial/best/last on val and train
+    # samples.npz: val per epoch, initial/best/last on val, best_val_acc and last on train too
     samples = load_samples(run)
     assert samples.epochs == list(range(EPOCHS))
     assert list(samples.models) == list(MODELS)
@@ -104,7 +104,9 @@ def test_training_run_writes_every_diagnosis_output(make_cfg, tmp_path: Path) ->
     }
     assert samples.model_epoch == {"initial": -1, **epoch_of, "last": EPOCHS - 1}
     np.testing.assert_array_equal(samples.models["last"]["val"].pred, samples.history.pred[-1])
-    assert len(samples.models["initial"]["train"].loss) == len(samples.train.target) == 150
+    assert len(samples.models["last"]["train"].loss) == len(samples.train.target) == 150
+    # the train split only for the models read there: last (n_train_above_cap), best_val_acc (the suspects)
+    assert [m for m in MODELS if "train" in samples.models[m]] == ["best_val_acc", "last"]
     first = worst[1].split(",")
     i = int(np.flatnonzero(samples.val.index == int(first[1]))[0])
     assert i == int(np.argmax(samples.history.loss[-1]))

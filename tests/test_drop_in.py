@@ -274,7 +274,7 @@ def test_a_forward_that_returns_no_logits_is_one_line(tmp_path: Path) -> None:
             self(batch[0])
 
     with pytest.raises(
-        UserError, match=r"forward\(x\) to return logits of shape \(batch, classes\), got \(\d+, 3, 1\)"
+        UserError, match=r"logits of shape \(batch, classes\) from Images.forward\(x\), got a tensor of shape \(\d+, 3, 1\)"
     ):
         fit(tmp_path, Images(), epochs=1)
 
@@ -292,7 +292,7 @@ def test_batches_that_are_not_pairs_are_one_line(tmp_path: Path) -> None:
             self(batch["x"])
 
     with pytest.raises(
-        UserError, match=r"needs val batches \(x, y\) or \(x, y, index\) of tensors, got dict"
+        UserError, match=r"got a dict with keys 'x', 'y': .*\(batch_fn=lambda batch: \(batch\['x'\], batch\['y'\]\)\)$"
     ):
         fit(tmp_path, DictMLP(), epochs=1, val=DataLoader(Dicts(), batch_size=4))
 

@@ -18,7 +18,7 @@ import torch
 from lossdiag.diagnosis.samples import Samples
 from lossdiag.diagnosis.write import epoch_figures, write_figure
 from lossdiag.functional.breakdown import worst_indices
-from lossdiag.render.figures import WORST_TILES
+from lossdiag.render.figures import WORST_TILES, Normalization
 from lossdiag.rundir.paths import epoch_figure_path
 
 TIME_SHARE = 0.1  # at most this share of the time since the last drawing goes to drawing mid-run
@@ -35,14 +35,16 @@ class EpochFigures:
         self.pending: list[tuple[int, dict[int, torch.Tensor]]] = []
         self._draw_s = 0.2  # how long one epoch's figures took to draw (a guess until the first is drawn)
         self._drawn_at = time.monotonic()
+        self.norm: Normalization | None = None  # the data's mean/std: the images are drawn un-normalised
+        self.drawn: set[str] = set()  # the TensorBoard tags drawn so far (diagnosis.md names only those)
 
     def start_epoch(self, epoch: int, last: bool, writer: Any) -> None:
         every = self.every_n_epochs
         self.collecting = writer is not None and every > 0 and ((epoch + 1) % every == 0 or last)
         self._images = {}
 
-    def collect(self, index: torch.Tensor, x: torch.Tensor) -> None:
-        if self.collecting and x.ndim == 4:
+    def collect(self, index: torch.Tensor, x: Any) -> None:
+        if self.collecting and torch.is_tensor(x) and x.ndim == 4:
             self._images.update(zip(index.tolist(), x.detach().float().cpu(), strict=True))
 
     def keep_worst(self, epoch: int, samples: Samples, losses: torch.Tensor) -> None:
@@ -68,9 +70,10 @@ class EpochFigures:
         start = time.monotonic()
         for epoch, images in ready:
             ev = samples.val_epochs[samples.epochs.index(epoch)]
-            figures = epoch_figures(samples, ev, images, self.worst_k, epoch, f"val, epoch {epoch}")
+            figures = epoch_figures(samples, ev, images, self.worst_k, epoch, f"val, epoch {epoch}", self.norm)
             for name, fig in figures.items():
                 write_figure(epoch_figure_path(out_dir, name, epoch), fig, writer, f"val/{name}", epoch)
+                self.drawn.add(f"val/{name}")
         self._draw_s = (time.monotonic() - start) / len(ready)
         self._drawn_at = time.monotonic()
         self.pending = [(e, images) for e, images in self.pending if e > evaluated_through]

@@ -4,7 +4,9 @@ Add ``LossDiagnosis(output_dir=...)`` to any ``Trainer`` and get, per validation
 loss histograms and scalars in your TensorBoard logger, and at the end of ``fit`` ``diagnosis.md``,
 ``diagnosis.json``, ``samples.npz``, ``worst.csv``, ``reports/`` and ``figures/`` in ``output_dir``.
 ``python -m src.train`` uses this same callback. It is a thin adapter: the work is the Lightning-free engine
-:mod:`lossdiag.diagnosis` (record -> judge -> write); this class feeds it from the trainer's hooks.
+:mod:`lossdiag.diagnosis` (record -> judge -> write); this class feeds it from the trainer's hooks, reading the
+project's batches and logits through :mod:`lossdiag.callbacks.contract` and its data through
+:mod:`lossdiag.callbacks.data_info`.
 """
 
 from __future__ import annotations
@@ -17,24 +19,16 @@ import lightning as L
 import torch
 
 from lossdiag.callbacks.console import announce
-from lossdiag.callbacks.contract import (
-    checked_logits,
-    class_names,
-    objective,
-    split_info,
-    step_logits,
-    unpack,
-)
+from lossdiag.callbacks.contract import BatchFn, Contract, LogitsFn, ValOrder, objective, step_logits
+from lossdiag.callbacks.data_info import class_names, image_normalization, split_info
 from lossdiag.callbacks.epoch_figures import EpochFigures
-from lossdiag.callbacks.evaluation import evaluate_loader, evaluate_models, loader_inputs
+from lossdiag.callbacks.evaluation import end_states, evaluate_loader, evaluate_models, figure_images
 from lossdiag.callbacks.last_checkpoint import is_last_epoch
 from lossdiag.callbacks.tensorboard import tensorboard_logger, tensorboard_writer, write_epoch_events
-from lossdiag.diagnosis.judge.suspects import rank_run, wanted_images
 from lossdiag.diagnosis.record import Recorder
 from lossdiag.diagnosis.samples import Samples
 from lossdiag.diagnosis.write import Diagnosis, write_diagnosis
 from lossdiag.errors import UserError
-from lossdiag.functional.breakdown import worst_indices
 from lossdiag.functional.losses import loss_cap_from_initial, per_sample_cross_entropy
 from lossdiag.functional.outputs import evaluate_logits
 from lossdiag.models.epoch_log import log_epoch_metrics
@@ -45,37 +39,43 @@ from lossdiag.rundir.paths import DIAGNOSIS_FILE, INITIAL_CKPT, display_path
 
 log = logging.getLogger(__name__)
 STAGES = ("train", "val")
+SCALAR_TAGS = ("val/loss_from_wrong", "val/ece", "val/temperature")  # always logged to TensorBoard
 
 
 class LossDiagnosis(L.Callback):
     """Why does val loss rise while accuracy holds? Records per-sample outputs and writes the diagnosis.
 
-    **What your project must provide** (checked with a one-line error at the first batch):
+    **What your project must provide** (each problem is one line naming the fix, at the first batch or epoch):
 
-    - the LightningModule's ``forward(x)`` returns logits ``(N, C)``;
-    - the val loader yields ``(x, y)`` or ``(x, y, index)`` batches, in the same order every epoch
-      (no shuffling); under DDP it must yield ``index`` (the sample's position in the val set), so
-      the samples ``DistributedSampler`` repeats to pad the last batch are counted once.
+    - logits ``(batch, classes)`` per val sample: ``outputs["logits"]`` of ``validation_step``, else
+      ``logits_fn(module, x)`` (or the module's ``lossdiag_logits(x)``), else ``forward(x)``; a tuple's first item,
+      a dict's ``"logits"`` and an object's ``.logits`` are read; one logit per sample is binary (``[0, z]``);
+      before training and at the end it uses the hook or ``forward`` (never ``validation_step``);
+    - val batches ``(x, y)`` or ``(x, y, index)``, or what ``batch_fn(batch) -> (x, y[, index])`` (or the module's
+      ``lossdiag_batch(batch)``) reads from them; ``y`` class indices (one-hot rows are converted; soft targets and
+      labels out of range are refused);
+    - the val loader in the same order every epoch, checked (without an index, records are matched by position);
+      under DDP the batches must carry ``index`` (the sample's position in the val set).
 
     **What it uses when present** (all optional):
 
     - ``epoch_records(stage)`` on the module, returning this epoch's gathered ``SampleRecords`` (index, target,
       logits) of ``"train"`` / ``"val"`` (``LossDiagModule`` has it): then the callback records nothing per step;
-    - ``outputs["logits"]`` returned by ``validation_step`` / ``training_step`` (else val logits come from
-      re-running ``forward`` on the batch; train records need them, and an ``index`` in the train batch);
+    - train records when ``training_step`` returns ``{"loss", "logits"}`` and train batches carry an index;
     - a ``loss_cap`` tensor on the module (the bounded loss's cap); otherwise the cap is ``mean + k * std``
       of the untrained model's per-sample val losses, measured before the first optimizer step;
-    - ``class_names``, ``val_paths`` and ``train_paths`` on the datamodule (lists by sample index);
-    - a TensorBoard logger for histograms and figures, any Lightning logger for the scalars;
-    - the trainer's ``checkpoint_callback`` for the best model.
+    - class names (``class_names`` / ``classes``), file paths (``val_paths``, ``train_paths``; an ``ImageFolder``'s
+      files) and the images' normalisation (``mean``/``std``, a ``Normalize`` transform) on the datamodule or the
+      val dataset (through ``Subset`` / ``ConcatDataset``);
+    - a TensorBoard logger for histograms and figures (a warning says when there is none), any Lightning logger
+      for the scalars; the trainer's checkpoint callbacks for the best models.
 
-    For every validation epoch it logs ``val/`` scalars (loss tail, correct/wrong breakdown, calibration) and
-    ``val/loss_per_sample`` histograms (``train/`` too when the training step returns logits), one logger
-    write per epoch at ``step=epoch``; it evaluates them in blocks of epochs (``flush_every_n_epochs`` or
-    ``flush_every_s``, whichever comes first), so they reach the loggers a little later than the epoch.
-    Every ``figures_every_n_epochs`` epochs (and the last) it draws a reliability diagram and the worst val
-    images. At the end of fit it evaluates the initial, best and last weights on the val (and, with indexed
-    batches, train) loader and writes the run's files.
+    For every validation epoch it logs ``val/`` scalars and ``val/loss_per_sample`` histograms (``train/`` too with
+    train records), one logger write per epoch at ``step=epoch``, evaluated in blocks of epochs
+    (``flush_every_n_epochs`` or ``flush_every_s``, whichever comes first). Every ``figures_every_n_epochs`` epochs
+    (and the last) it draws a reliability diagram and the worst val images. At the end of fit it evaluates the
+    initial, best and last weights on the val loader (those the verdict and the suspects read on the train loader
+    too, see :func:`~lossdiag.callbacks.evaluation.train_models`) and writes the files.
     """
 
     def __init__(
@@ -91,6 +91,8 @@ class LossDiagnosis(L.Callback):
         flush_every_n_epochs: int = 50,
         flush_every_s: float = 2.0,
         config_keys: bool = False,
+        batch_fn: BatchFn | None = None,
+        logits_fn: LogitsFn | None = None,
     ) -> None:
         if not str(output_dir):
             raise UserError("LossDiagnosis needs output_dir: the folder its files go to")
@@ -107,10 +109,10 @@ class LossDiagnosis(L.Callback):
         self.histograms = histograms
         self.k = float(k)
         self.config_keys = config_keys  # the advice may name lossdiag config keys (python -m src.train)
+        self.contract = Contract(batch_fn, logits_fn)  # how the project's batches and logits are read
+        self.order = ValOrder()  # the val samples of every pass, as first seen
         self.recorder = Recorder(self.output_dir, flush_every_n_epochs, flush_every_s, write_every_n_epochs)
-        self.step_recorders = {
-            stage: SampleRecorder() for stage in STAGES
-        }  # for modules without epoch_records
+        self.step_recorders = {stage: SampleRecorder() for stage in STAGES}  # for modules without epoch_records
         self._seen = dict.fromkeys(STAGES, False)
         self._train_indexed = True
         self._module_records = False  # the module gathers the records (see setup)
@@ -131,19 +133,19 @@ class LossDiagnosis(L.Callback):
             return
         if trainer.limit_val_batches == 0:
             raise UserError("LossDiagnosis needs validation: remove limit_val_batches=0 from the Trainer")
-        if not callable(getattr(pl_module, "forward", None)):
-            raise UserError(f"LossDiagnosis needs {type(pl_module).__name__}.forward(x) returning logits")
+        self.contract.bind(pl_module)
         for recorder in self.step_recorders.values():
             recorder.to(pl_module.device)
         # a module that gathers the per-sample records itself (LossDiagModule): use its, record nothing per step
         self._module_records = callable(getattr(pl_module, "epoch_records", None))
-
-    def _logits(self, pl_module: L.LightningModule, outputs: Any, x: torch.Tensor, n: int) -> torch.Tensor:
-        logits = step_logits(outputs)
-        if logits is None:
-            with torch.no_grad():
-                logits = pl_module(x)
-        return checked_logits(logits, n, type(pl_module).__name__)
+        if trainer.global_rank == 0 and tensorboard_logger(trainer) is None:
+            scalars = "go to the other loggers" if trainer.loggers else "are not logged either"
+            log.warning(
+                "LossDiagnosis: the Trainer has no TensorBoard logger (logger=None/False or none of its loggers is a "
+                f"TensorBoardLogger), so the per-sample loss histograms and figures are not logged and the scalars "
+                f"{scalars}; the files in {display_path(self.output_dir)} are written all the same. Add "
+                "logger=TensorBoardLogger(save_dir=...) to the Trainer to see them in TensorBoard"
+            )
 
     def _start_epoch(self, stage: str) -> None:
         self.step_recorders[stage].reset()
@@ -163,12 +165,13 @@ class LossDiagnosis(L.Callback):
         self._seen["train"] = True
         if self._module_records or not self._train_indexed:
             return
-        x, y, index = unpack(batch, "train", trainer.world_size)
-        if index is None or step_logits(outputs) is None:  # shuffled without index, or no logits: no records
+        x, y, index = (None, None, None) if step_logits(outputs) is None else self.contract.split(batch, "train")
+        if index is None or y is None:  # no logits, or shuffled without an index: no train records
             self._train_indexed = False
             log.info("LossDiagnosis: training batches carry no index or no logits; train/ records are off")
             return
-        self.step_recorders["train"].update(index, y, self._logits(pl_module, outputs, x, len(y)))
+        logits = self.contract.logits(pl_module, outputs, x, len(y))
+        self.step_recorders["train"].update(index, self.contract.target(y, logits.shape[1], "train"), logits)
 
     def on_validation_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int,
@@ -179,19 +182,25 @@ class LossDiagnosis(L.Callback):
         self._seen["val"] = True
         if self._module_records and not self.figures.collecting:
             return
-        x, y, index = unpack(batch, "val", trainer.world_size)
+        x, y, index = self.contract.split(batch, "val", trainer.world_size)
         if index is None:  # positions in this epoch's loader order
             index = torch.arange(self._offset, self._offset + len(y), device=y.device)
         self._offset += len(y)
         if not self._module_records:
-            self.step_recorders["val"].update(index, y, self._logits(pl_module, outputs, x, len(y)))
+            logits = self.contract.logits(pl_module, outputs, x, len(y))
+            self.step_recorders["val"].update(index, self.contract.target(y, logits.shape[1], "val"), logits)
         self.figures.collect(index, x)
 
-    def _epoch_records(self, pl_module: L.LightningModule, stage: str) -> SampleRecords:
-        """This epoch's gathered records of ``stage`` (on every rank: it syncs); the module's when it keeps them."""
+    def _epoch_records(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> SampleRecords:
+        """This epoch's gathered records of ``stage``, checked (on every rank: it syncs); the module's when it
+        keeps them. The val samples must be those of every earlier pass, in the same order."""
         if self._module_records:
-            return pl_module.epoch_records(stage)  # type: ignore[operator]
-        return self.step_recorders[stage].compute()
+            rec = pl_module.epoch_records(stage)  # type: ignore[operator]
+        else:
+            rec = self.contract.check(self.step_recorders[stage].compute(), stage, pl_module, trainer.world_size)
+        if stage == "val":
+            self.order.check(rec, self.contract.indexed["val"], f"in epoch {trainer.current_epoch}")
+        return rec
 
     # -- the bounded loss's cap and the initial weights -----------------------------------------
     @staticmethod
@@ -216,8 +225,9 @@ class LossDiagnosis(L.Callback):
             return
         self.initial = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
         if self._module_cap(pl_module) is None:
-            rec = evaluate_loader(trainer, pl_module, trainer.val_dataloaders, "val")
+            rec = evaluate_loader(trainer, pl_module, trainer.val_dataloaders, "val", self.contract)
             if rec is not None:
+                self.order.check(rec, self.contract.indexed["val"], "before training")
                 self._cap = loss_cap_from_initial(rec.cross_entropy, self.k)
         if self.save_initial_checkpoint and trainer.global_rank == 0:
             ckpt = {"state_dict": self.initial, "epoch": -1, "global_step": 0, "loss_cap": self._cap}
@@ -225,6 +235,7 @@ class LossDiagnosis(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.recorder.resumed_at = trainer.current_epoch if trainer.ckpt_path else None
+        self.figures.norm = image_normalization(trainer)
         initial = self.output_dir / INITIAL_CKPT
         if trainer.ckpt_path and self.initial is None and initial.is_file():
             # resumed: the untrained weights were saved by the first attempt
@@ -234,7 +245,7 @@ class LossDiagnosis(L.Callback):
     # -- every epoch: keep the records, evaluate them in blocks ----------------------------------
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._train_indexed and self._seen["train"]:
-            rec = self._epoch_records(pl_module, "train")
+            rec = self._epoch_records(trainer, pl_module, "train")
             if trainer.global_rank == 0:
                 if self.recorder.train_info is None:
                     self.recorder.train_info = split_info(trainer, rec, "train")
@@ -246,7 +257,7 @@ class LossDiagnosis(L.Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not self._seen["val"]:
             return
-        rec = self._epoch_records(pl_module, "val")
+        rec = self._epoch_records(trainer, pl_module, "val")
         if trainer.global_rank != 0:
             return
         if self.recorder.samples is None:
@@ -300,28 +311,18 @@ class LossDiagnosis(L.Callback):
             log.warning("LossDiagnosis: could not record the last epochs after the failure: %s", err)
 
     def state_dict(self) -> dict[str, Any]:
-        return {**self.recorder.state_dict(), "pending_figures": list(self.figures.pending)}
+        return {
+            **self.recorder.state_dict(),
+            "pending_figures": list(self.figures.pending),
+            "val_order": self.order.state(),
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.recorder.load_state_dict(state_dict)
         self.figures.pending = [*state_dict.get("pending_figures", []), *self.figures.pending]
+        self.order.load(state_dict.get("val_order"))
 
     # -- end of fit: evaluate whole models, write the files --------------------------------------
-    def _states(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, tuple[int, dict]]:
-        """The weights evaluated at the end: initial and best (with ``reports``), and last."""
-        states: dict[str, tuple[int, dict[str, torch.Tensor]]] = {}
-        if self.initial is not None and self.reports:
-            states["initial"] = (-1, self.initial)
-        for callback in trainer.checkpoint_callbacks if self.reports else ():
-            best = Path(getattr(callback, "best_model_path", "") or "")
-            if best.name and best.is_file():  # named after its file (best_val_acc, min_val_loss, ...)
-                ckpt = load_checkpoint(best)
-                states[best.stem] = (int(ckpt.get("epoch", -1)), ckpt["state_dict"])
-        samples = self.recorder.samples
-        last_epoch = samples.epochs[-1] if samples and samples.val_epochs else trainer.current_epoch
-        states["last"] = (last_epoch, {k: v.detach().clone() for k, v in pl_module.state_dict().items()})
-        return states
-
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         samples = self.recorder.samples
         if trainer.world_size > 1:
@@ -331,7 +332,12 @@ class LossDiagnosis(L.Callback):
                 return
         elif samples is None or not samples.epochs:
             return
-        models = evaluate_models(trainer, pl_module, self._states(trainer, pl_module))
+        last_epoch = samples.epochs[-1] if samples and samples.val_epochs else trainer.current_epoch
+        states = end_states(trainer, pl_module, self.initial, self.reports, last_epoch)
+        models = evaluate_models(trainer, pl_module, states, self.contract)
+        for name, (_, records) in models.items():
+            if "val" in records:
+                self.order.check(records["val"], self.contract.indexed["val"], f"in the evaluation of the {name} model")
         if trainer.global_rank != 0 or samples is None:
             return
         self.recorder.take_split()
@@ -344,17 +350,17 @@ class LossDiagnosis(L.Callback):
         samples.add_models(evaluated if self.reports else {})
         self._write(trainer, samples)
 
+    def _logged(self, trainer: L.Trainer) -> frozenset[str]:
+        """The per-epoch TensorBoard tags this run logged (``diagnosis.md`` names only those)."""
+        if tensorboard_logger(trainer) is None:
+            return frozenset()
+        stages = ["val", *(["train"] if self.recorder.train_info is not None else [])]
+        histograms = [f"{stage}/loss_per_sample" for stage in stages] if self.histograms else []
+        return frozenset({*SCALAR_TAGS, *histograms, *self.figures.drawn})
+
     def _write(self, trainer: L.Trainer, samples: Samples) -> None:
         writer = tensorboard_writer(trainer)
-        # the images the figures show, in one pass over each loader: the final worst val samples (the
-        # worst-samples figure) and, for TensorBoard, the most suspect samples of each split
-        worst = samples.val.index[worst_indices(samples.val_epochs[-1].loss, self.worst_k)].tolist()
-        suspects = wanted_images(rank_run(samples), samples) if writer is not None else {}
-        val_images = loader_inputs(trainer.val_dataloaders, "val", {*worst, *suspects.get("val", ())})
-        suspect_images = {"val": val_images}
-        if "train" in suspects:
-            suspect_images["train"] = loader_inputs(trainer.train_dataloader, "train", set(suspects["train"]))
-        final_images = {i: val_images[i] for i in worst if i in val_images}
+        final_images, suspect_images = figure_images(trainer, samples, self.worst_k, self.contract, writer is not None)
         self.diagnosis = write_diagnosis(
             self.output_dir,
             samples,
@@ -362,8 +368,10 @@ class LossDiagnosis(L.Callback):
             self.worst_k,
             writer,
             samples.epochs[-1],  # the last validation epoch: every figure and text is at step = epoch
-            suspect_images=suspect_images if writer is not None else None,
+            suspect_images=suspect_images,
             config_keys=self.config_keys,
+            logged=self._logged(trainer),
+            norm=self.figures.norm,
         )
         announce(
             log, f"{self.diagnosis.summary}\nFull diagnosis: {display_path(self.output_dir / DIAGNOSIS_FILE)}"

@@ -169,9 +169,11 @@ class Samples:
                     {f"{split}_index": info.index, f"{split}_target": info.target, f"{split}_path": info.path}
                 )
         for split in SPLITS:
-            evals = [self.models[m][split] for m in self.models if split in self.models[m]]
-            if evals and len(evals) == len(self.models):
-                arrays.update(_flatten(f"model_{split}", stack(evals)))
+            names = [m for m in self.models if split in self.models[m]]
+            if names:
+                arrays.update(_flatten(f"model_{split}", stack([self.models[m][split] for m in names])))
+        if "model_train_loss" in arrays:  # the rows of model_train_*: the models evaluated on train too
+            arrays["train_models"] = np.asarray([m for m in self.models if "train" in self.models[m]], dtype=str)
         return arrays
 
     def save(self, path: str | Path, durable: bool = True) -> Path:
@@ -243,10 +245,11 @@ def load_samples(run_dir_or_file: str | Path) -> Samples:
         if samples.train is not None and (path.parent / TRAIN_JOURNAL).is_file():
             samples.dynamics = dynamics_journal(path.parent / TRAIN_JOURNAL, len(samples.train.index))
     names = [str(m) for m in arrays["models"]]
+    rows = {"val": names, "train": [str(m) for m in arrays.get("train_models", names)]}  # older files: every model
     for split in SPLITS:
         stacked = _unflatten(arrays, f"model_{split}")
         if stacked is not None:
-            for i, name in enumerate(names):
+            for i, name in enumerate(rows[split]):
                 samples.models.setdefault(name, {})[split] = stacked[i]
     samples.model_epoch = {name: int(e) for name, e in zip(names, arrays["model_epoch"], strict=True)}
     for name in names:

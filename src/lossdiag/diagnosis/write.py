@@ -34,6 +34,7 @@ from lossdiag.render.diagnosis import diagnosis_texts
 from lossdiag.render.figures import (
     WORST_COLUMNS,
     WORST_TILES,
+    Normalization,
     data_map_figure,
     figure_samples,
     groups_figure,
@@ -85,6 +86,8 @@ class Findings:
     val_images: Images | None = None
     suspect_images: Mapping[str, Mapping[int, torch.Tensor]] | None = None
     tensorboard: bool = False
+    logged: frozenset[str] | None = None  # the per-epoch TensorBoard tags the run logged (None: the stock ones)
+    norm: Normalization | None = None  # the data's mean/std: drawn images are un-normalised with it
     ctx: Context = field(default_factory=Context)  # what the advice may point to
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -99,6 +102,8 @@ def find(
     suspect_images: Mapping[str, Mapping[int, torch.Tensor]] | None = None,
     tensorboard: bool = False,
     config_keys: bool = True,
+    logged: frozenset[str] | None = None,
+    norm: Normalization | None = None,
 ) -> Findings:
     """Compute everything the outputs of ``samples`` show (the verdict covers ``model`` or the recorded epochs).
 
@@ -130,6 +135,8 @@ def find(
         val_images=val_images,
         suspect_images=suspect_images,
         tensorboard=tensorboard,
+        logged=logged,
+        norm=norm,
         ctx=ctx,
     )
 
@@ -163,7 +170,12 @@ def worst_rows(
 
 
 def worst_figure(
-    samples: Samples, ev: Evaluation, images: Images, k: int, epoch: int | None = None
+    samples: Samples,
+    ev: Evaluation,
+    images: Images,
+    k: int,
+    epoch: int | None = None,
+    norm: Normalization | None = None,
 ) -> Figure:
     """Image grid of the ``k`` (at most :data:`~lossdiag.render.figures.WORST_TILES`) highest-loss val samples
     of ``ev`` that ``images`` holds (``images[i]``: the input of val sample index ``i``)."""
@@ -183,17 +195,23 @@ def worst_figure(
     ]
     title = f"highest-loss val samples (of {len(ev.loss)})" + ("" if epoch is None else f", epoch {epoch}")
     return worst_samples_figure(
-        torch.stack([images[int(samples.val.index[i])] for i in order]), captions, title=title
+        torch.stack([images[int(samples.val.index[i])] for i in order]), captions, title=title, norm=norm
     )
 
 
 def epoch_figures(
-    samples: Samples, ev: Evaluation, images: Images | None, worst_k: int, epoch: int, title: str
+    samples: Samples,
+    ev: Evaluation,
+    images: Images | None,
+    worst_k: int,
+    epoch: int,
+    title: str,
+    norm: Normalization | None = None,
 ) -> dict[str, Figure]:
     """The figures of one model state on val: the reliability diagram and, given images, the worst samples."""
     figures = {"reliability": reliability_figure(ev.conf, ev.correct(samples.val.target), title=title)}
     if images is not None and len(images) and worst_k > 0:
-        figures["worst_samples"] = worst_figure(samples, ev, images, worst_k, epoch)
+        figures["worst_samples"] = worst_figure(samples, ev, images, worst_k, epoch, norm)
     return figures
 
 
@@ -264,7 +282,9 @@ def _worst(f: Findings, done: Rendered) -> Rendered:
 
 
 def _figures(f: Findings, done: Rendered) -> Rendered:
-    figures = epoch_figures(f.samples, f.final, f.val_images, f.worst_k, f.final_epoch, "final model, val")
+    figures = epoch_figures(
+        f.samples, f.final, f.val_images, f.worst_k, f.final_epoch, "final model, val", f.norm
+    )
     if f.verdict.rise_by_group is not None and f.verdict.stats.rise:
         figures["rise_by_group"] = groups_figure(f.verdict.rise_by_group, f.verdict.final_loss_by_group)
     if f.samples.models:
@@ -304,7 +324,7 @@ def _suspects(f: Findings, done: Rendered) -> Rendered:
         if shown:
             fig = worst_samples_figure(
                 torch.stack([images[r.index] for r in shown]), [suspect_caption(r) for r in shown],
-                columns=WORST_COLUMNS, title=f"most suspect {split} images (likely label errors)",
+                columns=WORST_COLUMNS, title=f"most suspect {split} images (likely label errors)", norm=f.norm,
             )  # fmt: skip
             items.append(Item(figure_path("", f"suspects_{split}"), fig, f"suspects/{split}"))
     return items
@@ -314,9 +334,14 @@ def _diagnosis(f: Findings, done: Rendered) -> Rendered:
     paths = {item.path for item in done if item.path is not None}
     reports = [name for name in f.reports if report_path("", name, "md") in paths]
     figures = [i.path.stem for i in done if i.path is not None and i.tag and i.tag.startswith("diagnosis/")]
-    markdown, summary = diagnosis_texts(f.verdict, reports, figures, f.tensorboard, f.ctx)
+    markdown, summary = diagnosis_texts(f.verdict, reports, figures, f.tensorboard, f.ctx, f.logged)
     if f.suspects is not None:
-        markdown += mislabeled_section(f.suspect_rows, _worst_val_indices(f))
+        # only what was written: the TensorBoard grids and the data map exist for some runs only
+        tags = [i.tag for i in done if f.tensorboard and i.tag and i.tag.startswith("suspects/") and i.path is None]
+        data_map = figure_path("", "data_map")
+        also = [f"TensorBoard images {' and '.join(f'`{t}`' for t in tags)}"] if tags else []
+        also += [f"`{data_map.as_posix()}`"] if data_map in paths else []
+        markdown += mislabeled_section(f.suspect_rows, _worst_val_indices(f), also)
     markdown += what_you_can_do(f.verdict, f.ctx, f.remedies)
     f.extra["summary"] = summary
     numbers = f.verdict.to_dict(reason(f.verdict), advice(f.verdict, f.ctx))
@@ -369,17 +394,22 @@ def write_diagnosis(
     evaluated_on: str = "val split",
     suspect_images: Mapping[str, Mapping[int, torch.Tensor]] | None = None,
     config_keys: bool = True,
+    logged: frozenset[str] | None = None,
+    norm: Normalization | None = None,
 ) -> Diagnosis:
     """Find, render and write every output of :data:`OUTPUTS` into ``out_dir`` (and ``writer``, at ``step``).
 
     ``val_images`` (inputs by val sample index) draws the worst-samples grid; ``suspect_images`` (split -> index
     -> input) the grids of the likely label errors. ``model`` names the evaluated model the verdict is about
-    (``src.evaluate``); ``evaluated_on`` says what the val samples are.
+    (``src.evaluate``); ``evaluated_on`` says what the val samples are; ``config_keys`` whether the advice may name
+    lossdiag config keys; ``logged`` the per-epoch TensorBoard tags the run logged (``diagnosis.md`` names only
+    those); ``norm`` the data's mean/std, to show the images un-normalised.
     """
     out = Path(out_dir)
     findings = find(
-        out, samples, model, evaluated_on, worst_k, val_images, suspect_images, writer is not None, config_keys
-    )
+        out, samples, model, evaluated_on, worst_k, val_images, suspect_images, writer is not None, config_keys,
+        logged, norm,
+    )  # fmt: skip
     markdown = ""
     for item in render(findings):
         content = item.content

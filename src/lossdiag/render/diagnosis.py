@@ -210,18 +210,36 @@ def _group_lines(n: Verdict) -> list[str]:
     ]
 
 
-def _next_lines(n: Verdict, reports: Sequence[str], figures: Sequence[str], tensorboard: bool) -> list[str]:
+# what "What to look at next" names in TensorBoard, by kind, when the run logged it (``logged``)
+TENSORBOARD_TAGS = {
+    "images": ("val/worst_samples", "val/reliability"),
+    "histograms": ("val/loss_per_sample", "train/loss_per_sample"),
+    "scalars": ("val/loss_from_wrong", "val/ece", "val/temperature"),
+}
+STOCK_TAGS = frozenset({"val/worst_samples", "val/reliability", "val/loss_per_sample", *TENSORBOARD_TAGS["scalars"]})
+
+
+def _tensorboard_line(logged: frozenset[str]) -> str | None:
+    parts = []
+    for kind, tags in TENSORBOARD_TAGS.items():
+        named = [f"`{t}`" for t in tags if t in logged]
+        if named:
+            caption = " (captioned given / predicted / p(given))" if "val/worst_samples" in logged and kind == "images" else ""
+            parts.append(f"{kind} {', '.join(named)}{caption}")
+    return "- TensorBoard: " + "; ".join(parts) + "." if parts else None
+
+
+def _next_lines(
+    n: Verdict, reports: Sequence[str], figures: Sequence[str], tensorboard: bool, logged: frozenset[str] | None = None
+) -> list[str]:
     lines = [
         "- `worst.csv`: the worst val samples"
         + (" with their loss at every epoch" if n.history else " of this model")
         + " (and file paths for folder data)."
     ]
     if tensorboard and n.history:
-        lines.append(
-            "- TensorBoard: images `val/worst_samples` (captioned given / predicted / p(given)) and "
-            "`val/reliability`; histograms `val/loss_per_sample`; scalars `val/loss_from_wrong`, `val/ece`, "
-            "`val/temperature`."
-        )
+        line = _tensorboard_line(STOCK_TAGS if logged is None else logged)
+        lines += [line] if line else []
     elif tensorboard:
         lines.append("- TensorBoard (this folder): text `diagnosis` and the images `diagnosis/*`.")
     if reports:
@@ -248,12 +266,13 @@ def diagnosis_texts(
     figures: Sequence[str] = (),
     tensorboard: bool = True,
     ctx: Context | None = None,
+    logged: frozenset[str] | None = None,
 ) -> tuple[str, str]:
     """``(diagnosis.md, the console summary)`` of a verdict.
 
     ``reports`` and ``figures`` name the report models and figures written next to it (only those are
-    pointed to); ``tensorboard`` says whether the text and images went to TensorBoard too; ``ctx`` what the
-    advice may point to.
+    pointed to); ``tensorboard`` says whether the text and images went to TensorBoard too, ``logged`` which
+    per-epoch tags the run logged there (``None``: the stock ones); ``ctx`` what the advice may point to.
     """
     ctx = ctx or Context()
     f = n.final
@@ -281,7 +300,7 @@ def diagnosis_texts(
         lines += ["", _extreme_words(n)]
     lines += ["", "## Calibration", "", *calibration_lines(n)]
     lines += ["", "## The bounded loss's view", "", *bounded_lines(n)]
-    lines += ["", "## What to look at next", "", *_next_lines(n, reports, figures, tensorboard)]
+    lines += ["", "## What to look at next", "", *_next_lines(n, reports, figures, tensorboard, logged)]
     markdown = "\n".join(lines) + "\n"
     summary = "\n".join(summary_lines(n, f, ctx))
     return markdown, summary

@@ -46,6 +46,11 @@ CAPTION_PT = (14.0, 12.0)  # preferred and smallest caption font size (points at
 HEADER_PT = (15.0, 12.0)  # the same for the header line of each row
 _GAP_PX = 14
 _HEADER_PX = 34
+_NOTE_PX = 20  # a second header line in each row, saying how the images were brought into [0, 1] for display
+
+Normalization = tuple[list[float], list[float]]  # per-channel (mean, std) the inputs were normalised with
+UNNORMALISED = "un-normalised with the data's mean/std"
+MIN_MAX = "each channel min-max scaled over these images"
 
 
 def card_scale(width_px: float, height_px: float) -> float:
@@ -78,8 +83,27 @@ def _chart(columns: int = 1) -> tuple[Figure, Any]:
     return fig, axes
 
 
+def display_images(images: torch.Tensor, norm: Normalization | None = None) -> tuple[torch.Tensor, str]:
+    """``(k, C, H, W)`` inputs as images in [0, 1], and how they were brought there (``""``: shown as they are).
+
+    With ``norm`` (the data's ``Normalize`` mean/std, one value or one per channel) they are un-normalised;
+    without, inputs outside [0, 1] are min-max scaled per channel over all ``k`` images (the relative brightness
+    of the images is kept). Never clipped to [0, 1] first: a normalised image would turn black.
+    """
+    x = images.detach().float().cpu()
+    channels = x.shape[1] if x.ndim == 4 else 0
+    if norm is not None and channels and len(norm[0]) in (1, channels):
+        mean, std = (torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1) for v in norm)
+        return (x * std + mean).clamp(0, 1), UNNORMALISED
+    if not x.numel() or (float(x.min()) >= -1e-6 and float(x.max()) <= 1 + 1e-6):
+        return x.clamp(0, 1), ""
+    dims = (0, 2, 3) if x.ndim == 4 else tuple(range(x.ndim))
+    low, high = x.amin(dim=dims, keepdim=True), x.amax(dim=dims, keepdim=True)
+    return (x - low) / (high - low).clamp_min(1e-12), MIN_MAX
+
+
 def _tiles(images: torch.Tensor) -> tuple[np.ndarray, int, int]:
-    """``(k, C, H, W)`` images in [0, 1] as ``(k, h, w, 3)`` uint8 tiles about :data:`TILE_PX` pixels wide.
+    """``(k, C, H, W)`` images in [0, 1] (see :func:`display_images`) as ``(k, h, w, 3)`` uint8 tiles about :data:`TILE_PX` pixels wide.
 
     Small images grow by a whole factor (every source pixel the same size), large ones shrink (area).
     """
@@ -128,8 +152,11 @@ def worst_samples_figure(
     captions: Sequence[str],
     columns: int = WORST_COLUMNS,
     title: str = "highest-loss val samples",
+    norm: Normalization | None = None,
 ) -> TileGrid:
-    """A grid of images ``(k, C, H, W)`` in [0, 1], each with its caption lines below it, in rows of ``columns``.
+    """A grid of inputs ``(k, C, H, W)``, each with its caption lines below it, in rows of ``columns``, shown by
+    :func:`display_images` (``norm``: the data's mean/std); a second header line says when they were
+    un-normalised or rescaled.
 
     Laid out in pixels so each row reads in TensorBoard's card (:data:`CARD_BOX`): tiles of at most
     :data:`TILE_PX` pixels (whole pixel multiples of small images), caption lines in one font size sized to the
@@ -139,8 +166,9 @@ def worst_samples_figure(
     k = len(captions)
     cols = max(1, min(columns, k))
     rows = max(1, -(-k // cols))
+    shown, note = display_images(images[:k], norm) if k else (images[:0], "")
     tiles, th, tw = (
-        _tiles(images[:k]) if k else (np.zeros((0, TILE_PX, TILE_PX, 3), np.uint8), TILE_PX, TILE_PX)
+        _tiles(shown) if k else (np.zeros((0, TILE_PX, TILE_PX, 3), np.uint8), TILE_PX, TILE_PX)
     )
     width = cols * TILE_PX + (cols + 1) * _GAP_PX
     fig = TileGrid(dpi=FIGURE_DPI)
@@ -151,7 +179,8 @@ def worst_samples_figure(
     headers = [f"{a}-{b} of {k} {title}" if rows > 1 else f"{k} {title}" for a, b in spans]
     header_size, headers = _fit_lines(fig, headers, width - 2 * _GAP_PX, HEADER_PT, weight="bold")
     line_px = size * FIGURE_DPI / 72 * 1.3
-    band = _HEADER_PX + th + int(np.ceil(n_lines * line_px)) + 8 + _GAP_PX
+    header_px = _HEADER_PX + (_NOTE_PX if note else 0)
+    band = header_px + th + int(np.ceil(n_lines * line_px)) + 8 + _GAP_PX
     height = rows * band
     fig.band_px = band
     fig.set_size_inches(width / FIGURE_DPI, height / FIGURE_DPI)
@@ -160,7 +189,7 @@ def worst_samples_figure(
     for i in range(k):
         r, c = divmod(i, cols)
         left = _GAP_PX + c * (TILE_PX + _GAP_PX) + (TILE_PX - tw) // 2
-        top = r * band + _HEADER_PX
+        top = r * band + header_px
         grid[top : top + th, left : left + tw] = tiles[i]
         x = (left + tw / 2) / width
         for j in range(len(lines[i])):
@@ -173,6 +202,9 @@ def worst_samples_figure(
     for r, header in enumerate(headers):
         fig.text(0.5, 1 - (r * band + 8) / height, header, ha="center", va="top", fontsize=header_size,
                  weight="bold")  # fmt: skip
+        if note:
+            fig.text(0.5, 1 - (r * band + _HEADER_PX - 4) / height, f"({note})", ha="center", va="top",
+                     fontsize=CAPTION_PT[1] - 1)  # fmt: skip
     return fig
 
 

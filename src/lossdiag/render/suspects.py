@@ -62,9 +62,16 @@ def suspects_markdown(rows: Sequence[SuspectRow], shown: int = SHOWN) -> str:
     return "\n".join(lines)
 
 
-def mislabeled_section(rows: Sequence[SuspectRow], worst_val: Sequence[int], few: int = 5) -> str:
+def _and(parts: Sequence[str]) -> str:
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def mislabeled_section(
+    rows: Sequence[SuspectRow], worst_val: Sequence[int], also: Sequence[str] = (), few: int = 5
+) -> str:
     """The "Possibly mislabeled" section of ``diagnosis.md``: how many of the worst val samples and of the
-    training set are flagged, the first few with their files, and what to do."""
+    training set are flagged, the first few with their files, and what to do. ``also``: the other places that show
+    them (TensorBoard grids, the data map), named only when they were written."""
     by_key = {(r.split, r.index): r for r in rows}
     worst_flagged = sum(by_key[("val", i)].flagged for i in worst_val if ("val", i) in by_key)
     n_train = sum(r.split == "train" for r in rows)
@@ -89,8 +96,7 @@ def mislabeled_section(rows: Sequence[SuspectRow], worst_val: Sequence[int], few
         ]
     lines += [
         "",
-        "Open `suspects.csv` (or TensorBoard images `suspects/train` and `suspects/val`, and "
-        "`figures/data_map.png`), then fix or drop the labels that are wrong and train again. A flag is a place to "
-        "look, not a proof: hard but correct images get flagged too.",
+        f"Open `suspects.csv`{f' (or {_and(also)})' if also else ''}, then fix or drop the labels that are wrong "
+        "and train again. A flag is a place to look, not a proof: hard but correct images get flagged too.",
     ]
     return "\n".join(lines) + "\n"

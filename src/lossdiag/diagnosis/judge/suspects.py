@@ -38,11 +38,14 @@ class SuspectRow:
 SUSPECT_COLUMNS = tuple(f.name for f in fields(SuspectRow))  # suspects.csv's header
 
 
+REFERENCE_MODELS = ("best_val_acc", "best", "last")  # the first a run has scores the suspects
+
+
 def _reference_model(samples: Samples, model: str | None = None) -> str | None:
     """The model whose outputs score the val samples and name the class the model prefers."""
     if model is not None:
         return model
-    return next((m for m in ("best_val_acc", "best", "last") if m in samples.models), None)
+    return next((m for m in REFERENCE_MODELS if m in samples.models), None)
 
 
 def rank_run(samples: Samples, model: str | None = None) -> Suspects | None:
