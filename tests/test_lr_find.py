@@ -15,10 +15,13 @@ from hydra.utils import instantiate
 
 from lossdiag.app import lr_find as app_lr_find
 from lossdiag.app import pipeline
+from lossdiag.callbacks.lr_find import LR_FIND_TAG
 from lossdiag.errors import UserError
 from lossdiag.functional.learning_rate import SKIP_START, memorized, round_125, smooth, suggest
 from lossdiag.models.lr_range_test import range_test
-from tests.conftest import read_events, run_module
+from lossdiag.render.reasons import Context
+from tests.conftest import png_pixels, read_events, read_images, run_module
+from tests.test_run_kinds import balanced_target, run
 
 
 # -- the curve's arithmetic --------------------------------------------------------------------
@@ -86,8 +89,28 @@ def test_range_test_leaves_the_network_and_the_random_state_alone(make_cfg) -> N
 def test_a_model_that_does_not_learn_is_a_one_line_error(make_cfg) -> None:
     cfg = make_cfg("lr_find.max_lr=1e-4", "lr_find.min_lr=1e-7", "lr_find.cache_dir=null")
     dm = pipeline.build_datamodule(cfg)
-    with pytest.raises(UserError, match=r"smoothed loss fell only .* give optimizer.lr=<number>"):
+    # up to lr 1e-4 the loss barely moves: larger rates, as the diagnosis advises for a loss that barely moved
+    with pytest.raises(
+        UserError, match=r"smoothed loss fell only .*: raise lr_find.max_lr \(now 0.0001\) or give"
+    ):
         pipeline.build_module(cfg, dm)
+
+
+@pytest.mark.parametrize(
+    ("ctx", "words"),
+    [
+        (Context(lr=0.05, lr_auto=True), "Raise `optimizer.lr` from the 0.05 `optimizer.lr=auto` chose (e.g. 10x: `optimizer.lr=0.5`): "),
+        (Context(lr=1e-6), "Raise `optimizer.lr` from 1e-06 (e.g. 10x: `optimizer.lr=1e-05`), or let `optimizer.lr=auto` measure it: "),
+        (Context(lr=0.05, config_keys=False), "Raise the learning rate (e.g. 10x, to 0.5): "),
+        (Context(), "Raise `optimizer.lr` (e.g. 10x): "),
+    ],
+)  # fmt: skip
+def test_a_loss_that_barely_moved_is_advised_a_number(ctx: Context, words: str) -> None:
+    """The diagnosis's "raise the lr" names the rate the run trained at, a number to try, and ``auto``."""
+    rng = np.random.default_rng(0)
+    target = balanced_target(400)
+    judged = run(np.log(4) + rng.normal(0, 0.01, (5, 400)), rng.integers(0, 4, (5, 400)), target, ctx=ctx)
+    assert judged.kind == "not_learning" and judged.advice.startswith(words), judged.advice
 
 
 def test_parallel_jobs_measure_once(make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -132,10 +155,13 @@ def test_auto_lr_writes_its_curve_is_cached_and_changes_nothing_else(tmp_path: P
     assert line.startswith("optimizer.lr=auto: 0.1 (learning-rate range test, ") and " steps in " in line
     rows = (runs[0] / "lr_find.csv").read_text().splitlines()
     assert rows[0] == "step,lr,loss,loss_smoothed" and SKIP_START < len(rows) - 1 <= 100
-    assert (runs[0] / "figures" / "lr_find.png").stat().st_size > 10_000
     events = read_events(runs[0])
-    assert "lr_find" in events.Tags()["images"]
-    assert "lr_find/choice/text_summary" in events.Tags()["tensors"]
+    # the figure is the TensorBoard image, pixel for pixel (at step 0), and the console line its text
+    [(step, [png])] = read_images(events)[LR_FIND_TAG]
+    figure = png_pixels((runs[0] / "figures" / "lr_find.png").read_bytes())
+    assert step == 0 and figure.shape[0] >= 300 and np.array_equal(figure, png_pixels(png))
+    [text] = events.Tensors(f"{LR_FIND_TAG}/text_summary")
+    assert text.tensor_proto.string_val[0].decode() == line
     assert yaml.safe_load((runs[0] / "hparams.yaml").read_text())["optimizer"]["lr"] == 0.1
     assert len(list((cache / "lr_find").glob("*.json"))) == 1
 

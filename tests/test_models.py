@@ -163,18 +163,20 @@ def test_resnet18_from_the_command_line_and_src_evaluate_on_its_checkpoint(tmp_p
     assert "note: data.root is set without data=: using data=folder" in proc.stderr
     config = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
     assert config["model"]["name"] == "resnet18" and config["data"]["root"] == str(root)
-    state = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)[
+    state = torch.load(run / "checkpoints" / "best_val_acc.ckpt", map_location="cpu", weights_only=False)[
         "state_dict"
     ]
     assert state["net.conv1.weight"].shape == (64, 3, 3, 3)  # the small-image stem, RGB
     assert state["net.fc.weight"].shape == (3, 512)
     evaluation = tmp_path / "evaluation"
     proc = run_module(
-        "src.evaluate", f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}", f"hydra.run.dir={evaluation}"
+        "src.evaluate",
+        f"ckpt_path={run / 'checkpoints' / 'best_val_acc.ckpt'}",
+        f"hydra.run.dir={evaluation}",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    trained = (run / "reports" / "best.md").read_text().split("\n## ")[0]
-    evaluated = (evaluation / "reports" / "best.md").read_text().split("\n## ")[0]
+    trained = (run / "reports" / "best_val_acc.md").read_text().split("\n## ")[0]
+    evaluated = (evaluation / "reports" / "best_val_acc.md").read_text().split("\n## ")[0]
     assert "accuracy" in evaluated and evaluated == trained  # the same network, the same numbers
 
 

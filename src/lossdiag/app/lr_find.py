@@ -49,8 +49,9 @@ class FoundLR:
         return self.choice.lr
 
 
-def _choose(lrs: list[float], losses: list[float], min_lr: float) -> Suggestion:
-    """:func:`suggest`, or a one-line :class:`UserError` when the curve says nothing."""
+def _choose(lrs: list[float], losses: list[float], min_lr: float, max_lr: float) -> Suggestion:
+    """:func:`suggest`, or a one-line :class:`UserError` when the curve says nothing (a loss that barely moved up
+    to the largest rate asks for larger rates, as the diagnosis's advice does for a run whose loss barely moved)."""
     if len(lrs) <= SKIP_START:
         raise UserError(
             f"optimizer.lr=auto: the range test's loss diverged within {len(lrs)} steps, at lr {lrs[-1]:.3g}: "
@@ -58,9 +59,11 @@ def _choose(lrs: list[float], losses: list[float], min_lr: float) -> Suggestion:
         )
     choice = suggest(lrs, losses)
     if not choice.conclusive:
+        top = lrs[-1] >= 0.99 * max_lr  # the whole range was tried: the loss may fall at larger rates
+        fix = f"raise lr_find.max_lr (now {max_lr:g}) or give" if top else "give"
         raise UserError(
             f"optimizer.lr=auto: the range test's smoothed loss fell only {choice.fall:.1%} between lr {min_lr:g} "
-            f"and {lrs[-1]:.3g} (the model hardly learns): give optimizer.lr=<number>, or raise lr_find.steps"
+            f"and {lrs[-1]:.3g} (the model hardly learns): {fix} optimizer.lr=<number>"
         )
     return choice
 
@@ -127,7 +130,7 @@ def _measure(
         device,
     )
     seconds = time.perf_counter() - start
-    choice = _choose(curve.lrs, curve.losses, float(settings.min_lr))
+    choice = _choose(curve.lrs, curve.losses, float(settings.min_lr), float(settings.max_lr))
     return FoundLR(choice, curve.lrs, curve.losses, seconds)
 
 
@@ -151,7 +154,7 @@ def find_learning_rate(
         entry = read_cached(path)
         if entry is not None:  # the curve is the result; the choice is read off it again
             lrs, losses = list(entry["lrs"]), list(entry["losses"])
-            choice = _choose(lrs, losses, float(cfg.lr_find.min_lr))
+            choice = _choose(lrs, losses, float(cfg.lr_find.min_lr), float(cfg.lr_find.max_lr))
             return FoundLR(choice, lrs, losses, cached=path)
         found = _measure(cfg, net, datamodule, torch.device(device), processes)
         write_cached(

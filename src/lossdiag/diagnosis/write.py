@@ -56,6 +56,7 @@ from lossdiag.rundir.paths import (
     CHECKPOINTS_DIR,
     DIAGNOSIS_FILE,
     DIAGNOSIS_JSON,
+    LR_FIND_CSV,
     SAMPLES_FILE,
     SUSPECTS_CSV,
     SUSPECTS_MD,
@@ -104,11 +105,13 @@ def find(
     config_keys: bool = True,
     logged: frozenset[str] | None = None,
     norm: Normalization | None = None,
+    lr: float | None = None,
 ) -> Findings:
     """Compute everything the outputs of ``samples`` show (the verdict covers ``model`` or the recorded epochs).
 
     ``config_keys``: the advice may name lossdiag config keys (``python -m src.train``; not in a project of your
-    own). Checkpoints are named only when ``<out_dir>/checkpoints/<model>.ckpt`` exists for an evaluated model."""
+    own). Checkpoints are named only when ``<out_dir>/checkpoints/<model>.ckpt`` exists for an evaluated model.
+    ``lr``: the learning rate the run trained at (chosen by ``optimizer.lr=auto`` when ``lr_find.csv`` is there)."""
     reports = {
         name: classification_report(splits["val"].pred, samples.val.target, samples.classes)
         for name, splits in samples.models.items()
@@ -120,7 +123,8 @@ def find(
         for name, epoch in samples.model_epoch.items()
         if (Path(out_dir) / CHECKPOINTS_DIR / f"{name}.ckpt").is_file()
     }
-    ctx = Context(checkpoints, config_keys, str(SUSPECTS_CSV) if suspects is not None else None)
+    suspects_file = str(SUSPECTS_CSV) if suspects is not None else None
+    ctx = Context(checkpoints, config_keys, suspects_file, lr, (Path(out_dir) / LR_FIND_CSV).is_file())
     return Findings(
         samples=samples,
         model=model,
@@ -396,6 +400,7 @@ def write_diagnosis(
     config_keys: bool = True,
     logged: frozenset[str] | None = None,
     norm: Normalization | None = None,
+    lr: float | None = None,
 ) -> Diagnosis:
     """Find, render and write every output of :data:`OUTPUTS` into ``out_dir`` (and ``writer``, at ``step``).
 
@@ -403,12 +408,12 @@ def write_diagnosis(
     -> input) the grids of the likely label errors. ``model`` names the evaluated model the verdict is about
     (``src.evaluate``); ``evaluated_on`` says what the val samples are; ``config_keys`` whether the advice may name
     lossdiag config keys; ``logged`` the per-epoch TensorBoard tags the run logged (``diagnosis.md`` names only
-    those); ``norm`` the data's mean/std, to show the images un-normalised.
+    those); ``norm`` the data's mean/std, to show the images un-normalised; ``lr`` the rate the run trained at.
     """
     out = Path(out_dir)
     findings = find(
         out, samples, model, evaluated_on, worst_k, val_images, suspect_images, writer is not None, config_keys,
-        logged, norm,
+        logged, norm, lr,
     )  # fmt: skip
     markdown = ""
     for item in render(findings):
