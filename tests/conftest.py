@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,12 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
 
 torch.set_num_threads(1)  # tests are tiny; avoid oversubscribing the 2 CI cores
+
+# optimizer.lr=auto's range-test cache (conf/paths/default.yaml): one per test session, outside the repository,
+# for in-process configs and subprocesses alike; its results are deterministic, so sharing it changes no number
+LR_CACHE = Path(tempfile.mkdtemp(prefix="lossdiag-lr-cache-"))
+os.environ["LOSSDIAG_CACHE_DIR"] = str(LR_CACHE)
+atexit.register(shutil.rmtree, LR_CACHE, ignore_errors=True)
 
 
 @pytest.fixture
@@ -49,13 +57,14 @@ def child_env() -> dict[str, str]:
 
 
 def run_module(
-    module: str, *args: str, cwd: Path = ROOT, timeout: float = 300
+    module: str, *args: str, cwd: Path = ROOT, timeout: float = 300, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
-    """Run ``python -m <module> <args>`` as the user would; returns the completed process."""
+    """Run ``python -m <module> <args>`` as the user would (:func:`child_env`, updated by ``env``); the completed
+    process."""
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=cwd,
-        env=child_env(),
+        env={**child_env(), **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -6,10 +6,12 @@ from omegaconf import DictConfig
 
 from lossdiag.errors import UserError
 from lossdiag.functional.augment import AUGMENTATIONS
-from lossdiag.functional.learning_rate import AUTO_LR
+from lossdiag.functional.learning_rate import AUTO_LR, SKIP_START
 from lossdiag.functional.losses import LOSS_NAMES
 from lossdiag.functional.objectives import OBJECTIVES, objective_parameter_check
 from lossdiag.rundir.checkpoints import existing_checkpoint
+
+MIN_STEPS = 2 * SKIP_START  # fewer range-test steps leave too few smoothed values to choose from
 
 
 def _number(cfg: DictConfig, key: str) -> float | None:
@@ -41,7 +43,8 @@ def validate(cfg: DictConfig) -> None:
 
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
-        example = "data.root=/path/to/images" if "data.root" in missing else f"{missing[0]}=..."
+        examples = {"data.root": "data.root=/path/to/images", "model.name": "model.name=resnet18"}
+        example = next((examples[k] for k in missing if k in examples), f"{missing[0]}=...")
         raise UserError(f"{', '.join(missing)} must be given: add it to the command line, e.g. {example}")
     loss = cfg.loss.name
     if loss not in LOSS_NAMES:
@@ -83,6 +86,8 @@ def validate(cfg: DictConfig) -> None:
         lr = _number(cfg, "optimizer.lr")
         if lr is not None and lr <= 0:
             raise UserError(f"optimizer.lr={lr} must be > 0")
+    else:
+        _check_lr_find(cfg)
     augment = OmegaConf.select(cfg, "data.augment", default=None)
     if augment is not None and augment not in AUGMENTATIONS:
         raise UserError(f"data.augment={augment!r} is unknown: use one of {', '.join(AUGMENTATIONS)}")
@@ -92,3 +97,16 @@ def validate(cfg: DictConfig) -> None:
     threads = _number(cfg, "threads")
     if threads is not None and threads < 1:
         raise UserError(f"threads={threads} must be >= 1, or null for torch's default")
+
+
+def _check_lr_find(cfg: DictConfig) -> None:
+    """The range test's settings (``lr_find.*``), when ``optimizer.lr=auto`` uses them."""
+    if cfg.get("lr_find") is None:
+        raise UserError(
+            "optimizer.lr=auto needs the lr_find settings (conf/train.yaml): give optimizer.lr=<number>"
+        )
+    low, high, steps = (_number(cfg, f"lr_find.{k}") for k in ("min_lr", "max_lr", "steps"))
+    if low is None or high is None or not 0 < low < high:
+        raise UserError(f"lr_find.min_lr={low} and lr_find.max_lr={high} must satisfy 0 < min_lr < max_lr")
+    if steps is None or steps != int(steps) or steps < MIN_STEPS:
+        raise UserError(f"lr_find.steps={steps} must be a whole number >= {MIN_STEPS} (default 100)")

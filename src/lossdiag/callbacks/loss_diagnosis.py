@@ -42,6 +42,14 @@ STAGES = ("train", "val")
 SCALAR_TAGS = ("val/loss_from_wrong", "val/ece", "val/temperature")  # always logged to TensorBoard
 
 
+def initial_lr(trainer: L.Trainer) -> float | None:
+    """The learning rate the run started with (before any scheduler), when it had one: one optimizer, one group."""
+    if len(trainer.optimizers) != 1 or len(trainer.optimizers[0].param_groups) != 1:
+        return None
+    group = trainer.optimizers[0].param_groups[0]
+    return float(group.get("initial_lr", group["lr"]))
+
+
 class LossDiagnosis(L.Callback):
     """Why does val loss rise while accuracy holds? Records per-sample outputs and writes the diagnosis.
 
@@ -397,6 +405,7 @@ class LossDiagnosis(L.Callback):
             config_keys=self.config_keys,
             logged=self._logged(trainer),
             norm=self.figures.norm,
+            lr=initial_lr(trainer),
         )
         announce(
             log, f"{self.diagnosis.summary}\nFull diagnosis: {display_path(self.output_dir / DIAGNOSIS_FILE)}"

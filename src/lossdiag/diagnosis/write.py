@@ -63,6 +63,7 @@ from lossdiag.rundir.paths import (
     CHECKPOINTS_DIR,
     DIAGNOSIS_FILE,
     DIAGNOSIS_JSON,
+    LR_FIND_CSV,
     SAMPLES_FILE,
     SUSPECTS_CSV,
     SUSPECTS_JSON,
@@ -114,6 +115,7 @@ def find(
     norm: Normalization | None = None,
     flag_thresholds: np.ndarray | None = None,
     flags_off: str | None = None,
+    lr: float | None = None,
 ) -> Findings:
     """Compute everything the outputs of ``samples`` show (the verdict covers ``model`` or the recorded epochs).
 
@@ -121,7 +123,8 @@ def find(
     own). Checkpoints are named only when ``<out_dir>/checkpoints/<model>.ckpt`` exists for an evaluated model.
     ``flag_thresholds`` / ``flags_off``: the likely label errors' per-class thresholds (default: calibrated on this
     val split) or why there are no flags (:func:`lossdiag.diagnosis.judge.suspects.rank_run`); the verdict's
-    ``suspected_label_error`` group is the val samples flagged."""
+    ``suspected_label_error`` group is the val samples flagged.
+    ``lr``: the learning rate the run trained at (chosen by ``optimizer.lr=auto`` when ``lr_find.csv`` is there)."""
     reports = {
         name: classification_report(splits["val"].pred, samples.val.target, samples.classes)
         for name, splits in samples.models.items()
@@ -135,7 +138,8 @@ def find(
         for name, epoch in samples.model_epoch.items()
         if (Path(out_dir) / CHECKPOINTS_DIR / f"{name}.ckpt").is_file()
     }
-    ctx = Context(checkpoints, config_keys, str(SUSPECTS_CSV) if suspects is not None else None)
+    suspects_file = str(SUSPECTS_CSV) if suspects is not None else None
+    ctx = Context(checkpoints, config_keys, suspects_file, lr, (Path(out_dir) / LR_FIND_CSV).is_file())
     return Findings(
         samples=samples,
         model=model,
@@ -413,6 +417,7 @@ def write_diagnosis(
     norm: Normalization | None = None,
     flag_thresholds: np.ndarray | None = None,
     flags_off: str | None = None,
+    lr: float | None = None,
 ) -> Diagnosis:
     """Find, render and write every output of :data:`OUTPUTS` into ``out_dir`` (and ``writer``, at ``step``).
 
@@ -421,12 +426,12 @@ def write_diagnosis(
     (``src.evaluate``); ``evaluated_on`` says what the val samples are; ``config_keys`` whether the advice may name
     lossdiag config keys; ``logged`` the per-epoch TensorBoard tags the run logged (``diagnosis.md`` names only
     those); ``norm`` the data's mean/std, to show the images un-normalised; ``flag_thresholds`` / ``flags_off`` set
-    the likely label errors' flags (:func:`find`).
+    the likely label errors' flags (:func:`find`); ``lr`` the rate the run trained at.
     """
     out = Path(out_dir)
     findings = find(
         out, samples, model, evaluated_on, worst_k, val_images, suspect_images, writer is not None, config_keys,
-        logged, norm, flag_thresholds, flags_off,
+        logged, norm, flag_thresholds, flags_off, lr,
     )  # fmt: skip
     markdown = ""
     for item in render(findings):

@@ -40,6 +40,9 @@ OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
 HYDRA_FILE = Path(".hydra") / "hydra.yaml"
 # the job's log (Hydra's file handler, named after the entry point)
 TRAIN_LOG = Path("train.log")
+# optimizer.lr=auto: the learning-rate range test's curve (lossdiag.rundir.lr_find; figure: figures/lr_find.png)
+LR_FIND_CSV = Path("lr_find.csv")
+LR_FIND_FIGURE = "lr_find"
 # a sweep folder's comparison (python -m src.report): table, the same as CSV, curves
 SWEEP_REPORT_MD = Path("report.md")
 SWEEP_REPORT_CSV = Path("report.csv")
