@@ -9,7 +9,8 @@ its own process, started from here:
 
 - ``plain``: a plain PyTorch loop (this file, ``--plain``): decode every image with PIL (the project's
   :func:`~lossdiag.data.images.load_image`) into a ``uint8`` tensor, the same seeded stratified split,
-  ShallowNet, SGD (the config's ``lr=auto`` and momentum), batch sizes (32 / 512 for val), deterministic
+  ShallowNet, SGD (momentum 0.9 and the rate of :func:`fixed_lr`, given to the project runs too, so neither
+  runs ``optimizer.lr=auto``'s range test), batch sizes (32 / 512 for val), deterministic
   algorithms and one thread; per epoch a shuffled training pass and a val pass (loss and accuracy);
 - ``project cold``: ``python -m src.train data=folder data.root=<folder> data.image_size=S`` with the
   default callbacks and loggers (diagnosis, checkpoints, TensorBoard, CSV) and an empty decode cache;
@@ -151,6 +152,14 @@ def _result(n: int, size: int, case: str, cmd: Sequence[str], work: Path, env: d
 
 
 # -- the plain loop (run in its own process) ------------------------------------------------
+def fixed_lr(size: int) -> float:
+    """0.1 x 2048 / the fan-in of ShallowNet's last layer on ``size`` px RGB images (what ``optimizer.lr=auto``
+    was when the table in docs/performance.md was measured): one rate for both the plain loop and the project."""
+    from lossdiag.models.shallownet import ShallowNet
+
+    return 0.1 * 2048 / ShallowNet(size, size, 3, CLASSES).fc1.in_features
+
+
 def plain_loop(root: Path, size: int, epochs: int, record: Path, seed: int = 0) -> None:
     """Decode, split, train and validate as a hand-written PyTorch script would; write :class:`~benchmarks.timing.FitMarks`-style marks."""
     import numpy as np
@@ -159,7 +168,6 @@ def plain_loop(root: Path, size: int, epochs: int, record: Path, seed: int = 0) 
 
     from lossdiag.data.images import find_classes, list_images, load_image
     from lossdiag.data.splits import stratified_split
-    from lossdiag.functional.learning_rate import auto_lr, last_linear_fan_in
     from lossdiag.models.shallownet import ShallowNet
 
     torch.set_num_threads(1)
@@ -174,7 +182,7 @@ def plain_loop(root: Path, size: int, epochs: int, record: Path, seed: int = 0) 
     xt, yt, xv, yv = images[train_idx], labels[train_idx], images[val_idx], labels[val_idx]
     del x, images
     net = ShallowNet(size, size, 3, int(labels.max()) + 1)
-    optimizer = torch.optim.SGD(net.parameters(), lr=auto_lr(last_linear_fan_in(net)), momentum=0.9)
+    optimizer = torch.optim.SGD(net.parameters(), lr=fixed_lr(size), momentum=0.9)
     first_batch, bounds = None, []
     for epoch in range(epochs):
         bounds.append(time.time())
@@ -232,6 +240,7 @@ def measure_size(
         run.mkdir(parents=True)
         cmd = [
             sys.executable, "-m", "src.train", "data=folder", f"data.root={folder}", f"data.image_size={size}",
+            f"optimizer.lr={fixed_lr(size)}",
             f"data.mode={mode}", f"data.cache_dir={cache}", f"trainer.max_epochs={epochs}", f"hydra.run.dir={run / 'run'}",
             "+callbacks.marks._target_=benchmarks.timing.FitMarks", f"+callbacks.marks.record={run / 'marks.json'}",
         ]  # fmt: skip

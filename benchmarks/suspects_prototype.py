@@ -1,31 +1,28 @@
-"""Which label-error score should lossdiag use? Measured on generated folders with known moved images.
+"""Which label-error scores and flag rules should lossdiag use? Measured on folders with known moved images.
 
-One plain-PyTorch training of the tiny ShallowNet records, for every training image, ``p_given`` and
-``margin`` from the logits of its own training step (no extra forward pass), and the validation logits of
-every epoch. From these, the single-training scores of :mod:`lossdiag.functional.suspects` rank the images; the
-reference is cleanlab's self-confidence on out-of-fold probabilities from 4-fold cross-training of the same
-model over all images (four trainings). Both are scored against the images the generator moved:
-precision@k with k = the number of moved images (equal to recall@k at that k), and recall@2k (how many
-moved images a review list twice that long catches).
+Plain-PyTorch trainings of ShallowNet (the default model, SGD momentum 0.9, batch 32, ``optimizer.lr=auto``,
+a stratified 25% val split as ``src.train`` makes it) on three kinds of data with 8% of the labels moved
+(``lossdiag.data.synthetic``): ``colours`` (easy: learned in one epoch), ``stripes`` (slow: ~0.75 val accuracy
+after 40 epochs) and the sklearn ``digits`` written as a folder. Each training records what a run records:
+every training image's ``p_given`` and ``margin`` from its own training step (float16) and the held-out
+logits of every epoch. From one training the candidate one-training scores are computed; from K more
+trainings on K folds of the train split (each trained on the other folds plus the val split, as
+``suspects.folds=K`` does) out-of-fold probabilities for every training image, scored with cleanlab alone
+and combined with the dynamics. Flag rules are scored by precision and recall against the moved images.
 
-    python -m benchmarks.suspects_prototype --seeds 0 1 2
+    python -m benchmarks.suspects_prototype --seeds 0 1 2 --cache /tmp/suspects-cache \
+        --out benchmarks/results/suspects_prototype.md     # 45 trainings: ~1.5 h on 2 shared cores
 
-Two cheaper cross-fits are measured too: 2-fold (two trainings on half the images), and 4-fold reusing the
-single training as its first fold (its val split is one quarter, held out) plus three more trainings.
-
-A run trains ``max(--epochs)`` epochs once per seed, learning rate and fold: the learning rate is constant,
-so the first 30 of 100 epochs are exactly a 30-epoch run, and every row reads the dynamics up to its epoch
-count. Times are the wall seconds of the training up to that epoch (validation each epoch included, as it
-is needed to pick the best model). cleanlab is imported only here, never by ``src/``.
+``--cache`` keeps every training's records, so the comparison can be re-run (seconds) after a change of the
+scores. The learning rate is constant, so the first 40 epochs of a 100-epoch training are a 40-epoch run: every
+row reads the records up to its epoch count.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,78 +31,100 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from sklearn.model_selection import StratifiedKFold, train_test_split
-from torch import nn
 
-from lossdiag.data.synthetic import GeneratedFolder, make_image_folder
+from lossdiag.data.synthetic import GeneratedFolder, make_digits_folder, make_image_folder
 from lossdiag.functional import suspects as S
+from lossdiag.models.shallownet import ShallowNet
 
 BATCH = 32
 VAL_FRACTION = 0.25
-# LeCun-style fan-in scaling, lr ~ 1/sqrt(fan_in), of the head that dominates ShallowNet: 1/sqrt(32*32*32)
-FAN_IN_LR = 1 / math.sqrt(32 * 32 * 32)
+KINDS = ("colours", "stripes", "digits")
 
 
-def tiny_cnn(n_classes: int, size: int = 32, filters: int = 32) -> nn.Module:
-    """ShallowNet: Conv2d(3, 32, 3, padding=1) -> ReLU -> flatten -> Linear(32*32*32, C)."""
-    return nn.Sequential(
-        nn.Conv2d(3, filters, 3, padding=1),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(size * size * filters, n_classes),
-    )
+def make_folder(kind: str, root: Path, seed: int, noise: float, per_class: int = 200) -> GeneratedFolder:
+    """One folder of ``kind`` with ``noise`` of its labels moved (the digits: all 1,797, ``per_class`` unused)."""
+    if kind == "digits":
+        return make_digits_folder(root, noise_fraction=noise, seed=seed)
+    return make_image_folder(root, per_class=per_class, noise_fraction=noise, seed=seed, kind=kind)
 
 
 def load(folder: GeneratedFolder) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-    """``(x in [0, 1] (N, 3, H, W), given labels, moved mask)`` in the generator's file order."""
+    """``(x in [0, 1] (N, C, H, W), given labels, moved mask)`` in the generator's file order."""
     index = {name: i for i, name in enumerate(folder.class_names)}
-    x = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in folder.files])
+    images = [np.asarray(Image.open(p)) for p in folder.files]
+    x = torch.from_numpy(np.stack(images)).float() / 255
+    x = x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2)
     given = np.array([index[folder.given_class[p]] for p in folder.files])
     moved = np.array([folder.true_class[p] != folder.given_class[p] for p in folder.files])
-    return torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255, given, moved
+    return x.contiguous(), given, moved
 
 
 @dataclass
 class Run:
     """One training: per-epoch dynamics of its training images and logits of its held-out images."""
 
-    p_given: np.ndarray  # (E, n_train) float16, as a Lightning callback would keep it
+    p_given: np.ndarray  # (E, n_train) float16
     margin: np.ndarray  # (E, n_train) float16
-    held_logits: np.ndarray  # (E, n_held, C) float32: held-out logits after each epoch
-    held_acc: np.ndarray  # (E,) accuracy on the held-out images' given labels
-    seconds: np.ndarray  # (E,) cumulative wall seconds at the end of each epoch
+    held_logits: np.ndarray  # (E, n_held, C) float32
+    held_given: np.ndarray  # (n_held,)
+    seconds: np.ndarray  # (E,) cumulative wall seconds
+    fit: np.ndarray | None = None  # the trained images (indices into the folder), in p_given's column order
+
+    def save(self, path: Path) -> None:
+        np.savez(path, **{k: getattr(self, k) for k in ("p_given", "margin", "held_logits", "held_given",
+                                                          "seconds", "fit")})  # fmt: skip
+
+    @classmethod
+    def load(cls, path: Path) -> Run:
+        with np.load(path) as data:
+            return cls(**{k: data[k] for k in data.files})
+
+    def held_loss(self, epochs: int) -> np.ndarray:
+        """Mean held-out cross-entropy on the given labels of each of the first ``epochs`` epochs."""
+        logits = torch.from_numpy(self.held_logits[:epochs])
+        target = torch.from_numpy(self.held_given).expand(epochs, -1)
+        return (
+            F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none")
+            .view(epochs, -1)
+            .mean(1)
+            .numpy()
+        )
+
+    def held_acc(self, epochs: int) -> np.ndarray:
+        return (self.held_logits[:epochs].argmax(-1) == self.held_given).mean(1)
+
+    def min_epoch(self, epochs: int) -> int:
+        """0-based epoch of the lowest held-out loss (what the verdict calls the min epoch)."""
+        return int(np.argmin(self.held_loss(epochs)))
 
     def best_epoch(self, epochs: int) -> int:
-        """Epoch (0-based, within the first ``epochs``) of the best held-out accuracy, the first on ties."""
-        return int(np.argmax(self.held_acc[:epochs]))
+        """0-based epoch of the best held-out accuracy, the first on ties (best.ckpt)."""
+        return int(np.argmax(self.held_acc(epochs)))
+
+    def probs(self, epoch: int) -> np.ndarray:
+        return torch.softmax(torch.from_numpy(self.held_logits[epoch]).double(), -1).numpy()
 
 
-def train(
-    x: torch.Tensor,
-    y: np.ndarray,
-    train_idx: np.ndarray,
-    held_idx: np.ndarray,
-    epochs: int,
-    lr: float,
-    seed: int,
-) -> Run:
-    """SGD (momentum 0.9, batch 32), recording each training image's dynamics from its own training step."""
+def train(x: torch.Tensor, y: np.ndarray, fit: np.ndarray, held: np.ndarray, epochs: int, seed: int) -> Run:
+    """SGD as ``src.train`` does, recording each training image's dynamics from its own training step."""
     torch.manual_seed(seed)
-    net = tiny_cnn(int(y.max()) + 1, x.shape[-1])
-    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
+    classes = int(y.max()) + 1
+    net = ShallowNet(x.shape[3], x.shape[2], x.shape[1], classes)
+    # the rate optimizer.lr=auto gave when these scores were measured (0.1 x 2048 / fan-in of the last layer)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1 * 2048 / net.fc1.in_features, momentum=0.9)
     shuffle = torch.Generator().manual_seed(seed)
     y_t = torch.from_numpy(y)
-    x_held, y_held = x[held_idx], y_t[held_idx]
-    n = len(train_idx)
+    x_held = x[held]
+    n = len(fit)
     p_given = np.zeros((epochs, n), np.float16)
     margin = np.zeros((epochs, n), np.float16)
-    held_logits = np.zeros((epochs, len(held_idx), int(y.max()) + 1), np.float32)
-    held_acc = np.zeros(epochs)
+    held_logits = np.zeros((epochs, len(held), classes), np.float32)
     seconds = np.zeros(epochs)
     start = time.perf_counter()
     for epoch in range(epochs):
         net.train()
         for batch in torch.randperm(n, generator=shuffle).split(BATCH):
-            rows = train_idx[batch.numpy()]
+            rows = fit[batch.numpy()]
             logits = net(x[rows])
             loss = F.cross_entropy(logits, y_t[rows])
             opt.zero_grad(set_to_none=True)
@@ -116,283 +135,335 @@ def train(
             margin[epoch, batch.numpy()] = m.numpy()
         net.eval()
         with torch.no_grad():
-            out = net(x_held)
-        held_logits[epoch] = out.numpy()
-        held_acc[epoch] = (out.argmax(1) == y_held).float().mean().item()
+            held_logits[epoch] = net(x_held).numpy()
         seconds[epoch] = time.perf_counter() - start
-    return Run(p_given, margin, held_logits, held_acc, seconds)
+    return Run(p_given, margin, held_logits, y[held], seconds, fit)
 
 
-def at_k(score: np.ndarray, moved: np.ndarray, factor: int = 1) -> float:
-    """Fraction of the moved images among the ``factor * k`` most suspect (k = number moved).
+def cached_train(cache: Path | None, name: str, *args: object) -> Run:
+    """:func:`train`, or its result saved under ``cache`` by an earlier call with the same ``name``."""
+    path = cache / f"{name}.npz" if cache else None
+    if path is not None and path.is_file():
+        return Run.load(path)
+    run = train(*args)  # type: ignore[arg-type]
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        run.save(path)
+    return run
 
-    With ``factor=1`` this is precision@k and recall@k at once; with 2, recall@2k.
-    """
-    k = int(moved.sum())
-    if k == 0:
-        return float("nan")
-    top = S.rank(score)[: factor * k]
-    return float(moved[top].sum() / k)
 
+# -- candidates ----------------------------------------------------------------------------------------------
+def train_candidates(run: Run, epochs: int) -> dict[str, np.ndarray]:
+    """One-training scores of the training images (higher = more suspect) from the first ``epochs`` epochs."""
+    from scipy.stats import rankdata
 
-def train_methods(run: Run, epochs: int) -> dict[str, np.ndarray]:
-    """Single-training suspect scores (higher = more suspect) over the first ``epochs`` epochs."""
-    p, m = run.p_given[:epochs], run.margin[:epochs]
-    scores = S.suspect_scores(p, m)
+    m, p = run.margin[:epochs].astype(np.float64), run.p_given[:epochs].astype(np.float64)
+    lo = run.min_epoch(epochs)
+    ranks = np.stack([rankdata(-row) / len(row) for row in m])  # each epoch's rank: 1 = lowest margin
     return {
-        "mean loss": scores["loss"],
-        "AUM": scores["aum"],
-        "AUM from epoch 5": -S.aum(m, start=5),
-        "AUM last half": scores["aum_late"],
-        "confidence": scores["confidence"],
-        "confidence last half": 1 - S.cartography(p, start=0.5)[0],
-        "hard to learn (1-conf-var)": scores["hard_to_learn"],
-        "forgetting (tie: AUM)": S.quantile(scores["forgetting"], scores["aum"]),
-        "last-epoch margin": -m[-1].astype(np.float64),
-        "ranks: AUM + confidence": S.quantile(scores["aum"]) + S.quantile(scores["confidence"]),
+        "AUM, all epochs (before)": -m.mean(0),
+        "AUM, epochs to the val-loss min": -m[: lo + 1].mean(0),
+        "AUM, first 5 epochs": -m[:5].mean(0),
+        "AUM, first 10 epochs": -m[:10].mean(0),
+        "AUM, first 20 epochs": -m[:20].mean(0),
+        "mean per-epoch rank of the margin, all epochs": ranks.mean(0),
+        "1 - p_given, epochs to the val-loss min": 1 - p[: lo + 1].mean(0),
+        "AUM, twice the epochs to the val-loss min (product)": S.early_aum(m, S.early_window(lo, epochs)),
     }
 
 
-@dataclass
-class Row:
-    """One method's result on one seed, learning rate and epoch count; ``metrics`` by split and measure."""
-
-    seed: int
-    epochs: int
-    lr: float
-    method: str
-    trainings: str
-    seconds: float
-    metrics: dict[str, float]
+def val_p_given(run: Run, epochs: int) -> np.ndarray:
+    """``(epochs, n_held)`` p of the given label of every held-out image after each epoch."""
+    idx = np.arange(len(run.held_given))
+    return np.stack([run.probs(e)[idx, run.held_given] for e in range(epochs)])
 
 
-def metrics(score: np.ndarray, moved: np.ndarray, parts: dict[str, np.ndarray]) -> dict[str, float]:
-    """``P@k`` (= ``R@k``) and ``R@2k`` of ``score`` (over all images) within each part (index array)."""
-    out = {}
-    for part, idx in parts.items():
-        out[f"{part} P@k"] = at_k(score[idx], moved[idx])
-        out[f"{part} R@2k"] = at_k(score[idx], moved[idx], 2)
-    return out
+def val_candidates(run: Run, epochs: int) -> dict[str, np.ndarray]:
+    """Scores of the val images (never trained on) from the same training."""
+    best, lo = run.best_epoch(epochs), run.min_epoch(epochs)
+    p = val_p_given(run, epochs)
+    early = p[: S.early_window(lo, epochs)].mean(0)
+    return {
+        "best-model p_given (before)": 1 - p[best],
+        "min-loss-epoch p_given": 1 - p[lo],
+        "last-epoch p_given": 1 - p[-1],
+        "mean p_given over the early window": 1 - early,
+        "last-epoch and early mean": S.val_suspicion(p[-1], early),
+        "best-model and early mean (product)": S.val_suspicion(p[best], early),
+    }
+
+
+def oof_probs(folds: list[tuple[np.ndarray, Run]], n: int, c: int, epochs: int, pick: str) -> np.ndarray:
+    """Out-of-fold probabilities of the images ``folds`` hold out (rows of the other images stay 0)."""
+    probs = np.zeros((n, c))
+    for held, r in folds:
+        if pick == "best epoch":
+            probs[held] = r.probs(r.best_epoch(epochs))
+        elif pick == "last epoch":
+            probs[held] = r.probs(epochs - 1)
+        else:  # mean over the second half of the epochs
+            probs[held] = np.mean([r.probs(e) for e in range(epochs // 2, epochs)], axis=0)
+    return probs
+
+
+def ensemble_aum(
+    run: Run, folds: list[tuple[np.ndarray, Run]], n: int, tr: np.ndarray, epochs: int
+) -> np.ndarray:
+    """Every image's early-window AUM (suspicion) averaged over the trainings that learned it: the run (train
+    images) and the folds (the rest of train, and val), each with its own early window."""
+    total, count = np.zeros(n), np.zeros(n)
+    for fit, r in [(tr, run), *((r.fit, r) for _, r in folds)]:
+        total[fit] += S.early_aum(r.margin[:epochs], S.early_window(r.min_epoch(epochs), epochs))
+        count[fit] += 1
+    return total / np.maximum(count, 1)
+
+
+# -- metrics -------------------------------------------------------------------------------------------------
+def at_k(score: np.ndarray, moved: np.ndarray) -> float:
+    """precision@k = recall@k, k = number moved."""
+    k = int(moved.sum())
+    return float(moved[S.rank(score)[:k]].sum() / k) if k else float("nan")
 
 
 def merged(n: int, parts: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
-    """One score over all images from per-split scores of different scales: each split's quantiles.
-
-    Assumes both splits hold about the same fraction of label errors, which a stratified split of
-    randomly placed errors does.
-    """
+    """One score over both splits: each split's quantiles, as suspects.csv merges them."""
     out = np.full(n, np.nan)
     for idx, score in parts:
         out[idx] = S.quantile(score)
     return out
 
 
-def single_training_rows(
-    seed: int,
-    lr: float,
-    epochs: int,
-    run: Run,
-    y: np.ndarray,
-    moved: np.ndarray,
-    tr: np.ndarray,
-    va: np.ndarray,
-) -> list[Row]:
-    """Train images by their dynamics, val images by ``p_given`` under the best-val-accuracy model."""
-    parts = {"train": tr, "val": va, "all": np.arange(len(y))}
-    per_epoch = [S.val_scores(run.held_logits[e], y[va]) for e in range(epochs)]
-    val = per_epoch[run.best_epoch(epochs)].suspect  # best_epoch < epochs
-    seconds = float(run.seconds[epochs - 1])
+def flag_metrics(flag: np.ndarray, moved: np.ndarray, prefix: str = "") -> dict[str, float]:
+    hits = int((flag & moved).sum())
+    return {
+        f"{prefix}flagged": float(flag.sum()),
+        f"{prefix}flag precision": hits / flag.sum() if flag.any() else float("nan"),
+        f"{prefix}flag recall": hits / moved.sum() if moved.any() else float("nan"),
+    }
 
-    def row(name: str, train_score: np.ndarray, val_score: np.ndarray) -> Row:
-        return Row(
-            seed,
-            epochs,
-            lr,
-            name,
-            1,
-            seconds,
-            metrics(merged(len(y), [(tr, train_score), (va, val_score)]), moved, parts),
+
+@dataclass
+class Row:
+    kind: str
+    seed: int
+    epochs: int
+    group: str
+    method: str
+    trainings: int
+    seconds: float
+    metrics: dict[str, float]
+
+
+@dataclass
+class Data:
+    """One folder, its split and its trainings."""
+
+    y: np.ndarray
+    moved: np.ndarray
+    tr: np.ndarray
+    va: np.ndarray
+    run: Run
+    folds: list[tuple[np.ndarray, Run]]
+
+    @property
+    def n(self) -> int:
+        return len(self.y)
+
+    @property
+    def c(self) -> int:
+        return int(self.y.max()) + 1
+
+
+def one_training_rows(d: Data, epochs: int) -> list[tuple[str, str, dict[str, float]]]:
+    """Scores and flags of one training."""
+    out = []
+    trains, vals = train_candidates(d.run, epochs), val_candidates(d.run, epochs)
+    out += [
+        ("one training: train images", name, {"P@k": at_k(s, d.moved[d.tr])}) for name, s in trains.items()
+    ]
+    out += [("one training: val images", name, {"P@k": at_k(s, d.moved[d.va])}) for name, s in vals.items()]
+    for name, t, v in (("before", "AUM, all epochs (before)", "best-model p_given (before)"),
+                       ("product", "AUM, twice the epochs to the val-loss min (product)",
+                        "best-model and early mean (product)")):  # fmt: skip
+        out.append(
+            (
+                "one training: all images",
+                name,
+                {"P@k": at_k(merged(d.n, [(d.tr, trains[t]), (d.va, vals[v])]), d.moved)},
+            )
         )
+    lo, best = d.run.min_epoch(epochs), d.run.best_epoch(epochs)
+    m = d.run.margin[: S.early_window(lo, epochs)]
+    pv = d.run.probs(best)
+    yv = d.y[d.va]
+    t = S.class_thresholds(pv[np.arange(len(yv)), yv], yv, d.c)
+    val_cl = S.confident_other(pv.argmax(1), pv.max(1), yv, t)
+    rules = {
+        "before: AUM < 0; val: the model says another class": (-S.aum(d.run.margin[:epochs]) > 0, pv.argmax(1) != yv),
+        "early mean margin < 0; val: per-class thresholds": (m.astype(np.float64).mean(0) < 0, val_cl),
+        "product: below its class's robust bound and 0; val: per-class thresholds": (S.train_flags(m, d.y[d.tr], d.c), val_cl),
+    }  # fmt: skip
+    for name, (ft, fv) in rules.items():
+        both = np.zeros(d.n, bool)
+        both[d.tr], both[d.va] = ft, fv
+        metrics = {**flag_metrics(ft, d.moved[d.tr], "train "), **flag_metrics(fv, d.moved[d.va], "val "),
+                   **flag_metrics(both, d.moved, "all ")}  # fmt: skip
+        out.append(("one training: flags", name, metrics))
+    return out
 
-    rows = [row(name, score, val) for name, score in train_methods(run, epochs).items()]
-    # how else the val images could be scored from the same run (train images: AUM)
-    val_p = np.stack([scores.p_given for scores in per_epoch])
-    variants = {
-        "val: best-model p_given": val,
-        "val: mean p_given over epochs": 1 - val_p.mean(axis=0),
-        "val: last-epoch p_given": 1 - val_p[-1],
-        "val: AUM over epochs": -np.stack([scores.margin for scores in per_epoch]).mean(axis=0),
-    }
-    aum = -S.aum(run.margin[:epochs])
-    rows += [row(name, aum, score) for name, score in variants.items()]
-    return rows
 
-
-def cleanlab_scores(probs: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(1 - self-confidence, flagged mask)`` from cleanlab on out-of-fold probabilities."""
+def folds_rows(d: Data, epochs: int, k: int) -> list[tuple[str, str, dict[str, float]]]:
+    """cleanlab alone on the out-of-fold probabilities, and its combinations with the dynamics."""
     from cleanlab.filter import find_label_issues
-    from cleanlab.rank import get_label_quality_scores
 
-    quality = get_label_quality_scores(y, probs, method="self_confidence")
-    flagged = np.zeros(len(y), bool)
-    flagged[find_label_issues(y, probs, return_indices_ranked_by="self_confidence")] = True
-    return 1 - quality, flagged
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    return torch.softmax(torch.from_numpy(logits).double(), dim=-1).numpy()
-
-
-def cross_fit_rows(
-    seed: int,
-    lr: float,
-    epochs: int,
-    folds: list[tuple[np.ndarray, Run]],
-    name: str,
-    trainings: str,
-    y: np.ndarray,
-    moved: np.ndarray,
-    tr: np.ndarray,
-    va: np.ndarray,
-) -> list[Row]:
-    """cleanlab on out-of-fold probabilities: from each fold's final model, or its best held-out epoch.
-
-    ``folds`` pairs each held-out index array with the run that did not train on it; the wall time is that
-    of the runs counted in ``trainings`` (a reused single training costs nothing extra).
-    """
-    parts = {"train": tr, "val": va, "all": np.arange(len(y))}
-    counted = folds[1:] if trainings.startswith("1+") else folds
-    seconds = sum(float(r.seconds[epochs - 1]) for _, r in counted)
-    pick: dict[str, Callable[[Run], int]] = {
-        "final": lambda r: epochs - 1,
-        "best epoch": lambda r: r.best_epoch(epochs),
-    }
-    rows = []
-    for variant, epoch_of in pick.items():
-        probs = np.zeros((len(y), int(y.max()) + 1))
-        for held, r in folds:
-            probs[held] = softmax(r.held_logits[epoch_of(r)])
-        score, flagged = cleanlab_scores(probs, y)
-        found = metrics(score, moved, parts)
-        found["flagged"] = float(flagged.sum())
-        found["flagged precision"] = float(moved[flagged].mean()) if flagged.any() else float("nan")
-        found["flagged recall"] = float(moved[flagged].sum() / moved.sum())
-        rows.append(Row(seed, epochs, lr, f"{name} ({variant})", trainings, seconds, found))
-    return rows
+    out = []
+    yt, yv = d.y[d.tr], d.y[d.va]
+    lo, best = d.run.min_epoch(epochs), d.run.best_epoch(epochs)
+    pv = d.run.probs(best)
+    val_flags = S.confident_other(
+        pv.argmax(1), pv.max(1), yv, S.class_thresholds(pv[np.arange(len(yv)), yv], yv, d.c)
+    )
+    ens = ensemble_aum(d.run, d.folds, d.n, d.tr, epochs)
+    main = S.early_aum(d.run.margin[:epochs], S.early_window(lo, epochs))
+    val_product = val_candidates(d.run, epochs)["best-model and early mean (product)"]
+    val_folds = S.combine(S.quantile(ens[d.va]), S.quantile(val_product), 0.5)
+    for pick in ("best epoch", "last epoch", "mean of the second half"):
+        probs = oof_probs(d.folds, d.n, d.c, epochs, pick)
+        probs[d.va] = pv  # every image: train out of fold, val from the run's best model
+        label = f"{k} folds, {pick}"
+        quality, cl = S.cleanlab_issues(d.y, probs)
+        default = find_label_issues(yt, probs[d.tr], n_jobs=1)
+        alone = {"P@k": at_k(1 - quality, d.moved), "train P@k": at_k(1 - quality[d.tr], d.moved[d.tr]),
+                 "val P@k": at_k(1 - quality[d.va], d.moved[d.va])}  # fmt: skip
+        out.append(("folds: cleanlab alone", label, alone))
+        q_oof = S.quantile(1 - quality[d.tr])
+        variants = {
+            "run's dynamics, weight 0.5": (S.combine(S.quantile(main), q_oof, 0.5), val_product),
+            "every training's dynamics, weight 0.25": (
+                S.combine(S.quantile(ens[d.tr]), q_oof, 0.25),
+                val_folds,
+            ),
+            "every training's dynamics, weight 0.75": (
+                S.combine(S.quantile(ens[d.tr]), q_oof, 0.75),
+                val_folds,
+            ),
+            "every training's dynamics, weight 0.5": (
+                S.combine(S.quantile(ens[d.tr]), q_oof, 0.5),
+                val_folds,
+            ),
+        }
+        for name, (ts, vs) in variants.items():
+            out.append(("folds: + dynamics", f"{label}: {name}, per-split quantiles",
+                        {"P@k": at_k(merged(d.n, [(d.tr, ts), (d.va, vs)]), d.moved), "train P@k": at_k(ts, d.moved[d.tr]),
+                         "val P@k": at_k(vs, d.moved[d.va])}))  # fmt: skip
+        held = np.zeros(d.n)
+        held[d.tr], held[d.va] = 1 - quality[d.tr], val_product
+        one = S.combine(S.quantile(ens), S.quantile(held), 0.5)
+        out.append(("folds: + dynamics", f"{label}: every training's dynamics, weight 0.5, one scale (product)",
+                    {"P@k": at_k(one, d.moved), "train P@k": at_k(one[d.tr], d.moved[d.tr]),
+                     "val P@k": at_k(one[d.va], d.moved[d.va])}))  # fmt: skip
+        dyn_flag = S.train_flags(-ens[d.tr][None], yt, d.c)
+        agree = S.quantile(ens[d.tr]) > 0.75
+        for name, flag in (("cleanlab default (prune by noise rate)", default),
+                           ("cleanlab confident learning", cl[d.tr]),
+                           ("product (confident learning where the dynamics agree, or the dynamics)",
+                            (cl[d.tr] & agree) | dyn_flag)):  # fmt: skip
+            both = np.zeros(d.n, bool)
+            both[d.tr], both[d.va] = flag, val_flags
+            metrics = {**flag_metrics(flag, d.moved[d.tr], "train "), **flag_metrics(both, d.moved, "all ")}
+            out.append(("folds: flags", f"{label}: {name}", metrics))
+    return out
 
 
 def experiment(
-    seed: int, epochs_list: list[int], lrs: list[float], per_class: int, noise: float, folds: list[int]
-) -> tuple[list[Row], dict[tuple[float, int], float]]:
-    """All methods on one generated folder: per lr, one training plus each k-fold cross-training.
-
-    One more cross-fit reuses the single training as its first fold (its val split is 1/4 of the images,
-    held out): three more trainings, each holding out a stratified third of the train split, complete
-    out-of-fold probabilities for every image. Returns the rows and the single training's best val
-    accuracy per ``(lr, epochs)``.
-    """
+    kind: str, seed: int, epochs_list: list[int], k_folds: int, noise: float, cache: Path | None = None,
+    per_class: int = 200,
+) -> list[Row]:  # fmt: skip
+    """Every candidate on one folder: one training, and ``k_folds`` trainings on folds of its train split."""
     with tempfile.TemporaryDirectory() as tmp:
-        folder = make_image_folder(Path(tmp) / "data", per_class=per_class, noise_fraction=noise, seed=seed)
-        x, y, moved = load(folder)
-    idx = np.arange(len(y))
-    tr, va = train_test_split(idx, test_size=round(len(y) * VAL_FRACTION), stratify=y, random_state=seed)
+        x, y, moved = load(make_folder(kind, Path(tmp) / "data", seed, noise, per_class))
+    n = len(y)
+    idx = np.arange(n)
+    tr, va = train_test_split(idx, test_size=round(n * VAL_FRACTION), stratify=y, random_state=seed)
     tr, va = np.sort(tr), np.sort(va)
-    max_epochs = max(epochs_list)
+    top = max(epochs_list)
+    tag = f"{kind}_seed{seed}_e{top}_noise{noise}" + ("" if per_class == 200 else f"_per{per_class}")
+    run = cached_train(cache, f"{tag}_run", x, y, tr, va, top, seed)
+    split = StratifiedKFold(k_folds, shuffle=True, random_state=seed).split(tr, y[tr])
+    folds = [(tr[h], cached_train(cache, f"{tag}_fold{i}of{k_folds}", x, y, np.sort(np.concatenate([tr[f], va])),
+                                  tr[h], top, seed)) for i, (f, h) in enumerate(split)]  # fmt: skip
+    d = Data(y, moved, tr, va, run, folds)
     rows: list[Row] = []
-    accuracy: dict[tuple[float, int], float] = {}
-    for lr in lrs:
-        run = train(x, y, tr, va, max_epochs, lr, seed)
-        cross = {
-            (f"cleanlab {k}-fold", str(k)): [
-                (held, train(x, y, fit, held, max_epochs, lr, seed))
-                for fit, held in StratifiedKFold(k, shuffle=True, random_state=seed).split(idx, y)
-            ]
-            for k in folds
-        }
-        thirds = StratifiedKFold(3, shuffle=True, random_state=seed).split(tr, y[tr])
-        cross[("cleanlab 4-fold reusing the run", "1+3")] = [(va, run)] + [
-            (tr[held], train(x, y, np.setdiff1d(idx, tr[held]), tr[held], max_epochs, lr, seed))
-            for _, held in thirds
+    for epochs in epochs_list:
+        secs = float(run.seconds[epochs - 1])
+        fold_secs = secs + sum(float(r.seconds[epochs - 1]) for _, r in folds)
+        rows += [Row(kind, seed, epochs, g, name, 1, secs, m) for g, name, m in one_training_rows(d, epochs)]
+        rows += [
+            Row(kind, seed, epochs, g, name, 1 + k_folds, fold_secs, m)
+            for g, name, m in folds_rows(d, epochs, k_folds)
         ]
-        for epochs in epochs_list:
-            accuracy[(lr, epochs)] = float(run.held_acc[run.best_epoch(epochs)])
-            rows += single_training_rows(seed, lr, epochs, run, y, moved, tr, va)
-            for (name, trainings), fold_runs in cross.items():
-                rows += cross_fit_rows(seed, lr, epochs, fold_runs, name, trainings, y, moved, tr, va)
-    return rows, accuracy
+        best = run.best_epoch(epochs)
+        rows.append(Row(kind, seed, epochs, "accuracy", "best held-out accuracy (given labels)", 1, secs,
+                        {"acc": float(run.held_acc(epochs)[best]), "val-loss min epoch": float(run.min_epoch(epochs))}))  # fmt: skip
+    return rows
 
 
-def markdown(rows: list[Row], accuracy: dict[int, dict[tuple[float, int], float]]) -> str:
-    """Mean over seeds per ``(epochs, lr, method)``; the headline P@k columns also list each seed."""
-    seeds = sorted({r.seed for r in rows})
-    groups: dict[tuple[int, float, str], list[Row]] = {}
+def markdown(rows: list[Row]) -> str:
+    """Mean over seeds (and each seed in brackets) per kind, epochs, group and method."""
+    groups: dict[tuple[str, int, str, str], list[Row]] = {}
     for r in rows:
-        groups.setdefault((r.epochs, r.lr, r.method), []).append(r)
-
-    def cell(group: list[Row], key: str, each: bool = False) -> str:
-        values = [r.metrics[key] for r in group]
-        mean = f"**{np.mean(values):.2f}**" if each else f"{np.mean(values):.2f}"
-        return f"{mean} ({' '.join(f'{v:.2f}' for v in values)})" if each and len(values) > 1 else mean
-
+        groups.setdefault((r.kind, r.epochs, r.group, r.method), []).append(r)
     out = [
-        f"Seeds {' '.join(map(str, seeds))}: mean, then each seed in brackets. k = moved images in that part; "
-        "P@k equals R@k there. Single-training rows score val images by p_given under the best-val-accuracy "
-        "model (the val: rows vary that, with train by AUM); `all` merges train and val by quantile.\n\n",
-        "| epochs | lr | method | trainings | train P@k=R@k | train R@2k | val P@k | all P@k=R@k | all R@2k "
-        "| wall s |\n",
-        "|---|---|---|---|---|---|---|---|---|---|\n",
+        "# Label-error scores and flags: the prototype's comparison",
+        "",
+        "`python -m benchmarks.suspects_prototype --seeds 0 1 2 --cache <folder>` (plain-PyTorch ShallowNet trainings, "
+        "8% of the labels moved). P@k = R@k with k = the moved images of that part (train, val, or all images, merged "
+        "as suspects.csv merges them); flags: count, precision, recall. `s`: wall seconds of the training(s) on a "
+        "shared 2-core machine (noisy). `(product)` marks what lossdiag does.",
+        "",
+        "| data | epochs | group | method | trainings | s | metrics (mean over seeds; each seed) |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for (epochs, lr, method), group in groups.items():
+    for (kind, epochs, group, method), g in groups.items():
+        cells = []
+        for key in g[0].metrics:
+            values = [r.metrics[key] for r in g]
+            each = " ".join(f"{v:.2f}" for v in values)
+            finite = [v for v in values if v == v]  # NaN: no moved image or no flag in that part
+            cells.append(f"{key} **{np.mean(finite) if finite else float('nan'):.2f}** ({each})")
+        secs = np.mean([r.seconds for r in g])
         out.append(
-            f"| {epochs} | {lr:.4g} | {method} | {group[0].trainings} | {cell(group, 'train P@k', True)} | "
-            f"{cell(group, 'train R@2k')} | {cell(group, 'val P@k')} | {cell(group, 'all P@k', True)} | "
-            f"{cell(group, 'all R@2k')} | {np.mean([r.seconds for r in group]):.1f} |\n"
+            f"| {kind} | {epochs} | {group} | {method} | {g[0].trainings} | {secs:.0f} | {'; '.join(cells)} |"
         )
-    out.append("\nBest val accuracy of the single training (given labels), per seed:\n\n")
-    out.append("| lr | epochs | " + " | ".join(f"seed {s}" for s in seeds) + " |\n")
-    out.append("|---|---|" + "---|" * len(seeds) + "\n")
-    for lr, epochs in accuracy[seeds[0]]:
-        values = " | ".join(f"{accuracy[s][(lr, epochs)]:.2f}" for s in seeds)
-        out.append(f"| {lr:.4g} | {epochs} | {values} |\n")
-    out.append("\ncleanlab `find_label_issues` (its own flagged set, all images):\n\n")
-    out.append(
-        "| epochs | lr | method | seed | flagged | precision | recall |\n|---|---|---|---|---|---|---|\n"
-    )
-    for r in rows:
-        if "flagged" in r.metrics:
-            m = r.metrics
-            out.append(
-                f"| {r.epochs} | {r.lr:.4g} | {r.method} | {r.seed} | {m['flagged']:.0f} | "
-                f"{m['flagged precision']:.2f} | {m['flagged recall']:.2f} |\n"
-            )
-    return "".join(out)
+    return "\n".join(out) + "\n"
 
 
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--epochs", type=int, nargs="+", default=[30, 100])
-    parser.add_argument("--lrs", type=float, nargs="+", default=[0.01, FAN_IN_LR])
-    parser.add_argument("--folds", type=int, nargs="+", default=[4, 2], help="k of each cross-training")
-    parser.add_argument("--per-class", type=int, default=200)
+    parser.add_argument("--epochs", type=int, nargs="+", default=[40, 100])
+    parser.add_argument("--folds", type=int, default=4)
     parser.add_argument("--noise", type=float, default=0.08)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--cache", type=Path, help="keep every training's records here and reuse them")
     parser.add_argument(
-        "--threads", type=int, default=1, help="torch threads (the benchmark machine is shared)"
+        "--per-class", type=int, default=200, help="images per class of the generated folders"
     )
-    parser.add_argument("--out", type=Path, help="also write the markdown here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows: list[Row] = []
-    accuracy: dict[int, dict[tuple[float, int], float]] = {}
-    for seed in args.seeds:
-        seed_rows, accuracy[seed] = experiment(
-            seed, sorted(args.epochs), args.lrs, args.per_class, args.noise, args.folds
-        )
-        rows += seed_rows
-    table = markdown(rows, accuracy)
+    for kind in args.kinds:
+        for seed in args.seeds:
+            rows += experiment(
+                kind, seed, sorted(args.epochs), args.folds, args.noise, args.cache, args.per_class
+            )
+            print(f"{kind} seed {seed} done", flush=True)
+            if args.out:
+                args.out.write_text(markdown(rows))
+    table = markdown(rows)
     print(table)
-    if args.out:
-        args.out.write_text(table)
     return table
 
 

@@ -169,7 +169,8 @@ def _setup_plain(cfg: Any, threads: int) -> tuple[Any, Any, Any]:
     dm = instantiate(cfg.data)
     dm.setup("fit")
     model = ShallowNet(dm.width, dm.height, dm.depth, dm.num_classes, filters=cfg.model.filters)
-    optimizer = instantiate(cfg.optimizer, lr=learning_rate(cfg, model))(model.parameters())  # lr=auto resolved
+    found = learning_rate(cfg, model, dm)  # lr=auto: the project's range test (cached), as in its run
+    optimizer = instantiate(cfg.optimizer, lr=getattr(found, "lr", found))(model.parameters())
     return dm, model, optimizer
 
 

@@ -22,8 +22,9 @@ CONF_DIR = ROOT / "conf"
 
 torch.set_num_threads(1)  # tests are tiny; avoid oversubscribing the 2 CI cores
 
-# the decode cache (data.cache_dir, default $LOSSDIAG_CACHE_DIR) of this test session, in-process and in the
-# entry points it runs: a fresh temporary folder, never the repository's outputs/cache or a user's cache
+# the caches of this test session (paths.cache_dir, default $LOSSDIAG_CACHE_DIR: the decode cache of image folders
+# and optimizer.lr=auto's range tests), in-process and in the entry points it runs: a fresh temporary folder, never
+# the repository's outputs/cache or a user's; their results are deterministic, so sharing them changes no number
 TEST_CACHE_DIR = tempfile.mkdtemp(prefix="lossdiag-test-cache-")
 os.environ["LOSSDIAG_CACHE_DIR"] = TEST_CACHE_DIR
 atexit.register(shutil.rmtree, TEST_CACHE_DIR, ignore_errors=True)
@@ -57,13 +58,14 @@ def child_env() -> dict[str, str]:
 
 
 def run_module(
-    module: str, *args: str, cwd: Path = ROOT, timeout: float = 300
+    module: str, *args: str, cwd: Path = ROOT, timeout: float = 300, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
-    """Run ``python -m <module> <args>`` as the user would; returns the completed process."""
+    """Run ``python -m <module> <args>`` as the user would (:func:`child_env`, updated by ``env``); the completed
+    process."""
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=cwd,
-        env=child_env(),
+        env={**child_env(), **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,

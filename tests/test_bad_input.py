@@ -85,13 +85,15 @@ def test_user_errors_from_the_command_line_are_one_line(tmp_path: Path) -> None:
         ("callbacks.checkpoint.mode=avg", "callbacks.checkpoint.mode=avg is not one of max, min"),
         ("callbacks.last_checkpoint.every_s=-1", "callbacks.last_checkpoint.every_s=-1 must be >= 0"),
         ("callbacks.diagnosis.flush_every_n_epochs=0", "flush_every_n_epochs >= 1"),
+        # found once the data is loaded (debug=fast: 60 training digits, 3 to 9 per class), still before any work
+        ("suspects.folds=10", "suspects.folds=10 needs at least 10 training images of every class"),
     ],
 )
 def test_bad_callback_values_are_one_line_and_leave_no_run(
     override: str, needle: str, tmp_path: Path
 ) -> None:
     """Raised inside hydra.utils.instantiate (which wraps them): still one line, exit 2, no run folder left."""
-    proc = run_module("lossdiag.train", override, cwd=tmp_path)  # the spelling for any folder
+    proc = run_module("lossdiag.train", override, "debug=fast", cwd=tmp_path)  # the spelling for any folder
     assert_one_line_error(proc, needle)
     assert not list(tmp_path.glob("outputs/runs/*/*")), "a rejected run left its folder"
 
@@ -110,6 +112,8 @@ def test_full_error_env_gives_the_traceback(tmp_path: Path, monkeypatch: pytest.
         ("loss.k=-1", r"loss.k=-1 must be > 0"),
         ("data.val_fraction=1.5", r"data.val_fraction=1.5 must be between 0 and 1"),
         ("trainer.max_epochs=0", r"trainer.max_epochs=0 must be >= 1"),
+        ("suspects.folds=1", r"suspects.folds=1 must be 0 \(off\) or a whole number >= 2"),
+        ("suspects.folds=-4", r"suspects.folds=-4 must be 0 \(off\) or a whole number >= 2"),
     ],
 )
 def test_bad_values(make_cfg, override: str, match: str) -> None:

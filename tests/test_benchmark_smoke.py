@@ -79,3 +79,28 @@ def test_scale_benchmark_runs_the_entry_point_and_a_plain_loop(tmp_path: Path) -
     table = (tmp_path / "out" / "scale.md").read_text()
     assert "| 40 | 16 | project auto |" in table and "Goals (issue 23)" in table
     assert len(list((tmp_path / "data").glob("stripes-40x16/*/*.png"))) == 40  # the generated folder stays
+
+
+def test_label_error_prototype_runs_on_tiny_folders(tmp_path: Path) -> None:
+    from benchmarks.suspects_prototype import main as prototype
+
+    table = prototype(["--kinds", "colours", "--epochs", "3", "--folds", "2", "--per-class", "12",
+                       "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "proto.md")])  # fmt: skip
+    assert "(product)" in table and "folds: cleanlab alone" in table and "one training: flags" in table
+    assert (tmp_path / "proto.md").read_text() == table
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 3  # the run and its 2 folds, kept for a re-run
+
+
+@pytest.mark.slow
+def test_label_noise_benchmark_runs_the_real_pipeline(tmp_path: Path) -> None:
+    from benchmarks.label_noise import main as label_noise
+
+    table = label_noise(["--kinds", "colours", "--seeds", "0", "--epochs", "3", "--folds", "2", "--per-class", "12",
+                         "--out", str(tmp_path)])  # fmt: skip
+    results = json.loads((tmp_path / "label_noise.json").read_text())["results"]
+    assert len(results) == 1 and results[0]["suspects.folds"]["trainings"] == 3
+    assert {"one training", "suspects.folds", "cleanlab alone", "untrained", "clean folder"} <= set(
+        results[0]
+    )
+    assert results[0]["untrained"]["flagged"] == 0
+    assert "| colours | suspects.folds | 3 |" in table.replace(".00", "")

@@ -300,3 +300,25 @@ def test_lazy_mode_skips_unidentifiable_files_and_stops_at_undecodable_ones(
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1, proc.stderr[-3000:]
     assert "cannot read image" in errors[0] and "truncated.png" in errors[0] and "data.mode=lazy" in errors[0]
+
+
+def test_cross_validation_folds_and_the_range_test_read_every_mode(folder: Path, tmp_path: Path) -> None:
+    """``suspects.folds`` joins splits (:func:`concatenate`) and ``optimizer.lr=auto`` caches by a fingerprint of
+    the training split: both work on memory-mapped and lazily decoded images, with the memory mode's pixels."""
+    from lossdiag.app.lr_find import data_fingerprint
+    from lossdiag.data.splits import concatenate
+
+    memory = _dm(folder, mode="memory", cache_dir=None)
+    want = concatenate([memory.train, memory.val]).inputs()
+    prints = set()
+    for mode in ("cached", "lazy"):
+        dm = _dm(folder, mode=mode, cache_dir=str(tmp_path / "cache"), workers=0)
+        assert not isinstance(dm.train.x, torch.Tensor)
+        assert torch.equal(concatenate([dm.train, dm.val]).inputs(), want), mode
+        assert data_fingerprint(dm) == data_fingerprint(
+            _dm(folder, mode=mode, cache_dir=str(tmp_path / "cache"))
+        )
+        prints.add(data_fingerprint(dm))
+    (folder / "a" / "a_0_0.png").write_bytes((folder / "b" / "b_0_0.png").read_bytes())  # a changed file
+    changed = _dm(folder, mode="lazy", cache_dir=None, workers=0)
+    assert len(prints) == 2 and data_fingerprint(changed) not in prints

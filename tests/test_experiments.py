@@ -62,12 +62,12 @@ def test_scheduler_changes_the_learning_rate_each_epoch(make_cfg, override: str,
     from lossdiag.app import pipeline
 
     scheduler = "cosine" if "T_max" in override else "step"
-    cfg = make_cfg(f"scheduler={scheduler}", override, "trainer.max_epochs=1", "callbacks=none", "~logger")
+    overrides = ("optimizer.lr=0.1", "trainer.max_epochs=1", "callbacks=none", "~logger")
+    cfg = make_cfg(f"scheduler={scheduler}", override, *overrides)
     pipeline.prepare(cfg)
     dm = pipeline.build_datamodule(cfg)
     trainer = pipeline.build_trainer(cfg)
     trainer.fit(pipeline.build_module(cfg, dm), datamodule=dm)
-    # optimizer.lr=auto is 0.1 on the digits (src/lossdiag/functional/learning_rate.py)
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.1 * factor)
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from lossdiag.callbacks.lr_find import LR_FIND_TAG
 from lossdiag.callbacks.tensorboard import HPARAM_METRICS, LAYOUT
 from lossdiag.diagnosis.samples import FIELDS, load_samples
 from lossdiag.functional.calibration import CALIBRATION_KEYS, SPLIT_KEYS
@@ -120,9 +121,13 @@ def test_every_scalar_histogram_image_and_text_is_at_an_epoch(events) -> None:
     images = read_images(events)
     assert [step for step, _ in images["val/worst_samples"]] == [1, 2]  # every 2 epochs and the last
     last = EPOCHS - 1
-    for tag in [t for t in images if t.startswith("diagnosis/")] + [t for t in tags["tensors"] if "text" in t]:
+    texts = [t for t in tags["tensors"] if "text" in t and not t.startswith(LR_FIND_TAG)]
+    for tag in [t for t in images if t.startswith("diagnosis/")] + texts:
         steps = [e.step for e in events.Tensors(tag)]
         assert steps == [last], (tag, steps)
+    # optimizer.lr=auto's range test ran before epoch 0: its curve and choice are at step 0
+    assert [step for step, _ in images[LR_FIND_TAG]] == [0]
+    assert [t.step for t in events.Tensors(f"{LR_FIND_TAG}/text_summary")] == [0]
 
 
 # -- 3. HParams -------------------------------------------------------------------------------------
@@ -162,7 +167,8 @@ def test_hparams_are_what_a_person_compares(events) -> None:
     ):
         assert key in values, (key, sorted(values))
     assert values["data"] == "digits" and values["image_size"] == "1x8x8" and values["train_samples"] == 60
-    assert values["optimizer"] == "sgd" and values["optimizer.lr"] == pytest.approx(0.1)
+    # optimizer.lr=auto: the number the range test chose (for these 60 training digits), not "auto"
+    assert values["optimizer"] == "sgd" and values["optimizer.lr"] == pytest.approx(0.05)
     assert not [k for k in values if "_target_" in k or "dir" in k or "path" in k]
     assert not [v for v in values.values() if isinstance(v, str) and "/" in v]
     # the metrics the HParams tab compares are per-epoch tags the run wrote, named as in the CSV; the tab shows
@@ -207,9 +213,11 @@ def test_hparams_without_hydra_are_curated_and_bounded(make_cfg) -> None:
         "optimizer": "adam",
         "optimizer.lr": 0.01,
         "callbacks.diagnosis": "removed",
+        "model": "B",  # model._target_=a.B: the class names the model
     }
     hparams = run_hparams(cfg, dm, [*given, *hidden], {"data": "folder", "optimizer": "adam"})
-    assert list(hparams)[:5] == list(overrides) and hparams["model"] == "ShallowNet" and hparams["seed"] == 0
+    assert list(hparams)[:6] == list(overrides) and hparams["model"] == "B" and hparams["seed"] == 0
+    assert run_hparams(cfg, dm, given, {"data": "folder", "optimizer": "adam"})["model"] == "ShallowNet"
     many = [f"+extra.k{i}={i}" for i in range(40)]
     crowded = run_hparams(make_cfg(*many), dm, many, {})
     assert len(crowded) == MAX_HPARAMS and next(iter(crowded)) == "extra.k0"

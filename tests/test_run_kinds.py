@@ -38,8 +38,9 @@ def balanced_target(n: int, n_classes: int = 4) -> np.ndarray:
     return np.arange(n) % n_classes
 
 
-def run(loss, pred, target, n_classes=4, epochs=None, **kw) -> SimpleNamespace:
-    """The judge stage on per-sample records: the statistics, the rule that decides, and its words."""
+def run(loss, pred, target, n_classes=4, epochs=None, ctx=None, **kw) -> SimpleNamespace:
+    """The judge stage on per-sample records: the statistics, the rule that decides, and its words (``ctx``: what
+    the advice may point to)."""
     loss = np.asarray(loss, dtype=float)
     epochs = list(range(len(loss))) if epochs is None else epochs
     stats, facts = run_stats(loss, pred, target, list(NAMES[:n_classes]), epochs, **kw)
@@ -53,7 +54,7 @@ def run(loss, pred, target, n_classes=4, epochs=None, **kw) -> SimpleNamespace:
         **asdict(stats),
         kind=row.kind,
         reason=reason(judged),
-        advice=advice(judged),
+        advice=advice(judged, ctx),
         to_dict=lambda: json_ready({"kind": row.kind, **asdict(stats)}),
     )
 

@@ -154,6 +154,8 @@ def test_not_learning_says_what_to_try(kind_runs) -> None:
     # nothing was learned because the loss barely moved: raise the learning rate, never lower it
     assert numbers["cause"] == "none" and "What to try: Raise `optimizer.lr`" in stdout
     assert "Lower" not in numbers["advice"] and "barely moved" in numbers["advice"]
+    # the rate it trained at, a number to try, and the range test that measures one
+    assert "from 1e-06 (e.g. 10x: `optimizer.lr=1e-05`), or let `optimizer.lr=auto`" in numbers["advice"]
 
 
 # ------------------------------------------------------------------------------------------- evaluation

@@ -207,11 +207,13 @@ def test_every_tensorboard_image_is_also_a_png_under_figures(user_run) -> None:
 def _figures() -> dict[str, Figure]:
     """One of each figure TensorBoard shows, from made-up numbers shaped like a run's."""
     from lossdiag.diagnosis.judge.causes import GROUPS
+    from lossdiag.functional.learning_rate import smooth
     from lossdiag.render.figures import (
         WORST_TILES,
         data_map_figure,
         groups_figure,
         loss_distribution_figure,
+        lr_find_figure,
         reliability_figure,
         worst_caption,
         worst_samples_figure,
@@ -223,6 +225,8 @@ def _figures() -> dict[str, Figure]:
         name: rng.exponential(scale, 449) for name, scale in (("initial", 2.3), ("best", 0.3), ("last", 0.4))
     }
     captions = [worst_caption("golden_retriever", "cat", 3.2e-12, 26.1) for _ in range(WORST_TILES)]
+    lrs = np.geomspace(1e-5, 3.0, 90)
+    lr_losses = 2.3 - 1.2 / (1 + (1e-2 / lrs) ** 1.5) + np.maximum(lrs - 1, 0) * 5 + rng.normal(0, 0.05, 90)
     return {
         "reliability": reliability_figure(conf, rng.uniform(size=449) < conf, title="final model, val"),
         "loss_distribution": loss_distribution_figure(losses, epochs={"initial": -1, "best": 7, "last": 99}),
@@ -230,6 +234,7 @@ def _figures() -> dict[str, Figure]:
             rng.uniform(size=150), rng.uniform(0, 0.4, 150), rng.uniform(size=150) < 0.1
         ),
         "worst_samples": worst_samples_figure(torch.rand(WORST_TILES, 3, 32, 32), captions, title="title"),
+        "lr_find": lr_find_figure(lrs, lr_losses, smooth(lr_losses), (0.933, "lowest smoothed loss"), 0.1),
         "rise_by_group": groups_figure(
             {g: {"n": 10, "rise": r, "share": r / 0.3} for g, r in zip(GROUPS, (0.2, 0.0, 0.15, 0.05, -0.02, -0.08), strict=True)},
             {g: {"n": 10, "loss": v, "share": v / 0.5} for g, v in zip(GROUPS, (0.2, 0.0, 0.2, 0.05, 0.01, 0.04), strict=True)},
@@ -237,7 +242,9 @@ def _figures() -> dict[str, Figure]:
     }
 
 
-@pytest.mark.parametrize("name", ["reliability", "loss_distribution", "data_map", "worst_samples", "rise_by_group"])
+@pytest.mark.parametrize(
+    "name", ["reliability", "loss_distribution", "data_map", "worst_samples", "rise_by_group", "lr_find"]
+)
 def test_every_text_is_legible_in_tensorboards_card(name: str) -> None:
     from lossdiag.render.figures import CARD_TEXT_PX, card_scale, figure_samples, render
 

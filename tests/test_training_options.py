@@ -5,6 +5,7 @@ and the defaults learning on a generated RGB folder, and one-line errors for bad
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,6 @@ from lossdiag.app import pipeline
 from lossdiag.data.datamodules import DigitsDataModule
 from lossdiag.errors import UserError
 from lossdiag.functional.augment import augment_batch
-from lossdiag.functional.learning_rate import auto_lr, last_linear_fan_in
 from lossdiag.functional.losses import LOSS_NAMES, training_loss
 from lossdiag.functional.objectives import OBJECTIVES
 from lossdiag.rundir.metrics_csv import read_history
@@ -145,18 +145,14 @@ def test_augment_changes_training_but_not_the_cap(make_cfg, tmp_path: Path) -> N
 
 
 # -- optimizer.lr=auto and the defaults on an RGB folder -------------------------------------
-def test_auto_lr_is_the_digits_lr_scaled_to_the_fan_in(make_cfg, tmp_path: Path) -> None:
-    assert auto_lr(2048) == 0.1 and auto_lr(32 * 32 * 32) == pytest.approx(0.00625)
-    cfg = make_cfg()
+def test_auto_lr_is_measured_and_a_number_is_used_as_given(make_cfg) -> None:
+    cfg = make_cfg(fast=False)  # the default run's data: 150 training digits
     dm = pipeline.build_datamodule(cfg)
     assert cfg.optimizer.lr == "auto"
     module = pipeline.build_module(cfg, dm)
-    assert last_linear_fan_in(module.net) == 8 * 8 * 32
     assert module.configure_optimizers().param_groups[0]["lr"] == 0.1  # the digits keep the forum's lr
     module = pipeline.build_module(make_cfg("optimizer.lr=0.03"), dm)
     assert module.configure_optimizers().param_groups[0]["lr"] == 0.03  # a number is used as given
-    with pytest.raises(ValueError, match=r"no nn\.Linear"):
-        last_linear_fan_in(torch.nn.Conv2d(1, 1, 1))
 
 
 @pytest.mark.slow
@@ -175,4 +171,4 @@ def test_default_settings_learn_on_a_generated_rgb_folder(tmp_path: Path) -> Non
     assert proc.returncode == 0, proc.stderr[-3000:]
     acc = [v for v in read_history(run)["val/acc"] if math.isfinite(v)]
     assert len(acc) == 10 and acc[-1] >= 0.7, acc
-    assert "optimizer.lr=auto: 0.00625 " in (run / "train.log").read_text()
+    assert re.search(r"optimizer.lr=auto: [\d.e-]+ \(learning-rate range test", (run / "train.log").read_text())

@@ -16,7 +16,13 @@ import hydra
 from omegaconf import DictConfig
 
 from lossdiag import CONF_DIR
-from lossdiag.app.cli import null_groups_removed, one_line_hydra_errors, quote_paths, run_task
+from lossdiag.app.cli import (
+    null_groups_removed,
+    one_line_hydra_errors,
+    quote_paths,
+    run_task,
+    with_folder_data,
+)
 from lossdiag.app.console import quiet_warnings
 from lossdiag.app.run_config import with_run_groups
 
@@ -50,6 +56,8 @@ def main(cfg: DictConfig) -> None:
 
 def cli(entry: str = "lossdiag.evaluate") -> None:
     """The command line: the run's config groups added, run-folder paths quoted, Hydra's errors as one line."""
+    # data.root alone: data=folder (a folder run keeps its own data settings; a digits run's model meets a folder)
+    sys.argv[1:] = with_folder_data(sys.argv[1:])
     sys.argv[1:], ADDED[:] = with_run_groups(sys.argv[1:])  # the run's config groups (data=folder, ...)
     # a run folder's name holds "=": ckpt_path=<run>/checkpoints/best_val_acc.ckpt
     sys.argv[1:] = quote_paths(null_groups_removed(sys.argv[1:]))

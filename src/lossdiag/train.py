@@ -13,7 +13,13 @@ import hydra
 from omegaconf import DictConfig
 
 from lossdiag import CONF_DIR
-from lossdiag.app.cli import null_groups_removed, one_line_hydra_errors, quote_paths, run_task
+from lossdiag.app.cli import (
+    null_groups_removed,
+    one_line_hydra_errors,
+    quote_paths,
+    run_task,
+    with_folder_data,
+)
 from lossdiag.app.console import quiet_spawned_process, quiet_warnings
 from lossdiag.app.resolvers import register_resolvers
 from lossdiag.app.resume import expand_resume
@@ -60,8 +66,11 @@ def main(cfg: DictConfig) -> float | None:
 
 
 def cli(entry: str = "lossdiag.train") -> None:
-    """The command line: ``resume=`` expanded, run-folder paths quoted, Hydra's config errors as one line (exit code 2)."""
-    sys.argv[1:] = run_task(lambda: expand_resume(quote_paths(null_groups_removed(sys.argv[1:]))))
+    """The command line: ``resume=`` expanded, run-folder paths quoted, ``data.root=`` alone selecting
+    ``data=folder``, Hydra's config errors as one line (exit code 2)."""
+    sys.argv[1:] = with_folder_data(
+        run_task(lambda: expand_resume(quote_paths(null_groups_removed(sys.argv[1:]))))
+    )
     with one_line_hydra_errors(entry):
         main()
 

@@ -85,6 +85,20 @@ def quote_paths(argv: list[str]) -> list[str]:
     return out
 
 
+def with_folder_data(argv: list[str]) -> list[str]:
+    """``data.root=<folder>`` without a ``data=`` choice: add ``data=folder`` (the data that has a root) and say so.
+
+    ``+data.root=`` becomes ``data.root=`` (``data=folder`` has the key). The note goes to stderr: the job's log
+    does not exist yet, and ``data=folder`` is in the run's ``.hydra/overrides.yaml`` and folder name.
+    """
+    keys = [override_key(a) for a in argv if "=" in a and not a.startswith("-")]
+    if "data.root" not in keys or "data" in keys:
+        return argv
+    print("note: data.root is set without data=: using data=folder (your image folder)", file=sys.stderr)
+    out = [a.lstrip("+") if override_key(a) == "data.root" else a for a in argv]
+    return ["data=folder", *out]
+
+
 def describe(err: Exception, entry: str = "src.train") -> str:
     """One line for a Hydra config error: what is wrong, and how to fix it."""
     if isinstance(err, MissingConfigException) and err.options is not None and err.missing_cfg_file:
@@ -97,6 +111,10 @@ def describe(err: Exception, entry: str = "src.train") -> str:
     unknown = re.match(r"Could not override '([^']+)'", text)
     if unknown and "not in struct" in str(err.__cause__ or ""):
         key = unknown.group(1)
+        if key == "data.root":
+            return (
+                "data.root is a key of data=folder only: use data=folder data.root=<folder> for your images"
+            )
         return (
             f"unknown config key '{key}': check its spelling (python -m {entry} --cfg job lists every key), "
             f"or add a new key with +{key}=..."

@@ -22,6 +22,7 @@ from lossdiag.app.resume import override_key
 from lossdiag.app.run_config import RUN_GROUPS, other_folder, run_cfg, run_choices, run_dir_of
 from lossdiag.callbacks.console import announce
 from lossdiag.data.datamodules import ImageFolderDataModule, InMemoryDataModule
+from lossdiag.diagnosis.judge.suspects import NO_THRESHOLDS
 from lossdiag.diagnosis.samples import Samples, SplitInfo, read_classes
 from lossdiag.diagnosis.write import Diagnosis, write_diagnosis
 from lossdiag.errors import UserError
@@ -30,6 +31,7 @@ from lossdiag.functional.outputs import evaluate_logits
 from lossdiag.models.predict import predict_records
 from lossdiag.rundir.checkpoints import load_weights, read_checkpoint
 from lossdiag.rundir.paths import DIAGNOSIS_FILE, display_path
+from lossdiag.rundir.suspects import read_thresholds
 
 RUN_KEYS = (*RUN_GROUPS, "seed")
 log = logging.getLogger(__name__)
@@ -126,13 +128,16 @@ def evaluate_checkpoint(cfg: Any, overrides: Sequence[str] = ()) -> Diagnosis:
         if len(dm.val.sample_shape) == 3
         else None
     )
+    # flags of likely label errors with the per-class thresholds the training run calibrated on its own val split
+    thresholds = read_thresholds(run_dir_of(path), name, samples.classes)
+    flags_off = NO_THRESHOLDS if thresholds is None and not has_train else None
     out = Path(cfg.paths.output_dir)
     writer = SummaryWriter(str(out))
     try:
         # TensorBoard step = the epoch the weights come from (0 for untrained weights)
         diagnosis = write_diagnosis(
             out, samples, images, int(cfg.worst_k), writer, step=max(epoch, 0), model=name,
-            evaluated_on=evaluated_on,
+            evaluated_on=evaluated_on, flag_thresholds=thresholds, flags_off=flags_off,
         )  # fmt: skip
     finally:
         writer.close()

@@ -45,13 +45,17 @@ def _scalar(value: Any) -> bool | int | float | str:
 def override_hparams(cfg: DictConfig, overrides: Iterable[str]) -> dict[str, Any]:
     """``["loss=bounded", "optimizer.lr=0.01", "~callbacks.diagnosis"]`` -> ``{"loss": "bounded", "optimizer.lr": 0.01, ...}``.
 
-    A key that is a value in the config shows that value (typed); a config group shows the option chosen.
+    A key that is a value in the config shows that value (typed); a config group shows the option chosen;
+    ``model._target_=pkg.mod.MyNet`` shows as ``model: MyNet``.
     """
     out: dict[str, Any] = {}
     for override in overrides:
         override = str(override)
         key = override_key(override)
         raw = override.split("=", 1)[1] if "=" in override else ""
+        if key == "model._target_" and not override.startswith("~"):
+            out["model"] = raw.strip("'\"").rsplit(".", 1)[-1]  # the user's model class names the model column
+            continue
         if override.startswith("~"):
             value: Any = "removed"
         else:

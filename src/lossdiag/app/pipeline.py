@@ -10,32 +10,33 @@ from typing import Any
 
 import lightning as L
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lossdiag.app.console import quiet_warnings
 from lossdiag.app.hparams import run_hparams
+from lossdiag.app.lr_find import FoundLR, find_learning_rate, record_learning_rate
 from lossdiag.app.resume import resume_command
-from lossdiag.app.validate import validate
+from lossdiag.app.validate import suspects_folds, validate
 from lossdiag.callbacks.checkpoint_io import AtomicCheckpointIO
 from lossdiag.callbacks.guards import NonFiniteLossGuard
+from lossdiag.callbacks.loss_diagnosis import LossDiagnosis
 from lossdiag.callbacks.tensorboard import TensorBoardDashboards
 from lossdiag.data.datamodules import InMemoryDataModule
-from lossdiag.functional.learning_rate import (
-    AUTO_LR,
-    REFERENCE_FAN_IN,
-    REFERENCE_LR,
-    auto_lr,
-    last_linear_fan_in,
-)
+from lossdiag.errors import UserError, user_error_cause
+from lossdiag.functional.learning_rate import AUTO_LR
 from lossdiag.functional.objectives import OBJECTIVES
+from lossdiag.models.builders import UNEXPECTED_KEYWORD, DataShape, not_passed_note
+from lossdiag.models.builders import build_net as build_classifier
 from lossdiag.models.module import LossDiagModule
 from lossdiag.models.predict import DEFAULT_CHUNK_BYTES, rows_within
 from lossdiag.rundir.checkpoints import check_checkpoint
 from lossdiag.rundir.metrics_csv import last_values, read_history
 
 log = logging.getLogger(__name__)
+TORCHVISION_TARGET = "lossdiag.models.torchvision_models.torchvision_classifier"
 
 
 def prepare(cfg: DictConfig) -> None:
@@ -48,27 +49,68 @@ def prepare(cfg: DictConfig) -> None:
 
 
 def build_datamodule(cfg: DictConfig) -> InMemoryDataModule:
-    """Instantiate ``cfg.data`` and load it, so its shapes and class names are known."""
-    datamodule: InMemoryDataModule = instantiate(cfg.data)
+    """Instantiate ``cfg.data`` and load it, so its shapes and class names are known.
+
+    A key the data module does not take (``+data.root=`` on the digits) is one line, not Hydra's traceback.
+    """
+    try:
+        datamodule: InMemoryDataModule = instantiate(cfg.data)
+    except InstantiationException as err:
+        refused = UNEXPECTED_KEYWORD.search(str(err))
+        if refused is None or user_error_cause(err) is not None:
+            raise
+        key = refused.group(1)
+        hint = " (your images: data=folder data.root=<folder>)" if key == "root" else ""
+        raise UserError(f"data.{key} is not a setting of {cfg.data._target_}: remove it{hint}") from None
     datamodule.setup("fit")
     return datamodule
 
 
+def data_shape(datamodule: InMemoryDataModule) -> DataShape:
+    """What the loaded data tells a model: channels, height, width, classes."""
+    return DataShape(datamodule.depth, datamodule.height, datamodule.width, datamodule.num_classes)
+
+
+def model_label(cfg: DictConfig) -> str:
+    """How the model is named in messages: as the user chose it (``model.name=resnet18``, ``model._target_=...``)."""
+    target = OmegaConf.select(cfg, "model._target_", default=None)
+    name = OmegaConf.select(cfg, "model.name", default=None)
+    if target == TORCHVISION_TARGET and name is not None:
+        return f"model.name={name}"
+    return f"model._target_={target}"
+
+
 def build_net(cfg: DictConfig, datamodule: InMemoryDataModule) -> torch.nn.Module:
-    """``cfg.model`` (ShallowNet) sized by the data."""
-    return instantiate(
-        cfg.model,
-        width=datamodule.width,
-        height=datamodule.height,
-        depth=datamodule.depth,
-        classes=datamodule.num_classes,
-    )
+    """``cfg.model`` built for the data (:func:`lossdiag.models.builders.build_net`); a bad one is one line."""
+    options = OmegaConf.to_container(cfg.model, resolve=True) if cfg.get("model") else {}
+    assert isinstance(options, dict)
+    target = options.get("_target_")
+    if not target:
+        raise UserError("model._target_ is not set: choose model=<option> or model._target_=pkg.module.Class")
+    try:
+        built = build_classifier(str(target), options, data_shape(datamodule), model_label(cfg))
+    except UserError as err:
+        name = str(target).removeprefix("torchvision.models.")
+        if name == str(target) or "." in name:
+            raise
+        # a torchvision builder named directly keeps its 3-channel, ImageNet-size stem
+        raise UserError(f"{err} (or use model=torchvision model.name={name}: fitted to the data)") from None
+    if built.not_passed:
+        log.warning(not_passed_note(str(target), built.not_passed))
+    return built.net
 
 
-def learning_rate(cfg: DictConfig, net: torch.nn.Module) -> float | None:
-    """``optimizer.lr``, with ``auto`` resolved for ``net`` (:mod:`lossdiag.functional.learning_rate`)."""
+def learning_rate(
+    cfg: DictConfig, net: torch.nn.Module, datamodule: InMemoryDataModule, trainer: L.Trainer | None = None
+) -> FoundLR | float | None:
+    """``optimizer.lr``: a number as given, ``auto`` measured by a range test (:mod:`lossdiag.app.lr_find`) on
+    ``trainer``'s device and global batch (without a trainer: on the CPU, one process)."""
     lr = cfg.optimizer.get("lr")
-    return auto_lr(last_linear_fan_in(net)) if lr == AUTO_LR else lr
+    if lr != AUTO_LR:
+        return lr
+    if trainer is None:
+        return find_learning_rate(cfg, net, datamodule)
+    return find_learning_rate(cfg, net, datamodule, trainer.strategy.root_device, trainer.world_size)
 
 
 def loss_parameter(cfg: DictConfig) -> float | None:
@@ -83,10 +125,21 @@ def eval_chunk_bytes(cfg: DictConfig) -> int:
     return DEFAULT_CHUNK_BYTES if mb is None else int(float(mb) * 2**20)
 
 
-def build_module(cfg: DictConfig, datamodule: InMemoryDataModule) -> LossDiagModule:
-    """ShallowNet sized by the data, wrapped with the configured loss and optimizer."""
-    net = build_net(cfg, datamodule)
-    lr = learning_rate(cfg, net)
+def build_module(
+    cfg: DictConfig,
+    datamodule: InMemoryDataModule,
+    net: torch.nn.Module | None = None,
+    lr: FoundLR | float | None = None,
+) -> LossDiagModule:
+    """The configured model (``net``, else built for the data) with the configured loss and optimizer.
+
+    ``lr``: the learning rate already resolved (:func:`learning_rate`), else resolved here.
+    """
+    net = build_net(cfg, datamodule) if net is None else net
+    if lr is None:
+        lr = learning_rate(cfg, net, datamodule)
+    if isinstance(lr, FoundLR):
+        lr = lr.lr
     return LossDiagModule(
         net=net,
         optimizer=instantiate(cfg.optimizer, **({} if lr is None else {"lr": lr})),
@@ -148,25 +201,21 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Fit the model described by ``cfg``; return the final scalar metrics."""
     prepare(cfg)
     datamodule = build_datamodule(cfg)
-    model = build_module(cfg, datamodule)
+    net = build_net(cfg, datamodule)  # a bad model fails here, before any file is written
     # data.val_batch_size=auto: as many samples as the model evaluates within eval_chunk_mb
-    datamodule.size_val_batches(rows_within(model.net, datamodule.train.sample_shape, model.eval_chunk_bytes))  # type: ignore[union-attr]
+    datamodule.size_val_batches(rows_within(net, datamodule.train.sample_shape, eval_chunk_bytes(cfg)))  # type: ignore[union-attr]
     trainer = build_trainer(cfg)
+    diagnosis = _cross_validated_suspects(cfg, trainer, datamodule)  # before anything is written
+    lr = learning_rate(cfg, net, datamodule, trainer)
+    model = build_module(cfg, datamodule, net, lr)
     config = OmegaConf.to_container(cfg, resolve=True)
     shown = cfg  # what the HParams tab shows: the config, with the learning rate actually used
-    if cfg.optimizer.get("lr") == AUTO_LR:
-        lr = learning_rate(cfg, model.net)
-        config["optimizer"]["lr"] = lr  # type: ignore[index]  # hparams.yaml and the HParams tab get the number
+    if isinstance(lr, FoundLR):
+        config["optimizer"]["lr"] = lr.lr  # type: ignore[index]  # hparams.yaml and the HParams tab get the number
         shown = copy.deepcopy(cfg)
         with open_dict(shown):
-            shown.optimizer.lr = lr
-        log.info(
-            "optimizer.lr=auto: %.6g (%g x %d / fan-in %d of the last linear layer)",
-            lr,
-            REFERENCE_LR,
-            REFERENCE_FAN_IN,
-            last_linear_fan_in(model.net),
-        )
+            shown.optimizer.lr = lr.lr
+        trainer.callbacks.append(record_learning_rate(lr, cfg.paths.output_dir))  # type: ignore[arg-type]
     for logger in trainer.loggers:
         logger.log_hyperparams(config)  # type: ignore[arg-type]  # hparams.yaml
     # TensorBoard's HParams tab (what a person compares runs by) and Custom Scalars layout
@@ -194,4 +243,41 @@ def train(cfg: DictConfig) -> dict[str, float]:
         log.warning(message)
         print(message, file=sys.stderr)
         raise SystemExit(128 + signal.SIGTERM) from None
+    if diagnosis is not None:
+        from lossdiag.app.folds import cross_validate
+
+        # resumed after its last epoch (killed during the folds): as saved
+        samples = diagnosis.restore_samples()
+        if samples is None:
+            log.warning("suspects.folds: the run recorded no validation epoch to rank: no folds were trained")
+        else:
+            folds = cross_validate(shown, datamodule, cfg.paths.output_dir)  # the folds train at the run's lr
+            samples.train_oof, samples.oof_folds = folds.oof, folds.folds
+            samples.train_folds_aum, samples.val_folds_aum = folds.train_aum, folds.val_aum
+            diagnosis.write(trainer)
     return final_metrics(trainer, model, cfg.paths.output_dir)
+
+
+def _cross_validated_suspects(
+    cfg: DictConfig, trainer: L.Trainer, datamodule: InMemoryDataModule
+) -> LossDiagnosis | None:
+    """With ``suspects.folds=K``, the run's diagnosis callback, told to write after the K extra trainings
+    (:mod:`lossdiag.app.folds`); the folds are planned now, so an impossible K fails before any training."""
+    if not suspects_folds(cfg):
+        return None
+    diagnosis = next((c for c in trainer.callbacks if isinstance(c, LossDiagnosis)), None)  # type: ignore[attr-defined]
+    if diagnosis is None:
+        raise UserError(
+            "suspects.folds needs the diagnosis callback (it writes suspects.csv): remove ~callbacks.diagnosis, "
+            "or set suspects.folds=0"
+        )
+    if trainer.world_size > 1:
+        raise UserError(
+            "suspects.folds trains its folds in the run's own process: use a single-device trainer, or suspects.folds=0"
+        )
+    from lossdiag.app.folds import plan_folds
+
+    assert datamodule.train is not None
+    plan_folds(cfg, datamodule.train.y.numpy(), datamodule.num_classes)
+    diagnosis.write_at_fit_end = False
+    return diagnosis

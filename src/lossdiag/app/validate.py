@@ -6,10 +6,12 @@ from omegaconf import DictConfig
 
 from lossdiag.errors import UserError
 from lossdiag.functional.augment import AUGMENTATIONS
-from lossdiag.functional.learning_rate import AUTO_LR
+from lossdiag.functional.learning_rate import AUTO_LR, SKIP_START
 from lossdiag.functional.losses import LOSS_NAMES
 from lossdiag.functional.objectives import OBJECTIVES, objective_parameter_check
 from lossdiag.rundir.checkpoints import existing_checkpoint
+
+MIN_STEPS = 2 * SKIP_START  # fewer range-test steps leave too few smoothed values to choose from
 
 
 def _number(cfg: DictConfig, key: str) -> float | None:
@@ -21,13 +23,28 @@ def _number(cfg: DictConfig, key: str) -> float | None:
     return value
 
 
+def suspects_folds(cfg: DictConfig) -> int:
+    """``suspects.folds`` as a count (0: off); one line naming the problem for anything else."""
+    from omegaconf import OmegaConf
+
+    folds = OmegaConf.select(cfg, "suspects.folds", default=0)
+    if folds is None:
+        return 0
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 0 or folds == 1:
+        raise UserError(
+            f"suspects.folds={folds!r} must be 0 (off) or a whole number >= 2 of extra trainings (e.g. 4)"
+        )
+    return folds
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise :class:`UserError` naming the first bad value and what it should be."""
     from omegaconf import OmegaConf
 
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
-        example = "data.root=/path/to/images" if "data.root" in missing else f"{missing[0]}=..."
+        examples = {"data.root": "data.root=/path/to/images", "model.name": "model.name=resnet18"}
+        example = next((examples[k] for k in missing if k in examples), f"{missing[0]}=...")
         raise UserError(f"{', '.join(missing)} must be given: add it to the command line, e.g. {example}")
     loss = cfg.loss.name
     if loss not in LOSS_NAMES:
@@ -72,6 +89,8 @@ def validate(cfg: DictConfig) -> None:
         lr = _number(cfg, "optimizer.lr")
         if lr is not None and lr <= 0:
             raise UserError(f"optimizer.lr={lr} must be > 0")
+    else:
+        _check_lr_find(cfg)
     augment = OmegaConf.select(cfg, "data.augment", default=None)
     if augment is not None and augment not in AUGMENTATIONS:
         raise UserError(f"data.augment={augment!r} is unknown: use one of {', '.join(AUGMENTATIONS)}")
@@ -80,8 +99,9 @@ def validate(cfg: DictConfig) -> None:
     chunk = _number(cfg, "eval_chunk_mb")
     if chunk is not None and chunk <= 0:
         raise UserError(
-            f"eval_chunk_mb={chunk} must be > 0 (MB of float32 input per evaluation chunk, e.g. 64)"
+            f"eval_chunk_mb={chunk} must be > 0 (MiB of input and activations per evaluation chunk, e.g. 64)"
         )
+    suspects_folds(cfg)
     threads = _number(cfg, "threads")
     if threads is not None and threads < 1:
         raise UserError(f"threads={threads} must be >= 1, or null for torch's default")
@@ -118,3 +138,16 @@ def _validate_data_modes(cfg: DictConfig) -> None:
             raise UserError(
                 "data.mode=cached needs a decode cache folder: set data.cache_dir=<folder>, or use data.mode=lazy"
             )
+
+
+def _check_lr_find(cfg: DictConfig) -> None:
+    """The range test's settings (``lr_find.*``), when ``optimizer.lr=auto`` uses them."""
+    if cfg.get("lr_find") is None:
+        raise UserError(
+            "optimizer.lr=auto needs the lr_find settings (conf/train.yaml): give optimizer.lr=<number>"
+        )
+    low, high, steps = (_number(cfg, f"lr_find.{k}") for k in ("min_lr", "max_lr", "steps"))
+    if low is None or high is None or not 0 < low < high:
+        raise UserError(f"lr_find.min_lr={low} and lr_find.max_lr={high} must satisfy 0 < min_lr < max_lr")
+    if steps is None or steps != int(steps) or steps < MIN_STEPS:
+        raise UserError(f"lr_find.steps={steps} must be a whole number >= {MIN_STEPS} (default 100)")

@@ -148,7 +148,12 @@ def figure_images(
     worst-samples figure) and, for TensorBoard, the most suspect samples of each split (``None`` without)."""
     worst = samples.val.index[worst_indices(samples.val_epochs[-1].loss, worst_k)].tolist()
     suspects = wanted_images(rank_run(samples), samples) if tensorboard else {}
-    val_images = loader_inputs(trainer.val_dataloaders, "val", {*worst, *suspects.get("val", ())}, contract)
+    # a run resumed after its last epoch (suspects.folds killed during the folds) has no val loader of its own
+    datamodule = getattr(trainer, "datamodule", None)
+    val_loader = trainer.val_dataloaders
+    if val_loader is None and datamodule is not None:
+        val_loader = datamodule.val_dataloader()
+    val_images = loader_inputs(val_loader, "val", {*worst, *suspects.get("val", ())}, contract)
     suspect_images = {"val": val_images}
     if "train" in suspects:
         suspect_images["train"] = loader_inputs(

@@ -26,7 +26,7 @@ from lossdiag.callbacks.evaluation import end_states, evaluate_loader, evaluate_
 from lossdiag.callbacks.last_checkpoint import is_last_epoch
 from lossdiag.callbacks.tensorboard import tensorboard_logger, tensorboard_writer, write_epoch_events
 from lossdiag.diagnosis.record import Recorder
-from lossdiag.diagnosis.samples import Samples
+from lossdiag.diagnosis.samples import Samples, load_samples
 from lossdiag.diagnosis.write import Diagnosis, write_diagnosis
 from lossdiag.errors import UserError
 from lossdiag.functional.losses import loss_cap_from_initial, per_sample_cross_entropy
@@ -36,11 +36,19 @@ from lossdiag.models.predict import DEFAULT_CHUNK_BYTES
 from lossdiag.models.recorder import SampleRecorder, SampleRecords
 from lossdiag.rundir.atomic import atomic_torch_save
 from lossdiag.rundir.checkpoints import load_checkpoint
-from lossdiag.rundir.paths import DIAGNOSIS_FILE, INITIAL_CKPT, display_path
+from lossdiag.rundir.paths import DIAGNOSIS_FILE, INITIAL_CKPT, SAMPLES_FILE, display_path
 
 log = logging.getLogger(__name__)
 STAGES = ("train", "val")
 SCALAR_TAGS = ("val/loss_from_wrong", "val/ece", "val/temperature")  # always logged to TensorBoard
+
+
+def initial_lr(trainer: L.Trainer) -> float | None:
+    """The learning rate the run started with (before any scheduler), when it had one: one optimizer, one group."""
+    if len(trainer.optimizers) != 1 or len(trainer.optimizers[0].param_groups) != 1:
+        return None
+    group = trainer.optimizers[0].param_groups[0]
+    return float(group.get("initial_lr", group["lr"]))
 
 
 class LossDiagnosis(L.Callback):
@@ -133,6 +141,9 @@ class LossDiagnosis(L.Callback):
         self.initial: dict[str, torch.Tensor] | None = None
         self.diagnosis: Diagnosis | None = None
         self.epoch_values: dict[str, float] = {}  # the last value of everything sent to the loggers
+        # False: on_fit_end evaluates the models but leaves the writing to a call of write() (src.train adds the
+        # out-of-fold probabilities of suspects.folds to the samples first)
+        self.write_at_fit_end = True
 
     @property
     def samples(self) -> Samples | None:
@@ -370,7 +381,29 @@ class LossDiagnosis(L.Callback):
             for name, (epoch, records) in models.items()
         }
         samples.add_models(evaluated if self.reports else {})
+        if self.write_at_fit_end:
+            self._write(trainer, samples)
+        else:  # what write() will start from, also after a kill: restore_samples() reads it back
+            samples.save(self.output_dir / SAMPLES_FILE)
+
+    def restore_samples(self) -> Samples | None:
+        """:attr:`samples`, or, for a run resumed after its last epoch (nothing recorded in this attempt), the
+        ``samples.npz`` its finished fit saved (with its evaluated models); ``None`` when there is neither."""
+        path = self.output_dir / SAMPLES_FILE
+        if self.recorder.samples is None and path.is_file():
+            samples = load_samples(path)
+            if samples.epochs and samples.models:
+                self.recorder.samples = samples
+        return self.recorder.samples
+
+    def write(self, trainer: L.Trainer) -> Diagnosis | None:
+        """Write the run's files now, from what ``fit`` recorded and evaluated (with ``write_at_fit_end=False``,
+        after whatever was added to :attr:`samples`); ``None`` where there is nothing to write (not rank 0)."""
+        samples = self.recorder.samples
+        if trainer.global_rank != 0 or samples is None or not samples.epochs:
+            return None
         self._write(trainer, samples)
+        return self.diagnosis
 
     def _logged(self, trainer: L.Trainer) -> frozenset[str]:
         """The per-epoch TensorBoard tags this run logged (``diagnosis.md`` names only those)."""
@@ -396,6 +429,7 @@ class LossDiagnosis(L.Callback):
             config_keys=self.config_keys,
             logged=self._logged(trainer),
             norm=self.figures.norm,
+            lr=initial_lr(trainer),
         )
         announce(
             log, f"{self.diagnosis.summary}\nFull diagnosis: {display_path(self.output_dir / DIAGNOSIS_FILE)}"

@@ -10,7 +10,7 @@ import torch
 from sklearn.model_selection import train_test_split
 
 from lossdiag.data.batches import Batch, StoreBatches, to_inputs
-from lossdiag.data.stores import ImageStore
+from lossdiag.data.stores import ImageStore, join
 from lossdiag.errors import UserError
 from lossdiag.functional.chunking import rows_per_chunk
 
@@ -109,6 +109,16 @@ def subsample(labels: np.ndarray, train_size: int | float | None, seed: int) -> 
         )
     kept, _ = train_test_split(idx, train_size=n, stratify=labels, random_state=seed)
     return np.sort(kept)
+
+
+def concatenate(splits: Sequence[Split]) -> Split:
+    """One split holding all samples of ``splits`` in order (same image shape and scale; in memory, or stores of
+    one source: see :func:`lossdiag.data.stores.join`)."""
+    paths = [p for s in splits for p in s.paths] if all(s.paths for s in splits) else []
+    y = torch.cat([s.y for s in splits])
+    if all(isinstance(s.x, torch.Tensor) for s in splits):
+        return Split(torch.cat([s.x for s in splits]), y, paths, splits[0].scale)  # type: ignore[misc]
+    return Split(join([s.x for s in splits]), y, paths, splits[0].scale)  # type: ignore[misc]
 
 
 def take(split: Split, idx: np.ndarray | Sequence[int]) -> Split:

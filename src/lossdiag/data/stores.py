@@ -61,6 +61,12 @@ class MappedImages:
     def __getstate__(self) -> dict[str, Any]:
         return {"path": self.path, "rows": self.rows, "_array": None}
 
+    def fingerprint(self, digest: Any) -> None:
+        """Feed what the pixels depend on to ``digest`` (a ``hashlib`` hash): the cache entry, whose name holds
+        the hash of its folder's files (:mod:`lossdiag.data.decode_cache`), and the rows."""
+        digest.update(str(self.path.resolve()).encode())
+        digest.update(np.ascontiguousarray(self.rows).tobytes())
+
 
 class ImageFiles:
     """Image files decoded (and resized) each time they are read; ``workers`` loader processes decode batches."""
@@ -96,5 +102,24 @@ class ImageFiles:
             [self.files[int(i)] for i in positions], self.image_size, self.channels, self.workers
         )
 
+    def fingerprint(self, digest: Any) -> None:
+        """Feed what the pixels depend on to ``digest``: the size, channels and every file's path, byte size and
+        modification time (as the decode cache's key)."""
+        digest.update(f"{self.image_size} {self.channels}".encode())
+        for path in self.files:
+            stat = Path(path).stat()
+            digest.update(f"{Path(path).resolve()} {stat.st_size} {stat.st_mtime_ns}".encode())
+
 
 ImageStore = MappedImages | ImageFiles
+
+
+def join(stores: Sequence[ImageStore]) -> ImageStore:
+    """One store of all samples of ``stores``, in order: rows of one decode-cache file, or image files."""
+    first = stores[0]
+    if all(isinstance(s, MappedImages) and s.path == first.path for s in stores):
+        return MappedImages(first.path, np.concatenate([s.rows for s in stores]))  # type: ignore[union-attr]
+    if all(isinstance(s, ImageFiles) for s in stores):
+        files = [f for s in stores for f in s.files]  # type: ignore[union-attr]
+        return ImageFiles(files, first.image_size, first.channels, first.workers)  # type: ignore[union-attr]
+    raise ValueError("only images of one decode-cache file, or image files, can be joined")

@@ -4,17 +4,21 @@ Each class is a patch of oriented stripes (class ``k`` of ``C``: angle ``180 * k
 position, size, stripe period, phase and colours, on a random background, with pixel noise and a faint
 striped distractor of a random orientation. Colour carries no class information, so a model must find the
 orientation: the tiny ShallowNet (one 3x3 conv, linear head) learns it over tens of epochs to roughly
-0.8-0.95 val accuracy on 600 images, instead of 1.0 after one epoch. ``noise_fraction`` then moves a
+0.8-0.95 val accuracy on 600 images, instead of 1.0 after one epoch. ``kind="colours"`` is the easy
+counterpart: each class also has its own hue and the patch is bold and clean, so ShallowNet learns it in a
+few epochs to about 1.0 (label-error finders are measured on both kinds). ``noise_fraction`` then moves a
 seeded, class-balanced set of images into a wrong class folder and records which, so label-error finders
 can be scored against the truth.
 
     python -m lossdiag.data.synthetic /tmp/stripes --classes 3 --per-class 200 --noise 0.08 --seed 0
+    python -m lossdiag.data.synthetic /tmp/colours --kind colours --noise 0.08
 """
 
 from __future__ import annotations
 
 import argparse
 import string
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 FORMATS = {"png": "PNG", "bmp": "BMP", "jpg": "JPEG", "jpeg": "JPEG"}
+KINDS = ("stripes", "colours")  # slow to learn (orientation only), easy (orientation and a class hue)
 
 
 @dataclass
@@ -76,8 +81,25 @@ def _disc(size: int, cy: float, cx: float, radius: float) -> np.ndarray:
     return np.clip(radius - dist + 0.5, 0.0, 1.0)
 
 
-def render(label: int, n_classes: int, size: int, rng: np.random.Generator) -> np.ndarray:
+def _class_colour(label: int, n_classes: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Dark and light stripe colours of class ``label`` (``kind="colours"``): its own hue, jittered a little."""
+    import colorsys
+
+    hue = (label / n_classes + rng.normal(0.0, 0.02)) % 1.0
+    light = np.array(colorsys.hsv_to_rgb(hue, rng.uniform(0.7, 0.9), rng.uniform(0.85, 1.0)))
+    return light * rng.uniform(0.15, 0.3), light
+
+
+def render(
+    label: int, n_classes: int, size: int, rng: np.random.Generator, kind: str = "stripes"
+) -> np.ndarray:
     """One ``uint8`` ``(size, size, 3)`` image of class ``label``; all randomness comes from ``rng``."""
+    if kind == "colours":
+        dark, light = _class_colour(label, n_classes, rng)
+        angle = np.pi * label / n_classes + rng.normal(0.0, np.deg2rad(5))
+        waves = _stripes(size, angle, period=rng.uniform(4.0, 6.0), phase=rng.uniform(0, 2 * np.pi))
+        img = dark + waves[..., None] * (light - dark) + rng.normal(0.0, 0.05, size=(size, size, 3))
+        return (np.clip(img, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
     background = rng.uniform(0.15, 0.85, size=3)
     img = np.broadcast_to(background, (size, size, 3)).copy()
 
@@ -117,6 +139,7 @@ def make_image_folder(
     seed: int = 0,
     fmt: str = "png",
     reuse: bool = True,
+    kind: str = "stripes",
 ) -> GeneratedFolder:
     """Write ``root/<class_name>/img_#####.<fmt>``: ``per_class`` RGB images per class, deterministic per seed.
 
@@ -135,8 +158,11 @@ def make_image_folder(
         raise ValueError(f"noise_fraction={noise_fraction} must be in [0, 1)")
     if fmt.lower() not in FORMATS:
         raise ValueError(f"fmt={fmt!r} is not one of {', '.join(FORMATS)}")
+    if kind not in KINDS:
+        raise ValueError(f"kind={kind!r} is not one of {', '.join(KINDS)}")
     marker = root / ".synthetic"
     signature = f"{n_classes} {per_class} {image_size} {noise_fraction!r} {seed} {fmt.lower()} v1"
+    signature += "" if kind == "stripes" else f" {kind}"
     done = reuse and marker.is_file() and marker.read_text() == signature
     if not done and root.exists() and any(root.iterdir()):
         raise ValueError(f"{root} is not empty: give a new or empty folder")
@@ -147,25 +173,72 @@ def make_image_folder(
     rng = np.random.default_rng(labels_seed)
     # shuffled order, so image numbers do not reveal the class either
     labels = np.repeat(np.arange(n_classes), per_class)[rng.permutation(n_total)]
-    moved_idx = _moved_indices(labels, n_classes, round(noise_fraction * n_total), rng)
+    out = _labelled(root, names, labels, noise_fraction, rng, fmt.lower())
+    if done:
+        return out
+    # one stream per image, independent of the label draws above
+    streams = images_seed.spawn(n_total)
+    _write(out, lambda i: render(int(labels[i]), n_classes, image_size, np.random.default_rng(streams[i]), kind),
+           FORMATS[fmt.lower()])  # fmt: skip
+    marker.write_text(signature)
+    return out
+
+
+def _labelled(
+    root: Path,
+    names: list[str],
+    labels: np.ndarray,
+    noise_fraction: float,
+    rng: np.random.Generator,
+    ext: str,
+) -> GeneratedFolder:
+    """The files of ``labels`` (true classes) with ``round(noise_fraction * N)`` of them moved, spread over the
+    true classes, each to a wrong class folder chosen uniformly among the others."""
+    n_classes = len(names)
+    moved_idx = _moved_indices(labels, n_classes, round(noise_fraction * len(labels)), rng)
     given = labels.copy()
     given[moved_idx] = (labels[moved_idx] + rng.integers(1, n_classes, size=len(moved_idx))) % n_classes
-
-    width = max(5, len(str(n_total - 1)))
+    width = max(5, len(str(len(labels) - 1)))
     out = GeneratedFolder(root=root, class_names=names)
-    out.files = [root / names[g] / f"img_{i:0{width}d}.{fmt.lower()}" for i, g in enumerate(given)]
+    out.files = [root / names[g] / f"img_{i:0{width}d}.{ext}" for i, g in enumerate(given)]
     out.true_class = {path: names[t] for path, t in zip(out.files, labels, strict=True)}
     out.given_class = {path: names[g] for path, g in zip(out.files, given, strict=True)}
     out.moved = [out.files[i] for i in moved_idx]
-    if done:
-        return out
-    for name in names:
-        (root / name).mkdir(parents=True, exist_ok=True)
-    # one stream per image, independent of the label draws above
-    for path, label, seq in zip(out.files, labels, images_seed.spawn(n_total), strict=True):
-        pixels = render(int(label), n_classes, image_size, np.random.default_rng(seq))
-        Image.fromarray(pixels).save(path, format=FORMATS[fmt.lower()])
-    marker.write_text(signature)
+    return out
+
+
+def _write(out: GeneratedFolder, pixels: Callable[[int], np.ndarray], fmt: str) -> None:
+    """Save image ``i`` (``pixels(i)``, uint8) as ``out.files[i]``."""
+    for name in out.class_names:
+        (out.root / name).mkdir(parents=True, exist_ok=True)
+    for i, path in enumerate(out.files):
+        Image.fromarray(pixels(i)).save(path, format=fmt)
+
+
+def make_digits_folder(
+    root: Path, noise_fraction: float = 0.0, seed: int = 0, reuse: bool = True
+) -> GeneratedFolder:
+    """scikit-learn's bundled 8x8 digits (1,797 images, classes ``digit_0`` ... ``digit_9``) written as one-channel
+    PNGs, ``root/<class>/img_#####.png``, with ``noise_fraction`` of them moved to a wrong class as
+    :func:`make_image_folder` does (train on them with ``data=folder data.channels=1 data.image_size=8``)."""
+    from sklearn.datasets import load_digits
+
+    root = Path(root)
+    if not 0.0 <= noise_fraction < 1.0:
+        raise ValueError(f"noise_fraction={noise_fraction} must be in [0, 1)")
+    marker = root / ".synthetic"
+    signature = f"digits {noise_fraction!r} {seed} v1"
+    done = reuse and marker.is_file() and marker.read_text() == signature
+    if not done and root.exists() and any(root.iterdir()):
+        raise ValueError(f"{root} is not empty: give a new or empty folder")
+    digits = load_digits()
+    out = _labelled(root, [f"digit_{d}" for d in range(10)], np.asarray(digits.target), noise_fraction,
+                    np.random.default_rng(seed), "png")  # fmt: skip
+    if not done:
+        # the pixel values are 0..16: stretched to 0..255
+        images = np.round(np.asarray(digits.images) * (255 / 16)).astype(np.uint8)
+        _write(out, lambda i: images[i], "PNG")
+        marker.write_text(signature)
     return out
 
 
@@ -178,10 +251,20 @@ def main(argv: list[str] | None = None) -> GeneratedFolder:
     parser.add_argument("--noise", type=float, default=0.0, help="fraction of images moved to a wrong class")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--format", default="png", choices=sorted(FORMATS))
+    parser.add_argument(
+        "--kind", default="stripes", choices=KINDS, help="stripes: slow to learn; colours: easy"
+    )
     args = parser.parse_args(argv)
     try:
         folder = make_image_folder(
-            args.root, args.classes, args.per_class, args.size, args.noise, args.seed, args.format
+            args.root,
+            args.classes,
+            args.per_class,
+            args.size,
+            args.noise,
+            args.seed,
+            args.format,
+            kind=args.kind,
         )
     except ValueError as err:
         parser.error(str(err))

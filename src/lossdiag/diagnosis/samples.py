@@ -84,6 +84,12 @@ class Samples:
     models: dict[str, dict[str, Evaluation]] = field(default_factory=dict)  # name -> split -> outputs
     model_epoch: dict[str, int] = field(default_factory=dict)
     objective: str = ""  # the training loss (standard, bounded); "" when unknown
+    # suspects.folds=K: out-of-fold class probabilities of every training sample (train.index order), and K
+    train_oof: np.ndarray | None = None
+    oof_folds: int = 0
+    # and the folds' own training dynamics: minus each image's early-window mean margin, averaged over the folds
+    train_folds_aum: np.ndarray | None = None
+    val_folds_aum: np.ndarray | None = None
     # per-epoch val records (records/val_epochs.bin, or in memory) and training dynamics (records/train_dynamics.bin)
     val_journal: Journal | None = None
     dynamics: Journal | None = None
@@ -168,6 +174,15 @@ class Samples:
                 arrays.update(
                     {f"{split}_index": info.index, f"{split}_target": info.target, f"{split}_path": info.path}
                 )
+        if self.train_oof is not None:
+            arrays["train_oof_probs"] = np.asarray(self.train_oof, dtype=np.float32)
+            arrays["oof_folds"] = np.asarray(self.oof_folds, dtype=np.int64)
+        for key, value in (
+            ("train_folds_early_aum", self.train_folds_aum),
+            ("val_folds_early_aum", self.val_folds_aum),
+        ):
+            if value is not None:
+                arrays[key] = np.asarray(value, dtype=np.float32)
         for split in SPLITS:
             names = [m for m in self.models if split in self.models[m]]
             if names:
@@ -244,6 +259,11 @@ def load_samples(run_dir_or_file: str | Path) -> Samples:
         samples.val_journal = val_journal(path.parent / VAL_JOURNAL, len(samples.val.index), len(classes))
         if samples.train is not None and (path.parent / TRAIN_JOURNAL).is_file():
             samples.dynamics = dynamics_journal(path.parent / TRAIN_JOURNAL, len(samples.train.index))
+    if "train_oof_probs" in arrays:
+        samples.train_oof = arrays["train_oof_probs"]
+        samples.oof_folds = int(arrays["oof_folds"])
+    samples.train_folds_aum = arrays.get("train_folds_early_aum")
+    samples.val_folds_aum = arrays.get("val_folds_early_aum")
     names = [str(m) for m in arrays["models"]]
     rows = {"val": names, "train": [str(m) for m in arrays.get("train_models", names)]}  # older files: every model
     for split in SPLITS:

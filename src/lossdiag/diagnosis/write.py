@@ -22,14 +22,21 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.image import metadata as image_metadata
 from tensorboard.util import tensor_util
 
-from lossdiag.diagnosis.judge.suspects import SUSPECT_COLUMNS, TILES, SuspectRow, rank_run, suspect_rows
+from lossdiag.diagnosis.judge.suspects import (
+    TILES,
+    RunSuspects,
+    SuspectRow,
+    rank_run,
+    suspect_rows,
+    suspects_record,
+)
 from lossdiag.diagnosis.judge.verdict import Verdict, judge
 from lossdiag.diagnosis.samples import Samples
 from lossdiag.functional.breakdown import worst_indices
 from lossdiag.functional.class_report import Report, classification_report
 from lossdiag.functional.outputs import Evaluation
 from lossdiag.functional.remedies import RemedyResult
-from lossdiag.functional.suspects import Suspects, cartography
+from lossdiag.functional.suspects import cartography
 from lossdiag.render.diagnosis import diagnosis_texts
 from lossdiag.render.figures import (
     WORST_COLUMNS,
@@ -49,15 +56,17 @@ from lossdiag.render.figures import (
 )
 from lossdiag.render.reasons import Context, advice, reason
 from lossdiag.render.remedies import what_you_can_do
-from lossdiag.render.suspects import mislabeled_section, suspect_caption, suspects_markdown
+from lossdiag.render.suspects import mislabeled_section, suspect_caption, suspects_csv, suspects_markdown
 from lossdiag.render.tables import csv_text, report_csv, report_markdown
 from lossdiag.rundir.atomic import atomic_write_bytes, atomic_write_text
 from lossdiag.rundir.paths import (
     CHECKPOINTS_DIR,
     DIAGNOSIS_FILE,
     DIAGNOSIS_JSON,
+    LR_FIND_CSV,
     SAMPLES_FILE,
     SUSPECTS_CSV,
+    SUSPECTS_JSON,
     SUSPECTS_MD,
     SWEEP_REPORT_CSV,
     WORST_FILE,
@@ -79,7 +88,7 @@ class Findings:
     final_epoch: int
     verdict: Verdict
     reports: dict[str, Report]
-    suspects: Suspects | None
+    suspects: RunSuspects | None
     suspect_rows: list[SuspectRow]
     remedies: list[RemedyResult]
     worst_k: int
@@ -104,32 +113,42 @@ def find(
     config_keys: bool = True,
     logged: frozenset[str] | None = None,
     norm: Normalization | None = None,
+    flag_thresholds: np.ndarray | None = None,
+    flags_off: str | None = None,
+    lr: float | None = None,
 ) -> Findings:
     """Compute everything the outputs of ``samples`` show (the verdict covers ``model`` or the recorded epochs).
 
     ``config_keys``: the advice may name lossdiag config keys (``python -m src.train``; not in a project of your
-    own). Checkpoints are named only when ``<out_dir>/checkpoints/<model>.ckpt`` exists for an evaluated model."""
+    own). Checkpoints are named only when ``<out_dir>/checkpoints/<model>.ckpt`` exists for an evaluated model.
+    ``flag_thresholds`` / ``flags_off``: the likely label errors' per-class thresholds (default: calibrated on this
+    val split) or why there are no flags (:func:`lossdiag.diagnosis.judge.suspects.rank_run`); the verdict's
+    ``suspected_label_error`` group is the val samples flagged.
+    ``lr``: the learning rate the run trained at (chosen by ``optimizer.lr=auto`` when ``lr_find.csv`` is there)."""
     reports = {
         name: classification_report(splits["val"].pred, samples.val.target, samples.classes)
         for name, splits in samples.models.items()
         if "val" in splits
     }
-    suspects = rank_run(samples, model)
+    verdict = judge(samples, model, evaluated_on, flag_thresholds, flags_off)
+    collapsed = verdict.stats.collapsed_classes
+    suspects = rank_run(samples, model, verdict.kind, collapsed, flag_thresholds, flags_off)
     checkpoints = {
         f"{CHECKPOINTS_DIR}/{name}.ckpt": epoch
         for name, epoch in samples.model_epoch.items()
         if (Path(out_dir) / CHECKPOINTS_DIR / f"{name}.ckpt").is_file()
     }
-    ctx = Context(checkpoints, config_keys, str(SUSPECTS_CSV) if suspects is not None else None)
+    suspects_file = str(SUSPECTS_CSV) if suspects is not None else None
+    ctx = Context(checkpoints, config_keys, suspects_file, lr, (Path(out_dir) / LR_FIND_CSV).is_file())
     return Findings(
         samples=samples,
         model=model,
         final=samples.models[model]["val"] if model is not None else samples.val_epochs[-1],
         final_epoch=samples.model_epoch[model] if model is not None else samples.epochs[-1],
-        verdict=judge(samples, model, evaluated_on),
+        verdict=verdict,
         reports=reports,
         suspects=suspects,
-        suspect_rows=suspect_rows(samples, suspects) if suspects is not None else [],
+        suspect_rows=suspect_rows(samples, suspects.suspects) if suspects is not None else [],
         remedies=read_remedies_report(Path(out_dir).resolve().parent / SWEEP_REPORT_CSV),
         worst_k=worst_k,
         val_images=val_images,
@@ -296,22 +315,22 @@ def _figures(f: Findings, done: Rendered) -> Rendered:
 
 
 def _suspects(f: Findings, done: Rendered) -> Rendered:
-    if f.suspects is None:
+    run = f.suspects
+    if run is None:
         return []
-    table = [
-        [r.rank, r.split, r.index, r.path, r.given, r.suspected, f"{r.score:.6g}", f"{r.raw_score:.6g}",
-         f"{r.p_given:.6g}", int(r.flagged)]
-        for r in f.suspect_rows
-    ]  # fmt: skip
     items = [
-        Item(SUSPECTS_CSV, csv_text(SUSPECT_COLUMNS, table)),
-        Item(SUSPECTS_MD, suspects_markdown(f.suspect_rows)),
+        Item(SUSPECTS_CSV, suspects_csv(f.suspect_rows)),
+        Item(SUSPECTS_MD, suspects_markdown(f.suspect_rows, run)),
     ]
+    if f.model is None:  # the thresholds src.evaluate flags with
+        record = suspects_record(f.samples, run, f.suspect_rows)
+        items.append(Item(SUSPECTS_JSON, json.dumps(record, indent=2) + "\n"))
     samples = f.samples
     if samples.dynamics_epochs and samples.train is not None:
         confidence, variability = cartography(np.stack(samples.train_p_given))
         flagged = np.zeros(len(samples.train.index), dtype=bool)
-        flagged[f.suspects.where[(f.suspects.split == "train") & f.suspects.flagged]] = True
+        ranked = run.suspects
+        flagged[ranked.where[(ranked.split == "train") & ranked.flagged]] = True
         items.append(
             Item(
                 figure_path("", "data_map"),
@@ -341,7 +360,7 @@ def _diagnosis(f: Findings, done: Rendered) -> Rendered:
         data_map = figure_path("", "data_map")
         also = [f"TensorBoard images {' and '.join(f'`{t}`' for t in tags)}"] if tags else []
         also += [f"`{data_map.as_posix()}`"] if data_map in paths else []
-        markdown += mislabeled_section(f.suspect_rows, _worst_val_indices(f), also)
+        markdown += mislabeled_section(f.suspect_rows, f.suspects, _worst_val_indices(f), also)
     markdown += what_you_can_do(f.verdict, f.ctx, f.remedies)
     f.extra["summary"] = summary
     numbers = f.verdict.to_dict(reason(f.verdict), advice(f.verdict, f.ctx))
@@ -396,6 +415,9 @@ def write_diagnosis(
     config_keys: bool = True,
     logged: frozenset[str] | None = None,
     norm: Normalization | None = None,
+    flag_thresholds: np.ndarray | None = None,
+    flags_off: str | None = None,
+    lr: float | None = None,
 ) -> Diagnosis:
     """Find, render and write every output of :data:`OUTPUTS` into ``out_dir`` (and ``writer``, at ``step``).
 
@@ -403,12 +425,13 @@ def write_diagnosis(
     -> input) the grids of the likely label errors. ``model`` names the evaluated model the verdict is about
     (``src.evaluate``); ``evaluated_on`` says what the val samples are; ``config_keys`` whether the advice may name
     lossdiag config keys; ``logged`` the per-epoch TensorBoard tags the run logged (``diagnosis.md`` names only
-    those); ``norm`` the data's mean/std, to show the images un-normalised.
+    those); ``norm`` the data's mean/std, to show the images un-normalised; ``flag_thresholds`` / ``flags_off`` set
+    the likely label errors' flags (:func:`find`); ``lr`` the rate the run trained at.
     """
     out = Path(out_dir)
     findings = find(
         out, samples, model, evaluated_on, worst_k, val_images, suspect_images, writer is not None, config_keys,
-        logged, norm,
+        logged, norm, flag_thresholds, flags_off, lr,
     )  # fmt: skip
     markdown = ""
     for item in render(findings):

@@ -8,21 +8,19 @@ pass) gives ``(E, N)`` arrays over ``E`` epochs, from which the published scores
 * Area Under the Margin (Pleiss et al. 2020): the mean margin over epochs; low = suspect.
 * Dataset Cartography (Swayamdipta et al. 2020): confidence = mean ``p_given``, variability = its std;
   low confidence (with low variability: "hard to learn") = suspect.
-* Forgetting events (Toneva et al. 2019): how often a sample goes from correct to incorrect; a sample never
-  learned counts as infinitely often forgotten.
 * For validation images, which are never trained on: ``p_given`` under the best model; low = suspect.
 
-:func:`suspect_scores` turns all of them into one convention, higher = more suspect, :func:`rank` orders
-samples by it and :func:`quantile` merges the train and val lists. Every function takes numpy arrays or
+Scores here are oriented so that higher = more suspect; :func:`rank` orders samples by one and :func:`quantile` /
+:func:`merge_splits` merge the train and val lists. Every function takes numpy arrays or
 tensors of any float dtype (float16 included) and computes in float64.
 
-Which to use (``benchmarks/suspects_prototype.py``: ShallowNet, 600 generated images, 8% moved, 3 seeds):
-train images by AUM over all epochs (:data:`TRAIN_SCORE`), the best or tied-best single-training score in
-every setting measured (precision@k 0.38-0.56; mean loss 0.38-0.50; forgetting and "hard to learn" much
-lower), val images by ``p_given`` under the best model. No single-training score reaches cleanlab on
-out-of-fold probabilities for the train images (0.49-0.70): ShallowNet memorizes a moved training image
-about as fast as it learns the classes, so the training-step logits lack what held-out ones show. Val
-images are held out, so their score is as good as cross-fitting's.
+Which to use (``benchmarks/suspects_prototype.py``: ShallowNet, 8% of the labels moved, 3 seeds each of an
+easy generated folder, a slow-to-learn one and the digits): training images by AUM over an *early window*, twice
+the epochs up to the val-loss minimum (:func:`early_window`), before the model memorises the moved images
+(precision@k 1.00 / 0.52 / 0.96 where every epoch gave 0.91 / 0.51 / 0.90); val images by the mean of
+``p_given`` under the best model and over that window (:func:`val_suspicion`). Flags use thresholds per class
+(:func:`class_thresholds`, :func:`confident_other`, :func:`class_outliers`), and with out-of-fold probabilities
+cleanlab (:func:`cleanlab_issues`).
 """
 
 from __future__ import annotations
@@ -36,8 +34,6 @@ import torch
 from lossdiag.functional.softmax import class_softmax
 
 Array = np.ndarray | torch.Tensor | Sequence[float] | Sequence[Sequence[float]]
-
-METHODS = ("aum", "aum_late", "confidence", "hard_to_learn", "forgetting", "loss")
 
 
 def given_label_dynamics(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,89 +98,6 @@ def cartography(p_given: Array, start: int | float = 0) -> tuple[np.ndarray, np.
     return p.mean(axis=0), p.std(axis=0)
 
 
-def mean_loss(p_given: Array, start: int | float = 0, eps: float = 1e-12) -> np.ndarray:
-    """Mean per-epoch cross-entropy ``-log p_given``: what a loss-based "top losses" list ranks by."""
-    p = _epochs(p_given, "p_given")
-    return -np.log(np.clip(p[_from(start, len(p)) :], eps, 1.0)).mean(axis=0)
-
-
-def correct_from_margin(margin: Array) -> np.ndarray:
-    """``(E, N)`` bool: the given label is the argmax (a tie counts as not correct)."""
-    return _epochs(margin, "margin") > 0
-
-
-def forgetting_events(correct: Array) -> np.ndarray:
-    """Toneva et al.'s forgetting count: correct -> incorrect transitions per sample, ``inf`` if never learned.
-
-    A sample never predicted correctly has no event to count, yet it is the most suspect of all, hence
-    ``inf`` (their convention). The first epoch has no predecessor, so it is never a forgetting event.
-    """
-    c = _epochs(correct, "correct") > 0
-    events = (c[:-1] & ~c[1:]).sum(axis=0).astype(np.float64)
-    events[~c.any(axis=0)] = np.inf
-    return events
-
-
-def first_learned(correct: Array) -> np.ndarray:
-    """Epoch after which a sample stays correct to the end (``E`` if wrong at the last epoch)."""
-    c = _epochs(correct, "correct") > 0
-    wrong = ~c
-    # last wrong epoch + 1; samples never wrong were learned from the start
-    last_wrong = len(c) - 1 - np.argmax(wrong[::-1], axis=0)
-    return np.where(wrong.any(axis=0), last_wrong + 1, 0)
-
-
-@dataclass(frozen=True)
-class ValScores:
-    """Validation images under one model (the best one): ``p_given`` (low = suspect) and the class it prefers."""
-
-    p_given: np.ndarray
-    margin: np.ndarray
-    preferred: np.ndarray
-
-    @property
-    def suspect(self) -> np.ndarray:
-        """Higher = more suspect: ``1 - p_given``."""
-        return 1.0 - self.p_given
-
-
-def val_scores(logits: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray) -> ValScores:
-    """Scores for images the model never trained on, from its logits: one epoch, so no dynamics."""
-    logits_t, target_t = torch.as_tensor(logits), torch.as_tensor(target)
-    p_given, margin = given_label_dynamics(logits_t, target_t)
-    return ValScores(
-        p_given=p_given.cpu().double().numpy(),
-        margin=margin.cpu().double().numpy(),
-        preferred=logits_t.detach().float().argmax(dim=1).cpu().numpy(),
-    )
-
-
-def suspect_scores(
-    p_given: Array, margin: Array, start: int | float = 0, late: float = 0.5
-) -> dict[str, np.ndarray]:
-    """Every method's ``(N,)`` score from ``(E, N)`` dynamics, all oriented so that HIGHER = more suspect.
-
-    * ``loss``: mean ``-log p_given``. * ``aum``: minus the mean margin over epochs ``start:``.
-    * ``aum_late``: minus the mean margin over the last ``late`` fraction of the epochs.
-    * ``confidence``: ``1 -`` mean ``p_given``. * ``hard_to_learn``: ``1 -`` confidence ``-`` variability
-      (low confidence and low variability, cartography's "hard to learn" corner).
-    * ``forgetting``: forgetting events, ``inf`` when never learned (many ties: rank with a tie-break).
-    """
-    m = _epochs(margin, "margin")
-    p = _epochs(p_given, "p_given")
-    if m.shape != p.shape:
-        raise ValueError(f"p_given {p.shape} and margin {m.shape} must have the same (epochs, samples) shape")
-    confidence, variability = cartography(p, start)
-    return {
-        "aum": -aum(m, start),
-        "aum_late": -aum(m, 1.0 - late if late < 1.0 else 0),
-        "confidence": 1.0 - confidence,
-        "hard_to_learn": 1.0 - confidence - variability,
-        "forgetting": forgetting_events(correct_from_margin(m)),
-        "loss": mean_loss(p, start),
-    }
-
-
 def rank(score: Array, tiebreak: Array | None = None) -> np.ndarray:
     """Sample indices, most suspect (highest ``score``) first; ties by higher ``tiebreak``, then by index."""
     s = _vector(score, "score")
@@ -199,22 +112,154 @@ def rank(score: Array, tiebreak: Array | None = None) -> np.ndarray:
     return np.lexsort(keys)
 
 
-def quantile(score: Array, tiebreak: Array | None = None) -> np.ndarray:
-    """Each sample's suspicion quantile in ``(0, 1]`` (1 = most suspect), in the order of :func:`rank`.
+def quantile(score: Array) -> np.ndarray:
+    """Each sample's suspicion quantile in ``(0, 1]`` (1 = most suspect); tied scores share their mean quantile.
 
     Scores of different scales (train AUM, val ``1 - p_given``) become comparable this way, so the two
-    splits can be merged into one list; that assumes both hold about the same fraction of label errors,
-    as a stratified split of randomly placed errors does.
+    splits can be merged into one list and two signals averaged; that assumes both splits hold about the same
+    fraction of label errors, as a stratified split of randomly placed errors does.
     """
-    order = rank(score, tiebreak)
-    q = np.empty(len(order))
-    q[order] = 1.0 - np.arange(len(order)) / len(order)
-    return q
+    s = _vector(score, "score")
+    order = np.argsort(s, kind="stable")
+    ordered = s[order]
+    # each run of equal scores gets the mean of the ranks it spans (1-based, ascending: highest score = len(s))
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    ends = np.r_[starts[1:], len(s)]
+    ranks = np.empty(len(s))
+    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
+    return ranks / len(s)
+
+
+# -- before memorisation, and flags calibrated per class ---------------------------------------------------
+MIN_WINDOW = 5  # the early window holds at least this many epochs
+# the early window spans this many times the epochs up to the val-loss minimum (benchmarks/suspects_prototype.py)
+WINDOW_FACTOR = 2
+# a training image is flagged below its class's median early margin minus this many robust standard deviations
+OUTLIER_SPREAD = 2.0
+
+
+def early_window(min_epoch: int, n_epochs: int, least: int = MIN_WINDOW, factor: int = WINDOW_FACTOR) -> int:
+    """How many of the first epochs show the model before it memorises the mislabeled images: ``factor`` times
+    the epochs up to the val-loss minimum (``min_epoch``, 0-based), at least ``least``, at most ``n_epochs``.
+
+    Up to the minimum itself is too short where the model learns slowly (the classes are still being learned
+    there: 0.47 vs 0.52 precision@k on the slow generated folders), while by twice that the model has not yet
+    memorised the mislabeled images of easy data (1.00, where every epoch gives 0.91)."""
+    return int(min(max(factor * (min_epoch + 1), least), n_epochs))
+
+
+def early_window_end(
+    dynamics_epochs: Sequence[int], val_epochs: Sequence[int], val_mean_loss: Array
+) -> tuple[int, int]:
+    """``(min_epoch, window_end)``: the epoch (number) of the lowest mean val loss and the last epoch of the early
+    window (:func:`early_window` of the recorded training epochs)."""
+    loss = _vector(val_mean_loss, "val_mean_loss")
+    min_epoch = int(val_epochs[int(np.argmin(loss))])
+    recorded = list(dynamics_epochs) or list(val_epochs)
+    upto = sum(e <= min_epoch for e in recorded)
+    return min_epoch, int(recorded[early_window(upto - 1, len(recorded)) - 1])
+
+
+def early_aum(margin: Array, window: int) -> np.ndarray:
+    """Minus the mean margin over the first ``window`` epochs: higher = more suspect."""
+    m = _epochs(margin, "margin")
+    return -m[: max(1, min(window, len(m)))].mean(axis=0)
+
+
+def val_suspicion(p_model: Array, p_early: Array) -> np.ndarray:
+    """``1 -`` the mean of a val image's ``p_given`` under the reference model and over the early epochs."""
+    return 1.0 - 0.5 * (_vector(p_model, "p_model") + _vector(p_early, "p_early"))
+
+
+def class_thresholds(p_given: Array, given: Array, n_classes: int) -> np.ndarray:
+    """Confident learning's per-class self-confidence thresholds: ``t[c]`` = mean ``p_given`` of the images
+    labelled ``c`` (NaN for a class without images)."""
+    p = _vector(p_given, "p_given")
+    g = np.asarray(given, dtype=np.int64)
+    counts = np.bincount(g, minlength=n_classes)
+    sums = np.bincount(g, weights=p, minlength=n_classes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+def confident_other(pred: Array, conf: Array, given: Array, thresholds: Array) -> np.ndarray:
+    """Images whose model prefers another class *confidently*: ``pred != given`` and ``p(pred) >= t[pred]``
+    (the off-diagonal of confident learning's confident joint)."""
+    pred_ = np.asarray(pred, dtype=np.int64)
+    t = np.asarray(thresholds, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return (pred_ != np.asarray(given, dtype=np.int64)) & (_vector(conf, "conf") >= t[pred_])
+
+
+def class_outliers(values: Array, given: Array, n_classes: int, spread: float = OUTLIER_SPREAD) -> np.ndarray:
+    """Per-class lower bounds: each class's median of ``values`` minus ``spread`` robust standard deviations
+    (1.4826 x the median absolute deviation) of that class (NaN for a class without images)."""
+    v = _vector(values, "values")
+    g = np.asarray(given, dtype=np.int64)
+    bounds = np.full(n_classes, np.nan)
+    for c in np.unique(g):
+        own = v[g == c]
+        median = np.median(own)
+        bounds[c] = median - spread * 1.4826 * np.median(np.abs(own - median))
+    return bounds
+
+
+def train_flags(margin: Array, given: Array, n_classes: int, spread: float = OUTLIER_SPREAD) -> np.ndarray:
+    """Training images flagged from the early-window margins ``(W, Nt)`` (or their means, one row): another class
+    out-scored the given label on average (mean margin < 0), by more than the images of that label usually trail
+    (below its class's robust lower bound, :func:`class_outliers`). On data the model learns easily the bound is
+    above 0 and every out-scored image is flagged; where it learns slowly, only the clear outliers of each class."""
+    early = _epochs(margin, "margin").mean(axis=0)
+    bound = class_outliers(early, given, n_classes, spread)
+    return early < np.minimum(0.0, bound[np.asarray(given, dtype=np.int64)])
+
+
+def combine(q_dynamics: Array, q_folds: Array, weight: float = 0.5) -> np.ndarray:
+    """One score from two suspicion quantiles: ``weight`` on the cross-validated one."""
+    return weight * _vector(q_folds, "q_folds") + (1.0 - weight) * _vector(q_dynamics, "q_dynamics")
 
 
 # -- one ranked list over both splits ----------------------------------------------------------------
-TRAIN_SCORE = "aum"  # minus the area under the margin over all epochs (Pleiss et al. 2020)
-VAL_SCORE = "1-p_given"  # 1 - p(given label) under the best model (the val images were never trained on)
+# the rules that flag an image as a likely label error (suspects.csv's ``flag_rule``)
+CONFIDENT_OTHER = "confident_other"  # a model that never trained on it prefers another class, confidently
+EARLY_DYNAMICS = "early_dynamics"  # before memorisation, another class out-scored the given one, confidently
+CLEANLAB = "cleanlab"  # cleanlab's find_label_issues on the out-of-fold probabilities
+
+
+def cleanlab_issues(given: Array, probs: Array) -> tuple[np.ndarray, np.ndarray]:
+    """``(label quality, issue mask)`` of cleanlab on out-of-fold probabilities ``(N, C)``: its
+    ``get_label_quality_scores`` (self-confidence; low = suspect) and ``find_label_issues`` with
+    ``filter_by="confident_learning"``, the off-diagonal of the confident joint, which is :func:`confident_other`
+    with the thresholds of these probabilities (cleanlab's default, pruning by the estimated noise rate, flags more:
+    precision 0.71 instead of 0.80 on the slow generated folders)."""
+    from cleanlab.filter import find_label_issues
+    from cleanlab.rank import get_label_quality_scores
+
+    g = np.asarray(given, dtype=np.int64)
+    p = np.asarray(probs, dtype=np.float64)
+    p = p / p.sum(axis=1, keepdims=True)
+    quality = get_label_quality_scores(g, p, method="self_confidence")
+    issues = find_label_issues(g, p, filter_by="confident_learning", n_jobs=1)
+    return np.asarray(quality, dtype=np.float64), np.asarray(issues, dtype=bool)
+
+
+@dataclass(frozen=True)
+class SplitScores:
+    """One split's suspicion before the splits are merged; every array is ``(N,)`` in the split's order.
+
+    ``raw`` is the split's own score (higher = more suspect); ``flag_rule`` names the rule that flagged an image
+    (:data:`CONFIDENT_OTHER`, :data:`EARLY_DYNAMICS`, :data:`CLEANLAB`), ``""`` for the others; ``ranked_by``
+    says which signals ``raw`` combines.
+    """
+
+    split: str
+    raw: np.ndarray
+    p_given: np.ndarray  # under the reference model (NaN: none)
+    early_p_given: np.ndarray  # mean over the early window (NaN: not recorded)
+    oof_p_given: np.ndarray  # out of fold (NaN: no folds)
+    preferred: np.ndarray  # the class the reference model prefers (-1: unknown)
+    flag_rule: np.ndarray
+    ranked_by: str
 
 
 @dataclass(frozen=True)
@@ -222,10 +267,7 @@ class Suspects:
     """Every sample of both splits, most suspect first (``split[i]``, position ``where[i]`` in that split).
 
     ``score`` is the suspicion quantile within the sample's split (1 = most suspect), which puts the two
-    splits' different scores on one scale; ``raw`` is the split's own score (train: minus the AUM, val:
-    ``1 - p_given``); ``preferred`` the class the model prefers; ``flagged`` marks likely label errors by a
-    rule a reader can check: train, the given-label logit was on average below another class's (AUM < 0);
-    val, the best model prefers another class.
+    splits' different scores on one scale; the other arrays are the :class:`SplitScores` fields, row by row.
     """
 
     split: np.ndarray
@@ -233,48 +275,38 @@ class Suspects:
     score: np.ndarray
     raw: np.ndarray
     p_given: np.ndarray
+    early_p_given: np.ndarray
+    oof_p_given: np.ndarray
     preferred: np.ndarray
-    flagged: np.ndarray
+    flag_rule: np.ndarray
+    ranked_by: np.ndarray
+
+    @property
+    def flagged(self) -> np.ndarray:
+        return self.flag_rule != ""
 
     def top(self, split: str, k: int) -> np.ndarray:
         """Positions (in ``split``) of its ``k`` most suspect samples, most suspect first."""
         return self.where[self.split == split][:k]
 
 
-def rank_suspects(
-    train_margin: Array | None = None,
-    train_p_given: Array | None = None,
-    train_preferred: Array | None = None,
-    val_p_given: Array | None = None,
-    val_preferred: Array | None = None,
-    val_given: Array | None = None,
-) -> Suspects:
-    """Rank train samples by :data:`TRAIN_SCORE` from their ``(E, Nt)`` margins and val samples by
-    :data:`VAL_SCORE`, and merge both into one list (:func:`quantile`). ``train_p_given`` / ``*_preferred``
-    are one model's (N,) values shown beside the score. Either split may be absent."""
-    parts: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-    if train_margin is not None:
-        raw = -aum(train_margin)
-        n = raw.shape[0]
-        p = _vector(train_p_given, "train_p_given") if train_p_given is not None else np.full(n, np.nan)
-        pref = np.asarray(train_preferred, dtype=np.int64) if train_preferred is not None else np.full(n, -1)
-        parts.append(("train", raw, p, pref, raw > 0, quantile(raw)))
-    if val_p_given is not None:
-        p = _vector(val_p_given, "val_p_given")
-        raw = 1.0 - p
-        pref = np.asarray(val_preferred, dtype=np.int64)
-        flagged = pref != np.asarray(val_given, dtype=np.int64)
-        parts.append(("val", raw, p, pref, flagged, quantile(raw)))
+def merge_splits(parts: Sequence[SplitScores], one_scale: bool = False) -> Suspects:
+    """One list over the splits: each split's ``raw`` score becomes its quantile (:func:`quantile`; with
+    ``one_scale`` the scores are comparable already and are the ``score``), then most suspect first by that, the
+    split's own score, val before train, and position."""
     if not parts:
-        raise ValueError("no split to rank: give train margins or val probabilities")
-    split = np.concatenate([np.full(len(raw), name) for name, raw, *_ in parts])
-    where = np.concatenate([np.arange(len(raw)) for _, raw, *_ in parts])
-    raw = np.concatenate([r for _, r, *_ in parts])
-    p_given = np.concatenate([p for _, _, p, *_ in parts])
-    preferred = np.concatenate([pref for *_, pref, _, _ in parts])
-    flagged = np.concatenate([f for *_, f, _ in parts])
-    score = np.concatenate([q for *_, q in parts])
-    # most suspect first: merged quantile, then the split's own score, then val before train, then position
-    order = np.lexsort((where, split == "train", -raw, -score))
-    return Suspects(split[order], where[order], score[order], raw[order], p_given[order], preferred[order],
-                    flagged[order])  # fmt: skip
+        raise ValueError("no split to rank: give train or val scores")
+    n = [len(p.raw) for p in parts]
+    cat = {
+        name: np.concatenate([np.asarray(getattr(p, name)) for p in parts])
+        for name in ("raw", "p_given", "early_p_given", "oof_p_given", "preferred", "flag_rule")
+    }
+    split = np.concatenate([np.full(k, p.split) for p, k in zip(parts, n, strict=True)])
+    where = np.concatenate([np.arange(k) for k in n])
+    score = np.concatenate(
+        [np.asarray(p.raw, dtype=np.float64) if one_scale else quantile(p.raw) for p in parts]
+    )
+    ranked_by = np.concatenate([np.full(k, p.ranked_by) for p, k in zip(parts, n, strict=True)])
+    order = np.lexsort((where, split == "train", -cat["raw"], -score))
+    return Suspects(split=split[order], where=where[order], score=score[order], ranked_by=ranked_by[order],
+                    **{name: v[order] for name, v in cat.items()})  # fmt: skip

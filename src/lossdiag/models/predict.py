@@ -92,9 +92,14 @@ def _footprint(net: nn.Module, forward: Forward, x: Any, n: int) -> tuple[torch.
 
 
 def sample_bytes(net: nn.Module, sample_shape: tuple[int, ...] | torch.Size, device: torch.device) -> int:
-    """Bytes one sample of ``sample_shape`` takes through ``net`` without gradients (measured on one zero
-    sample: see :func:`_footprint`)."""
-    return _footprint(net, lambda x, n: net(x), torch.zeros(1, *sample_shape, device=device), 1)[1]
+    """Bytes one sample of ``sample_shape`` takes through ``net`` without gradients, in eval mode (measured on one
+    zero sample, see :func:`_footprint`; batch norms' statistics are left as they were)."""
+    was_training = net.training
+    net.eval()
+    try:
+        return _footprint(net, lambda x, n: net(x), torch.zeros(1, *sample_shape, device=device), 1)[1]
+    finally:
+        net.train(was_training)
 
 
 def input_budget(

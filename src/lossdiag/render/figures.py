@@ -13,6 +13,7 @@ card of its own), the bands stacked the PNG.
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -370,5 +371,32 @@ def data_map_figure(
            title=title or "training data map")  # fmt: skip
     ax.legend(loc="lower right", framealpha=1.0, fontsize=CHART_PT)
     ax.grid(alpha=0.3)
+    fig.subplots_adjust(left=0.11, right=0.985, bottom=0.17, top=0.9)
+    return fig
+
+
+def lr_find_figure(
+    lrs: Sequence[float],
+    losses: Sequence[float],
+    smoothed: Sequence[float],
+    marker: tuple[float, str],
+    chosen: float,
+) -> Figure:
+    """The learning-rate range test: each step's loss and its smoothed curve against the rate (log scale), the
+    rate the choice was read at (``marker``: rate, what it is) and the chosen rate marked."""
+    at, what = marker
+    fig, ax = _chart()
+    ax.plot(lrs, losses, color="0.7", linewidth=1, label="loss of each step")
+    ax.plot(lrs, smoothed, color="tab:blue", linewidth=2, label="smoothed")
+    ax.axvline(at, color="tab:red", linestyle=":", linewidth=2, label=f"{what}: {at:.3g}")
+    ax.axvline(chosen, color="tab:green", linestyle="--", linewidth=2, label=f"chosen: {chosen:g}")
+    # up to the marked rate: the diverging end would squash the rest
+    upto = int(np.argmin(np.abs(np.log(np.asarray(lrs)) - math.log(at)))) + 1
+    top = 1.3 * float(np.nanmax(np.asarray(smoothed)[:upto]))
+    ax.set(xscale="log", xlabel="learning rate", ylabel="training loss", ylim=(0, top),
+           title="optimizer.lr=auto: range test")  # fmt: skip
+    ax.xaxis.set_minor_formatter(NullFormatter())  # powers of ten only
+    ax.legend(loc="lower left", handlelength=1.5, borderaxespad=0.2, framealpha=1.0, fontsize=CHART_PT)
+    ax.grid(alpha=0.3, which="both")
     fig.subplots_adjust(left=0.11, right=0.985, bottom=0.17, top=0.9)
     return fig

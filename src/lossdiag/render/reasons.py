@@ -28,11 +28,14 @@ BARELY_MOVED = 0.1  # a lowest val loss within this share of the untrained (or f
 @dataclass(frozen=True)
 class Context:
     """What the advice may point to: checkpoint files that exist (path in the run folder -> epoch of its weights),
-    whether it may name lossdiag config keys (not in a project of your own), and the suspects list if written."""
+    whether it may name lossdiag config keys (not in a project of your own), the suspects list if written, and
+    the learning rate the run trained at (``lr``; ``lr_auto``: chosen by ``optimizer.lr=auto``'s range test)."""
 
     checkpoints: Mapping[str, int] = field(default_factory=dict)
     config_keys: bool = True
     suspects_file: str | None = None
+    lr: float | None = None
+    lr_auto: bool = False
 
 
 def _key(ctx: Context, with_key: str, without: str) -> str:
@@ -255,6 +258,25 @@ CAUSE_ADVICE: dict[Cause, Callable[[Verdict, Context], str]] = {
 }
 
 
+def _lr_change(ctx: Context, factor: float) -> str:
+    """How to change the learning rate by ``factor``: "Raise `optimizer.lr` (e.g. 10x: `optimizer.lr=0.5`; ...)".
+
+    A number the run trained at becomes the number to try; one ``optimizer.lr=auto`` chose is named as such (the
+    range test reads a short stretch of training loss), and a fixed rate that barely moved the loss is pointed to
+    ``auto``, which measures one."""
+    verb = "Raise" if factor > 1 else "Lower"
+    if not ctx.config_keys:
+        to = f", to {ctx.lr * factor:.3g}" if ctx.lr is not None else ""
+        return f"{verb} the learning rate (e.g. 10x{to})"
+    if ctx.lr is None:
+        return f"{verb} `optimizer.lr` (e.g. 10x)"
+    to = f"`optimizer.lr={ctx.lr * factor:.3g}`"
+    if ctx.lr_auto:
+        return f"{verb} `optimizer.lr` from the {ctx.lr:g} `optimizer.lr=auto` chose (e.g. 10x: {to})"
+    measure = ", or let `optimizer.lr=auto` measure it" if factor > 1 else ""
+    return f"{verb} `optimizer.lr` from {ctx.lr:g} (e.g. 10x: {to}){measure}"
+
+
 def _not_learning(v: Verdict, ctx: Context) -> str:
     """Raise the lr when the loss barely moved; lower it when it diverged or was lost; else check the data."""
     s, f = v.stats, v.facts
@@ -266,10 +288,10 @@ def _not_learning(v: Verdict, ctx: Context) -> str:
     start = s.initial_loss if s.initial_loss is not None else f.first_loss
     lr = _key(ctx, "`optimizer.lr`", "the learning rate")
     if v.rule == Rule.LOST_AT_END or f.max_loss > 2 * start:
-        return f"Lower {lr} (e.g. 10x): the val loss diverged or swung (its highest epoch mean {loss_text(f.max_loss)}, from {loss_text(start)})."
+        return f"{_lr_change(ctx, 0.1)}: the val loss diverged or swung (its highest epoch mean {loss_text(f.max_loss)}, from {loss_text(start)})."
     if s.min_loss >= (1 - BARELY_MOVED) * start:
         return (
-            f"Raise {lr} (e.g. 10x): the val loss barely moved ({loss_text(start)} at the start, lowest "
+            f"{_lr_change(ctx, 10)}: the val loss barely moved ({loss_text(start)} at the start, lowest "
             f"{loss_text(s.min_loss)})."
         )
     return (

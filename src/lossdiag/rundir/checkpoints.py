@@ -54,7 +54,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], float, i
     weights = net_state(state)
     if not weights:
         raise UserError(
-            f"ckpt_path={path} holds no ShallowNet weights (no 'net.*' keys): pick a src.train checkpoint"
+            f"ckpt_path={path} holds no network weights (no 'net.*' keys): pick a src.train checkpoint"
         )
     cap = float(state.get("loss_cap", torch.tensor(math.nan)))
     return weights, cap, int(ckpt.get("epoch", -1))

@@ -23,6 +23,10 @@ DIAGNOSIS_JSON = Path("diagnosis.json")
 # every sample of both splits ranked as a likely label error, and the first ones in words (lossdiag.diagnosis.write)
 SUSPECTS_CSV = Path("suspects.csv")
 SUSPECTS_MD = Path("suspects.md")
+# how the suspects were flagged: per-class thresholds of every model (src.evaluate flags with them), early window
+SUSPECTS_JSON = Path("suspects.json")
+# suspects.folds=K: each fold's out-of-fold probabilities (lossdiag.app.folds), fold_<k>.npz, written atomically
+FOLDS_DIR = Path("suspects_folds")
 # the worst val samples with their loss history
 WORST_FILE = Path("worst.csv")
 # classification reports (<model>.md / .csv) and PNG figures
@@ -36,6 +40,9 @@ OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
 HYDRA_FILE = Path(".hydra") / "hydra.yaml"
 # the job's log (Hydra's file handler, named after the entry point)
 TRAIN_LOG = Path("train.log")
+# optimizer.lr=auto: the learning-rate range test's curve (lossdiag.rundir.lr_find; figure: figures/lr_find.png)
+LR_FIND_CSV = Path("lr_find.csv")
+LR_FIND_FIGURE = "lr_find"
 # a sweep folder's comparison (python -m src.report): table, the same as CSV, curves
 SWEEP_REPORT_MD = Path("report.md")
 SWEEP_REPORT_CSV = Path("report.csv")

@@ -133,8 +133,12 @@ def _check_inputs(
 
 
 def mean_losses(loss: np.ndarray) -> np.ndarray:
-    """Each epoch's mean per-sample loss (float64) of ``loss`` (..., N): what the min-loss epoch is picked by."""
-    return np.asarray(loss, dtype=np.float64).mean(-1)
+    """Each epoch's mean per-sample loss (float64) of ``loss`` (..., N): what the min-loss epoch is picked by.
+    A history (E, N) is read in blocks of epochs (a memory-mapped journal is never copied whole)."""
+    if np.ndim(loss) < 2:
+        return np.asarray(loss, dtype=np.float64).mean(-1)
+    blocks = _epoch_blocks(*loss.shape)
+    return np.concatenate([np.asarray(loss[b], dtype=np.float64).mean(-1) for b in blocks])
 
 
 def smoothing_window(n_epochs: int) -> int:
@@ -161,7 +165,7 @@ class _History:
     def per_epoch(self) -> tuple[np.ndarray, np.ndarray]:
         """Each epoch's mean loss (float64) and accuracy, over blocks of epochs."""
         blocks = _epoch_blocks(*self.loss.shape)
-        mean = np.concatenate([np.asarray(self.loss[b], dtype=np.float64).mean(-1) for b in blocks])
+        mean = mean_losses(self.loss)
         acc = np.concatenate([(self.pred[b] == self.target[None, :]).mean(-1) for b in blocks])
         return mean, acc
 

@@ -191,12 +191,19 @@ def _range(ev: Evaluation, key: str) -> tuple[float, float]:
     return split_range(ev.calibration.get(key, math.nan))
 
 
-def judge(samples: Samples, model: str | None = None, evaluated_on: str = "val split") -> Verdict:
+def judge(
+    samples: Samples,
+    model: str | None = None,
+    evaluated_on: str = "val split",
+    flag_thresholds: np.ndarray | None = None,
+    flags_off: str | None = None,
+) -> Verdict:
     """The verdict over the recorded epochs of ``samples`` (or, ``model=<name>``, one evaluated model).
 
     The untrained model's val loss (``models["initial"]``) decides whether val loss ever fell; the final
     model's train losses how many training samples sit above the cap. ``evaluated_on`` says what the
-    samples are.
+    samples are. ``flag_thresholds`` / ``flags_off`` set which val samples are likely label errors
+    (:func:`~.suspects.val_label_suspects`, as ``suspects.csv`` flags them).
     """
     if model is not None:
         evals, epochs, final_model = [samples.models[model]["val"]], [samples.model_epoch[model]], model
@@ -230,7 +237,8 @@ def judge(samples: Samples, model: str | None = None, evaluated_on: str = "val s
     order = worst_indices(last.loss, max(final.top5_n, N_EXTREME))  # one sort for both lists below
     from_worst5 = float(delta[order[: final.top5_n]].sum())
     history = stats.history
-    suspected = val_label_suspects(samples, row.kind, stats.collapsed_classes, model, stats.min_epoch)
+    collapsed = stats.collapsed_classes
+    suspected = val_label_suspects(samples, row.kind, collapsed, model, flag_thresholds, flags_off)
     in_collapsed = np.isin(np.asarray(samples.classes)[target], stats.collapsed_classes)
     groups = sample_groups(at_min.correct(target), last.correct(target), in_collapsed, suspected)
     rise_by_group = split_by_group(delta, groups, "rise") if history else None
