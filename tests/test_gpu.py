@@ -5,6 +5,7 @@ Skipped without CUDA (CI has none).
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -78,3 +79,84 @@ def test_folder_modes_train_on_the_gpu_with_the_memory_modes_records(make_cfg, t
         caps[run_mode] = float(model.loss_cap)
     assert torch.allclose(losses[mode], losses["memory"], rtol=1e-5, atol=1e-6)
     assert caps[mode] == pytest.approx(caps["memory"], rel=1e-6)
+
+
+def test_mixed_precision_keeps_the_per_sample_cross_entropy_in_float32(make_cfg) -> None:
+    """bf16 autocast makes the logits bf16; the records (and every per-sample CE derived from them) stay float32,
+    equal to the float64 cross-entropy of the same logits."""
+    cfg = make_cfg(
+        "trainer=gpu", "trainer.precision=bf16-mixed", "callbacks=none", "~logger", "trainer.max_epochs=2"
+    )
+    prepare(cfg)
+    datamodule = build_datamodule(cfg)
+    model = build_module(cfg, datamodule)
+    trainer = build_trainer(cfg)
+    trainer.fit(model, datamodule=datamodule)
+    rec = model.epoch_records("val")
+    assert rec.logits.dtype == torch.float32 and rec.cross_entropy.dtype == torch.float32
+    exact = torch.nn.functional.cross_entropy(rec.logits.double(), rec.target, reduction="none")
+    torch.testing.assert_close(rec.cross_entropy.double(), exact, rtol=1e-5, atol=1e-6)
+    assert len(rec.index) == len(datamodule.val) and torch.isfinite(rec.cross_entropy).all()
+
+
+def test_the_diagnosis_adds_no_host_sync_to_a_step(make_cfg) -> None:
+    """CUDA's sync debug mode is on from each batch's start to its end (the step, backward, optimizer step and
+    every callback's batch-end hook): no synchronizing call may come from lossdiag's own code (Lightning's are
+    counted, not judged)."""
+    import warnings
+    from pathlib import Path
+
+    import lightning as L
+
+    import lossdiag
+
+    class SyncWatch(L.Callback):
+        def on_train_batch_start(self, *args) -> None:
+            torch.cuda.set_sync_debug_mode("warn")
+
+        def on_validation_batch_start(self, *args) -> None:
+            torch.cuda.set_sync_debug_mode("warn")
+
+        def on_train_batch_end(self, *args) -> None:
+            torch.cuda.set_sync_debug_mode("default")
+
+        def on_validation_batch_end(self, *args) -> None:
+            torch.cuda.set_sync_debug_mode("default")
+
+    cfg = make_cfg("trainer=gpu", "~logger", "trainer.max_epochs=3")
+    prepare(cfg)
+    datamodule = build_datamodule(cfg)
+    model = build_module(cfg, datamodule)
+    trainer = build_trainer(cfg)
+    trainer.callbacks.append(SyncWatch())  # last: its batch-end hook runs after the diagnosis's
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            trainer.fit(model, datamodule=datamodule)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    package = str(Path(lossdiag.__file__).parent)
+    syncs = [w for w in caught if "synchroniz" in str(w.message)]
+    ours = sorted({f"{w.filename}:{w.lineno}" for w in syncs if w.filename.startswith(package)})
+    print(f"synchronizing calls in the steps: {len(syncs)} (lossdiag: {len(ours)})")
+    assert not ours, ours
+    assert (Path(cfg.paths.output_dir) / "diagnosis.json").is_file()  # the diagnosis ran
+
+
+def test_a_gpu_run_through_the_entry_point_matches_its_checkpoint_on_the_cpu(tmp_path) -> None:
+    """python -m src.train trainer=gpu: the per-sample val losses it records for its last model are the ones
+    src.evaluate (always on the CPU) computes from last.ckpt (cuDNN's TF32 convolutions: to 1e-2)."""
+    from lossdiag.diagnosis.samples import load_samples
+    from tests.conftest import run_module
+
+    run, evaluation = tmp_path / "run", tmp_path / "evaluation"
+    proc = run_module("src.train", "trainer=gpu", "trainer.max_epochs=5", f"hydra.run.dir={run}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_module(
+        "src.evaluate", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", f"hydra.run.dir={evaluation}"
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    on_gpu = load_samples(run).models["last"]["val"].loss
+    on_cpu = load_samples(evaluation).models["last"]["val"].loss
+    assert on_gpu.dtype == on_cpu.dtype == np.float32
+    torch.testing.assert_close(torch.as_tensor(on_gpu), torch.as_tensor(on_cpu), rtol=1e-2, atol=1e-3)
