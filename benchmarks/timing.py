@@ -44,3 +44,38 @@ class EpochTimer(L.Callback):
         wall, cpu = spans(self.marks)
         self.record.parent.mkdir(parents=True, exist_ok=True)
         self.record.write_text(json.dumps({"epoch_s": wall, "epoch_cpu_s": cpu}))
+
+
+class FitMarks(L.Callback):
+    """Wall-clock timestamps (``time.time()``, comparable across processes) of a run's milestones, written as JSON
+    ``{"first_batch": t, "epochs": [[start, end], ...], "train_end": t}`` to ``record`` when training ends.
+
+    An epoch spans ``on_train_epoch_start`` to the next one (the last ends at ``on_train_end``): the training
+    steps, validation and every epoch-end hook. What follows ``train_end`` (the end-of-fit evaluations,
+    reports, figures) lasts until the process exits, which whoever started it can time.
+    """
+
+    def __init__(self, record: str) -> None:
+        self.record = Path(record)
+        self.first_batch: float | None = None
+        self.starts: list[float] = []
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int
+    ) -> None:
+        if self.first_batch is None:
+            self.first_batch = time.time()
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.starts.append(time.time())
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        end = time.time()
+        bounds = [*self.starts, end]
+        marks = {
+            "first_batch": self.first_batch,
+            "epochs": list(itertools.pairwise(bounds)),
+            "train_end": end,
+        }
+        self.record.parent.mkdir(parents=True, exist_ok=True)
+        self.record.write_text(json.dumps(marks))

@@ -22,11 +22,12 @@ CONF_DIR = ROOT / "conf"
 
 torch.set_num_threads(1)  # tests are tiny; avoid oversubscribing the 2 CI cores
 
-# optimizer.lr=auto's range-test cache (conf/paths/default.yaml): one per test session, outside the repository,
-# for in-process configs and subprocesses alike; its results are deterministic, so sharing it changes no number
-LR_CACHE = Path(tempfile.mkdtemp(prefix="lossdiag-lr-cache-"))
-os.environ["LOSSDIAG_CACHE_DIR"] = str(LR_CACHE)
-atexit.register(shutil.rmtree, LR_CACHE, ignore_errors=True)
+# the caches of this test session (paths.cache_dir, default $LOSSDIAG_CACHE_DIR: the decode cache of image folders
+# and optimizer.lr=auto's range tests), in-process and in the entry points it runs: a fresh temporary folder, never
+# the repository's outputs/cache or a user's; their results are deterministic, so sharing them changes no number
+TEST_CACHE_DIR = tempfile.mkdtemp(prefix="lossdiag-test-cache-")
+os.environ["LOSSDIAG_CACHE_DIR"] = TEST_CACHE_DIR
+atexit.register(shutil.rmtree, TEST_CACHE_DIR, ignore_errors=True)
 
 
 @pytest.fixture
@@ -71,7 +72,9 @@ def run_module(
     )
 
 
-def run_spawned(module: str, *args: str, cwd: Path = ROOT, output: Path | None = None) -> subprocess.CompletedProcess:
+def run_spawned(
+    module: str, *args: str, cwd: Path = ROOT, output: Path | None = None
+) -> subprocess.CompletedProcess:
     """:func:`run_module` for a run whose trainer spawns processes (ddp_spawn + gloo). Seen about once in 15
     runs: a spawned gloo process aborts in C++ ("terminate called without an active exception", SIGABRT) with no
     Python error; that crash of the process machinery gets one fresh attempt (``output``, the run's folder, is

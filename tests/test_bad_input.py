@@ -89,7 +89,9 @@ def test_user_errors_from_the_command_line_are_one_line(tmp_path: Path) -> None:
         ("suspects.folds=10", "suspects.folds=10 needs at least 10 training images of every class"),
     ],
 )
-def test_bad_callback_values_are_one_line_and_leave_no_run(override: str, needle: str, tmp_path: Path) -> None:
+def test_bad_callback_values_are_one_line_and_leave_no_run(
+    override: str, needle: str, tmp_path: Path
+) -> None:
     """Raised inside hydra.utils.instantiate (which wraps them): still one line, exit 2, no run folder left."""
     proc = run_module("lossdiag.train", override, "debug=fast", cwd=tmp_path)  # the spelling for any folder
     assert_one_line_error(proc, needle)
@@ -153,9 +155,11 @@ def test_bad_folders(make_cfg, tmp_path: Path, layout: str, match: str) -> None:
         build_datamodule(folder_cfg(make_cfg, root))
 
 
+@pytest.mark.parametrize("mode", ["memory", "cached"])
 def test_corrupt_truncated_and_non_image_files_are_skipped_and_counted(
-    make_cfg, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    make_cfg, tmp_path: Path, caplog: pytest.LogCaptureFixture, mode: str
 ) -> None:
+    """Every image is decoded before training (in memory, or into the decode cache): the same skips and errors."""
     from lossdiag.app.pipeline import build_datamodule
 
     root = image_folder(tmp_path / "data", {"a": 4, "b": 4})
@@ -164,21 +168,29 @@ def test_corrupt_truncated_and_non_image_files_are_skipped_and_counted(
     (root / "b" / "truncated.png").write_bytes(good[: len(good) // 2])
     (root / "b" / "notes.txt").write_text("not an image")
     (root / "b" / ".DS_Store").write_bytes(b"\0")
-    with caplog.at_level(logging.WARNING, logger="lossdiag.data.images"):
-        dm = build_datamodule(folder_cfg(make_cfg, root))
-    assert len(dm.train) + len(dm.val) == 8
-    messages = [r.getMessage() for r in caplog.records]
-    assert any(
-        "skipped 2 unreadable image(s)" in m and "corrupt.jpg" in m and "truncated.png" in m for m in messages
-    )
-    assert any("ignored 1 non-image file(s)" in m and "notes.txt" in m for m in messages)
+    cache = f"data.cache_dir={tmp_path / 'cache'}"
+    for _ in range(2):  # the second time from the cache (cached mode): the same warnings
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="lossdiag.data.images"):
+            dm = build_datamodule(folder_cfg(make_cfg, root, f"data.mode={mode}", cache))
+        assert len(dm.train) + len(dm.val) == 8
+        messages = [r.getMessage() for r in caplog.records]
+        assert any(
+            "skipped 2 unreadable image(s)" in m and "corrupt.jpg" in m and "truncated.png" in m
+            for m in messages
+        )
+        assert any("ignored 1 non-image file(s)" in m and "notes.txt" in m for m in messages)
 
-    with pytest.raises(UserError, match=r"cannot read image .*corrupt.jpg.*set data.on_bad_image=skip"):
-        build_datamodule(folder_cfg(make_cfg, root, "data.on_bad_image=fail"))
-    (root / "a" / "corrupt.jpg").unlink()
-    (root / "b" / "truncated.png").unlink()
+    fail = (f"data.mode={mode}", cache, "data.on_bad_image=fail")
+    # files that are not images stop the run before anything is decoded
     with pytest.raises(UserError, match=r"notes.txt is not an image.*data.on_bad_image=skip"):
-        build_datamodule(folder_cfg(make_cfg, root, "data.on_bad_image=fail"))
+        build_datamodule(folder_cfg(make_cfg, root, *fail))
+    (root / "b" / "notes.txt").unlink()
+    with pytest.raises(UserError, match=r"cannot read image .*corrupt.jpg.*set data.on_bad_image=skip"):
+        build_datamodule(folder_cfg(make_cfg, root, *fail))
+    (root / "a" / "corrupt.jpg").unlink()
+    with pytest.raises(UserError, match=r"cannot read image .*truncated.png.*set data.on_bad_image=skip"):
+        build_datamodule(folder_cfg(make_cfg, root, *fail))
 
 
 @pytest.mark.parametrize("channels", [1, 3])

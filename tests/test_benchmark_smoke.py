@@ -58,6 +58,29 @@ def test_generated_folder_is_made_once(tmp_path: Path) -> None:
     assert (root / "cats" / files[0].split("/")[1]).stat().st_mtime_ns == stamp
 
 
+@pytest.mark.slow
+def test_scale_benchmark_runs_the_entry_point_and_a_plain_loop(tmp_path: Path) -> None:
+    """``benchmarks.scale`` at a tiny size: a plain loop and two project runs (cold, then warm decode cache),
+    each in its own measured process, and the tables."""
+    from benchmarks.scale import main as scale
+
+    results = scale(
+        ["--sizes=40x16", "--epochs=1", f"--data={tmp_path / 'data'}", f"--out={tmp_path / 'out'}"]
+    )
+    assert [r.case for r in results] == ["plain", "project cold", "project auto"]
+    for r in results:
+        assert r.returncode == 0 and len(r.epoch_s) == 1
+        assert (
+            0 < r.first_batch_s < r.wall_s and r.end_s >= 0 and r.peak_rss_mb > 0 and r.peak_tree_pss_mb > 0
+        )
+    assert "decoded into the cache" in results[1].note and "read from the decode cache" in results[2].note
+    data = json.loads((tmp_path / "out" / "scale.json").read_text())
+    assert [r["case"] for r in data["results"]] == ["plain", "project cold", "project auto"]
+    table = (tmp_path / "out" / "scale.md").read_text()
+    assert "| 40 | 16 | project auto |" in table and "Goals (issue 23)" in table
+    assert len(list((tmp_path / "data").glob("stripes-40x16/*/*.png"))) == 40  # the generated folder stays
+
+
 def test_label_error_prototype_runs_on_tiny_folders(tmp_path: Path) -> None:
     from benchmarks.suspects_prototype import main as prototype
 

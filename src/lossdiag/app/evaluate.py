@@ -17,7 +17,7 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
-from lossdiag.app.pipeline import build_datamodule, build_net, prepare
+from lossdiag.app.pipeline import build_datamodule, build_net, eval_chunk_bytes, prepare
 from lossdiag.app.resume import override_key
 from lossdiag.app.run_config import RUN_GROUPS, other_folder, run_cfg, run_choices, run_dir_of
 from lossdiag.callbacks.console import announce
@@ -90,7 +90,9 @@ def evaluate_checkpoint(cfg: Any, overrides: Sequence[str] = ()) -> Diagnosis:
     from torch.utils.tensorboard import SummaryWriter
 
     if not cfg.get("ckpt_path"):
-        raise UserError("ckpt_path is not set: python -m src.evaluate ckpt_path=<run>/checkpoints/best_val_acc.ckpt")
+        raise UserError(
+            "ckpt_path is not set: python -m src.evaluate ckpt_path=<run>/checkpoints/best_val_acc.ckpt"
+        )
     path = Path(str(cfg.ckpt_path)).expanduser()
     weights, cap, epoch = read_checkpoint(path)
     cfg = with_run_config(cfg, path, overrides)
@@ -102,24 +104,30 @@ def evaluate_checkpoint(cfg: Any, overrides: Sequence[str] = ()) -> Diagnosis:
         cap = float(cfg.loss.cap)
     name = path.stem
     assert dm.val is not None and dm.train is not None
-    net.eval()
-    evaluations = {
-        split: evaluate_logits(records.logits, records.target, crossfit=split == "val")
-        for split in (("val", "train") if has_train else ("val",))
-        if (records := predict_records(lambda x, n: net(x).float(), dm.eval_dataloader(split))) is not None
+    splits = {"val": dm.val, "train": dm.train} if has_train else {"val": dm.val}
+    evaluations = {  # each split streamed in chunks of at most eval_chunk_mb (input and activations)
+        stage: evaluate_logits(records.logits, records.target, crossfit=stage == "val")
+        for stage, split in splits.items()
+        if (records := predict_records(net, split, eval_chunk_bytes(cfg))) is not None
     }
     samples = Samples(
         classes=list(dm.class_names),
         loss_cap=cap,
         val=SplitInfo.create(range(len(dm.val)), dm.val.y.numpy(), dm.val.paths),
-        train=SplitInfo.create(range(len(dm.train)), dm.train.y.numpy(), dm.train.paths) if has_train else None,
+        train=SplitInfo.create(range(len(dm.train)), dm.train.y.numpy(), dm.train.paths)
+        if has_train
+        else None,
         objective=str(cfg.loss.get("name", "")),
     )
     samples.add_epoch(epoch, evaluations["val"])
     samples.add_models({name: (epoch, evaluations)})
-    # only the images the worst-samples figure draws (never a float32 copy of the split)
-    worst = worst_indices(evaluations["val"].loss, int(cfg.worst_k)).tolist()
-    images = {i: dm.val.x[i].float() / dm.val.scale for i in worst} if dm.val.x.ndim == 4 else None
+    # only the images the worst-samples figure draws are read (never a float32 copy of the split)
+    worst = worst_indices(evaluations["val"].loss, int(cfg.worst_k))
+    images = (
+        dict(zip(worst.tolist(), dm.val.inputs(worst), strict=True))
+        if len(dm.val.sample_shape) == 3
+        else None
+    )
     # flags of likely label errors with the per-class thresholds the training run calibrated on its own val split
     thresholds = read_thresholds(run_dir_of(path), name, samples.classes)
     flags_off = NO_THRESHOLDS if thresholds is None and not has_train else None

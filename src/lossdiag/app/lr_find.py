@@ -74,6 +74,9 @@ def data_fingerprint(datamodule: InMemoryDataModule) -> str:
     assert train is not None
     digest = hashlib.sha256(f"{train.scale}".encode())
     for tensor in (train.x, train.y):
+        if not isinstance(tensor, torch.Tensor):
+            tensor.fingerprint(digest)  # images memory-mapped or decoded on the fly: what they come from
+            continue
         array = tensor.detach().cpu().contiguous().numpy()
         digest.update(f"{array.shape}{array.dtype}".encode())
         digest.update(memoryview(array).cast("B"))  # no copy: hashed where it lies

@@ -72,7 +72,7 @@ def load_net(
 def val_probabilities(net: torch.nn.Module, datamodule: InMemoryDataModule, index: np.ndarray) -> np.ndarray:
     """Softmax probabilities ``(len(index), C)`` (float64) of ``net`` on the val samples ``index``."""
     assert datamodule.val is not None
-    x = datamodule.val.inputs()[torch.as_tensor(np.asarray(index, dtype=np.int64))]
+    x = datamodule.val.inputs(np.asarray(index, dtype=np.int64))
     return predict_logits(net, x).double().softmax(1).numpy()
 
 

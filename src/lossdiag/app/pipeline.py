@@ -31,6 +31,7 @@ from lossdiag.functional.objectives import OBJECTIVES
 from lossdiag.models.builders import UNEXPECTED_KEYWORD, DataShape, not_passed_note
 from lossdiag.models.builders import build_net as build_classifier
 from lossdiag.models.module import LossDiagModule
+from lossdiag.models.predict import DEFAULT_CHUNK_BYTES, rows_within
 from lossdiag.rundir.checkpoints import check_checkpoint
 from lossdiag.rundir.metrics_csv import last_values, read_history
 
@@ -118,6 +119,12 @@ def loss_parameter(cfg: DictConfig) -> float | None:
     return cfg.loss.get(OBJECTIVES[name].param) if name in OBJECTIVES else None
 
 
+def eval_chunk_bytes(cfg: DictConfig) -> int:
+    """``eval_chunk_mb`` in bytes (the default of :mod:`lossdiag.models.predict` for configs without it)."""
+    mb = cfg.get("eval_chunk_mb")
+    return DEFAULT_CHUNK_BYTES if mb is None else int(float(mb) * 2**20)
+
+
 def build_module(
     cfg: DictConfig,
     datamodule: InMemoryDataModule,
@@ -142,6 +149,7 @@ def build_module(
         k=cfg.loss.k,
         cap=cfg.loss.cap,
         loss_param=loss_parameter(cfg),
+        eval_chunk_bytes=eval_chunk_bytes(cfg),
     )
 
 
@@ -194,6 +202,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     prepare(cfg)
     datamodule = build_datamodule(cfg)
     net = build_net(cfg, datamodule)  # a bad model fails here, before any file is written
+    # data.val_batch_size=auto: as many samples as the model evaluates within eval_chunk_mb
+    datamodule.size_val_batches(rows_within(net, datamodule.train.sample_shape, eval_chunk_bytes(cfg)))  # type: ignore[union-attr]
     trainer = build_trainer(cfg)
     diagnosis = _cross_validated_suspects(cfg, trainer, datamodule)  # before anything is written
     lr = learning_rate(cfg, net, datamodule, trainer)

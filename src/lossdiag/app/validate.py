@@ -69,6 +69,8 @@ def validate(cfg: DictConfig) -> None:
             f"data.train_size={train_size} must be a count >= 1, a fraction in (0, 1], or null for all samples"
         )
     for key in ("data.batch_size", "data.val_batch_size", "data.image_size"):
+        if key == "data.val_batch_size" and OmegaConf.select(cfg, key, default=None) == "auto":
+            continue
         value = _number(cfg, key)
         if value is not None and (value < 1 or value != int(value)):
             raise UserError(f"{key}={value} must be a whole number >= 1")
@@ -78,6 +80,7 @@ def validate(cfg: DictConfig) -> None:
     on_bad = cfg.data.get("on_bad_image")
     if on_bad is not None and on_bad not in ("skip", "fail"):
         raise UserError(f"data.on_bad_image={on_bad!r} must be 'skip' or 'fail'")
+    _validate_data_modes(cfg)
     epochs = _number(cfg, "trainer.max_epochs")
     if epochs is not None and epochs < 1:
         raise UserError(f"trainer.max_epochs={epochs} must be >= 1")
@@ -93,10 +96,48 @@ def validate(cfg: DictConfig) -> None:
         raise UserError(f"data.augment={augment!r} is unknown: use one of {', '.join(AUGMENTATIONS)}")
     if cfg.get("ckpt_path"):
         existing_checkpoint(cfg.ckpt_path)
+    chunk = _number(cfg, "eval_chunk_mb")
+    if chunk is not None and chunk <= 0:
+        raise UserError(
+            f"eval_chunk_mb={chunk} must be > 0 (MiB of input and activations per evaluation chunk, e.g. 64)"
+        )
     suspects_folds(cfg)
     threads = _number(cfg, "threads")
     if threads is not None and threads < 1:
         raise UserError(f"threads={threads} must be >= 1, or null for torch's default")
+
+
+def _validate_data_modes(cfg: DictConfig) -> None:
+    """``data.mode``, ``data.workers``, ``data.max_memory_mb`` and ``data.cache_dir`` of an image folder."""
+    from omegaconf import OmegaConf
+
+    from lossdiag.data.folder_modes import MODES
+
+    mode = OmegaConf.select(cfg, "data.mode", default=None)
+    if mode is not None and mode not in MODES:
+        raise UserError(f"data.mode={mode!r} is unknown: use one of {', '.join(MODES)}")
+    workers = OmegaConf.select(cfg, "data.workers", default=None)
+    if (
+        workers is not None
+        and workers != "auto"
+        and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0)
+    ):
+        raise UserError(
+            f"data.workers={workers!r} must be a count >= 0 (0: decode in the training process) or auto"
+        )
+    limit = _number(cfg, "data.max_memory_mb")
+    if limit is not None and limit < 0:
+        raise UserError(f"data.max_memory_mb={limit} must be >= 0 (0: never in memory with data.mode=auto)")
+    if "cache_dir" in cfg.data:
+        cache_dir = OmegaConf.select(cfg, "data.cache_dir", default=None)
+        if cache_dir is not None and (not isinstance(cache_dir, str) or not cache_dir.strip()):
+            raise UserError(
+                f"data.cache_dir={cache_dir!r} must be a folder path, or null for no decode cache"
+            )
+        if cache_dir is None and mode == "cached":
+            raise UserError(
+                "data.mode=cached needs a decode cache folder: set data.cache_dir=<folder>, or use data.mode=lazy"
+            )
 
 
 def _check_lr_find(cfg: DictConfig) -> None:

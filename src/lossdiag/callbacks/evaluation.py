@@ -23,7 +23,7 @@ from lossdiag.callbacks.data_info import first_loader
 from lossdiag.diagnosis.judge.suspects import REFERENCE_MODELS, rank_run, wanted_images
 from lossdiag.diagnosis.samples import Samples
 from lossdiag.functional.breakdown import worst_indices
-from lossdiag.models.predict import predict_records
+from lossdiag.models.predict import DEFAULT_CHUNK_BYTES, predict_records
 from lossdiag.models.recorder import SampleRecorder, SampleRecords
 from lossdiag.rundir.checkpoints import load_checkpoint
 
@@ -37,36 +37,32 @@ def _batches(trainer: L.Trainer, loader: Any, stage: str) -> Iterator[Any]:
 
 
 def evaluate_loader(
-    trainer: L.Trainer, pl_module: L.LightningModule, loader: Any, stage: str, contract: Contract
+    trainer: L.Trainer,
+    pl_module: L.LightningModule,
+    loader: Any,
+    stage: str,
+    contract: Contract,
+    max_bytes: int = DEFAULT_CHUNK_BYTES,
 ) -> SampleRecords | None:
-    """``pl_module``'s outputs on every batch of ``loader`` (gathered over ranks, targets checked); ``None`` for a
-    train loader without an index (a shuffled order cannot be told apart)."""
+    """``pl_module``'s outputs on every batch of ``loader`` (gathered over ranks, targets checked), streamed in
+    chunks of at most ``max_bytes`` of input and activations (:func:`~lossdiag.models.predict.iter_logits`);
+    ``None`` for a train loader without an index (a shuffled order cannot be told apart)."""
     loader = first_loader(loader)
     if loader is None:
         return None
-
-    def outputs() -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
-        for batch in _batches(trainer, loader, stage):
-            x, y, index = contract.split(
-                move_data_to_device(batch, pl_module.device), stage, trainer.world_size
-            )
-            if index is None and stage == "train":
-                yield x, y, None  # predict_records stops here: no records without an index
-                return
-            logits = contract.predict(pl_module, x, len(y))
-            yield logits, contract.target(y, logits.shape[1], stage), index
-
-    was_training = pl_module.training
-    pl_module.eval()
-    try:
-        rec = predict_records(
-            lambda logits, n: logits,
-            outputs(),
-            SampleRecorder().to(pl_module.device),
-            require_index=stage == "train",
-        )
-    finally:
-        pl_module.train(was_training)  # also after an error
+    batches = (
+        contract.split(move_data_to_device(batch, pl_module.device), stage, trainer.world_size)
+        for batch in _batches(trainer, loader, stage)
+    )
+    rec = predict_records(
+        pl_module,
+        batches,
+        max_bytes,
+        forward=lambda x, n: contract.predict(pl_module, x, n),
+        recorder=SampleRecorder().to(pl_module.device),
+        require_index=stage == "train",
+        target=lambda y, logits: contract.target(y, logits.shape[1], stage),
+    )
     return None if rec is None else contract.check(rec, stage, pl_module, trainer.world_size)
 
 
@@ -83,6 +79,7 @@ def evaluate_models(
     pl_module: L.LightningModule,
     states: dict[str, tuple[int, dict[str, torch.Tensor]]],
     contract: Contract,
+    max_bytes: int = DEFAULT_CHUNK_BYTES,
 ) -> dict[str, tuple[int, dict[str, SampleRecords]]]:
     """Each of ``states`` (``{name: (epoch, state_dict)}``) loaded into ``pl_module`` in turn and evaluated on the
     val loader (and, for :func:`train_models`, the train loader): ``{name: (epoch, {split: records})}``. The
@@ -94,7 +91,9 @@ def evaluate_models(
         for name, (epoch, state) in states.items():
             pl_module.load_state_dict(state)
             splits = ("val", "train") if name in with_train else ("val",)
-            records = {s: evaluate_loader(trainer, pl_module, loaders[s], s, contract) for s in splits}
+            records = {
+                s: evaluate_loader(trainer, pl_module, loaders[s], s, contract, max_bytes) for s in splits
+            }
             models[name] = (epoch, {s: r for s, r in records.items() if r is not None})
     finally:
         pl_module.load_state_dict(list(states.values())[-1][1])

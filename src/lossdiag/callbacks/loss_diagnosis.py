@@ -32,6 +32,7 @@ from lossdiag.errors import UserError
 from lossdiag.functional.losses import loss_cap_from_initial, per_sample_cross_entropy
 from lossdiag.functional.outputs import evaluate_logits
 from lossdiag.models.epoch_log import log_epoch_metrics
+from lossdiag.models.predict import DEFAULT_CHUNK_BYTES
 from lossdiag.models.recorder import SampleRecorder, SampleRecords
 from lossdiag.rundir.atomic import atomic_torch_save
 from lossdiag.rundir.checkpoints import load_checkpoint
@@ -83,7 +84,9 @@ class LossDiagnosis(L.Callback):
     (``flush_every_n_epochs`` or ``flush_every_s``, whichever comes first). Every ``figures_every_n_epochs`` epochs
     (and the last) it draws a reliability diagram and the worst val images. At the end of fit it evaluates the
     initial, best and last weights on the val loader (those the verdict and the suspects read on the train loader
-    too, see :func:`~lossdiag.callbacks.evaluation.train_models`) and writes the files.
+    too, see :func:`~lossdiag.callbacks.evaluation.train_models`) and writes the files; those evaluations stream in
+    chunks of at most ``eval_chunk_mb`` MiB of input and activations (a larger loader batch is cut, see
+    :func:`lossdiag.models.predict.iter_logits`).
     """
 
     def __init__(
@@ -101,6 +104,7 @@ class LossDiagnosis(L.Callback):
         config_keys: bool = False,
         batch_fn: BatchFn | None = None,
         logits_fn: LogitsFn | None = None,
+        eval_chunk_mb: float = DEFAULT_CHUNK_BYTES / 2**20,
     ) -> None:
         if not str(output_dir):
             raise UserError("LossDiagnosis needs output_dir: the folder its files go to")
@@ -109,6 +113,10 @@ class LossDiagnosis(L.Callback):
                 f"LossDiagnosis needs flush_every_n_epochs >= 1 and flush_every_s >= 0, got {flush_every_n_epochs} "
                 f"and {flush_every_s}"
             )
+        if not float(eval_chunk_mb) > 0:
+            raise UserError(
+                f"LossDiagnosis needs eval_chunk_mb > 0 (MiB per evaluation chunk), got {eval_chunk_mb}"
+            )
         self.output_dir = Path(output_dir)
         self.worst_k = int(worst_k)
         self.figures_every_n_epochs = int(figures_every_n_epochs)
@@ -116,11 +124,14 @@ class LossDiagnosis(L.Callback):
         self.save_initial_checkpoint = save_initial_checkpoint
         self.histograms = histograms
         self.k = float(k)
+        self.eval_chunk_bytes = int(float(eval_chunk_mb) * 2**20)
         self.config_keys = config_keys  # the advice may name lossdiag config keys (python -m src.train)
         self.contract = Contract(batch_fn, logits_fn)  # how the project's batches and logits are read
         self.order = ValOrder()  # the val samples of every pass, as first seen
         self.recorder = Recorder(self.output_dir, flush_every_n_epochs, flush_every_s, write_every_n_epochs)
-        self.step_recorders = {stage: SampleRecorder() for stage in STAGES}  # for modules without epoch_records
+        self.step_recorders = {
+            stage: SampleRecorder() for stage in STAGES
+        }  # for modules without epoch_records
         self._seen = dict.fromkeys(STAGES, False)
         self._train_indexed = True
         self._module_records = False  # the module gathers the records (see setup)
@@ -176,7 +187,9 @@ class LossDiagnosis(L.Callback):
         self._seen["train"] = True
         if self._module_records or not self._train_indexed:
             return
-        x, y, index = (None, None, None) if step_logits(outputs) is None else self.contract.split(batch, "train")
+        x, y, index = (
+            (None, None, None) if step_logits(outputs) is None else self.contract.split(batch, "train")
+        )
         if index is None or y is None:  # no logits, or shuffled without an index: no train records
             self._train_indexed = False
             log.info("LossDiagnosis: training batches carry no index or no logits; train/ records are off")
@@ -208,7 +221,9 @@ class LossDiagnosis(L.Callback):
         if self._module_records:
             rec = pl_module.epoch_records(stage)  # type: ignore[operator]
         else:
-            rec = self.contract.check(self.step_recorders[stage].compute(), stage, pl_module, trainer.world_size)
+            rec = self.contract.check(
+                self.step_recorders[stage].compute(), stage, pl_module, trainer.world_size
+            )
         if stage == "val":
             self.order.check(rec, self.contract.indexed["val"], f"in epoch {trainer.current_epoch}")
         return rec
@@ -236,7 +251,9 @@ class LossDiagnosis(L.Callback):
             return
         self.initial = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
         if self._module_cap(pl_module) is None:
-            rec = evaluate_loader(trainer, pl_module, trainer.val_dataloaders, "val", self.contract)
+            rec = evaluate_loader(
+                trainer, pl_module, trainer.val_dataloaders, "val", self.contract, self.eval_chunk_bytes
+            )
             if rec is not None:
                 self.order.check(rec, self.contract.indexed["val"], "before training")
                 self._cap = loss_cap_from_initial(rec.cross_entropy, self.k)
@@ -345,17 +362,22 @@ class LossDiagnosis(L.Callback):
             return
         last_epoch = samples.epochs[-1] if samples and samples.val_epochs else trainer.current_epoch
         states = end_states(trainer, pl_module, self.initial, self.reports, last_epoch)
-        models = evaluate_models(trainer, pl_module, states, self.contract)
+        models = evaluate_models(trainer, pl_module, states, self.contract, self.eval_chunk_bytes)
         for name, (_, records) in models.items():
             if "val" in records:
-                self.order.check(records["val"], self.contract.indexed["val"], f"in the evaluation of the {name} model")
+                self.order.check(
+                    records["val"], self.contract.indexed["val"], f"in the evaluation of the {name} model"
+                )
         if trainer.global_rank != 0 or samples is None:
             return
         self.recorder.take_split()
         if samples.train is None and "train" in models.get("last", (0, {}))[1]:
             samples.train = split_info(trainer, models["last"][1]["train"], "train")
         evaluated = {
-            name: (epoch, {s: evaluate_logits(r.logits, r.target, crossfit=s == "val") for s, r in records.items()})
+            name: (
+                epoch,
+                {s: evaluate_logits(r.logits, r.target, crossfit=s == "val") for s, r in records.items()},
+            )
             for name, (epoch, records) in models.items()
         }
         samples.add_models(evaluated if self.reports else {})
@@ -393,7 +415,9 @@ class LossDiagnosis(L.Callback):
 
     def _write(self, trainer: L.Trainer, samples: Samples) -> None:
         writer = tensorboard_writer(trainer)
-        final_images, suspect_images = figure_images(trainer, samples, self.worst_k, self.contract, writer is not None)
+        final_images, suspect_images = figure_images(
+            trainer, samples, self.worst_k, self.contract, writer is not None
+        )
         self.diagnosis = write_diagnosis(
             self.output_dir,
             samples,

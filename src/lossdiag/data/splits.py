@@ -1,34 +1,65 @@
-"""One split held in memory, and the seeded, stratified ways of cutting one."""
+"""One split (in memory, memory-mapped or decoded on the fly), and the seeded, stratified ways of cutting one."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 
+from lossdiag.data.batches import Batch, StoreBatches, to_inputs
+from lossdiag.data.stores import ImageStore, join
 from lossdiag.errors import UserError
+from lossdiag.functional.chunking import rows_per_chunk
 
 
 @dataclass
 class Split:
-    """One split held in memory: images ``(N, C, H, W)``, labels ``(N,)``, and per-sample file paths.
+    """One split: images ``(N, C, H, W)``, labels ``(N,)``, and per-sample file paths.
 
-    ``x`` is stored as it was decoded (``uint8`` for images); ``x / scale`` is the model's input in [0, 1]
-    (:meth:`inputs`).
+    ``x`` is stored as it was decoded (``uint8`` for images): a tensor in memory, or a store
+    (:mod:`lossdiag.data.stores`) whose pixels are read when needed; ``x / scale`` is the model's input in
+    [0, 1]. :meth:`chunks` streams the model's inputs in pieces bounded in bytes; :meth:`inputs` gives them
+    all at once (for small splits and a few samples only: it is a float32 copy).
     """
 
-    x: torch.Tensor
+    x: torch.Tensor | ImageStore
     y: torch.Tensor
     paths: list[str] = field(default_factory=list)
     scale: float = 1.0
 
-    def inputs(self) -> torch.Tensor:
-        """The whole split as the model sees it: ``float32`` in [0, 1]."""
-        x = self.x.float()
-        return x.div_(self.scale) if self.scale != 1.0 else x
+    def inputs(self, positions: Sequence[int] | np.ndarray | None = None) -> torch.Tensor:
+        """The samples ``positions`` (default: all) as the model sees them: ``float32`` in [0, 1]."""
+        if positions is None:
+            positions = slice(None)  # type: ignore[assignment]
+        elif isinstance(self.x, torch.Tensor):
+            positions = torch.as_tensor(np.asarray(positions, dtype=np.int64))  # type: ignore[assignment]
+        else:
+            positions = np.asarray(positions, dtype=np.int64)
+        x = self.x[positions] if isinstance(self.x, torch.Tensor) else self.x.read(positions)  # type: ignore[index]
+        return to_inputs(x, self.scale)
+
+    def chunks(self, max_bytes: int, device: torch.device | str = "cpu") -> Iterator[Batch]:
+        """``(x, y, index)`` in sample order, each ``x`` at most ``max_bytes`` of float32 (at least one sample),
+        converted on ``device``; a store is read by its ``workers`` loader processes."""
+        step = rows_per_chunk(self.sample_shape, max_bytes)
+        if not isinstance(self.x, torch.Tensor):
+            workers = self.x.workers if len(self) > step else 0
+            yield from StoreBatches(
+                self.x, self.y, step, False, scale=self.scale, workers=workers, device=device
+            )
+            return
+        for start in range(0, len(self), step):
+            end = min(start + step, len(self))
+            x = to_inputs(self.x[start:end].to(device, non_blocking=True), self.scale)
+            yield x, self.y[start:end].to(device), torch.arange(start, end, device=device)
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """One sample's shape, ``(C, H, W)`` for images."""
+        return tuple(self.x.shape[1:])
 
     def __len__(self) -> int:
         return len(self.y)
@@ -80,14 +111,21 @@ def subsample(labels: np.ndarray, train_size: int | float | None, seed: int) -> 
     return np.sort(kept)
 
 
-def take(split: Split, idx: np.ndarray | Sequence[int]) -> Split:
-    """The samples ``idx`` of ``split`` (paths included)."""
-    t = torch.as_tensor(np.asarray(idx), dtype=torch.long)
-    paths = [split.paths[i] for i in idx] if split.paths else []
-    return Split(split.x[t], split.y[t], paths, split.scale)
-
-
 def concatenate(splits: Sequence[Split]) -> Split:
-    """One split holding all samples of ``splits`` in order (same image shape and scale)."""
+    """One split holding all samples of ``splits`` in order (same image shape and scale; in memory, or stores of
+    one source: see :func:`lossdiag.data.stores.join`)."""
     paths = [p for s in splits for p in s.paths] if all(s.paths for s in splits) else []
-    return Split(torch.cat([s.x for s in splits]), torch.cat([s.y for s in splits]), paths, splits[0].scale)
+    y = torch.cat([s.y for s in splits])
+    if all(isinstance(s.x, torch.Tensor) for s in splits):
+        return Split(torch.cat([s.x for s in splits]), y, paths, splits[0].scale)  # type: ignore[misc]
+    return Split(join([s.x for s in splits]), y, paths, splits[0].scale)  # type: ignore[misc]
+
+
+def take(split: Split, idx: np.ndarray | Sequence[int]) -> Split:
+    """The samples ``idx`` of ``split`` (paths included); a copy in memory, a selection of a store."""
+    rows = np.asarray(idx, dtype=np.int64)
+    paths = [split.paths[i] for i in rows] if split.paths else []
+    if isinstance(split.x, torch.Tensor):
+        t = torch.as_tensor(rows)
+        return Split(split.x[t], split.y[t], paths, split.scale)
+    return Split(split.x.subset(rows), split.y[torch.as_tensor(rows)], paths, split.scale)

@@ -31,7 +31,7 @@ from lossdiag.functional.losses import (
     training_loss,
 )
 from lossdiag.models.epoch_log import log_epoch_metrics
-from lossdiag.models.predict import predict_logits
+from lossdiag.models.predict import DEFAULT_CHUNK_BYTES, ChunkedSplit, iter_logits
 from lossdiag.models.recorder import SampleRecorder, SampleRecords
 
 STAGES = ("train", "val")
@@ -61,7 +61,9 @@ class LossDiagModule(L.LightningModule):
 
     The bounded-loss cap is ``cap`` when given, else ``mean + k * std`` of the untrained
     model's per-sample cross-entropy on the training set, computed at ``on_train_start`` (before the
-    first optimizer step). It is a buffer, so checkpoints carry it and evaluation/resume reuse it.
+    first optimizer step) in eval mode, streamed in chunks of at most ``eval_chunk_bytes`` of float32 input
+    (:func:`lossdiag.models.predict.iter_logits`). It is a buffer, so checkpoints carry it and
+    evaluation/resume reuse it.
     ``training_step`` and ``validation_step`` return the batch's logits (``outputs["logits"]``), so
     callbacks such as :class:`lossdiag.callbacks.LossDiagnosis` never re-run the network.
     """
@@ -76,17 +78,19 @@ class LossDiagModule(L.LightningModule):
         cap: float | None = None,
         scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
         loss_param: float | None = None,
+        eval_chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     ) -> None:
         super().__init__()
         if loss not in LOSS_NAMES:
             raise ValueError(f"unknown loss {loss!r}: choose one of {', '.join(LOSS_NAMES)}")
-        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
+        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler", "eval_chunk_bytes"])
         self.net = net
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.loss_name = loss
         self.loss_param = loss_param
         self.k = k
+        self.eval_chunk_bytes = int(eval_chunk_bytes)
         self.class_names = list(class_names)
         self.register_buffer("loss_cap", torch.tensor(float("nan") if cap is None else float(cap)))
         self.train_records = SampleRecorder()
@@ -100,14 +104,23 @@ class LossDiagModule(L.LightningModule):
         return self.net(x)
 
     # -- bounded-loss cap ---------------------------------------------------------------------
-    def initial_cap(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        """``mean + k * std`` of this (untrained) model's per-sample cross-entropy on ``(x, y)``."""
-        return loss_cap_from_initial(per_sample_cross_entropy(predict_logits(self.net, x), y.cpu()), self.k)
+    def initial_cap(self, data: ChunkedSplit | Iterable[Any]) -> float:
+        """``mean + k * std`` of this (untrained) model's per-sample cross-entropy on ``data``: a split
+        (:class:`~lossdiag.models.predict.ChunkedSplit`) or batches ``(x, y[, index])``, streamed in chunks
+        of at most ``eval_chunk_bytes``; only the per-sample losses are kept (on the model's device)."""
+        losses = [
+            per_sample_cross_entropy(p.logits, p.target)
+            for p in iter_logits(self.net, data, self.eval_chunk_bytes)
+        ]
+        return loss_cap_from_initial(torch.cat(losses) if losses else torch.empty(0), self.k)
 
     def on_train_start(self) -> None:
         if torch.isnan(self.loss_cap):
-            train = self.trainer.datamodule.train  # type: ignore[attr-defined]
-            self.loss_cap.fill_(self.initial_cap(train.inputs(), train.y))
+            # the datamodule's training split (un-augmented, in order); any other datamodule or plain
+            # loaders: the training batches as they come
+            train = getattr(getattr(self.trainer, "datamodule", None), "train", None)
+            data = train if isinstance(train, ChunkedSplit) else self.trainer.train_dataloader
+            self.loss_cap.fill_(self.initial_cap(data))
 
     # -- steps --------------------------------------------------------------------------------
     def _forward_and_record(
