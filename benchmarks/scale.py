@@ -160,7 +160,7 @@ def fixed_lr(size: int) -> float:
     return 0.1 * 2048 / ShallowNet(size, size, 3, CLASSES).fc1.in_features
 
 
-def plain_loop(root: Path, size: int, epochs: int, record: Path, seed: int = 0) -> None:
+def plain_loop(root: Path, size: int, epochs: int, record: Path, seed: int = 0, device: str = "cpu") -> None:
     """Decode, split, train and validate as a hand-written PyTorch script would; write :class:`~benchmarks.timing.FitMarks`-style marks."""
     import numpy as np
     import torch
@@ -170,6 +170,7 @@ def plain_loop(root: Path, size: int, epochs: int, record: Path, seed: int = 0) 
     from lossdiag.data.splits import stratified_split
     from lossdiag.models.shallownet import ShallowNet
 
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS, as Lightning sets it
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     torch.manual_seed(seed)
@@ -181,7 +182,9 @@ def plain_loop(root: Path, size: int, epochs: int, record: Path, seed: int = 0) 
     images, labels = torch.from_numpy(x), torch.from_numpy(listing.label)
     xt, yt, xv, yv = images[train_idx], labels[train_idx], images[val_idx], labels[val_idx]
     del x, images
-    net = ShallowNet(size, size, 3, int(labels.max()) + 1)
+    # on a GPU the uint8 splits live there once, as the project's in-memory data modules put them (trainer=gpu)
+    xt, yt, xv, yv = (t.to(device) for t in (xt, yt, xv, yv))
+    net = ShallowNet(size, size, 3, int(labels.max()) + 1).to(device)
     optimizer = torch.optim.SGD(net.parameters(), lr=fixed_lr(size), momentum=0.9)
     first_batch, bounds = None, []
     for epoch in range(epochs):
@@ -190,12 +193,12 @@ def plain_loop(root: Path, size: int, epochs: int, record: Path, seed: int = 0) 
         order = torch.randperm(len(yt), generator=torch.Generator().manual_seed(seed + epoch))
         for start in range(0, len(yt), 32):
             first_batch = first_batch or time.time()
-            idx = order[start : start + 32]
+            idx = order[start : start + 32].to(device)
             optimizer.zero_grad()
             F.cross_entropy(net(xt[idx].float().div_(255)), yt[idx]).backward()
             optimizer.step()
         net.eval()
-        loss, correct = torch.zeros(()), torch.zeros((), dtype=torch.long)
+        loss, correct = torch.zeros((), device=device), torch.zeros((), dtype=torch.long, device=device)
         with torch.no_grad():
             for start in range(0, len(yv), 512):
                 logits = net(xv[start : start + 512].float().div_(255))
@@ -220,7 +223,7 @@ def make_folder(data: Path, n: int, size: int) -> Path:
 
 
 def measure_size(
-    data: Path, work: Path, n: int, size: int, epochs: int, modes: Sequence[str]
+    data: Path, work: Path, n: int, size: int, epochs: int, modes: Sequence[str], device: str = "cpu"
 ) -> list[Result]:
     """Every case on the folder of ``n`` images of ``size`` px (see the module docstring)."""
     folder = make_folder(data, n, size)
@@ -231,7 +234,7 @@ def measure_size(
     plain_dir = here / "plain"
     plain_dir.mkdir(parents=True)
     plain = [sys.executable, "-m", "benchmarks.scale", "--plain", str(folder), str(size), str(epochs)]
-    plain.append(str(plain_dir / "marks.json"))
+    plain += [str(plain_dir / "marks.json"), device]
     results.append(_result(n, size, "plain", plain, plain_dir, env))
     print(_row(results[0], results[0]), flush=True)
     cache = here / "cache"  # empty: the first project run decodes into it
@@ -243,6 +246,7 @@ def measure_size(
             f"optimizer.lr={fixed_lr(size)}",
             f"data.mode={mode}", f"data.cache_dir={cache}", f"trainer.max_epochs={epochs}", f"hydra.run.dir={run / 'run'}",
             "+callbacks.marks._target_=benchmarks.timing.FitMarks", f"+callbacks.marks.record={run / 'marks.json'}",
+            *(["trainer=gpu"] if device == "cuda" else []),
         ]  # fmt: skip
         result = _result(n, size, case, cmd, run, env)
         result.note = next(
@@ -325,7 +329,7 @@ def markdown(results: Sequence[Result], meta: dict[str, Any]) -> str:
     lines = [
         "# lossdiag at scale",
         "",
-        f"{meta['machine']}; torch {meta['torch']}, lightning {meta['lightning']}; {meta['epochs']} epochs; "
+        f"{meta['machine']}, {meta.get('device', 'cpu')}; torch {meta['torch']}, lightning {meta['lightning']}; {meta['epochs']} epochs; "
         f"load average {meta['load_before']} before, {meta['load_after']} after (a shared machine: timings are noisy). "
         "Command: `" + meta["command"] + "`.",
         "",
@@ -363,15 +367,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--modes", default="auto", help="data.mode values of the warm-cache project runs")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for scale.{json,md}")
     p.add_argument("--quick", action="store_true", help=f"smoke test: --sizes {QUICK_SIZES}")
-    p.add_argument("--plain", nargs=4, metavar=("ROOT", "SIZE", "EPOCHS", "RECORD"), help=argparse.SUPPRESS)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: both sides on one GPU (trainer=gpu)")
+    p.add_argument("--plain", nargs=5, metavar=("ROOT", "SIZE", "EPOCHS", "RECORD", "DEVICE"), help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> list[Result]:
     args = parse_args(argv)
     if args.plain:
-        root, size, epochs, record = args.plain
-        plain_loop(Path(root), int(size), int(epochs), Path(record))
+        root, size, epochs, record, device = args.plain
+        plain_loop(Path(root), int(size), int(epochs), Path(record), device=device)
         return []
     import lightning
     import torch
@@ -385,6 +390,7 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
         "torch": torch.__version__,
         "lightning": lightning.__version__,
         "epochs": args.epochs,
+        "device": torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu",
         "load_before": _load(),
         "command": "python -m benchmarks.scale " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
@@ -392,7 +398,7 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
     results = []
     print(HEADER, flush=True)
     for n, size in sizes:
-        results += measure_size(args.data, work, n, size, args.epochs, modes)
+        results += measure_size(args.data, work, n, size, args.epochs, modes, args.device)
     meta["load_after"] = _load()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "scale.json").write_text(
