@@ -5,6 +5,7 @@ Skipped without CUDA (CI has none).
 
 from __future__ import annotations
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -12,6 +13,18 @@ import torch
 from lossdiag.app.pipeline import build_datamodule, build_module, build_trainer, prepare
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+class Devices(L.Callback):
+    """Where the cap and the epoch's val metrics live while the fit runs (Lightning moves the module back to the
+    CPU at its teardown, so they are read at each epoch's end)."""
+
+    def __init__(self) -> None:
+        self.seen: set[tuple[str, str]] = set()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # after validation
+        self.seen.add(("loss_cap", pl_module.loss_cap.device.type))
+        self.seen.add(("val/acc", pl_module.epoch_summary("val")["val/acc"].device.type))  # from the GPU records
 
 
 def test_batches_are_already_on_the_gpu_before_lightnings_transfer(make_cfg) -> None:
@@ -26,11 +39,13 @@ def test_batches_are_already_on_the_gpu_before_lightnings_transfer(make_cfg) -> 
         return batch
 
     model.on_before_batch_transfer = record
+    probe = Devices()
     trainer = build_trainer(cfg)
+    trainer.callbacks.append(probe)
     trainer.fit(model, datamodule=datamodule)
     assert seen, "no batch went through the model"
     assert all(devices == ("cuda", "cuda", "cuda") for devices in seen), seen
-    assert trainer.callback_metrics["val/acc"].device.type == "cuda"
+    assert probe.seen == {("loss_cap", "cuda"), ("val/acc", "cuda")}, probe.seen
 
 
 @pytest.mark.parametrize("mode", ["cached", "lazy"])
@@ -71,10 +86,12 @@ def test_folder_modes_train_on_the_gpu_with_the_memory_modes_records(make_cfg, t
             return batch
 
         model.on_before_batch_transfer = record
+        probe = Devices()
         trainer = build_trainer(cfg)
+        trainer.callbacks.append(probe)
         trainer.fit(model, datamodule=datamodule)
         assert seen and all(devices == ("cuda", "cuda", "cuda") for devices in seen), seen
-        assert model.loss_cap.device.type == "cuda"
+        assert ("loss_cap", "cuda") in probe.seen, probe.seen
         losses[run_mode] = model.epoch_records("val").cross_entropy.cpu()
         caps[run_mode] = float(model.loss_cap)
     assert torch.allclose(losses[mode], losses["memory"], rtol=1e-5, atol=1e-6)
@@ -160,3 +177,30 @@ def test_a_gpu_run_through_the_entry_point_matches_its_checkpoint_on_the_cpu(tmp
     on_cpu = load_samples(evaluation).models["last"]["val"].loss
     assert on_gpu.dtype == on_cpu.dtype == np.float32
     torch.testing.assert_close(torch.as_tensor(on_gpu), torch.as_tensor(on_cpu), rtol=1e-2, atol=1e-3)
+
+
+def test_the_end_of_fit_evaluations_run_on_the_gpu(make_cfg) -> None:
+    """Lightning moves the module to the CPU before on_fit_end; the diagnosis's end-of-fit evaluations (initial,
+    best, last weights over whole loaders) still run on the GPU, and leave the module where they found it."""
+
+    class EndOfFit(L.Callback):
+        def __init__(self) -> None:
+            self.at_end = False
+            self.devices: set[str] = set()
+
+        def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # runs first
+            self.at_end = True
+
+    cfg = make_cfg("trainer=gpu", "~logger", "trainer.max_epochs=2")
+    prepare(cfg)
+    datamodule = build_datamodule(cfg)
+    model = build_module(cfg, datamodule)
+    probe = EndOfFit()
+    model.net.register_forward_pre_hook(
+        lambda _, args: probe.devices.add(args[0].device.type) if probe.at_end else None
+    )
+    trainer = build_trainer(cfg)
+    trainer.callbacks.insert(0, probe)
+    trainer.fit(model, datamodule=datamodule)
+    assert probe.devices == {"cuda"}, probe.devices
+    assert model.device.type == "cpu"  # as Lightning's teardown left it

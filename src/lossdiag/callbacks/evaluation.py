@@ -82,11 +82,14 @@ def evaluate_models(
     max_bytes: int = DEFAULT_CHUNK_BYTES,
 ) -> dict[str, tuple[int, dict[str, SampleRecords]]]:
     """Each of ``states`` (``{name: (epoch, state_dict)}``) loaded into ``pl_module`` in turn and evaluated on the
-    val loader (and, for :func:`train_models`, the train loader): ``{name: (epoch, {split: records})}``. The
-    last state is loaded back at the end, whatever happens."""
+    val loader (and, for :func:`train_models`, the train loader) on the device it trained on:
+    ``{name: (epoch, {split: records})}``. The last state is loaded back at the end, whatever happens."""
     models: dict[str, tuple[int, dict[str, SampleRecords]]] = {}
     loaders = {"val": trainer.val_dataloaders, "train": trainer.train_dataloader}
     with_train = train_models(list(states))
+    # Lightning's teardown has moved the module to the CPU before on_fit_end: evaluate where it trained
+    home = pl_module.device
+    pl_module.to(trainer.strategy.root_device)
     try:
         for name, (epoch, state) in states.items():
             pl_module.load_state_dict(state)
@@ -97,6 +100,7 @@ def evaluate_models(
             models[name] = (epoch, {s: r for s, r in records.items() if r is not None})
     finally:
         pl_module.load_state_dict(list(states.values())[-1][1])
+        pl_module.to(home)
     return models
 
 
