@@ -51,9 +51,7 @@ from lossdiag.render.figures import (
     worst_caption,
     worst_samples_figure,
 )
-from lossdiag.render.figures import (
-    render as render_figure,
-)
+from lossdiag.render.figures import render as render_figure
 from lossdiag.render.reasons import Context, advice, reason
 from lossdiag.render.remedies import what_you_can_do
 from lossdiag.render.suspects import mislabeled_section, suspect_caption, suspects_csv, suspects_markdown
