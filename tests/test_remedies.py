@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from lossdiag.app.sweep_report import build_report, curve_bands, group_runs, load_runs
+from lossdiag.diagnosis.judge.causes import Cause
 from lossdiag.diagnosis.judge.rules import Kind
 from lossdiag.diagnosis.judge.verdict import Verdict, judge
 from lossdiag.functional.remedies import RemedyResult, recommend
@@ -259,3 +260,19 @@ def test_remedies_multirun_and_report_through_the_command_line(tmp_path: Path) -
         assert float(row["rise_ratio_mean"]) >= 1.0 and 0 < float(row["last_val_ece_mean"]) < 1
     assert "**Recommendation: " in (sweep / "report.md").read_text()
     assert (sweep / "report.png").stat().st_size > 10_000
+
+
+def test_an_inconclusive_run_still_points_to_label_errors_that_carry_its_loss() -> None:
+    """A rise whose interval includes zero is not explained, but flagged label errors that carry most of the final
+    loss are named with the file that lists them (a 600-image folder with 8% moved labels: 10 flagged val images
+    carried 97% of the final loss while the rise's interval was -2% to 68%)."""
+    from lossdiag.render.reasons import advice
+
+    verdict = replace(_verdict(), kind=Kind.INCONCLUSIVE, cause=Cause.NONE)
+    groups = {g: {"n": 0, "loss": 0.0, "share": 0.0} for g in verdict.final_loss_by_group}
+    carried = replace(verdict, final_loss_by_group={**groups, "suspected_label_error": {"n": 10, "loss": 0.46, "share": 0.969}})
+    text = advice(carried, Context(suspects_file="suspects.csv"))
+    assert text.startswith("Use a larger val set")
+    assert text.endswith("the 10 val samples that look mislabelled carry 96.9% of the final loss: check them first (`suspects.csv`).")
+    light = replace(verdict, final_loss_by_group={**groups, "suspected_label_error": {"n": 2, "loss": 0.1, "share": 0.2}})
+    assert "mislabelled" not in advice(light, Context(suspects_file="suspects.csv"))

@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from lossdiag.diagnosis.judge.causes import Cause
+from lossdiag.diagnosis.judge.causes import CAUSE_SHARE, Cause
 from lossdiag.diagnosis.judge.rules import Rule
 from lossdiag.diagnosis.judge.stats import MAJORITY_MARGIN, RISE_THRESHOLD
 from lossdiag.diagnosis.judge.verdict import Verdict
@@ -303,11 +303,21 @@ def _not_learning(v: Verdict, ctx: Context) -> str:
 def _inconclusive(v: Verdict, ctx: Context) -> str:
     n, need = v.stats.n_samples, v.stats.samples_to_settle
     if need is None:
-        return "Use a larger val set or repeat with other seeds before reading anything into the rise."
-    return (
-        f"Use a larger val set (about {need} samples would likely settle a rise this size, {n} now) or repeat "
-        "with other seeds before reading anything into the rise."
-    )
+        words = "Use a larger val set or repeat with other seeds before reading anything into the rise."
+    else:
+        words = (
+            f"Use a larger val set (about {need} samples would likely settle a rise this size, {n} now) or repeat "
+            "with other seeds before reading anything into the rise."
+        )
+    # whether or not the rise is settled, flagged label errors that carry most of the loss are worth a look
+    flagged = (v.final_loss_by_group or {}).get("suspected_label_error") or {}
+    if flagged.get("n") and (flagged.get("share") or 0.0) >= CAUSE_SHARE:
+        where = f"`{ctx.suspects_file}`" if ctx.suspects_file else "`worst.csv`"
+        words += (
+            f" Meanwhile, the {plural(flagged['n'], 'val sample')} that look mislabelled carry {pct(flagged['share'])} "
+            f"of the final loss: check them first ({where})."
+        )
+    return words
 
 
 KIND_ADVICE: dict[str, Callable[[Verdict, Context], str]] = {
