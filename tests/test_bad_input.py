@@ -87,6 +87,15 @@ def test_user_errors_from_the_command_line_are_one_line(tmp_path: Path) -> None:
         ("callbacks.diagnosis.flush_every_n_epochs=0", "flush_every_n_epochs >= 1"),
         # found once the data is loaded (debug=fast: 60 training digits, 3 to 9 per class), still before any work
         ("suspects.folds=10", "suspects.folds=10 needs at least 10 training images of every class"),
+        # what the frameworks refuse (Trainer / torch.optim), as one line naming the config group
+        ("+trainer.max_epoch=3", "trainer: Trainer.__init__() got an unexpected keyword argument 'max_epoch'"),
+        ("+optimizer.foo=1", "optimizer: SGD.__init__() got an unexpected keyword argument 'foo'"),
+        ("optimizer.momentum=2", "optimizer.momentum=2 must be in [0, 1)"),
+        ("optimizer.weight_decay=-1", "optimizer.weight_decay=-1 must be >= 0"),
+        pytest.param(
+            "trainer.accelerator=gpu", "trainer: No supported gpu backend found!",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is there"),
+        ),
     ],
 )
 def test_bad_callback_values_are_one_line_and_leave_no_run(

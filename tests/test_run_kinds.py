@@ -48,7 +48,7 @@ def run(loss, pred, target, n_classes=4, epochs=None, ctx=None, **kw) -> SimpleN
     # the words read the kind, the rule and the statistics; the cause (which needs whole models) is left out here
     judged = SimpleNamespace(
         stats=stats, facts=facts, kind=row.kind, rule=row.rule, cause=Cause.NONE, history=stats.history,
-        scaling_removes=None, objective=None, n_train_above_cap=None,
+        scaling_removes=None, objective=None, n_train_above_cap=None, final_loss_by_group=None,
     )  # fmt: skip
     return SimpleNamespace(
         **asdict(stats),
@@ -86,6 +86,18 @@ def test_clear_phenomenon():
     assert r.rise_ci[0] <= r.rise_rel <= r.rise_ci[1]
     assert "val loss rose" in r.reason and "val accuracy was net unchanged at 0.895 (0 samples became wrong, 0 became right; change +0.000" in r.reason
     assert r.unlearned_classes == () and r.samples_to_settle is None
+
+
+def test_a_diverged_training_is_not_the_phenomenon():
+    """Momentum 2: the loss explodes while some predictions stay right; the rise is the optimiser blowing up, so
+    the verdict is not_learning (rule diverged) and the advice lowers the learning rate, not checks labels."""
+    loss, pred, target, _ = confident_run()
+    loss[5:] *= np.geomspace(10, 1000, 5)[:, None]  # the mean ends at ~1000x its minimum, far above the start
+    r = run(loss, pred, target)
+    assert r.kind == "not_learning" and "the training diverged" in r.reason, r.reason
+    assert r.advice.startswith("Lower `optimizer.lr`"), r.advice
+    mild = run(*confident_run()[:3])  # the same run without the explosion stays the phenomenon
+    assert mild.kind == "phenomenon"
 
 
 def test_clear_overfitting():

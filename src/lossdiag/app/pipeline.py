@@ -6,12 +6,14 @@ import copy
 import logging
 import signal
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import lightning as L
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -35,6 +37,7 @@ from lossdiag.models.predict import DEFAULT_CHUNK_BYTES, rows_within
 from lossdiag.rundir.checkpoints import check_checkpoint
 from lossdiag.rundir.metrics_csv import last_values, read_history
 
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 TORCHVISION_TARGET = "lossdiag.models.torchvision_models.torchvision_classifier"
 
@@ -173,7 +176,22 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
         "plugins": [AtomicCheckpointIO()],
     }
     kwargs.update(overrides)
-    return instantiate(cfg.trainer, **kwargs)
+    return _built("trainer", lambda: instantiate(cfg.trainer, **kwargs))
+
+
+def _built(group: str, make: Callable[[], T]) -> T:
+    """``make()``, with what the framework refuses about the ``group.*`` keys (an unknown argument, a bad value, a
+    device that is not there) as one line instead of a traceback."""
+    try:
+        return make()
+    except (TypeError, ValueError, InstantiationException, MisconfigurationException) as err:
+        if user_error_cause(err) is not None:
+            raise
+        cause = err.__cause__ if isinstance(err, InstantiationException) and err.__cause__ is not None else err
+        text = str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__
+        raise UserError(
+            f"{group}: {text}: fix the {group}.* keys (python -m src.train --cfg job lists them)"
+        ) from None
 
 
 def final_metrics(trainer: L.Trainer, model: L.LightningModule, run_dir: str) -> dict[str, float]:
@@ -206,8 +224,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule.size_val_batches(rows_within(net, datamodule.train.sample_shape, eval_chunk_bytes(cfg)))  # type: ignore[union-attr]
     trainer = build_trainer(cfg)
     diagnosis = _cross_validated_suspects(cfg, trainer, datamodule)  # before anything is written
+    # a bad optimizer value fails here, before the range test and the fit (the lr is a stand-in for auto)
+    given = {"lr": 1e-3} if cfg.optimizer.get("lr") == AUTO_LR else {}
+    _built("optimizer", lambda: instantiate(cfg.optimizer, **given)(net.parameters()))
     lr = learning_rate(cfg, net, datamodule, trainer)
     model = build_module(cfg, datamodule, net, lr)
+    if cfg.get("scheduler"):
+        _built("scheduler", model.configure_optimizers)  # a bad scheduler value fails here, not in the fit
     config = OmegaConf.to_container(cfg, resolve=True)
     shown = cfg  # what the HParams tab shows: the config, with the learning rate actually used
     if isinstance(lr, FoundLR):

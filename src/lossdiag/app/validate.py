@@ -91,6 +91,12 @@ def validate(cfg: DictConfig) -> None:
             raise UserError(f"optimizer.lr={lr} must be > 0")
     else:
         _check_lr_find(cfg)
+    momentum = _number(cfg, "optimizer.momentum")
+    if momentum is not None and not 0 <= momentum < 1:
+        raise UserError(f"optimizer.momentum={momentum} must be in [0, 1) (e.g. 0.9; 1 and above diverge)")
+    decay = _number(cfg, "optimizer.weight_decay")
+    if decay is not None and decay < 0:
+        raise UserError(f"optimizer.weight_decay={decay} must be >= 0 (e.g. 5e-4, or 0 for none)")
     augment = OmegaConf.select(cfg, "data.augment", default=None)
     if augment is not None and augment not in AUGMENTATIONS:
         raise UserError(f"data.augment={augment!r} is unknown: use one of {', '.join(AUGMENTATIONS)}")

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from lossdiag.diagnosis.judge.causes import CAUSE_SHARE, Cause
-from lossdiag.diagnosis.judge.rules import Rule
+from lossdiag.diagnosis.judge.rules import DIVERGED_FACTOR, Rule
 from lossdiag.diagnosis.judge.stats import MAJORITY_MARGIN, RISE_THRESHOLD
 from lossdiag.diagnosis.judge.verdict import Verdict
 from lossdiag.render.text import accuracy_move, interval_pct, loss_text, pct, plural, signed
@@ -91,6 +91,10 @@ def _best_at_chance(v: Verdict) -> str:
     return text
 
 
+def _start_loss(v: Verdict) -> float:
+    return v.stats.initial_loss if v.stats.initial_loss is not None else v.facts.first_loss
+
+
 def _lost_at_end(v: Verdict) -> str:
     s = v.stats
     only = f"; it predicts only {v.facts.predicted_last[0]}" if len(v.facts.predicted_last) == 1 else ""
@@ -120,6 +124,10 @@ REASONS: dict[Rule, Callable[[Verdict], str]] = {
         f"(epoch {v.stats.min_epoch}) is >= the untrained model's {v.stats.initial_loss:.4f}"
     ),
     Rule.LOST_AT_END: _lost_at_end,
+    Rule.DIVERGED: lambda v: (
+        f"the training diverged: the last val loss {loss_text(v.stats.last_loss)} (epoch {v.stats.last_epoch}) is "
+        f"more than {DIVERGED_FACTOR:g} times where it started ({loss_text(_start_loss(v))}), whatever the accuracy"
+    ),
     Rule.CLASSES_COLLAPSED: _collapsed,
     Rule.ONE_MODEL: lambda v: "one model, no history, so there is no rise to judge",
     Rule.LOWEST_AT_END: lambda v: (
@@ -287,7 +295,7 @@ def _not_learning(v: Verdict, ctx: Context) -> str:
         )
     start = s.initial_loss if s.initial_loss is not None else f.first_loss
     lr = _key(ctx, "`optimizer.lr`", "the learning rate")
-    if v.rule == Rule.LOST_AT_END or f.max_loss > 2 * start:
+    if v.rule in (Rule.LOST_AT_END, Rule.DIVERGED) or f.max_loss > 2 * start:
         return f"{_lr_change(ctx, 0.1)}: the val loss diverged or swung (its highest epoch mean {loss_text(f.max_loss)}, from {loss_text(start)})."
     if s.min_loss >= (1 - BARELY_MOVED) * start:
         return (

@@ -55,6 +55,7 @@ class Rule(StrEnum):
     BEST_AT_CHANCE = "best_at_chance"
     NEVER_FELL = "never_fell"
     LOST_AT_END = "lost_at_end"
+    DIVERGED = "diverged"
     CLASSES_COLLAPSED = "classes_collapsed"
     ONE_MODEL = "one_model"
     LOWEST_AT_END = "lowest_at_end"
@@ -82,6 +83,17 @@ def _at_chance(accuracy_lower: float, s: RunStats) -> bool:
     return accuracy_lower <= s.majority_rate + MAJORITY_MARGIN
 
 
+DIVERGED_FACTOR = 10.0  # a last val loss this many times the untrained (else the first) epoch's: training blew up
+
+
+def _diverged(c: Case) -> bool:
+    """The optimisation blew up: the last mean val loss is :data:`DIVERGED_FACTOR` times where it started (the
+    confident mistakes of a loss that rises while accuracy holds stay far below: the mean would need every wrong
+    sample at ten times the untrained loss divided by the error rate)."""
+    start = c.stats.initial_loss if c.stats.initial_loss is not None else c.facts.first_loss
+    return bool(c.stats.history) and c.stats.last_loss > DIVERGED_FACTOR * start
+
+
 RULES: tuple[RuleRow, ...] = (
     RuleRow(Rule.BEST_AT_CHANCE, Kind.NOT_LEARNING, lambda c: _at_chance(c.stats.acc_best_lower, c.stats)),
     RuleRow(
@@ -90,6 +102,7 @@ RULES: tuple[RuleRow, ...] = (
         lambda c: c.stats.initial_loss is not None and c.stats.min_loss >= c.stats.initial_loss,
     ),
     RuleRow(Rule.LOST_AT_END, Kind.NOT_LEARNING, lambda c: _at_chance(c.stats.acc_last_lower, c.stats)),
+    RuleRow(Rule.DIVERGED, Kind.NOT_LEARNING, _diverged),
     RuleRow(Rule.CLASSES_COLLAPSED, Kind.PARTIAL_COLLAPSE, lambda c: bool(c.stats.collapsed_classes)),
     RuleRow(Rule.ONE_MODEL, Kind.SINGLE_EVALUATION, lambda c: not c.stats.history),
     RuleRow(Rule.LOWEST_AT_END, Kind.NO_RISE, lambda c: c.facts.min_is_last),
