@@ -63,7 +63,8 @@ def assert_one_line_error(proc, *needles: str) -> str:
                 "did you mean loss=bounded",
             ],
         ),
-        ("loss.kk=1", ["unknown config key 'loss.kk'", "+loss.kk="]),
+        ("loss.kk=1", ["unknown config key 'loss.kk' (did you mean loss.k?)", "+loss.kk="]),
+        ("trainer.max_epoch=3", ["unknown config key 'trainer.max_epoch' (did you mean trainer.max_epochs?)"]),
         ("seed=[", ["cannot parse the command-line override"]),
     ],
 )

@@ -99,6 +99,23 @@ def with_folder_data(argv: list[str]) -> list[str]:
     return ["data=folder", *out]
 
 
+def _close_key(key: str) -> str:
+    """`` (did you mean trainer.max_epochs?)`` for a misspelt key of a config group's options, else ``""``."""
+    import yaml
+
+    from lossdiag import CONF_DIR
+
+    group, _, name = key.rpartition(".")
+    folder = CONF_DIR / group.replace(".", "/") if group else None
+    files = sorted(folder.glob("*.yaml")) if folder is not None and folder.is_dir() else []
+    names: set[str] = set()
+    for file in files:
+        loaded = yaml.safe_load(file.read_text())
+        names |= {str(k) for k in loaded if k != "defaults"} if isinstance(loaded, dict) else set()
+    close = difflib.get_close_matches(name, sorted(names), n=1)
+    return f" (did you mean {group}.{close[0]}?)" if close else ""
+
+
 def describe(err: Exception, entry: str = "src.train") -> str:
     """One line for a Hydra config error: what is wrong, and how to fix it."""
     if isinstance(err, MissingConfigException) and err.options is not None and err.missing_cfg_file:
@@ -116,8 +133,8 @@ def describe(err: Exception, entry: str = "src.train") -> str:
                 "data.root is a key of data=folder only: use data=folder data.root=<folder> for your images"
             )
         return (
-            f"unknown config key '{key}': check its spelling (python -m {entry} --cfg job lists every key), "
-            f"or add a new key with +{key}=..."
+            f"unknown config key '{key}'{_close_key(key)}: check its spelling (python -m {entry} --cfg job lists "
+            f"every key), or add a new key with +{key}=..."
         )
     lines = [line.strip().rstrip(":") for line in text.splitlines() if line.strip()]
     if err.__cause__ is not None:
