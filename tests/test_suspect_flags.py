@@ -71,6 +71,15 @@ def test_no_flags_when_not_learning_and_none_inside_collapsed_classes() -> None:
     assert np.flatnonzero(val_label_suspects(samples, "partial_collapse", ("fox",))).tolist() == [3]
     ranked = rank_run(samples, None, NOT_LEARNING, ())
     assert ranked is not None and not ranked.suspects.flagged.any() and ranked.gate.off == NOT_LEARNING
+    # the images the model cannot judge come after every other one, whatever their p(given)
+    fox = samples.classes.index("fox")
+    for collapsed in (("fox",), ("fox", "cat")):
+        rows = rank_run(samples, None, "partial_collapse", collapsed).suspects
+        given = np.asarray(samples.val.target)[rows.where]
+        out = np.isin(given, [samples.classes.index(c) for c in collapsed])
+        assert out.any() and not out[: int((~out).sum())].any(), given.tolist()
+    plain = rank_run(samples, None, "phenomenon", ()).suspects
+    assert (np.asarray(samples.val.target)[plain.where[:3]] == fox).any()  # a fox image leads without the gate
 
 
 def test_the_verdicts_label_error_group_is_the_flagged_val_rows() -> None:

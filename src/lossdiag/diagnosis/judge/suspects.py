@@ -259,6 +259,20 @@ def _on_one_scale(
     return [replace(train, raw=combined[:n]), replace(val, raw=combined[n:], ranked_by=val_by)]
 
 
+def _judgeable_first(ranked: Suspects, samples: Samples, gate: FlagGate) -> Suspects:
+    """The images of classes the model cannot judge (collapsed: never flagged) after every other image, each part
+    in its own order: their low p(given) says the class collapsed, not that the label is wrong."""
+    if gate.off is not None or not gate.excluded:
+        return ranked
+    given = np.empty(len(ranked.split), dtype=np.int64)
+    for name, info in (("val", samples.val), ("train", samples.train)):
+        rows = ranked.split == name
+        if info is not None and rows.any():
+            given[rows] = np.asarray(info.target)[ranked.where[rows]]
+    order = np.argsort(~gate.allows(given, samples.classes), kind="stable")
+    return Suspects(**{f.name: getattr(ranked, f.name)[order] for f in fields(Suspects)})
+
+
 def rank_run(
     samples: Samples,
     model: str | None = None,
@@ -301,7 +315,7 @@ def rank_run(
     else:
         return None
     return RunSuspects(
-        suspects=ranked,
+        suspects=_judgeable_first(ranked, samples, gate),
         gate=gate,
         min_epoch=early[0] if early else None,
         window_end=early[1] if early else None,
