@@ -88,6 +88,23 @@ def test_clear_phenomenon():
     assert r.unlearned_classes == () and r.samples_to_settle is None
 
 
+def test_lost_at_end_needs_a_drop_beyond_chance():
+    """30 val samples of 3 classes, 16 right at best and 14 at the end: the last accuracy's lower bound is at chance,
+    but the drop is noise, so the run is not called lost; all of them wrong at the end is."""
+    n, epochs = 30, 6
+    target = np.arange(n) % 3
+    pred = np.tile((target + 1) % 3, (epochs, 1))
+    pred[2, :16] = target[:16]  # the best epoch: 16 right
+    for e in (3, 4, 5):
+        pred[e, :14] = target[:14]  # then 14 right
+    loss = np.tile(np.linspace(1.1, 0.9, epochs)[:, None], (1, n))
+    noisy = run(loss, pred, target, n_classes=3)
+    assert noisy.kind != "not_learning" or "lost" not in noisy.reason, noisy.reason
+    pred[3:] = (target + 1) % 3  # none right at the end
+    lost = run(loss, pred, target, n_classes=3)
+    assert lost.kind == "not_learning" and "what it learned is lost" in lost.reason, lost.reason
+
+
 def test_a_diverged_training_is_not_the_phenomenon():
     """Momentum 2: the loss explodes while some predictions stay right; the rise is the optimiser blowing up, so
     the verdict is not_learning (rule diverged) and the advice lowers the learning rate, not checks labels."""

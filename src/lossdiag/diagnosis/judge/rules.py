@@ -8,8 +8,9 @@ The rules, in order (thresholds in :mod:`lossdiag.diagnosis.stats`):
 
 1. ``not_learning`` when the one-sided 95% Wilson lower bound of the best val accuracy is <= the majority-class
    rate + ``MAJORITY_MARGIN`` (``best_at_chance``; a val set of one class always lands here); or the lowest val
-   loss is >= the untrained model's (``never_fell``); or the same bound of the *last* accuracy is at chance:
-   what it learned is lost (``lost_at_end``).
+   loss is >= the untrained model's (``never_fell``); or the same bound of the *last* accuracy is at chance and
+   its upper bound below the best's lower bound: what it learned is lost (``lost_at_end``); or the last val loss
+   is ten times where it started (``diverged``).
 2. ``partial_collapse``: at the last epoch some classes of the val set have recall 0 beyond chance while others
    are learned (``classes_collapsed``; see ``collapsed_classes``).
 3. ``single_evaluation``: one recorded epoch or one evaluated model (``src.evaluate``): no history to judge
@@ -35,6 +36,7 @@ from enum import StrEnum
 from typing import NamedTuple
 
 from lossdiag.diagnosis.judge.stats import MAJORITY_MARGIN, RISE_THRESHOLD, RunFacts, RunStats
+from lossdiag.functional.bootstrap import wilson_lower
 
 
 class Kind(StrEnum):
@@ -83,6 +85,14 @@ def _at_chance(accuracy_lower: float, s: RunStats) -> bool:
     return accuracy_lower <= s.majority_rate + MAJORITY_MARGIN
 
 
+def _lost(c: Case) -> bool:
+    """The last accuracy is at chance and below the best beyond chance (its Wilson upper bound under the best's
+    lower bound): 16 of 30 right at best and 14 at the end is noise, not a model that lost what it learned."""
+    s = c.stats
+    last_upper = 1 - wilson_lower(1 - s.acc_last, s.n_samples)
+    return _at_chance(s.acc_last_lower, s) and last_upper < s.acc_best_lower
+
+
 DIVERGED_FACTOR = 10.0  # a last val loss this many times the untrained (else the first) epoch's: training blew up
 
 
@@ -101,7 +111,7 @@ RULES: tuple[RuleRow, ...] = (
         Kind.NOT_LEARNING,
         lambda c: c.stats.initial_loss is not None and c.stats.min_loss >= c.stats.initial_loss,
     ),
-    RuleRow(Rule.LOST_AT_END, Kind.NOT_LEARNING, lambda c: _at_chance(c.stats.acc_last_lower, c.stats)),
+    RuleRow(Rule.LOST_AT_END, Kind.NOT_LEARNING, _lost),
     RuleRow(Rule.DIVERGED, Kind.NOT_LEARNING, _diverged),
     RuleRow(Rule.CLASSES_COLLAPSED, Kind.PARTIAL_COLLAPSE, lambda c: bool(c.stats.collapsed_classes)),
     RuleRow(Rule.ONE_MODEL, Kind.SINGLE_EVALUATION, lambda c: not c.stats.history),
