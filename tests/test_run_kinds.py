@@ -410,3 +410,11 @@ def test_calibration_summaries_cross_fit_only_the_rows_asked_for():
             assert torch.isnan(some[key][[0, 2]]).all() and torch.equal(some[key][1], values[1]), key
         else:
             assert torch.equal(some[key], values), key
+
+
+def test_an_interval_bound_never_reads_minus_zero():
+    from lossdiag.render.text import interval_pct
+
+    assert interval_pct(0.17, (-0.0016, 0.34)) == "17% (95% CI -0.2% to 34%)"  # was "-0%"
+    assert interval_pct(0.27, (0.06, 0.43)) == "27% (95% CI 6% to 43%)"
+    assert interval_pct(0.1, (0.0, 0.2)) == "10% (95% CI 0% to 20%)"

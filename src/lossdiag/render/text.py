@@ -20,9 +20,17 @@ def pct_digits(low: float, high: float) -> int:
 
 
 def interval_pct(x: float, ci: tuple[float, float]) -> str:
-    """``"27% (95% CI 6% to 43%)"``: an estimate and its 95% interval, to the precision the interval allows."""
+    """``"27% (95% CI 6% to 43%)"``: an estimate and its 95% interval, to the precision the interval allows (a
+    bound that would read ``-0%`` gets the digits that show its sign: ``-0.2%``)."""
     d = pct_digits(*ci)
-    return f"{100 * x:.{d}f}% (95% CI {100 * ci[0]:.{d}f}% to {100 * ci[1]:.{d}f}%)"
+
+    def bound(v: float) -> str:
+        digits = d
+        while digits < 3 and v != 0 and float(f"{100 * v:.{digits}f}") == 0:
+            digits += 1
+        return f"{100 * v:.{digits}f}%"
+
+    return f"{100 * x:.{d}f}% (95% CI {bound(ci[0])} to {bound(ci[1])})"
 
 
 def loss_text(x: float) -> str:
