@@ -147,7 +147,7 @@ def bounded_lines(n: Verdict) -> list[str]:
         return ["No cap was recorded for this model, so there is no bounded view."]
     text = (
         f"Capping every sample's loss at {n.loss_cap:.3f} (mean + k std of the untrained model's losses): "
-        f"{loss_text(f.bounded)} at the end with {plural(f.n_above_cap, 'sample')} above the cap"
+        f"{loss_text(f.bounded)}{' at the end' if n.history else ''} with {plural(f.n_above_cap, 'sample')} above the cap"
         + (f", {loss_text(m.bounded)} at epoch {n.stats.min_epoch} ({m.n_above_cap} above). " if n.shows_min else ". ")
     )
     if not n.stats.significant_rise:

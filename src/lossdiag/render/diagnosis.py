@@ -170,7 +170,8 @@ def _extreme_words(n: Verdict) -> str:
     f, e = n.final, n.extreme[0]
     ratio = e.loss / f.loss if f.loss > 0 else math.inf
     text = (
-        f"The worst one: the final model gives its given class {e.given} a probability of {_p(e.p_given)} "
+        f"The worst one: {'the final model' if n.history else 'the model'} gives its given class {e.given} a "
+        f"probability of {_p(e.p_given)} "
         f"(and {_p(e.p_predicted)} to {e.predicted}), so its loss alone is -log({_p(e.p_given)}) = {e.loss:.2f}, "
         + (f"{ratio:.1f}x the mean. " if math.isfinite(ratio) else "while the mean is 0. ")
     )
@@ -289,7 +290,8 @@ def diagnosis_texts(
     lines += _where_lines(n)
     cols = ["index", "file", "given", "predicted", "p(given)", "p(predicted)", "loss"]
     cols += [f"loss at epoch {n.stats.min_epoch}"] if n.shows_min else []
-    lines += ["", "Most extreme samples (highest loss; probabilities of the final model):", ""]
+    whose = "the final model" if n.history else "the evaluated model"
+    lines += ["", f"Most extreme samples (highest loss; probabilities of {whose}):", ""]
     lines += ["| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
     for e in n.extreme:
         lines.append(

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from lossdiag.diagnosis.judge.causes import CAUSE_SHARE, Cause
-from lossdiag.diagnosis.judge.rules import DIVERGED_FACTOR, Rule
+from lossdiag.diagnosis.judge.rules import DIVERGED_FACTOR, Rule, start_loss
 from lossdiag.diagnosis.judge.stats import MAJORITY_MARGIN, RISE_THRESHOLD
 from lossdiag.diagnosis.judge.verdict import Verdict
 from lossdiag.render.text import accuracy_move, interval_pct, loss_text, pct, plural, signed
@@ -91,10 +91,6 @@ def _best_at_chance(v: Verdict) -> str:
     return text
 
 
-def _start_loss(v: Verdict) -> float:
-    return v.stats.initial_loss if v.stats.initial_loss is not None else v.facts.first_loss
-
-
 def _lost_at_end(v: Verdict) -> str:
     s = v.stats
     only = f"; it predicts only {v.facts.predicted_last[0]}" if len(v.facts.predicted_last) == 1 else ""
@@ -126,7 +122,7 @@ REASONS: dict[Rule, Callable[[Verdict], str]] = {
     Rule.LOST_AT_END: _lost_at_end,
     Rule.DIVERGED: lambda v: (
         f"the training diverged: the last val loss {loss_text(v.stats.last_loss)} (epoch {v.stats.last_epoch}) is "
-        f"more than {DIVERGED_FACTOR:g} times where it started ({loss_text(_start_loss(v))}), whatever the accuracy"
+        f"more than {DIVERGED_FACTOR:g} times where it started ({loss_text(start_loss(v.stats, v.facts))}), whatever the accuracy"
     ),
     Rule.CLASSES_COLLAPSED: _collapsed,
     Rule.ONE_MODEL: lambda v: "one model, no history, so there is no rise to judge",

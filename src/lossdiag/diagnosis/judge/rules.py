@@ -31,6 +31,7 @@ one noisy epoch would overstate it). The single-epoch rise is reported beside it
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from enum import StrEnum
 from typing import NamedTuple
@@ -93,15 +94,20 @@ def _lost(c: Case) -> bool:
     return _at_chance(s.acc_last_lower, s) and last_upper < s.acc_best_lower
 
 
-DIVERGED_FACTOR = 10.0  # a last val loss this many times the untrained (else the first) epoch's: training blew up
+DIVERGED_FACTOR = 10.0  # a last val loss this many times the untrained model's: the training blew up
+
+
+def start_loss(s: RunStats, f: RunFacts) -> float:
+    """Where the val loss started: the untrained model's, else that of a uniform guess, ln(classes) (the first
+    recorded epoch may be well trained already)."""
+    return s.initial_loss if s.initial_loss is not None else math.log(max(2, f.n_classes_present))
 
 
 def _diverged(c: Case) -> bool:
     """The optimisation blew up: the last mean val loss is :data:`DIVERGED_FACTOR` times where it started (the
     confident mistakes of a loss that rises while accuracy holds stay far below: the mean would need every wrong
     sample at ten times the untrained loss divided by the error rate)."""
-    start = c.stats.initial_loss if c.stats.initial_loss is not None else c.facts.first_loss
-    return bool(c.stats.history) and c.stats.last_loss > DIVERGED_FACTOR * start
+    return bool(c.stats.history) and c.stats.last_loss > DIVERGED_FACTOR * start_loss(c.stats, c.facts)
 
 
 RULES: tuple[RuleRow, ...] = (
