@@ -165,6 +165,7 @@ def test_flat_at_chance_is_not_learning():
     assert r.majority_rate == 0.25 and r.acc_best_lower <= 0.27
     # flat at chance with a loss that barely moved: the learning rate is too low, not too high
     assert r.advice.startswith("Raise `optimizer.lr`") and "barely moved" in r.advice
+    assert r.advice.endswith("With 5 epochs only, training longer (`trainer.max_epochs`) may be all it needs.")
 
 
 def test_loss_never_below_untrained_is_not_learning():

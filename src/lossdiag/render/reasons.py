@@ -281,6 +281,9 @@ def _lr_change(ctx: Context, factor: float) -> str:
     return f"{verb} `optimizer.lr` from {ctx.lr:g} (e.g. 10x: {to}){measure}"
 
 
+FEW_EPOCHS = 10  # a run this short that barely moved may simply not have trained long enough
+
+
 def _not_learning(v: Verdict, ctx: Context) -> str:
     """Raise the lr when the loss barely moved; lower it when it diverged or was lost; else check the data."""
     s, f = v.stats, v.facts
@@ -294,9 +297,15 @@ def _not_learning(v: Verdict, ctx: Context) -> str:
     if v.rule in (Rule.LOST_AT_END, Rule.DIVERGED) or f.max_loss > 2 * start:
         return f"{_lr_change(ctx, 0.1)}: the val loss diverged or swung (its highest epoch mean {loss_text(f.max_loss)}, from {loss_text(start)})."
     if s.min_loss >= (1 - BARELY_MOVED) * start:
+        longer = _key(ctx, "`trainer.max_epochs`", "more epochs")
+        short = (
+            f" With {plural(s.n_epochs, 'epoch')} only, training longer ({longer}) may be all it needs."
+            if s.n_epochs < FEW_EPOCHS
+            else ""
+        )
         return (
             f"{_lr_change(ctx, 10)}: the val loss barely moved ({loss_text(start)} at the start, lowest "
-            f"{loss_text(s.min_loss)})."
+            f"{loss_text(s.min_loss)}).{short}"
         )
     return (
         "Check the labels and folders (one folder per class, the same classes in train and val, several classes in the "
