@@ -78,6 +78,10 @@ def test_user_errors_from_the_command_line_are_one_line(tmp_path: Path) -> None:
     assert_one_line_error(proc, "data.root must be given", "data.root=/path/to/images")
     proc = run_module("src.train", f"resume={tmp_path}")
     assert_one_line_error(proc, "has no .hydra/overrides.yaml")
+    # data.root alone on a folder that is not there: the error is the only line (no data=folder note before it)
+    proc = run_module("src.train", f"data.root={tmp_path / 'nope'}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert_one_line_error(proc, "is not a folder: point data.root at a folder of class subfolders")
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
 @pytest.mark.parametrize(

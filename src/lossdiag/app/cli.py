@@ -94,8 +94,10 @@ def with_folder_data(argv: list[str]) -> list[str]:
     keys = [override_key(a) for a in argv if "=" in a and not a.startswith("-")]
     if "data.root" not in keys or "data" in keys:
         return argv
-    print("note: data.root is set without data=: using data=folder (your image folder)", file=sys.stderr)
     out = [a.lstrip("+") if override_key(a) == "data.root" else a for a in argv]
+    root = next(a.split("=", 1)[1] for a in out if override_key(a) == "data.root")
+    if os.path.isdir(os.path.expanduser(root.strip("'\""))):  # else the one line is the missing folder's error
+        print("note: data.root is set without data=: using data=folder (your image folder)", file=sys.stderr)
     return ["data=folder", *out]
 
 
