@@ -136,7 +136,7 @@ def evaluate_checkpoint(cfg: Any, overrides: Sequence[str] = ()) -> Diagnosis:
     try:
         # TensorBoard step = the epoch the weights come from (0 for untrained weights)
         diagnosis = write_diagnosis(
-            out, samples, images, int(cfg.worst_k), writer, step=max(epoch, 0), model=name,
+            out, samples, writer, step=max(epoch, 0), val_images=images, worst_k=int(cfg.worst_k), model=name,
             evaluated_on=evaluated_on, flag_thresholds=thresholds, flags_off=flags_off,
         )  # fmt: skip
     finally:

@@ -421,10 +421,10 @@ class LossDiagnosis(L.Callback):
         self.diagnosis = write_diagnosis(
             self.output_dir,
             samples,
-            final_images or None,
-            self.worst_k,
             writer,
             samples.epochs[-1],  # the last validation epoch: every figure and text is at step = epoch
+            val_images=final_images or None,
+            worst_k=self.worst_k,
             suspect_images=suspect_images,
             config_keys=self.config_keys,
             logged=self._logged(trainer),

@@ -401,36 +401,12 @@ class Diagnosis:
 
 
 def write_diagnosis(
-    out_dir: str | Path,
-    samples: Samples,
-    val_images: Images | None = None,
-    worst_k: int = 16,
-    writer: Any = None,
-    step: int = 0,
-    model: str | None = None,
-    evaluated_on: str = "val split",
-    suspect_images: Mapping[str, Mapping[int, torch.Tensor]] | None = None,
-    config_keys: bool = True,
-    logged: frozenset[str] | None = None,
-    norm: Normalization | None = None,
-    flag_thresholds: np.ndarray | None = None,
-    flags_off: str | None = None,
-    lr: float | None = None,
+    out_dir: str | Path, samples: Samples, writer: Any = None, step: int = 0, **found: Any
 ) -> Diagnosis:
-    """Find, render and write every output of :data:`OUTPUTS` into ``out_dir`` (and ``writer``, at ``step``).
-
-    ``val_images`` (inputs by val sample index) draws the worst-samples grid; ``suspect_images`` (split -> index
-    -> input) the grids of the likely label errors. ``model`` names the evaluated model the verdict is about
-    (``src.evaluate``); ``evaluated_on`` says what the val samples are; ``config_keys`` whether the advice may name
-    lossdiag config keys; ``logged`` the per-epoch TensorBoard tags the run logged (``diagnosis.md`` names only
-    those); ``norm`` the data's mean/std, to show the images un-normalised; ``flag_thresholds`` / ``flags_off`` set
-    the likely label errors' flags (:func:`find`); ``lr`` the rate the run trained at.
-    """
+    """Find (:func:`find`, given its keyword arguments ``found``), render and write every output of
+    :data:`OUTPUTS` into ``out_dir`` and, with a ``writer`` (a ``SummaryWriter``), to TensorBoard at ``step``."""
     out = Path(out_dir)
-    findings = find(
-        out, samples, model, evaluated_on, worst_k, val_images, suspect_images, writer is not None, config_keys,
-        logged, norm, flag_thresholds, flags_off, lr,
-    )  # fmt: skip
+    findings = find(out, samples, tensorboard=writer is not None, **found)
     markdown = ""
     for item in render(findings):
         content = item.content
