@@ -114,3 +114,13 @@ def png_pixels(png: bytes) -> Any:
     from PIL import Image
 
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
+def write_tree(root: Path, files: dict[str, str]) -> None:
+    """Write ``{relative path: text}`` under ``root`` (texts dedented): a small project made by a test."""
+    import textwrap
+
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text).lstrip())

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import textwrap
 from pathlib import Path
 from types import ModuleType
 
@@ -23,7 +22,7 @@ from torch.utils.data import DataLoader, Subset
 
 from lossdiag.callbacks import LossDiagnosis
 from lossdiag.diagnosis.samples import load_samples
-from tests.conftest import run_module
+from tests.conftest import run_module, write_tree
 from tests.test_drop_in import QUIET
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
@@ -271,10 +270,7 @@ def write_template_project(root: Path) -> None:
         "src/train.py": TEMPLATE_TRAIN,
         "configs/train.yaml": TEMPLATE_CONFIG,
     }
-    for name, text in files.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(textwrap.dedent(text).lstrip())
+    write_tree(root, files)
 
 
 def load_file(path: Path) -> ModuleType:

@@ -8,12 +8,11 @@ Before the package was ``lossdiag``, the project's ``src`` shadowed ours and the
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_spawned
+from tests.conftest import run_spawned, write_tree
 
 MODEL = '''
 import lightning as L
@@ -116,10 +115,7 @@ def write_project(root: Path) -> None:
         "src/train.py": TRAIN,
         "configs/train.yaml": CONFIG,
     }
-    for name, text in files.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(textwrap.dedent(text).lstrip())
+    write_tree(root, files)
 
 
 @pytest.mark.slow
