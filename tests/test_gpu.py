@@ -27,8 +27,9 @@ class Devices(L.Callback):
         self.seen.add(("val/acc", pl_module.epoch_summary("val")["val/acc"].device.type))  # from the GPU records
 
 
-def test_batches_are_already_on_the_gpu_before_lightnings_transfer(make_cfg) -> None:
-    cfg = make_cfg("trainer=gpu", "callbacks=none", "~logger", "trainer.max_epochs=1")
+def fit_watched(cfg) -> tuple[L.LightningModule, list[tuple[str, ...]], Devices]:
+    """Fit ``cfg``'s model, recording where each batch is before Lightning's transfer hook and (:class:`Devices`)
+    where the cap and the val metrics live."""
     prepare(cfg)
     datamodule = build_datamodule(cfg)
     model = build_module(cfg, datamodule)
@@ -43,6 +44,11 @@ def test_batches_are_already_on_the_gpu_before_lightnings_transfer(make_cfg) -> 
     trainer = build_trainer(cfg)
     trainer.callbacks.append(probe)
     trainer.fit(model, datamodule=datamodule)
+    return model, seen, probe
+
+
+def test_batches_are_already_on_the_gpu_before_lightnings_transfer(make_cfg) -> None:
+    _, seen, probe = fit_watched(make_cfg("trainer=gpu", "callbacks=none", "~logger", "trainer.max_epochs=1"))
     assert seen, "no batch went through the model"
     assert all(devices == ("cuda", "cuda", "cuda") for devices in seen), seen
     assert probe.seen == {("loss_cap", "cuda"), ("val/acc", "cuda")}, probe.seen
@@ -76,20 +82,7 @@ def test_folder_modes_train_on_the_gpu_with_the_memory_modes_records(make_cfg, t
         )
         with open_dict(cfg):
             cfg.paths.output_dir = str(tmp_path / run_mode)
-        prepare(cfg)
-        datamodule = build_datamodule(cfg)
-        model = build_module(cfg, datamodule)
-        seen: list[tuple[str, ...]] = []
-
-        def record(batch, dataloader_idx: int, seen=seen):
-            seen.append(tuple(t.device.type for t in batch))
-            return batch
-
-        model.on_before_batch_transfer = record
-        probe = Devices()
-        trainer = build_trainer(cfg)
-        trainer.callbacks.append(probe)
-        trainer.fit(model, datamodule=datamodule)
+        model, seen, probe = fit_watched(cfg)
         assert seen and all(devices == ("cuda", "cuda", "cuda") for devices in seen), seen
         assert ("loss_cap", "cuda") in probe.seen, probe.seen
         losses[run_mode] = model.epoch_records("val").cross_entropy.cpu()
